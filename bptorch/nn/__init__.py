@@ -1,0 +1,9 @@
+"""Modules that look like ``torch.nn``, each a thin wrapper over a bptorch Function."""
+from .activation import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .cost import CrossEntropyCost, LogLikelihoodCost, QuadraticCost
+from .linear import Dense, Linear
+
+__all__ = [
+    "CrossEntropyCost", "Dense", "Identity", "LeakyReLU", "Linear",
+    "LogLikelihoodCost", "QuadraticCost", "ReLU", "Sigmoid", "Softmax", "Tanh",
+]

@@ -1,0 +1,108 @@
+"""Linear and Dense modules, with ``torch.nn.Linear``'s names, shapes and state_dict keys."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_linear
+from ..activations import Activation, get_activation
+from ..functions.layers import DenseFunction, LinearFunction
+
+
+class Linear(nn.Module):
+    r"""z = a_prev Wᵀ + b, with the seed's BP3 and BP4 in its backward.
+
+    A drop-in for ``torch.nn.Linear``: same arguments, parameters and state_dict
+    keys, so state_dicts load both ways.
+
+    Args:
+        in_features: size of each input row, n_{l−1}.
+        out_features: size of each output row, n_l.
+        bias: if False, the layer learns no b.
+
+    Shape:
+        input (*, in_features) -> output (*, out_features).
+
+    Attributes:
+        weight: (out_features, in_features), W^l, initialised U(−k, k), k = 1/√in_features.
+        bias: (out_features,), b^l, initialised the same way.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """U(−1/√n_in, 1/√n_in) for W and b, as ``torch.nn.Linear``."""
+        k = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+        nn.init.uniform_(self.weight, -k, k)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -k, k)
+
+    def forward(self, input: Tensor) -> Tensor:
+        check_linear(input, self.weight, self.bias)
+        return LinearFunction.apply(input, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+class Dense(Linear):
+    r"""a = σ(a_prev Wᵀ + b), the fused layer: its backward computes
+    δ^l = ∂C/∂a^l ⊙ σ'(z^l) once, then BP3, BP4 and (W^l)ᵀ δ^l passed down.
+
+    Args:
+        in_features, out_features, bias, device, dtype: as :class:`Linear`.
+        activation: one of ``bptorch.activations.ACTIVATIONS`` ("sigmoid", "tanh",
+            "relu", "leaky_relu", "softmax", "identity") or an ``Activation``.
+        negative_slope: the slope for "leaky_relu".
+
+    Shape:
+        input (*, in_features) -> output (*, out_features).
+
+    Attributes:
+        weight, bias: as :class:`Linear` (the same state_dict keys).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: str | Activation = "sigmoid",
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        negative_slope: float = 0.01,
+    ) -> None:
+        # Look the activation up first: a bad name fails before any allocation.
+        self.activation = get_activation(activation, negative_slope=negative_slope)
+        super().__init__(in_features, out_features, bias, device, dtype)
+
+    def forward(self, input: Tensor) -> Tensor:
+        check_linear(input, self.weight, self.bias)
+        return DenseFunction.apply(
+            input, self.weight, self.bias, self.activation, getattr(self, "_diag_name", None)
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation.name!r}"

@@ -1,0 +1,102 @@
+"""Bad input gets a clear error that says what was expected, never a silent wrong
+answer or a cryptic matmul message."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bptorch.functional as F
+import bptorch.nn as bnn
+
+
+def test_feature_size_mismatch_names_both_sizes():
+    with pytest.raises(ValueError, match=r"in_features=784.*last dimension 785"):
+        bnn.Linear(784, 30)(torch.randn(10, 785))
+    with pytest.raises(ValueError, match=r"in_features=4.*last dimension 3"):
+        bnn.Dense(4, 2)(torch.randn(2, 5, 3))
+
+
+def test_unknown_activation_lists_valid_names():
+    with pytest.raises(ValueError, match=r"'sigmod'.*sigmoid, tanh, relu, leaky_relu, softmax, identity"):
+        bnn.Dense(3, 2, activation="sigmod")
+    with pytest.raises(ValueError, match="expected one of"):
+        F.dense(torch.randn(2, 3), torch.randn(2, 3), None, activation="gelu")
+
+
+def test_negative_leaky_slope_refused():
+    with pytest.raises(ValueError, match="negative_slope >= 0"):
+        bnn.LeakyReLU(-0.1)
+
+
+def test_unknown_cost_and_reduction():
+    with pytest.raises(ValueError, match="quadratic, cross_entropy, log_likelihood"):
+        F._cost("hinge", torch.rand(2, 3), torch.rand(2, 3), False, "mean")
+    with pytest.raises(ValueError, match="reduction"):
+        bnn.QuadraticCost(reduction="none")
+    with pytest.raises(ValueError, match="no logits form"):
+        F._cost("quadratic", torch.rand(2, 3), torch.rand(2, 3), True, "mean")
+
+
+@pytest.mark.parametrize("cost", [bnn.QuadraticCost(), bnn.CrossEntropyCost(),
+                                  bnn.LogLikelihoodCost(logits=True)])
+def test_cost_refuses_broadcastable_target(cost):
+    out = torch.rand(4, 1) * 0.8 + 0.1
+    with pytest.raises(ValueError, match=r"do not broadcast"):
+        cost(out, torch.rand(4))  # (4,) float would broadcast against (4, 1) to (4, 4)
+    with pytest.raises(ValueError, match=r"do not broadcast"):
+        cost(torch.rand(4, 3) * 0.8 + 0.1, torch.rand(1, 3))
+
+
+@pytest.mark.parametrize("bad", [-1, 5])
+def test_cost_refuses_out_of_range_class_indices(bad):
+    y = torch.tensor([0, 1, bad])
+    with pytest.raises(ValueError, match=r"class indices must lie in \[0, 4\]"):
+        bnn.LogLikelihoodCost()(torch.rand(3, 5) * 0.8 + 0.1, y)
+
+
+def test_cost_refuses_index_target_of_wrong_length():
+    with pytest.raises(ValueError, match=r"shape \(N,\) = \(3,\)"):
+        bnn.QuadraticCost()(torch.rand(3, 5), torch.tensor([0, 1]))
+
+
+def test_integer_inputs_refused():
+    with pytest.raises(TypeError, match="floating-point"):
+        bnn.Linear(3, 2)(torch.ones(4, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="floating-point"):
+        bnn.Sigmoid()(torch.ones(4, 3, dtype=torch.int32))
+    with pytest.raises(TypeError, match="floating-point"):
+        bnn.QuadraticCost()(torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3))
+    with pytest.raises(TypeError, match="class indices"):
+        bnn.QuadraticCost()(torch.rand(4, 3), torch.ones(4, 3, dtype=torch.bool))
+
+
+def test_mismatched_dtype_refused():
+    with pytest.raises(TypeError, match="float64.*float32"):
+        bnn.Linear(3, 2)(torch.randn(4, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="target has dtype torch.float64"):
+        bnn.QuadraticCost()(torch.rand(4, 3), torch.rand(4, 3, dtype=torch.float64))
+
+
+def test_cost_needs_2d_output():
+    with pytest.raises(ValueError, match=r"\(N, n_outputs\)"):
+        bnn.QuadraticCost()(torch.rand(3), torch.rand(3))
+
+
+def test_non_tensor_input_refused():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        bnn.Sigmoid()([1.0, 2.0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_mismatched_device_refused():
+    with pytest.raises(RuntimeError, match="same device"):
+        bnn.Linear(3, 2).cuda()(torch.randn(4, 3))
+    with pytest.raises(RuntimeError, match="same device"):
+        bnn.QuadraticCost()(torch.rand(4, 3, device="cuda"), torch.rand(4, 3))
+
+
+def test_mismatched_device_refused_on_meta():
+    """The same check without a GPU: a 'meta' weight against a CPU input."""
+    layer = bnn.Linear(3, 2, device="meta")
+    with pytest.raises(RuntimeError, match="input is on cpu but weight is on meta"):
+        layer(torch.randn(4, 3))
