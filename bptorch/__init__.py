@@ -8,10 +8,11 @@ BP3 ∂C/∂b^l = δ^l; BP4 ∂C/∂W^l = δ^l (a^{l-1})ᵀ).
 # torch's own nn is never imported under that name here.
 from . import activations, diagnostics, functional, functions, nn
 from .activations import ACTIVATIONS, Activation, get_activation
+from .network import Network
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "activations", "diagnostics", "functional",
+    "ACTIVATIONS", "Activation", "Network", "activations", "diagnostics", "functional",
     "functions", "get_activation", "nn",
 ]

@@ -15,7 +15,13 @@ def active() -> bool:
     return _recorder is not None
 
 
-def record_delta(name, activation, delta: Tensor, saved: Tensor | None) -> None:
-    """Hand one layer's δ^l (and the tensor σ'(z^l) is computed from) to the recorder."""
+def record_delta(
+    name, activation, delta: Tensor, saved: Tensor | None, scale: float = 1.0
+) -> None:
+    """Hand one layer's δ^l, and the tensor σ'(z^l) is computed from, to the recorder.
+
+    ``scale`` turns δ's row sum into ∂C/∂b: 1 on the autograd path (the cost's 1/N
+    is already inside δ), 1/N in ``Network.backprop`` (whose δ^l are per example).
+    """
     if _recorder is not None:
-        _recorder.add(name, activation, delta, saved)
+        _recorder.add(name, activation, delta, saved, scale)
