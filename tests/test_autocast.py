@@ -1,0 +1,93 @@
+"""Mixed precision: under torch.autocast the matmuls of Linear/Dense run in the
+autocast dtype, costs and their reductions in float32, and every gradient comes back
+in its input's own dtype (float32 parameters get float32 grads)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bptorch
+import bptorch.nn as bnn
+from bptorch.functions import get_cost
+
+LOW = [torch.bfloat16, torch.float16]
+TOL = {torch.bfloat16: dict(rtol=3e-2, atol=3e-2), torch.float16: dict(rtol=1e-2, atol=1e-2)}
+
+
+def _model(device):
+    return torch.nn.Sequential(bnn.Dense(20, 16, "tanh"), bnn.Linear(16, 12), bnn.Sigmoid(),
+                               bnn.Dense(12, 10, "softmax")).to(device)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_layers_run_in_autocast_dtype_grads_in_param_dtype(device, dtype):
+    model = _model(device)
+    x = torch.randn(32, 20, device=device, requires_grad=True)
+    y = torch.randint(0, 10, (32,), device=device)
+    g = torch.randn(32, 10, device=device)  # a random upstream gradient
+    out32 = model(x)
+    ref = torch.autograd.grad(out32, [x, *model.parameters()], g)
+    with torch.autocast(device, dtype=dtype):
+        out = model(x)
+        loss = bnn.LogLikelihoodCost()(out, y)
+    assert out.dtype == dtype
+    assert loss.dtype == torch.float32  # the cost runs in float32
+    grads = torch.autograd.grad(out, [x, *model.parameters()], g.to(dtype))
+    for gr, r in zip(grads, ref):
+        assert gr.dtype == torch.float32  # each input's own dtype
+        torch.testing.assert_close(gr, r, **TOL[dtype])
+    torch.testing.assert_close(out.float(), out32, **TOL[dtype])
+
+
+@pytest.mark.parametrize("name,logits", [("quadratic", False), ("cross_entropy", False),
+                                         ("cross_entropy", True), ("log_likelihood", True)])
+def test_cost_upcasts_to_float32(name, logits):
+    z = torch.randn(16, 10)
+    a = z if logits else torch.sigmoid(z)
+    a = a.to(torch.bfloat16).requires_grad_()
+    y = torch.randint(0, 10, (16,))
+    cost = bptorch.functional._cost
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        c = cost(name, a, y, logits, "mean")
+    (ga,) = torch.autograd.grad(c, a)
+    a32 = a.detach().float().requires_grad_()
+    c32 = cost(name, a32, y, logits, "mean")  # no autocast: plain float32 reference
+    (ga32,) = torch.autograd.grad(c32, a32)
+    assert c.dtype == torch.float32 and ga.dtype == torch.bfloat16
+    torch.testing.assert_close(c, c32, rtol=1e-6, atol=1e-6)  # same float32 math
+    torch.testing.assert_close(ga.float(), ga32, rtol=1e-2, atol=1e-3)
+
+
+def test_network_loss_under_autocast():
+    net = bptorch.Network([20, 15, 10], cost="cross_entropy")
+    x, y = torch.rand(64, 20), torch.randint(0, 10, (64,))
+    ref = torch.autograd.grad(net.loss(x, y), list(net.parameters()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = net.loss(x, y)
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    assert loss.dtype == torch.float32
+    for gr, r in zip(grads, ref):
+        assert gr.dtype == torch.float32
+        torch.testing.assert_close(gr, r, rtol=5e-2, atol=5e-3)
+
+
+def _train(mnist, autocast: bool) -> float:
+    """1 epoch of SGD (η = 0.5, m = 10) on 5,000 MNIST images; validation accuracy in %."""
+    torch.manual_seed(0)
+    x, y = mnist.train[0][:5000], mnist.train[1][:5000]
+    net = bptorch.Network([784, 30, 10], cost="cross_entropy")
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for idx in torch.randperm(len(x)).split(10):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = net.loss(x[idx], y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    xv, yv = mnist.validation
+    return 100 * net.evaluate(xv, yv) / len(yv)
+
+
+def test_mnist_autocast_matches_float32(mnist):
+    acc32, acc16 = _train(mnist, False), _train(mnist, True)
+    assert acc32 > 85  # it learned
+    assert abs(acc16 - acc32) < 1.5, (acc32, acc16)
