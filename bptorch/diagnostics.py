@@ -1,13 +1,46 @@
 """Opt-in recording of δ^l and σ'(z^l), to see saturation and the speed of learning.
 
-The Functions' backward calls :func:`record_delta` only while :func:`active` is
-true, so with no recorder the cost is one global read per layer.
+The book's chapter 3 and 5 diagnoses: a layer learns slowly when its δ^l is small,
+since ∂C/∂b^l = δ^l (BP3) and ∂C/∂W^l = δ^l (a^{l-1})ᵀ (BP4); δ^l is small when
+σ'(z^l) is (a saturated neuron, BP1/BP2), or when the δ handed down is (vanishing
+gradients). Wrap any backward in :func:`record` to see, per layer::
+
+    with bptorch.diagnostics.record(model) as rec:
+        loss = cost(model(x), y)
+        loss.backward()               # or net.backprop(x, y), net.update_mini_batch(...)
+    rec.stats()                       # {"hidden": {"speed": 0.31, ...}, "out": {...}}
+
+The four numbers, all for the cost C of the batch (the book's mean over its rows):
+
+* ``speed`` = ‖∂C/∂b^l‖ = ‖Σ_x scale·δ^l_x‖, the book's "speed of learning" (BP3);
+* ``mean_abs_delta`` = mean over rows and neurons of |scale·δ^l| = |∂C/∂z^l|;
+* ``weight_grad_norm`` = ‖∂C/∂W^l‖_F = ‖(scale·δ)ᵀ a^{l-1}‖ (BP4), NaN for a bare
+  activation module, which never sees a^{l-1};
+* ``saturated_fraction``: the fraction of σ'(z^l) entries below 1% of max σ'
+  (sigmoid: σ' < 0.0025, i.e. |z| > 5.99; ReLU: z ≤ 0; identity: never).
+
+``scale`` is what turns the δ a backward holds into ∂C/∂z for the batch cost: 1 on
+the autograd path (the cost's 1/N is already in δ), 1/N in ``Network.backprop``
+and ``update_mini_batch`` (whose δ^l are the per-example ones), so both paths give
+the same numbers. Only these reduced numbers are kept (one 4-vector per layer per
+backward), unless ``keep=True``.
+
+When no recorder is active, the Functions' backward pay one global read per layer
+(``active()``) and keep nothing: ``benchmarks/diagnostics_overhead.py`` times it.
 """
 from __future__ import annotations
 
-from torch import Tensor
+import contextlib
+import math
+from typing import Iterator
 
-_recorder = None  # the active recorder, or None
+import torch
+from torch import Tensor, nn
+
+_recorder = None  # the active (innermost) Recorder, or None
+
+FIELDS = ("speed", "mean_abs_delta", "weight_grad_norm", "saturated_fraction")
+SATURATED = 0.01  # "saturated" means σ'(z) < SATURATED · max σ'
 
 
 def active() -> bool:
@@ -16,12 +49,175 @@ def active() -> bool:
 
 
 def record_delta(
-    name, activation, delta: Tensor, saved: Tensor | None, scale: float = 1.0
+    name,
+    activation,
+    delta: Tensor,
+    saved: Tensor | None,
+    scale: float = 1.0,
+    a_prev: Tensor | None = None,
 ) -> None:
     """Hand one layer's δ^l, and the tensor σ'(z^l) is computed from, to the recorder.
 
     ``scale`` turns δ's row sum into ∂C/∂b: 1 on the autograd path (the cost's 1/N
     is already inside δ), 1/N in ``Network.backprop`` (whose δ^l are per example).
+    ``a_prev`` is a^{l-1}, for ‖∂C/∂W^l‖ (BP4); None where the caller has none.
     """
     if _recorder is not None:
-        _recorder.add(name, activation, delta, saved, scale)
+        _recorder.add(name, activation, delta, saved, scale, a_prev)
+
+
+@torch.no_grad()  # a double backward (create_graph=True) must not tape the diagnostics
+def layer_stats(
+    activation, delta: Tensor, saved: Tensor | None, scale: float = 1.0,
+    a_prev: Tensor | None = None,
+) -> Tensor:
+    """The four :data:`FIELDS` of one layer, as one (4,) tensor (no host sync)."""
+    dz = delta.reshape(-1, delta.shape[-1]) * scale  # ∂C/∂z^l of the batch cost, (N, n_l)
+    speed = dz.sum(0).norm()  # BP3: ‖∂C/∂b^l‖
+    mean_abs = dz.abs().mean()
+    if a_prev is None:
+        w_norm = dz.new_tensor(math.nan)
+    else:
+        w_norm = (dz.t() @ a_prev.reshape(-1, a_prev.shape[-1])).norm()  # BP4: ‖∂C/∂W^l‖
+    if saved is None:  # identity saves nothing: σ' = 1, never saturated
+        saturated = dz.new_zeros(())
+    else:
+        sp = activation.prime(saved)  # σ'(z^l)
+        saturated = (sp < SATURATED * activation.prime_max).to(dz.dtype).mean()
+    return torch.stack([speed, mean_abs, w_norm, saturated])
+
+
+class Recorder:
+    """What :func:`record` yields: per-layer statistics, one row per backward.
+
+    Attributes:
+        names: layer names, in the model's order (then in order of first record).
+        deltas, primes: with ``keep=True``, name -> list of ∂C/∂z^l (= scale·δ^l,
+            (N, n_l), detached copies) and of σ'(z^l), one per backward.
+    """
+
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
+        self.names: list[str] = []
+        self._rows: dict[str, list[Tensor]] = {}
+        self.deltas: dict[str, list[Tensor]] = {}
+        self.primes: dict[str, list[Tensor]] = {}
+
+    def add(self, name, activation, delta, saved, scale=1.0, a_prev=None) -> None:
+        """Reduce one layer's δ^l to the four numbers and append them."""
+        name = "unnamed" if name is None else name
+        if name not in self._rows:
+            self._rows[name] = []
+            if name not in self.names:
+                self.names.append(name)
+        self._rows[name].append(layer_stats(activation, delta, saved, scale, a_prev))
+        if self.keep:
+            with torch.no_grad():
+                dz = delta.reshape(-1, delta.shape[-1]) * scale
+                sp = torch.ones_like(dz) if saved is None else activation.prime(saved)
+            self.deltas.setdefault(name, []).append(dz.detach().clone())
+            self.primes.setdefault(name, []).append(sp.detach().clone())
+
+    def calls(self, name: str) -> int:
+        """How many backward passes recorded layer ``name``."""
+        return len(self._rows.get(name, ()))
+
+    def history(self) -> dict[str, dict[str, list[float]]]:
+        """name -> field -> one float per recorded backward, oldest first."""
+        out = {}
+        for name in self.names:
+            rows = self._rows.get(name)
+            if rows:
+                cols = torch.stack(rows).t().tolist()  # one host sync per layer
+                out[name] = dict(zip(FIELDS, cols))
+        return out
+
+    def stats(self, reduce: str = "last") -> dict[str, dict[str, float]]:
+        """name -> field -> float: the latest backward's value, or the mean over all.
+
+        ``reduce="last"`` (default) or ``"mean"``. Layers never reached are absent.
+        """
+        if reduce not in ("last", "mean"):
+            raise ValueError(f"reduce must be 'last' or 'mean', got {reduce!r}")
+        out = {}
+        for name in self.names:
+            rows = self._rows.get(name)
+            if rows:
+                row = rows[-1] if reduce == "last" else torch.stack(rows).mean(0)
+                out[name] = dict(zip(FIELDS, row.tolist()))
+        return out
+
+    def clear(self) -> None:
+        """Forget every record (the names stay)."""
+        self._rows.clear()
+        self.deltas.clear()
+        self.primes.clear()
+
+
+def _diagnosable(module: nn.Module) -> bool:
+    """The bptorch modules whose Function reports a name: Dense and the activations."""
+    from .nn.activation import _Activation
+    from .nn.linear import Dense
+
+    return isinstance(module, (Dense, _Activation))
+
+
+@contextlib.contextmanager
+def record(model: nn.Module | None = None, *, keep: bool = False) -> Iterator[Recorder]:
+    """Collect per-layer statistics from every backward run inside the block.
+
+    With ``model``, each Dense and activation module in ``model.named_modules()``
+    is labelled by its name there ("hidden", "0", "layers.1"; the model itself, if
+    it is one, "layer{i}" by its order); the labels are restored on exit. Without
+    it, layers report their existing ``_diag_name`` (``Network`` sets these) or
+    "unnamed". Names are attached when the forward runs, so run it inside the block.
+
+    Nesting: the innermost recorder collects; the outer one resumes when it exits.
+    After exit, the recorder keeps its records and collects nothing more.
+    """
+    global _recorder
+    rec = Recorder(keep)
+    renamed: list[tuple[nn.Module, object]] = []
+    if model is not None:
+        for i, (name, module) in enumerate(
+            (n, m) for n, m in model.named_modules() if _diagnosable(m)
+        ):
+            renamed.append((module, module.__dict__.get("_diag_name", _MISSING)))
+            module._diag_name = name or f"layer{i}"
+            if module._diag_name not in rec.names:
+                rec.names.append(module._diag_name)
+    previous, _recorder = _recorder, rec
+    try:
+        yield rec
+    finally:
+        _recorder = previous
+        for module, old in reversed(renamed):
+            if old is _MISSING:
+                del module._diag_name
+            else:
+                module._diag_name = old
+
+
+_MISSING = object()
+
+
+def measure(net: nn.Module, x: Tensor, y: Tensor) -> dict[str, dict[str, float]]:
+    """Per-layer :data:`FIELDS` of ``net.backprop(x, y)`` on a probe batch, as floats.
+
+    The parameters' ``.grad`` (and ``net.deltas``) are put back as they were, so it
+    can run between optimizer steps; the parameters themselves are not touched.
+    """
+    params = list(net.parameters())
+    grads = [p.grad for p in params]
+    deltas = getattr(net, "deltas", None)
+    try:
+        for p in params:
+            p.grad = None
+        with record(net) as rec:
+            net.backprop(x, y)
+    finally:
+        for p, g in zip(params, grads):
+            p.grad = g
+        if deltas is not None:
+            net.deltas = deltas
+    return rec.stats()
