@@ -1,0 +1,1 @@
+"""Experiment scripts: one file each, run as ``python -m experiments.NAME``."""
