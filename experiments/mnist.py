@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 import bptorch
 from bptorch import Network
+from bptorch.distributed import all_reduce_grads, average_parameters, init_from_env, shard
 
 # The book's configurations, and the accuracy it reports for each (None: not given). Chapter 1
 # gives peak test accuracy; chapter 3's 97.92% is the final *validation* accuracy, of a run
@@ -112,22 +113,34 @@ def sgd(model: nn.Module, eta: float, lmbda: float, n: int) -> torch.optim.SGD:
 
 def train_epoch(model: nn.Module, engine: str, x: Tensor, y: Tensor, batch_size: int,
                 eta: float, lmbda: float, gen: torch.Generator, optimizer=None,
-                progress: bool = False, desc: str = "") -> None:
-    """One pass over a fresh shuffle of (x, y), in mini-batches (the last may be short)."""
+                progress: bool = False, desc: str = "", rank: int = 0, world: int = 1) -> None:
+    """One pass over a fresh shuffle of (x, y), in mini-batches (the last may be short).
+
+    With ``world`` > 1 (torchrun), every rank draws the same permutation and trains on
+    its shard of it; after each step the ranks average their gradients (autograd,
+    native) or their updated parameters (explicit), so all hold the same weights.
+    """
     from tqdm import tqdm
 
     n = x.shape[0]
-    perm = torch.randperm(n, generator=gen).to(x.device)
+    perm = torch.randperm(n, generator=gen)
+    if world > 1:
+        perm = shard(perm, rank, world)
+    perm = perm.to(x.device)
     x, y = x[perm], y[perm]  # one gather per epoch; batches below are views
-    starts = tqdm(range(0, n, batch_size), desc=desc, leave=False, file=sys.stderr,
+    starts = tqdm(range(0, x.shape[0], batch_size), desc=desc, leave=False, file=sys.stderr,
                   disable=not progress, unit="batch")
     for k in starts:
         xb, yb = x[k:k + batch_size], y[k:k + batch_size]
         if engine == "explicit":
             model.update_mini_batch(xb, yb, eta, lmbda, n)
+            if world > 1:
+                average_parameters(model)
         else:
             optimizer.zero_grad(set_to_none=True)
             loss_of(model, xb, yb).backward()
+            if world > 1:
+                all_reduce_grads(model)
             optimizer.step()
 
 
@@ -182,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this checkpoint (its sizes/activation/cost/init); "
                         "--epochs 0 only evaluates")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel under torchrun: each rank trains on its shard of every "
+                        "epoch, --batch-size rows per rank per step (gloo on CPU, nccl on GPU)")
     return p
 
 
@@ -222,7 +238,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     from bptorch.data import load_mnist
 
+    rank, world = init_from_env() if args.distributed else (0, 1)
     device = torch.device(c["device"])
+    if args.distributed and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     data = load_mnist(c["dataset"], c["data_dir"], device=device)
     x_train, labels_train = data.train
     if c["train_size"] is not None:
@@ -232,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (x_val, labels_val), (x_test, labels_test) = data.validation, data.test
     config.update(n_train=n, data_source=data.source, torch_version=str(torch.__version__),
                   torch_threads=torch.get_num_threads(),
-                  bptorch_version=bptorch.__version__, load=args.load)
+                  bptorch_version=bptorch.__version__, load=args.load, world_size=world)
 
     torch.manual_seed(c["seed"])  # the initial weights
     net = Network(c["sizes"], c["activation"], c["cost"], c["init"], device=device)
@@ -241,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model: nn.Module = native_model(net) if c["engine"] == "native" else net
     optimizer = sgd(model, c["eta"], c["lmbda"], n) if c["engine"] != "explicit" else None
     gen = torch.Generator().manual_seed(c["seed"])  # the shuffles, apart from the weights
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = not args.no_progress and sys.stderr.isatty() and rank == 0
 
     history: dict[str, list] = {"test_accuracy": [], "validation_accuracy": [],
                                 "training_cost": [], "epoch_seconds": []}
@@ -251,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for j in range(c["epochs"]):
         start = time.perf_counter()
         train_epoch(model, c["engine"], x_train, y_train, c["batch_size"], c["eta"], c["lmbda"],
-                    gen, optimizer, progress, desc=f"Epoch {j}")
+                    gen, optimizer, progress, desc=f"Epoch {j}", rank=rank, world=world)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
@@ -264,14 +283,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if measure is not None:
             m = measure(model, x_train[:DIAGNOSTIC_SUBSET], labels_train[:DIAGNOSTIC_SUBSET])
             history["diagnostics"].append(_jsonable(m))
-        print(f"Epoch {j}: {k_test} / {n_test}  (validation {k_val} / {n_val}, "
-              f"training cost {cost:.4f}, {seconds:.2f} s)", flush=True)
+        if rank == 0:
+            print(f"Epoch {j}: {k_test} / {n_test}  (validation {k_val} / {n_val}, "
+                  f"training cost {cost:.4f}, {seconds:.2f} s)", flush=True)
 
     k_test, k_val = correct(model, x_test, labels_test), correct(model, x_val, labels_val)
     final = {"test_accuracy": k_test / n_test, "validation_accuracy": k_val / n_val}
     if not c["epochs"]:
         print(f"Evaluated: {k_test} / {n_test}  (validation {k_val} / {n_val})")
     results = {"config": config, "history": history, "final": final}
+    if rank != 0:  # every rank holds the same weights; rank 0 writes the files
+        return results
     if args.save:
         state = model.state_dict()
         if c["engine"] == "native":
