@@ -75,14 +75,19 @@ def check_cost_inputs(output: Tensor, target: Tensor, what: str = "output") -> T
                 f"class-index target must have shape (N,) = ({n},) for {what} of shape "
                 f"{_shape(output)}, got {_shape(target)}"
             )
-        if n and not torch.compiler.is_compiling():
+        # the range check reads values: skip it while compiling and under torch.func
+        # transforms (vmap cannot call .item() on a batched tensor)
+        if (n and not torch.compiler.is_compiling()
+                and not torch._C._functorch.is_functorch_wrapped_tensor(target)):
             lo, hi = int(target.min()), int(target.max())
             if lo < 0 or hi >= n_out:
                 raise ValueError(
                     f"class indices must lie in [0, {n_out - 1}] for {n_out} outputs, "
                     f"got values in [{lo}, {hi}]"
                 )
-        return torch.nn.functional.one_hot(target.long(), n_out).to(output.dtype)
+        # one-hot by comparison: F.one_hot reads the values, which vmap cannot
+        classes = torch.arange(n_out, device=target.device)
+        return (target.long().unsqueeze(-1) == classes).to(output.dtype)
     if not target.is_floating_point():
         raise TypeError(
             f"target must be class indices (an integer tensor of shape (N,)) or a float "

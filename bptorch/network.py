@@ -120,10 +120,12 @@ class Network(nn.Module):
         can take the step. ``y`` is class indices (N,) or a target of a^L's shape.
         Returns the batch-mean cost C; afterwards ``self.deltas`` holds δ^l.
         """
-        y = self._check(x, y)
-        zs, activations = self._feedforward(x)
-        self.deltas = self._backward(zs, activations, y, update=None)
-        return self._cost_value(zs[-1], activations[-1], y)
+        plan = self._plan()
+        y = self._check(x, y, plan[0])
+        activations, z_L = self._feedforward(x, plan, keep_z_L=self.cost != "quadratic")
+        delta, cost = self._output_error(z_L, activations[-1], y, plan[-1][3], True)  # BP1
+        self.deltas = self._backward(delta, activations, plan, update=None)
+        return cost
 
     @torch.no_grad()
     def update_mini_batch(
@@ -137,67 +139,106 @@ class Network(nn.Module):
         Each layer is updated as soon as its δ has been passed down, with no .grad
         buffers and no optimizer: the fastest engine.
         """
-        y = self._check(x, y)
-        zs, activations = self._feedforward(x, keep_z=False)
-        self.deltas = self._backward(zs, activations, y, update=(eta, 1 - eta * lmbda / n))
+        plan = self._plan()
+        y = self._check(x, y, plan[0])
+        activations, _ = self._feedforward(x, plan)
+        delta, _ = self._output_error(None, activations[-1], y, plan[-1][3])  # BP1
+        self.deltas = self._backward(delta, activations, plan, (eta, 1 - eta * lmbda / n))
 
-    def _check(self, x: Tensor, y: Tensor) -> Tensor:
-        first = self.layers[0]
-        check_linear(x, first.weight, first.bias)
-        return check_cost_inputs(x.new_empty(x.shape[0], self.sizes[-1]), y, "a^L")
+    def _plan(self) -> list[tuple]:
+        """(layer, W, b, σ) of each layer, read once per step: every Module attribute
+        lookup costs about a µs, a sizeable part of a small net's step."""
+        return [(layer, layer.weight, layer.bias, layer.activation) for layer in self.layers]
 
-    def _feedforward(self, x: Tensor, keep_z: bool = True) -> tuple[list, list]:
-        """Step 1: z^l = a^{l-1} Wᵀ + b and a^l = σ(z^l), layer by layer."""
-        zs, activations = [], [x]
-        for layer in self.layers:
-            z = torch.addmm(layer.bias, activations[-1], layer.weight.t())
-            act = layer.activation
-            if keep_z:
-                activations.append(act.fn(z))
+    def _check(self, x: Tensor, y: Tensor, first: tuple) -> Tensor:
+        """Validate (x, y); return y as float rows of a^L's shape (class indices one-hot).
+
+        The checks read only shapes, dtypes and devices, so a float target with the
+        same metadata as the last batch that passed skips them (a few µs a step).
+        """
+        _, w, b, _ = first
+        if isinstance(x, Tensor) and isinstance(y, Tensor):
+            key = (x.shape, x.dtype, x.device, y.shape, y.dtype, y.device, w.dtype, w.device)
+            if key == self.__dict__.get("_checked"):
+                return y
+        check_linear(x, w, b)
+        target = check_cost_inputs(x.new_empty(x.shape[0], self.sizes[-1]), y, "a^L")
+        if target is y and x.dtype == w.dtype:  # a float target; indices are range-checked
+            self._checked = key
+        return target
+
+    def _feedforward(
+        self, x: Tensor, plan: list[tuple], keep_z_L: bool = False
+    ) -> tuple[list[Tensor], Tensor | None]:
+        """Step 1: z^l = a^{l-1} Wᵀ + b and a^l = σ(z^l), layer by layer.
+
+        Returns [x, a^1, ..., a^L] and, if ``keep_z_L``, z^L (for the value of the
+        logits costs). σ' comes from a^l, so no other z^l is kept.
+        """
+        activations = [x]
+        z_L = None
+        last = len(plan) - 1
+        for l, (_, weight, bias, act) in enumerate(plan):
+            # one call for the GEMM and the bias: F.linear transposes W inside C++
+            z = torch.nn.functional.linear(activations[-1], weight, bias)
+            if l == last and keep_z_L:
+                z_L, a = z, act.fn(z)
             else:  # σ in place, saving an allocation per layer: z is not needed again
-                activations.append(_IN_PLACE.get(act.name, act.fn)(z))
-            zs.append(z if keep_z else None)
-        return zs, activations
+                a = _IN_PLACE.get(act.name, act.fn)(z)
+            activations.append(a)
+        return activations, z_L
 
-    def _output_error(self, z_L: Tensor | None, a_L: Tensor, y: Tensor) -> Tensor:
-        """Step 2, BP1: δ^L = ∇_a C ⊙ σ'(z^L), per example."""
-        out = self.layers[-1].activation
+    def _output_error(
+        self, z_L: Tensor | None, a_L: Tensor, y: Tensor, out, value: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Step 2, BP1: δ^L = ∇_a C ⊙ σ'(z^L), per example, for output activation
+        ``out``; and, if ``value``, the batch-mean cost C (z^L for the logits costs)."""
+        m = a_L.shape[0]
+        cost = None
         if self.cost == "quadratic":
-            return out.delta(get_cost("quadratic").grad(a_L, y), a_L)  # (a − y) ⊙ σ'(z^L)
+            r = a_L - y  # ∇_a C_x = a − y, shared by δ^L and C = (1/m) Σ_x ½‖a − y‖²
+            if value:  # one dot product instead of square, sum and scale
+                r1 = r.view(-1)
+                cost = torch.dot(r1, r1).mul_(0.5 / m)
+            return out.delta(r, a_L), cost  # (a − y) ⊙ σ'(z^L)
         # cross-entropy after sigmoid, log-likelihood after softmax: σ' cancels and
         # δ^L = a − y (the logits form's closed-form gradient, costs.py).
-        return a_L - y if self.cost == "cross_entropy" else a_L * y.sum(-1, keepdim=True) - y
+        if self.cost == "cross_entropy":
+            delta = a_L - y
+        else:
+            delta = a_L * y.sum(-1, keepdim=True) - y
+        if value:
+            cost = get_cost(self.cost, logits=True).fn(z_L, y) / m
+        return delta, cost
 
-    def _backward(self, zs, activations, y, update) -> list[Tensor]:
-        """Steps 2–4: BP1, then BP2 down the layers, with BP3 and BP4 at each."""
-        L = len(self.layers)
+    def _backward(
+        self, delta: Tensor, activations: list[Tensor], plan: list[tuple], update
+    ) -> list[Tensor]:
+        """Steps 3–4: from δ^L, BP2 down the layers, with BP3 and BP4 at each."""
+        L = len(plan)
         m = activations[0].shape[0]
         deltas: list[Tensor] = [None] * L  # type: ignore[list-item]
-        delta = self._output_error(zs[-1], activations[-1], y)  # BP1
+        record = diagnostics.active()  # read once, not once per layer
         for l in range(L - 1, -1, -1):
-            layer, a_prev = self.layers[l], activations[l]
+            layer, weight, bias, act = plan[l]
+            a_prev = activations[l]
             deltas[l] = delta
-            if diagnostics.active():
-                diagnostics.record_delta(layer._diag_name, layer.activation, delta,
-                                         activations[l + 1], scale=1 / m)
+            if record:
+                diagnostics.record_delta(layer._diag_name, act, delta,
+                                         activations[l + 1], scale=1 / m, a_prev=a_prev)
             if l > 0:  # BP2, with W^l read before the update below changes it
-                below = self.layers[l - 1].activation
-                delta_below = below.delta(delta @ layer.weight, a_prev)
+                delta_below = plan[l - 1][3].delta(torch.mm(delta, weight), a_prev)
             if update is None:
-                _accumulate(layer.weight, torch.mm(delta.t(), a_prev).div_(m))  # BP4
-                _accumulate(layer.bias, delta.mean(0))  # BP3
+                _accumulate_mm(weight, delta.t(), a_prev, 1 / m)  # BP4, mean over rows
+                _accumulate(bias, delta.mean(0))  # BP3
             else:
                 eta, decay = update
                 # BP4 and the update in one GEMM: W ← decay·W − (η/m) δᵀ a_prev
-                layer.weight.addmm_(delta.t(), a_prev, beta=decay, alpha=-eta / m)
-                layer.bias.add_(delta.sum(0), alpha=-eta / m)  # BP3
+                weight.addmm_(delta.t(), a_prev, beta=decay, alpha=-eta / m)
+                bias.add_(delta.sum(0), alpha=-eta / m)  # BP3
             if l > 0:
                 delta = delta_below
         return deltas
-
-    def _cost_value(self, z_L: Tensor, a_L: Tensor, y: Tensor) -> Tensor:
-        cost = get_cost(self.cost, logits=self.cost != "quadratic")
-        return cost.fn(a_L if self.cost == "quadratic" else z_L, y) / a_L.shape[0]
 
 
 _IN_PLACE = {"sigmoid": torch.sigmoid_, "tanh": torch.tanh_, "relu": torch.relu_}
@@ -208,3 +249,11 @@ def _accumulate(p: Tensor, grad: Tensor) -> None:
         p.grad = grad
     else:
         p.grad.add_(grad)
+
+
+def _accumulate_mm(p: Tensor, mat1: Tensor, mat2: Tensor, alpha: float) -> None:
+    """p.grad += alpha · mat1 @ mat2, in one GEMM call either way."""
+    if p.grad is None:  # beta=0: addmm ignores p's values, which only give the shape
+        p.grad = torch.addmm(p, mat1, mat2, beta=0, alpha=alpha)
+    else:
+        p.grad.addmm_(mat1, mat2, alpha=alpha)

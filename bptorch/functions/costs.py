@@ -116,30 +116,60 @@ class CostFunction(Function):
     logits cost the input is z^L and the gradient is δ^L itself (BP1 closed form).
 
     Batch-first: ``output`` and ``target`` are (N, n_L); one row per example.
+
+    Forward mode (``jvp``): dC = scale · Σ_x (∇_a C_x · da_x + ∇_y C_x · dy_x).
+    Under ``torch.autocast`` a float16/bfloat16 output is upcast: the cost and its
+    reductions run in float32, and the gradient comes back in the output's dtype.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(output: Tensor, target: Tensor, cost: Cost, scale: float) -> Tensor:
-        return cost.fn(output, target) * scale
+        return cost.fn(*_upcast(output, target, _autocast_upcast(output))) * scale
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
         a, y, cost, scale = inputs
         ctx.cost, ctx.scale = cost, scale
+        ctx.upcast = _autocast_upcast(a)  # backward runs outside autocast: remember it
         ctx.save_for_backward(a, y)
+        ctx.save_for_forward(a, y)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a, y = ctx.saved_tensors
         cost, g = ctx.cost, grad_output * ctx.scale
+        a32, y32 = _upcast(a, y, ctx.upcast)  # a, y themselves unless autocast is on
         grad_a = grad_y = None
         if ctx.needs_input_grad[0]:
-            grad_a = g * cost.grad(a, y)  # ∇_a C (BP1's first factor), or δ^L for logits
+            # ∇_a C (BP1's first factor), or δ^L for logits
+            grad_a = (g * cost.grad(a32, y32)).to(a.dtype)
         if ctx.needs_input_grad[1]:
-            grad_y = g * cost.grad_target(a, y)
+            grad_y = (g * cost.grad_target(a32, y32)).to(y.dtype)
         return grad_a, grad_y, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, da, dy, _dcost, _dscale) -> Tensor:
+        a, y = ctx.saved_tensors
+        a32, y32 = _upcast(a, y, ctx.upcast)
+        dC = torch.zeros((), dtype=a32.dtype, device=a.device)
+        if da is not None:
+            dC = dC + (ctx.cost.grad(a32, y32) * da).sum()
+        if dy is not None:
+            dC = dC + (ctx.cost.grad_target(a32, y32) * dy).sum()
+        return dC * ctx.scale
+
+
+def _autocast_upcast(a: Tensor) -> bool:
+    """True under torch.autocast for a float16/bfloat16 ``a``: the cost runs in float32."""
+    return a.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(
+        a.device.type
+    )
+
+
+def _upcast(a: Tensor, y: Tensor, upcast: bool) -> tuple[Tensor, Tensor]:
+    return (a.float(), y.float()) if upcast else (a, y)
 
 
 cost = CostFunction.apply

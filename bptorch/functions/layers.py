@@ -17,6 +17,7 @@ per-example costs, and its gradient the same sum of per-example gradients.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -25,6 +26,52 @@ from torch.autograd import Function
 
 from ..activations import Activation
 from .. import diagnostics
+
+
+# -- mixed precision ------------------------------------------------------------
+# torch.amp.custom_fwd/custom_bwd expect the combined forward(ctx, ...) form, so the
+# Functions handle torch.autocast themselves: forward runs the matmul in the autocast
+# dtype (as torch.nn.Linear does under autocast); setup_context records that dtype;
+# backward recasts the saved float32 a_prev and W, runs BP2–BP4 in it, and returns
+# each gradient in its input's own dtype (float32 parameters get float32 grads).
+def _autocast_dtype(t: Tensor) -> torch.dtype | None:
+    """The dtype torch.autocast gives matmuls on t's device, or None when it is off."""
+    device_type = t.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _cast(dtype: torch.dtype | None, *tensors: Tensor | None) -> tuple:
+    if dtype is None:
+        return tensors
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def _autocast_linear_backward(ctx: Any, delta: Tensor, a_prev: Tensor, weight: Tensor):
+    """:func:`_linear_backward` in ``ctx.autocast_dtype``, grads cast back to each input's dtype."""
+    dtype = ctx.autocast_dtype
+    if dtype is None:
+        return _linear_backward(ctx, delta, a_prev, weight)
+    grads = _linear_backward(ctx, *_cast(dtype, delta, a_prev, weight))
+    return tuple(None if g is None else g.to(d) for g, d in zip(grads, ctx.input_dtypes))
+
+
+def _record_autocast(ctx: Any, input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    ctx.autocast_dtype = _autocast_dtype(input)
+    ctx.input_dtypes = (input.dtype, weight.dtype, None if bias is None else bias.dtype)
+
+
+def _linear_jvp(a_prev: Tensor, weight: Tensor, da_prev, dweight, dbias) -> Tensor:
+    """Forward mode of z = a_prev Wᵀ + b: dz = da_prev Wᵀ + a_prev dWᵀ + db."""
+    dz = torch.zeros((), dtype=a_prev.dtype, device=a_prev.device)
+    if da_prev is not None:
+        dz = dz + da_prev @ weight.t()
+    if dweight is not None:
+        dz = dz + a_prev @ dweight.t()
+    if dbias is not None:
+        dz = dz + dbias
+    return dz.expand(*a_prev.shape[:-1], weight.shape[0])
 
 
 def _linear_backward(
@@ -54,23 +101,35 @@ class LinearFunction(Function):
     Batch-first: ``z = a_prev @ W.T + b``; ``grad_weight = delta.T @ a_prev``,
     ``grad_bias = delta.sum(0)``, ``grad_input = delta @ W``. Inputs of shape
     (*, in_features) are flattened to rows for BP3 and BP4.
+
+    Forward mode (``jvp``): dz = da_prev Wᵀ + a_prev dWᵀ + db.
+    Under ``torch.autocast`` the matmuls run in the autocast dtype; the gradients
+    come back in each input's dtype.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        input, weight, bias = _cast(_autocast_dtype(input), input, weight, bias)
         return torch.nn.functional.linear(input, weight, bias)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        input, weight, _bias = inputs
+        input, weight, bias = inputs
+        _record_autocast(ctx, input, weight, bias)
         ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a_prev, weight = ctx.saved_tensors
-        return _linear_backward(ctx, grad_output, a_prev, weight)
+        return _autocast_linear_backward(ctx, grad_output, a_prev, weight)
+
+    @staticmethod
+    def jvp(ctx: Any, da_prev, dweight, dbias) -> Tensor:
+        a_prev, weight = ctx.saved_tensors
+        return _linear_jvp(a_prev, weight, da_prev, dweight, dbias)
 
 
 class ActivationFunction(Function):
@@ -82,13 +141,19 @@ class ActivationFunction(Function):
     δ = a ⊙ (grad_output − Σ_k grad_output_k a_k).
 
     Batch-first: elementwise, so the same formulas on (N, n) tensors.
+
+    Forward mode (``jvp``): da = σ'(z) ⊙ dz. The Jacobian of σ is symmetric (diagonal,
+    or diag(a) − a aᵀ for softmax), so this is ``activation.delta`` applied to dz.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(z: Tensor, activation: Activation, name: str | None = None) -> Tensor:
-        return activation.fn(z)
+        a = activation.fn(z)
+        # identity gives back z itself; a Function that returns its input must return
+        # views from jvp too, which vmap(jvp) cannot do: copy (Identity only)
+        return a.clone() if a is z else a
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -96,6 +161,12 @@ class ActivationFunction(Function):
         ctx.activation, ctx.name = activation, name
         saved = {"a": output, "z": z}.get(activation.saves)
         ctx.save_for_backward(saved)
+        ctx.save_for_forward(saved)
+
+    @staticmethod
+    def jvp(ctx: Any, dz: Tensor, _dactivation, _dname) -> Tensor:
+        (saved,) = ctx.saved_tensors
+        return ctx.activation.delta(dz, saved)  # da = σ'(z) ⊙ dz
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
@@ -121,6 +192,10 @@ class DenseFunction(Function):
     ``grad_weight = delta.T @ a_prev``, ``grad_bias = delta.sum(0)``,
     ``grad_input = delta @ W``. Saves a_prev, W and what σ' needs (a for sigmoid),
     the same bytes as ``nn.Linear`` followed by ``nn.Sigmoid``.
+
+    Forward mode (``jvp``): dz = da_prev Wᵀ + a_prev dWᵀ + db, then da = σ'(z) ⊙ dz.
+    Under ``torch.autocast`` the matmuls run in the autocast dtype; the gradients
+    come back in each input's dtype.
     """
 
     generate_vmap_rule = True
@@ -133,6 +208,7 @@ class DenseFunction(Function):
         activation: Activation,
         name: str | None = None,
     ) -> Tensor:
+        input, weight, bias = _cast(_autocast_dtype(input), input, weight, bias)
         z = torch.nn.functional.linear(input, weight, bias)
         return activation.fn(z)
 
@@ -140,10 +216,23 @@ class DenseFunction(Function):
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
         input, weight, _bias, activation, name = inputs
         ctx.activation, ctx.name = activation, name
+        _record_autocast(ctx, input, weight, _bias)
         if activation.saves == "z":  # recompute z in backward rather than keep it
-            ctx.save_for_backward(input, weight, _bias, None)
+            saved = (input, weight, _bias, None)
         else:
-            ctx.save_for_backward(input, weight, None, output)
+            saved = (input, weight, None, output)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+
+    @staticmethod
+    def jvp(ctx: Any, da_prev, dweight, dbias, _dactivation, _dname) -> Tensor:
+        a_prev, weight, bias, a = ctx.saved_tensors
+        act = ctx.activation
+        dz = _linear_jvp(a_prev, weight, da_prev, dweight, dbias)
+        saved = a if act.saves == "a" else None
+        if act.saves == "z":
+            saved = torch.nn.functional.linear(a_prev, weight, bias)
+        return act.delta(dz, saved)  # da = σ'(z) ⊙ dz
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
@@ -151,12 +240,17 @@ class DenseFunction(Function):
         act = ctx.activation
         saved = a if act.saves == "a" else None
         if act.saves == "z":
-            saved = torch.nn.functional.linear(a_prev, weight, bias)
+            saved = torch.nn.functional.linear(*_cast(ctx.autocast_dtype, a_prev, weight, bias))
         delta = act.delta(grad_output, saved)  # BP1/BP2: δ^l = ∂C/∂a^l ⊙ σ'(z^l)
         if diagnostics.active():
-            diagnostics.record_delta(ctx.name, act, delta, saved)
-        return (*_linear_backward(ctx, delta, a_prev, weight), None, None)
+            diagnostics.record_delta(ctx.name, act, delta, saved, a_prev=a_prev)
+        return (*_autocast_linear_backward(ctx, delta, a_prev, weight), None, None)
 
+
+# Function.apply binds its arguments to forward's signature on every call through
+# inspect.signature (~10 µs a layer); a precomputed __signature__ makes that a read.
+for _fn in (LinearFunction, ActivationFunction, DenseFunction):
+    _fn.forward.__signature__ = inspect.signature(_fn.forward)
 
 linear = LinearFunction.apply
 activation = ActivationFunction.apply

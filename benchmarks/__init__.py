@@ -1,0 +1,1 @@
+"""Benchmarks of bptorch: `python -m benchmarks.run`."""
