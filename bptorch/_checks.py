@@ -54,8 +54,8 @@ def check_linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
 
 
 def check_cost_inputs(output: Tensor, target: Tensor, what: str = "output") -> Tensor:
-    """Validate ``(output, target)`` for a cost and return the target as a float tensor
-    of ``output``'s shape: class indices (N,) become one-hot rows."""
+    """Validate ``(output, target)`` for a cost: class indices (N,) in range, or a float
+    tensor of ``output``'s shape. Returns the target unchanged."""
     check_floating(what, output)
     if output.dim() != 2:
         raise ValueError(
@@ -85,9 +85,7 @@ def check_cost_inputs(output: Tensor, target: Tensor, what: str = "output") -> T
                     f"class indices must lie in [0, {n_out - 1}] for {n_out} outputs, "
                     f"got values in [{lo}, {hi}]"
                 )
-        # one-hot by comparison: F.one_hot reads the values, which vmap cannot
-        classes = torch.arange(n_out, device=target.device)
-        return (target.long().unsqueeze(-1) == classes).to(output.dtype)
+        return target
     if not target.is_floating_point():
         raise TypeError(
             f"target must be class indices (an integer tensor of shape (N,)) or a float "
@@ -101,3 +99,14 @@ def check_cost_inputs(output: Tensor, target: Tensor, what: str = "output") -> T
         )
     check_same("target", target, what, output)
     return target
+
+
+def one_hot(target: Tensor, n_out: int, dtype: torch.dtype) -> Tensor:
+    """Class indices (N,) as one-hot rows (N, n_out) of ``dtype``; a float target as it is.
+
+    Built by comparison with arange, not F.one_hot, which reads the values (vmap cannot).
+    """
+    if target.is_floating_point():
+        return target
+    classes = torch.arange(n_out, device=target.device)
+    return (target.long().unsqueeze(-1) == classes).to(dtype)

@@ -100,3 +100,37 @@ def log_likelihood_cost(
 ) -> Tensor:
     """C = −ln a_y; with ``logits=True`` ``output`` is z^L and a = softmax(z)."""
     return _cost("log_likelihood", output, target, logits, reduction)
+
+
+# ---- convolutional layers (Functions in bptorch/functions/conv.py)
+from .functions import conv as _conv  # noqa: E402
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
+           stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0) -> Tensor:
+    """z = W ⋆ a_prev + b for input (N, C_in, H, W), weight (C_out, C_in, k_h, k_w)."""
+    stride, padding = _conv._pair(stride), _conv._pair(padding)
+    _conv.check_conv2d(input, weight, bias, stride, padding)
+    return _conv.Conv2dFunction.apply(input, weight, bias, stride, padding, False)
+
+
+def max_pool2d(input: Tensor, kernel_size: int | tuple[int, int],
+               stride: int | tuple[int, int] | None = None) -> Tensor:
+    """a_j = max over window j; stride defaults to kernel_size."""
+    k = _conv._pair(kernel_size)
+    s = _conv._pair(stride) if stride is not None else k
+    _conv.check_pool2d(input, k, s)
+    return _conv.MaxPool2dFunction.apply(input, k, s)[0]
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """a = z ⊙ m, m_i ∈ {0, 1/(1 − p)}; the identity when not training."""
+    p = _conv.check_dropout_p(p)
+    if not training or p == 0.0:
+        return input
+    return _conv.DropoutFunction.apply(input, _conv.dropout_mask(input, p))
+
+
+def flatten(input: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
+    """Merge dims start_dim..end_dim; the backward reshapes δ back."""
+    return _conv.FlattenFunction.apply(input, start_dim, end_dim)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from . import diagnostics
-from ._checks import check_cost_inputs, check_linear
+from ._checks import check_cost_inputs, check_linear, one_hot
 from .functional import _cost, linear
 from .functions.costs import get_cost
 from .nn.linear import Dense
@@ -162,7 +162,8 @@ class Network(nn.Module):
             if key == self.__dict__.get("_checked"):
                 return y
         check_linear(x, w, b)
-        target = check_cost_inputs(x.new_empty(x.shape[0], self.sizes[-1]), y, "a^L")
+        target = one_hot(check_cost_inputs(x.new_empty(x.shape[0], self.sizes[-1]), y, "a^L"),
+                         self.sizes[-1], x.dtype)
         if target is y and x.dtype == w.dtype:  # a float target; indices are range-checked
             self._checked = key
         return target

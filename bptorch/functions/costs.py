@@ -20,6 +20,8 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.nn.functional import softplus
 
+from .._checks import one_hot
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -115,7 +117,9 @@ class CostFunction(Function):
     δ^L = ∇_a C ⊙ σ'(z^L); the output layer's backward supplies ⊙ σ'(z^L). For a
     logits cost the input is z^L and the gradient is δ^L itself (BP1 closed form).
 
-    Batch-first: ``output`` and ``target`` are (N, n_L); one row per example.
+    Batch-first: ``output`` is (N, n_L), one row per example; ``target`` is the same
+    shape, or class indices (N,), saved as they are (8 bytes a row, as torch's
+    cross_entropy keeps them) and turned into one-hot rows y where the math needs them.
 
     Forward mode (``jvp``): dC = scale · Σ_x (∇_a C_x · da_x + ∇_y C_x · dy_x).
     Under ``torch.autocast`` a float16/bfloat16 output is upcast: the cost and its
@@ -126,7 +130,8 @@ class CostFunction(Function):
 
     @staticmethod
     def forward(output: Tensor, target: Tensor, cost: Cost, scale: float) -> Tensor:
-        return cost.fn(*_upcast(output, target, _autocast_upcast(output))) * scale
+        y = one_hot(target, output.shape[-1], output.dtype)
+        return cost.fn(*_upcast(output, y, _autocast_upcast(output))) * scale
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -138,7 +143,8 @@ class CostFunction(Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
-        a, y = ctx.saved_tensors
+        a, target = ctx.saved_tensors
+        y = one_hot(target, a.shape[-1], a.dtype)
         cost, g = ctx.cost, grad_output * ctx.scale
         a32, y32 = _upcast(a, y, ctx.upcast)  # a, y themselves unless autocast is on
         grad_a = grad_y = None
@@ -151,8 +157,8 @@ class CostFunction(Function):
 
     @staticmethod
     def jvp(ctx: Any, da, dy, _dcost, _dscale) -> Tensor:
-        a, y = ctx.saved_tensors
-        a32, y32 = _upcast(a, y, ctx.upcast)
+        a, target = ctx.saved_tensors
+        a32, y32 = _upcast(a, one_hot(target, a.shape[-1], a.dtype), ctx.upcast)
         dC = torch.zeros((), dtype=a32.dtype, device=a.device)
         if da is not None:
             dC = dC + (ctx.cost.grad(a32, y32) * da).sum()
