@@ -231,7 +231,7 @@ class Network(nn.Module):
                 delta_below = plan[l - 1][3].delta(torch.mm(delta, weight), a_prev)
             if update is None:
                 _accumulate_mm(weight, delta.t(), a_prev, 1 / m)  # BP4, mean over rows
-                _accumulate(bias, delta.mean(0))  # BP3
+                _accumulate_sum(bias, delta, 1 / m)  # BP3, mean over rows
             else:
                 eta, decay = update
                 # BP4 and the update in one GEMM: W ← decay·W − (η/m) δᵀ a_prev
@@ -245,11 +245,12 @@ class Network(nn.Module):
 _IN_PLACE = {"sigmoid": torch.sigmoid_, "tanh": torch.tanh_, "relu": torch.relu_}
 
 
-def _accumulate(p: Tensor, grad: Tensor) -> None:
+def _accumulate_sum(p: Tensor, delta: Tensor, alpha: float) -> None:
+    """p.grad += alpha · Σ_rows delta (sum then scale: mean(0) costs twice as much here)."""
     if p.grad is None:
-        p.grad = grad
+        p.grad = delta.sum(0).mul_(alpha)
     else:
-        p.grad.add_(grad)
+        p.grad.add_(delta.sum(0), alpha=alpha)
 
 
 def _accumulate_mm(p: Tensor, mat1: Tensor, mat2: Tensor, alpha: float) -> None:

@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="mini-batch size m (book: 10)")
     p.add_argument("--eta", type=float, help="learning rate η")
     p.add_argument("--lmbda", type=float, help="L2 regularisation λ")
+    p.add_argument("--eta-decay", type=float,
+                   help="multiply η by this after every epoch (modern preset: 0.5)")
     p.add_argument("--seed", type=int, help="weights, shuffles, dropout masks (default 0)")
     p.add_argument("--engine", choices=["bptorch", "native"], help="default bptorch")
     p.add_argument("--train-size", type=int,
@@ -257,13 +259,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
             Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
         return result
     if args.from_json:
-        from experiments.mnist import plot
+        from experiments.mnist import replot
 
         if not args.plot:
             parser.error("--from-json needs --plot")
-        runs = [json.loads(Path(p).read_text()) for p in args.from_json]
-        plot(runs[0] if len(runs) == 1 else runs, args.plot)
-        return runs[0] if len(runs) == 1 else {"runs": runs}
+        return replot(args.from_json, args.plot)
 
     c = config = resolve_config(args)
     from bptorch.data import load_mnist

@@ -220,9 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.from_json:
         if not args.plot:
             parser.error("--from-json needs --plot")
-        runs = [json.loads(Path(p).read_text()) for p in args.from_json]
-        plot(runs[0] if len(runs) == 1 else runs, args.plot)
-        return runs[0] if len(runs) == 1 else {"runs": runs}
+        return replot(args.from_json, args.plot)
 
     checkpoint = torch.load(args.load, map_location="cpu", weights_only=True) if args.load else None
     config = resolve_config(args, checkpoint)
@@ -320,6 +318,13 @@ def _jsonable(obj: Any) -> Any:
 def run_label(results: dict) -> str:
     c = results["config"]
     return f"{c.get('preset') or 'custom'} {c.get('engine', '')} seed {c.get('seed')}"
+
+
+def replot(json_paths: Sequence[str], path: str | Path) -> dict:
+    """Draw saved runs (``--json`` files) with :func:`plot`, without training."""
+    runs = [json.loads(Path(p).read_text()) for p in json_paths]
+    plot(runs[0] if len(runs) == 1 else runs, path)
+    return runs[0] if len(runs) == 1 else {"runs": runs}
 
 
 def plot(results: dict | list[dict], path: str | Path) -> None:

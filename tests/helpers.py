@@ -31,3 +31,11 @@ def probabilities(n, k, dtype=torch.float64, device="cpu") -> torch.Tensor:
 def soft_targets(n, k, dtype=torch.float64, device="cpu") -> torch.Tensor:
     """Rows that sum to 1."""
     return torch.softmax(torch.randn(n, k, dtype=dtype), -1).to(device)
+
+
+def book_sgd_step(net, eta: float, lmbda: float, n: int) -> None:
+    """The book's update from .grad, by hand: W ← (1 − ηλ/n) W − η ∂C/∂W, b ← b − η ∂C/∂b."""
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.weight.mul_(1 - eta * lmbda / n).sub_(eta * layer.weight.grad)
+            layer.bias.sub_(eta * layer.bias.grad)

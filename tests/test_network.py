@@ -9,6 +9,8 @@ import torch
 import bptorch
 from bptorch import Network
 
+from helpers import book_sgd_step
+
 COSTS = ["quadratic", "cross_entropy", "log_likelihood"]
 ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
 SIZES = [6, 5, 4, 3]
@@ -128,10 +130,7 @@ def test_update_mini_batch_is_sgd_with_weight_decay(cost):
     plain, _, _ = make(cost, "sigmoid")
     fused.update_mini_batch(x, y, eta, lmbda, n)
     plain.backprop(x, y)
-    with torch.no_grad():
-        for layer in plain.layers:
-            layer.weight.mul_(1 - eta * lmbda / n).sub_(eta * layer.weight.grad)
-            layer.bias.sub_(eta * layer.bias.grad)
+    book_sgd_step(plain, eta, lmbda, n)
     for p, q in zip(fused.parameters(), plain.parameters()):
         torch.testing.assert_close(p, q)
     for d_fused, d_plain in zip(fused.deltas, plain.deltas):

@@ -11,6 +11,8 @@ import torch
 from benchmarks.reference_numpy import ReferenceNetwork
 from bptorch import Network
 
+from helpers import book_sgd_step
+
 NETS = [[7, 5, 3], [6, 5, 4, 3]]
 COSTS = ["quadratic", "cross_entropy", "log_likelihood"]
 
@@ -51,10 +53,7 @@ def test_update_mini_batch_equals_backprop_plus_sgd(sizes, cost, act):
         fused.update_mini_batch(x, y, eta, lmbda, n)
         plain.zero_grad()
         plain.backprop(x, y)
-        with torch.no_grad():
-            for layer in plain.layers:
-                layer.weight.mul_(1 - eta * lmbda / n).sub_(eta * layer.weight.grad)
-                layer.bias.sub_(eta * layer.bias.grad)
+        book_sgd_step(plain, eta, lmbda, n)
         for p, q in zip(fused.parameters(), plain.parameters()):
             torch.testing.assert_close(p, q)
         for d, e in zip(fused.deltas, plain.deltas):

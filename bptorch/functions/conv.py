@@ -31,24 +31,16 @@ from torch.autograd import Function
 from torch.nn.functional import conv2d, fold, max_pool2d, unfold
 from torch.nn.modules.utils import _pair
 
+from .._checks import _shape, check_floating, check_same
+
 aten = torch.ops.aten
 Pair = tuple[int, int]
 
 
 # ---------------------------------------------------------------- input checks
-def _shape(t: Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
 def check_4d(name: str, input: Tensor) -> None:
     """``input`` must be a floating-point (N, C, H, W) tensor."""
-    if not isinstance(input, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
-    if not input.is_floating_point():
-        raise TypeError(
-            f"{name} must be a floating-point tensor, got dtype {input.dtype}; "
-            f"convert it first, e.g. {name}.float()"
-        )
+    check_floating(name, input)
     if input.dim() != 4:
         raise ValueError(
             f"expected {name} of shape (N, C, H, W), got shape {_shape(input)} "
@@ -62,10 +54,7 @@ def check_conv2d(
 ) -> None:
     """Shapes, dtypes and devices for z = conv(a_prev, W) + b; reads no values."""
     check_4d("input", input)
-    if input.device != weight.device:
-        raise RuntimeError(f"input is on {input.device} but weight is on {weight.device}")
-    if input.dtype != weight.dtype and not torch.is_autocast_enabled(input.device.type):
-        raise TypeError(f"input has dtype {input.dtype} but weight has dtype {weight.dtype}")
+    check_same("input", input, "weight", weight)
     c_out, c_in, kh, kw = weight.shape
     if input.shape[1] != c_in:
         raise ValueError(
