@@ -37,8 +37,15 @@ def check_same(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
 
 
 def check_linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    check_floating("weight", weight)
     check_floating("input", input)
     check_same("input", input, "weight", weight)
+    if bias is not None:
+        check_same("bias", bias, "weight", weight)
+    if weight.dim() != 2:
+        raise ValueError(
+            f"expected weight of shape (out_features, in_features), got {_shape(weight)}"
+        )
     if input.dim() == 0:
         raise ValueError("input must have shape (*, in_features), got a 0-dim tensor")
     out_features, in_features = weight.shape

@@ -14,7 +14,7 @@ An :class:`Activation` holds three things for one σ:
   one fused ATen kernel where one exists (one pass over memory instead of three).
   ``tests/test_activations.py`` checks ``delta`` against ``grad_output * prime``.
 
-Both are built from differentiable torch ops, so a backward that uses them can
+``prime`` and ``delta`` are built from differentiable torch ops, so a backward that uses them can
 itself be differentiated (double backward, gradgradcheck).
 """
 from __future__ import annotations
@@ -39,6 +39,8 @@ class Activation:
     saves: str | None  # "a" (output), "z" (input) or None
     prime_max: float  # max over z of σ'(z); "saturated" means σ'(z) < 1% of this
     elementwise: bool = True  # False for softmax, whose Jacobian is not diagonal
+    negative_slope: float | None = None  # leaky_relu's s
+    dim: int | None = None  # softmax's dim
 
 
 # sigmoid: σ(z) = 1/(1+e^{−z}), σ'(z) = σ(z)(1 − σ(z)) = a(1 − a): keep a, not z.
@@ -133,6 +135,7 @@ def leaky_relu(negative_slope: float = 0.01) -> Activation:
         delta=delta,
         saves="a",
         prime_max=max(1.0, s),
+        negative_slope=s,
     )
 
 
@@ -155,6 +158,7 @@ def softmax(dim: int = -1) -> Activation:
         saves="a",
         prime_max=0.25,
         elementwise=False,
+        dim=dim,
     )
 
 

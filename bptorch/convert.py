@@ -15,6 +15,7 @@ from torch import nn
 from .activations import Activation
 from .network import Network
 from .nn.activation import _Activation
+from .nn.conv import Conv2d, Dropout, Flatten, MaxPool2d
 from .nn.linear import Dense, Linear
 
 
@@ -28,14 +29,10 @@ def activation_module(act: Activation) -> nn.Module:
         return nn.ReLU()
     if act.name == "identity":
         return nn.Identity()
-    probe = torch.tensor([-1.0, 1.0], dtype=torch.float64)
     if act.name == "leaky_relu":
-        return nn.LeakyReLU(-float(act.fn(probe)[0]))  # a(−1) = −s
+        return nn.LeakyReLU(act.negative_slope)
     if act.name == "softmax":
-        for dim in (-1, 0, 1, 2, 3):  # softmax(dim) is a closure: find its dim
-            x = torch.arange(24.0).view(2, 3, 4)
-            if dim < x.dim() and torch.equal(act.fn(x), torch.softmax(x, dim)):
-                return nn.Softmax(dim)
+        return nn.Softmax(act.dim)
     raise ValueError(f"no torch.nn module for activation {act.name!r}")
 
 
@@ -43,10 +40,33 @@ def _linear(layer: Linear, copy: bool) -> nn.Linear:
     w = layer.weight
     out = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None,
                     device=w.device, dtype=w.dtype)
-    out.weight = nn.Parameter(w.detach().clone() if copy else w.data)
+    return _params_from(out, layer, copy)
+
+
+def _params_from(out: nn.Module, layer: nn.Module, copy: bool) -> nn.Module:
+    out.weight = nn.Parameter(layer.weight.detach().clone() if copy else layer.weight.data)
     if layer.bias is not None:
         out.bias = nn.Parameter(layer.bias.detach().clone() if copy else layer.bias.data)
     return out
+
+
+def _conv_layer(model: nn.Module, copy: bool) -> nn.Module | None:
+    """The torch.nn twin of a bptorch conv-net layer, or None for any other module."""
+    if isinstance(model, Conv2d):
+        w = model.weight
+        out = nn.Conv2d(model.in_channels, model.out_channels, model.kernel_size,
+                        model.stride, model.padding, bias=model.bias is not None,
+                        device=w.device, dtype=w.dtype)
+        return _params_from(out, model, copy)
+    if isinstance(model, MaxPool2d):
+        return nn.MaxPool2d(model.kernel_size, model.stride)
+    if isinstance(model, Dropout):
+        out = nn.Dropout(model.p)
+        out.train(model.training)
+        return out
+    if isinstance(model, Flatten):
+        return nn.Flatten(model.start_dim, model.end_dim)
+    return None
 
 
 def to_torch_nn(model: nn.Module, copy: bool = True) -> nn.Module:
@@ -55,7 +75,9 @@ def to_torch_nn(model: nn.Module, copy: bool = True) -> nn.Module:
     * ``Network`` → ``nn.Sequential(nn.Linear, σ, nn.Linear, σ, ...)``; its state_dict
       keys ``layers.{l}.weight`` become ``{2l}.weight``;
     * ``Dense`` → ``nn.Sequential(nn.Linear, σ)``; ``Linear`` → ``nn.Linear``;
-    * activation modules → ``nn.Sigmoid``, ``nn.Tanh``, ... ; costs are left as they are.
+    * activation modules → ``nn.Sigmoid``, ``nn.Tanh``, ... ;
+    * ``Conv2d``, ``MaxPool2d``, ``Dropout``, ``Flatten`` → their ``torch.nn`` twins;
+    * costs are left as they are.
 
     Any other module is copied and its children converted in place, so containers
     and user modules work. ``copy=False`` shares the weight tensors instead.
@@ -71,6 +93,9 @@ def to_torch_nn(model: nn.Module, copy: bool = True) -> nn.Module:
         return _linear(model, copy)
     if isinstance(model, _Activation):
         return activation_module(model._act)
+    conv = _conv_layer(model, copy)
+    if conv is not None:
+        return conv
     out = _copy.copy(model)  # shallow: a fresh _modules dict below, the rest shared
     out._modules = {name: None if child is None else to_torch_nn(child, copy)
                     for name, child in model._modules.items()}

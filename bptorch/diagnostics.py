@@ -78,7 +78,8 @@ def layer_stats(
     if a_prev is None:
         w_norm = dz.new_tensor(math.nan)
     else:
-        w_norm = (dz.t() @ a_prev.reshape(-1, a_prev.shape[-1])).norm()  # BP4: ‖∂C/∂W^l‖
+        a2d = a_prev.reshape(-1, a_prev.shape[-1]).to(dz.dtype)  # δ is bf16 under autocast
+        w_norm = (dz.t() @ a2d).norm()  # BP4: ‖∂C/∂W^l‖
     if saved is None:  # identity saves nothing: σ' = 1, never saturated
         saturated = dz.new_zeros(())
     else:

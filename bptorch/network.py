@@ -96,6 +96,8 @@ class Network(nn.Module):
 
         Cross-entropy and log-likelihood take z^L through their logits form, whose
         backward is BP1 in closed form (δ^L = a − y), finite even when saturated.
+        (The output layer then runs as a plain ``linear``, so ``bptorch.diagnostics``
+        sees only the hidden layers on this path; ``backprop`` reports them all.)
         """
         if self.cost == "quadratic":
             return _cost("quadratic", self(x), y, False, "mean")
@@ -129,7 +131,7 @@ class Network(nn.Module):
 
     @torch.no_grad()
     def update_mini_batch(
-        self, x: Tensor, y: Tensor, eta: float, lmbda: float = 0.0, n: int = 1
+        self, x: Tensor, y: Tensor, eta: float, lmbda: float = 0.0, n: int | None = None
     ) -> None:
         """One step of the book's SGD, fused into the backward pass:
 
@@ -137,8 +139,13 @@ class Network(nn.Module):
 
         for a mini-batch of m rows out of n training examples (L2 decays W, not b).
         Each layer is updated as soon as its δ has been passed down, with no .grad
-        buffers and no optimizer: the fastest engine.
+        buffers and no optimizer: the fastest engine. ``n`` is required when λ ≠ 0.
         """
+        if n is None:
+            if lmbda:
+                raise ValueError("update_mini_batch with lmbda != 0 needs n, the training-set "
+                                 "size, for the weight decay 1 − ηλ/n")
+            n = 1
         plan = self._plan()
         y = self._check(x, y, plan[0])
         activations, _ = self._feedforward(x, plan)
@@ -162,6 +169,9 @@ class Network(nn.Module):
             if key == self.__dict__.get("_checked"):
                 return y
         check_linear(x, w, b)
+        if x.dim() != 2 or x.shape[0] == 0:
+            raise ValueError(f"expected a batch x of shape (N, {self.sizes[0]}) with N ≥ 1, "
+                             f"got shape {tuple(x.shape)}")
         target = one_hot(check_cost_inputs(x.new_empty(x.shape[0], self.sizes[-1]), y, "a^L"),
                          self.sizes[-1], x.dtype)
         if target is y and x.dtype == w.dtype:  # a float target; indices are range-checked

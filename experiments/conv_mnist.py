@@ -56,8 +56,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dropout": dict(conv=[(20, 5), (40, 5)], fc=[1000, 1000], activation="relu", eta=0.03,
                     lmbda=0.0, epochs=40, expand=True, dropout=0.5),
     "modern": dict(conv=[(32, 5), (64, 5)], fc=[256], activation="relu", eta=1e-3,
-                   lmbda=0.0, epochs=3, batch_size=64, dropout=0.25, shift=2,
-                   optimizer="adam", eta_decay=0.5, init="torch"),
+                   lmbda=0.0, epochs=12, batch_size=64, dropout=0.25, shift=2,
+                   optimizer="adam", eta_decay=0.8, init="torch"),
 }
 BOOK_ACCURACY = {"simple": 0.9878, "two-conv": 0.9906, "relu-l2": 0.9923, "expanded": 0.9937,
                  "dropout": 0.9960, "modern": None}
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, help="learning rate η")
     p.add_argument("--lmbda", type=float, help="L2 regularisation λ")
     p.add_argument("--eta-decay", type=float,
-                   help="multiply η by this after every epoch (modern preset: 0.5)")
+                   help="multiply η by this after every epoch (modern preset: 0.8)")
     p.add_argument("--seed", type=int, help="weights, shuffles, dropout masks (default 0)")
     p.add_argument("--engine", choices=["bptorch", "native"], help="default bptorch")
     p.add_argument("--train-size", type=int,

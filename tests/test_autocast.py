@@ -91,3 +91,47 @@ def test_mnist_autocast_matches_float32(mnist):
     acc32, acc16 = _train(mnist, False), _train(mnist, True)
     assert acc32 > 85  # it learned
     assert abs(acc16 - acc32) < 1.5, (acc32, acc16)
+
+
+def test_conv2d_under_autocast_backward_runs_and_keeps_param_dtypes():
+    """The conv forward runs in bfloat16 under autocast; backward recasts what it saved
+    and gives float32 parameters float32 gradients (it used to crash in oneDNN)."""
+    torch.manual_seed(0)
+    conv = bnn.Conv2d(2, 3, 3, padding=1)
+    x = torch.randn(4, 2, 8, 9, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = conv(x)
+    assert z.dtype == torch.bfloat16
+    z.float().square().sum().backward()
+    assert conv.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+    ref = torch.nn.Conv2d(2, 3, 3, padding=1)
+    ref.load_state_dict(conv.state_dict())
+    xr = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        zr = ref(xr)
+    zr.float().square().sum().backward()
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=2e-2, atol=2e-2)
+
+
+def test_float64_is_left_alone_under_autocast():
+    """As torch's autocast, float64 inputs and weights are not cast down."""
+    layer = bnn.Dense(4, 3, "sigmoid", dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = layer(torch.randn(5, 4, dtype=torch.float64))
+    assert a.dtype == torch.float64
+
+
+def test_diagnostics_under_autocast():
+    from collections import OrderedDict
+
+    from bptorch.diagnostics import record
+
+    model = torch.nn.Sequential(OrderedDict(hidden=bnn.Dense(6, 5, "sigmoid"),
+                                            out=bnn.Dense(5, 3, "sigmoid")))
+    with record(model) as rec:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            a = model(torch.randn(8, 6))
+        bnn.QuadraticCost()(a, torch.randint(0, 3, (8,))).backward()
+    stats = rec.stats()
+    assert set(stats) == {"hidden", "out"}
+    assert all(s["weight_grad_norm"] > 0 for s in stats.values())

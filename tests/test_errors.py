@@ -100,3 +100,26 @@ def test_mismatched_device_refused_on_meta():
     layer = bnn.Linear(3, 2, device="meta")
     with pytest.raises(RuntimeError, match="input is on cpu but weight is on meta"):
         layer(torch.randn(4, 3))
+
+
+def test_bias_and_weight_checked_too():
+    x, w = torch.randn(4, 3), torch.randn(2, 3)
+    with pytest.raises(TypeError, match="bias has dtype torch.float64"):
+        F.linear(x, w, torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="weight must be a floating-point"):
+        F.linear(x, torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"weight of shape \(out_features, in_features\)"):
+        F.linear(x, torch.randn(3))
+
+
+def test_network_refuses_bad_batches():
+    import bptorch
+
+    net = bptorch.Network([4, 3, 2])
+    y = torch.zeros(0, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"shape \(N, 4\) with N ≥ 1, got shape \(0, 4\)"):
+        net.backprop(torch.randn(0, 4), y)
+    with pytest.raises(ValueError, match=r"shape \(N, 4\) with N ≥ 1, got shape \(2, 3, 4\)"):
+        net.update_mini_batch(torch.randn(2, 3, 4), torch.zeros(2, dtype=torch.long), 0.1)
+    with pytest.raises(ValueError, match="needs n, the training-set size"):
+        net.update_mini_batch(torch.randn(2, 4), torch.zeros(2, dtype=torch.long), 0.1, lmbda=5.0)

@@ -91,3 +91,27 @@ def test_torch_export_of_bptorch_model():
     # and torch.export of the torch.nn conversion gives the same function
     torch.testing.assert_close(torch.export.export(to_torch_nn(model), (x,)).module()(x),
                                program.module()(x))
+
+
+@pytest.mark.parametrize("dim", [-2, 0, 1, -1])
+def test_to_torch_nn_keeps_softmax_dim(dim):
+    """Softmax(dim) converts to nn.Softmax with the same dim, negative dims included."""
+    plain = to_torch_nn(bnn.Softmax(dim))
+    assert isinstance(plain, nn.Softmax) and plain.dim == dim
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(plain(x), torch.softmax(x, dim), rtol=0, atol=0)
+    assert to_torch_nn(bnn.LeakyReLU(0.3)).negative_slope == 0.3
+
+
+def test_to_torch_nn_converts_conv_nets():
+    torch.manual_seed(0)
+    model = nn.Sequential(bnn.Conv2d(1, 4, 3, stride=2, padding=1), bnn.ReLU(),
+                          bnn.MaxPool2d(2), bnn.Dropout(0.3), bnn.Flatten(),
+                          bnn.Dense(4 * 3 * 3, 5, "tanh")).eval()
+    plain = to_torch_nn(model)
+    names = {type(m).__module__.split(".")[0] for m in plain.modules()}
+    assert names == {"torch"}
+    assert not plain[3].training  # eval mode carried over
+    assert list(plain[0].state_dict()) == ["weight", "bias"]
+    x = torch.randn(2, 1, 11, 12)
+    torch.testing.assert_close(plain(x), model(x))

@@ -32,6 +32,7 @@ from torch.nn.functional import conv2d, fold, max_pool2d, unfold
 from torch.nn.modules.utils import _pair
 
 from .._checks import _shape, check_floating, check_same
+from .layers import _autocast_backward, _autocast_dtype, _cast, _record_autocast
 
 aten = torch.ops.aten
 Pair = tuple[int, int]
@@ -169,21 +170,28 @@ class Conv2dFunction(Function):
     @staticmethod
     def forward(input: Tensor, weight: Tensor, bias: Tensor | None,
                 stride: Pair = (1, 1), padding: Pair = (0, 0), unfold: bool = False) -> Tensor:
+        # under torch.autocast the convolution runs in the autocast dtype, as torch's does
+        input, weight, bias = _cast(_autocast_dtype(input), input, weight, bias)
         if unfold:
             return conv2d_unfold_fwd(input, weight, bias, stride, padding)
         return conv2d(input, weight, bias, stride, padding)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        input, weight, _bias, stride, padding, unfold = inputs
+        input, weight, bias, stride, padding, unfold = inputs
         ctx.stride, ctx.padding, ctx.unfold = stride, padding, unfold
+        _record_autocast(ctx, input, weight, bias)
         ctx.save_for_backward(input, weight)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a_prev, weight = ctx.saved_tensors
         bwd = conv2d_unfold_bwd if ctx.unfold else conv2d_bwd
-        grads = bwd(ctx, grad_output, a_prev, weight, ctx.stride, ctx.padding)
+
+        def gradients(ctx, delta, a_prev, weight):
+            return bwd(ctx, delta, a_prev, weight, ctx.stride, ctx.padding)
+
+        grads = _autocast_backward(ctx, gradients, grad_output, a_prev, weight)
         return (*grads, None, None, None)
 
 

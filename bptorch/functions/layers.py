@@ -35,9 +35,12 @@ from .. import diagnostics
 # backward recasts the saved float32 a_prev and W, runs BP2–BP4 in it, and returns
 # each gradient in its input's own dtype (float32 parameters get float32 grads).
 def _autocast_dtype(t: Tensor) -> torch.dtype | None:
-    """The dtype torch.autocast gives matmuls on t's device, or None when it is off."""
+    """The dtype torch.autocast gives matmuls on t's device, or None when it is off.
+
+    As torch's own autocast, float64 inputs are left alone.
+    """
     device_type = t.device.type
-    if torch.is_autocast_enabled(device_type):
+    if t.dtype != torch.float64 and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 
@@ -48,12 +51,13 @@ def _cast(dtype: torch.dtype | None, *tensors: Tensor | None) -> tuple:
     return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
-def _autocast_linear_backward(ctx: Any, delta: Tensor, a_prev: Tensor, weight: Tensor):
-    """:func:`_linear_backward` in ``ctx.autocast_dtype``, grads cast back to each input's dtype."""
+def _autocast_backward(ctx: Any, backward, delta: Tensor, *saved: Tensor) -> tuple:
+    """``backward(ctx, delta, *saved)`` in ``ctx.autocast_dtype``, with the gradients
+    cast back to each input's own dtype (float32 parameters get float32 grads)."""
     dtype = ctx.autocast_dtype
     if dtype is None:
-        return _linear_backward(ctx, delta, a_prev, weight)
-    grads = _linear_backward(ctx, *_cast(dtype, delta, a_prev, weight))
+        return backward(ctx, delta, *saved)
+    grads = backward(ctx, *_cast(dtype, delta, *saved))
     return tuple(None if g is None else g.to(d) for g, d in zip(grads, ctx.input_dtypes))
 
 
@@ -124,7 +128,7 @@ class LinearFunction(Function):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a_prev, weight = ctx.saved_tensors
-        return _autocast_linear_backward(ctx, grad_output, a_prev, weight)
+        return _autocast_backward(ctx, _linear_backward, grad_output, a_prev, weight)
 
     @staticmethod
     def jvp(ctx: Any, da_prev, dweight, dbias) -> Tensor:
@@ -219,8 +223,8 @@ class DenseFunction(Function):
         _record_autocast(ctx, input, weight, _bias)
         if activation.saves == "z":  # recompute z in backward rather than keep it
             saved = (input, weight, _bias, None)
-        else:
-            saved = (input, weight, None, output)
+        else:  # a, or nothing at all for the identity (σ' = 1)
+            saved = (input, weight, None, output if activation.saves == "a" else None)
         ctx.save_for_backward(*saved)
         ctx.save_for_forward(*saved)
 
@@ -244,7 +248,7 @@ class DenseFunction(Function):
         delta = act.delta(grad_output, saved)  # BP1/BP2: δ^l = ∂C/∂a^l ⊙ σ'(z^l)
         if diagnostics.active():
             diagnostics.record_delta(ctx.name, act, delta, saved, a_prev=a_prev)
-        return (*_autocast_linear_backward(ctx, delta, a_prev, weight), None, None)
+        return (*_autocast_backward(ctx, _linear_backward, delta, a_prev, weight), None, None)
 
 
 # Function.apply binds its arguments to forward's signature on every call through
