@@ -370,19 +370,27 @@ def section_limit(quick: bool, device: str, targets: list[Target]) -> Table:
 
 
 # -- (e) memory saved for backward --------------------------------------------------
-def saved_bytes(fn: Callable[[], torch.Tensor]) -> tuple[int, int]:
-    """(tensors, bytes) saved for backward by fn(), counting unique storages."""
+def saved_bytes(fn: Callable[[], torch.Tensor]) -> tuple[int, int, int]:
+    """(tensors, bytes, activation bytes) saved for backward by fn(), counting unique
+    storages. Activation bytes leave out leaves (inputs, targets, parameters): they are
+    the storages kept alive only for backward, the memory a layer adds."""
     seen: dict[int, int] = {}
+    made: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         s = t.untyped_storage()
         seen[s.data_ptr()] = s.nbytes()
+        root = t
+        while root._base is not None:  # a view (W.t()) belongs to what it views
+            root = root._base
+        if root.grad_fn is not None:  # computed in the forward, not passed in
+            made[s.data_ptr()] = s.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
     del out
-    return len(seen), sum(seen.values())
+    return len(seen), sum(seen.values()), sum(made.values())
 
 
 def section_memory(targets: list[Target]) -> Table:
@@ -426,18 +434,21 @@ def section_memory(targets: list[Target]) -> Table:
     ]
     t = Table("(e) Bytes saved for backward, per layer type",
               ["layer", "bptorch tensors", "bptorch bytes", "native tensors",
-               "native bytes", "bptorch/native"],
+               "native bytes", "bptorch/native", "activation bytes: bptorch",
+               "activation bytes: native"],
               note=f"Counted with torch.autograd.graph.saved_tensors_hooks, unique "
                    f"storages (parameters included, for both); float32, batch {N}, "
                    f"linear/dense {n_in}->{n_out}, activations on ({N}, {n_out}), costs on "
                    f"({N}, 10). Native: nn.Linear(+torch.sigmoid/relu), nn activations, "
                    "the quadratic cost in torch ops, F.binary_cross_entropy(_with_logits), "
-                   "F.cross_entropy.")
+                   "F.cross_entropy. Activation bytes count only saved tensors computed "
+                   "in the forward (not inputs, targets or parameters): the memory a layer "
+                   "keeps alive for backward.")
     for name, ours, theirs in cases:
-        nb, bb = saved_bytes(ours)
-        nn_, bn = saved_bytes(theirs)
+        nb, bb, ab = saved_bytes(ours)
+        nn_, bn, an = saved_bytes(theirs)
         t.rows.append([name, nb, bb, nn_, bn, bb / bn if bn else (1.0 if bb == 0 else
-                                                                 float("inf"))])
+                                                                 float("inf")), ab, an])
         targets.append(Target(f"saved bytes, {name}, bptorch − native", float(bb - bn), 0,
                               unit=" B"))
     return t

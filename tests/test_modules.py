@@ -169,23 +169,13 @@ def test_repr_looks_like_torch():
     assert "activation='relu'" in repr(bnn.Dense(3, 2, "relu"))
 
 
-def _saved_bytes(fn) -> int:
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(saved.values())
-
-
 def test_class_index_targets_saved_as_indices_not_one_hot():
     """Like torch's cross_entropy, the cost keeps int64 indices, not N×C one-hot floats."""
     z = torch.randn(64, 10, requires_grad=True)
     y = torch.randint(0, 10, (64,))
-    ours = _saved_bytes(lambda: bnn.LogLikelihoodCost(logits=True)(z, y))
-    native = _saved_bytes(lambda: TF.cross_entropy(z, y))
+    from benchmarks.run import saved_bytes
+
+    _, ours, _ = saved_bytes(lambda: bnn.LogLikelihoodCost(logits=True)(z, y))
+    _, native, _ = saved_bytes(lambda: TF.cross_entropy(z, y))
     assert ours == 64 * 10 * 4 + 64 * 8  # z and the indices
     assert ours <= native
