@@ -6,6 +6,7 @@ from torch import Tensor
 
 from ._checks import check_cost_inputs, check_floating, check_linear
 from .activations import Activation, get_activation
+from .functions import conv as _conv
 from .functions.costs import CostFunction, get_cost
 from .functions.layers import ActivationFunction, DenseFunction, LinearFunction
 
@@ -103,7 +104,6 @@ def log_likelihood_cost(
 
 
 # ---- convolutional layers (Functions in bptorch/functions/conv.py)
-from .functions import conv as _conv  # noqa: E402
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
