@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy as _copy
 
-import torch
 from torch import nn
 
 from .activations import Activation

@@ -3,6 +3,7 @@ the Function. The Functions themselves live in :mod:`bptorch.functions`."""
 from __future__ import annotations
 
 from torch import Tensor
+from torch.nn.modules.utils import _pair
 
 from ._checks import check_cost_inputs, check_floating, check_linear
 from .activations import Activation, get_activation
@@ -109,7 +110,7 @@ def log_likelihood_cost(
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
            stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0) -> Tensor:
     """z = W ⋆ a_prev + b for input (N, C_in, H, W), weight (C_out, C_in, k_h, k_w)."""
-    stride, padding = _conv._pair(stride), _conv._pair(padding)
+    stride, padding = _pair(stride), _pair(padding)
     _conv.check_conv2d(input, weight, bias, stride, padding)
     return _conv.Conv2dFunction.apply(input, weight, bias, stride, padding, False)
 
@@ -117,8 +118,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
 def max_pool2d(input: Tensor, kernel_size: int | tuple[int, int],
                stride: int | tuple[int, int] | None = None) -> Tensor:
     """a_j = max over window j; stride defaults to kernel_size."""
-    k = _conv._pair(kernel_size)
-    s = _conv._pair(stride) if stride is not None else k
+    k = _pair(kernel_size)
+    s = _pair(stride) if stride is not None else k
     _conv.check_pool2d(input, k, s)
     return _conv.MaxPool2dFunction.apply(input, k, s)[0]
 

@@ -27,7 +27,6 @@ Without ``--preset`` the first preset runs. Each epoch prints the book's line
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 
 import bptorch
 from bptorch import nn as bnn
+from experiments.mnist import replot, save_results
 
 # conv: [(maps, kernel)], each followed by a 2×2 max-pool; fc: hidden FC sizes; dropout:
 # p on the input of each FC and the softmax layer; expand: the book's 250k shifted images;
@@ -255,12 +255,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     if args.ensemble:
         result = ensemble(args.ensemble, args.data_dir)
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        save_results(result, args.json, None)
         return result
     if args.from_json:
-        from experiments.mnist import replot
-
         if not args.plot:
             parser.error("--from-json needs --plot")
         return replot(args.from_json, args.plot)
@@ -319,13 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results = {"config": config, "history": history, "final": final}
     if args.save_test_probs:
         torch.save(probs, args.save_test_probs)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-    if args.plot:
-        from experiments.mnist import plot
-
-        plot(results, args.plot)
+    save_results(results, args.json, args.plot)
     return results
 
 

@@ -297,10 +297,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if c["engine"] == "native":
             state = _from_native_keys(state)
         torch.save({"model": {k: v.cpu() for k, v in state.items()}, "config": config}, args.save)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-    if args.plot:
-        plot(results, args.plot)
+    save_results(results, args.json, args.plot)
     return results
 
 
@@ -318,6 +315,18 @@ def _jsonable(obj: Any) -> Any:
 def run_label(results: dict) -> str:
     c = results["config"]
     return f"{c.get('preset') or 'custom'} {c.get('engine', '')} seed {c.get('seed')}"
+
+
+def save_results(results: dict, json_path: str | None, plot_path: str | None,
+                 plot_fn=None) -> None:
+    """Write ``results`` as JSON and draw ``plot_fn(results, plot_path)`` (default
+    :func:`plot`), creating missing folders; a None path skips that output."""
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(results, indent=1) + "\n")
+    if plot_path:
+        Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
+        (plot_fn or plot)(results, plot_path)
 
 
 def replot(json_paths: Sequence[str], path: str | Path) -> dict:

@@ -28,6 +28,7 @@ import torch
 
 import bptorch
 from bptorch.diagnostics import record
+from experiments.mnist import save_results
 
 # (cost, w0, b0, eta): the book's four runs.
 RUNS = [
@@ -121,12 +122,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(f"{r['cost']:>13} (w,b)=({r['w0']:g},{r['b0']:g}) η={r['eta']:<5g} "
                   + "  ".join(f"a[{e}]={r['output'][e]:.3f} C[{e}]={r['cost_value'][e]:.4f}"
                               for e in marks))
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-    if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot(results, args.plot)
+    # a replot (--from-json) writes no JSON
+    save_results(results, None if args.from_json else args.json, args.plot, plot)
     return results
 
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 import bptorch
 from bptorch import Network
 from bptorch.diagnostics import measure, record
+from experiments.mnist import save_results
 
 NETS = ([784, 30, 30, 10], [784, 30, 30, 30, 10], [784, 30, 30, 30, 30, 10])
 BOOK_INITIAL_SPEED = {  # chapter 5, sigmoid hidden layers, one initialisation
@@ -178,12 +179,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                   + (f" | epoch {args.epochs}: " + " ".join(f"{v:.3g}" for v in speed[-1])
                      if args.epochs else ""), flush=True)
     results = {"config": config, "nets": nets}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-    if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot(results, args.plot)
+    save_results(results, args.json, args.plot, plot)
     return results
 
 

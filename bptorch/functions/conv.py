@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 from torch.nn.functional import conv2d, fold, max_pool2d, unfold
-from torch.nn.modules.utils import _pair
 
 from .._checks import _shape, check_floating, check_same
 from .layers import _autocast_backward, _autocast_dtype, _cast, _record_autocast

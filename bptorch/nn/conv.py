@@ -5,9 +5,10 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 from ..functions.conv import (
-    Conv2dFunction, DropoutFunction, FlattenFunction, MaxPool2dFunction, _pair,
+    Conv2dFunction, DropoutFunction, FlattenFunction, MaxPool2dFunction,
     check_conv2d, check_dropout_p, check_pool2d, dropout_mask,
 )
 
