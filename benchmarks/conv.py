@@ -7,6 +7,7 @@ seconds per step and the median of the per-round ratios are reported.
 
     python -m benchmarks.conv            # full
     python -m benchmarks.conv --quick
+    python -m benchmarks.conv --fused-backward   # bptorch's convs with ATen's backward kernel
 """
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ import torch
 from bptorch import nn as bnn
 
 
-def _net(engine: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _net(engine: str, fused: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
     if engine == "bptorch":
         net = torch.nn.Sequential(
-            bnn.Conv2d(1, 20, 5), bnn.MaxPool2d(2), bnn.ReLU(),
-            bnn.Conv2d(20, 40, 5), bnn.MaxPool2d(2), bnn.ReLU(), bnn.Flatten(),
+            bnn.Conv2d(1, 20, 5, fused_backward=fused), bnn.MaxPool2d(2), bnn.ReLU(),
+            bnn.Conv2d(20, 40, 5, fused_backward=fused), bnn.MaxPool2d(2), bnn.ReLU(),
+            bnn.Flatten(),
             bnn.Dense(40 * 4 * 4, 100, "relu"), bnn.Linear(100, 10),
         )
         return net, bnn.LogLikelihoodCost(logits=True)
@@ -46,7 +48,7 @@ def _steps(net, cost, opt, x, y, n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
-def rows(quick: bool = False) -> list[dict]:
+def rows(quick: bool = False, fused: bool = False) -> list[dict]:
     """One row per batch size: median seconds per training step, bptorch and native."""
     out = []
     for batch in (10, 128):
@@ -55,7 +57,7 @@ def rows(quick: bool = False) -> list[dict]:
         nets = {}
         for engine in ("bptorch", "native"):
             torch.manual_seed(1)
-            net, cost = _net(engine)
+            net, cost = _net(engine, fused)
             nets[engine] = (net, cost, torch.optim.SGD(net.parameters(), lr=0.01))
         with torch.no_grad():  # same weights (the keys differ: Dense fuses Linear + ReLU)
             for p, q in zip(nets["native"][0].parameters(), nets["bptorch"][0].parameters()):
@@ -71,7 +73,7 @@ def rows(quick: bool = False) -> list[dict]:
         b, n = statistics.median(times["bptorch"]), statistics.median(times["native"])
         # the median of the per-round ratios cancels most of a shared machine's drift
         ratio = statistics.median(t / u for t, u in zip(times["bptorch"], times["native"]))
-        out.append({"name": "conv-net train step", "batch": batch, "bptorch_s": b,
+        out.append({"name": "conv-net train step", "fused_backward": fused, "batch": batch, "bptorch_s": b,
                     "native_s": n, "ratio": ratio})
     return out
 
@@ -80,10 +82,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--fused-backward", action="store_true",
+                   help="bptorch's Conv2d with fused_backward=True (aten.convolution_backward)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = rows(args.quick)
+    result = rows(args.quick, args.fused_backward)
     for r in result:
         print(json.dumps(r))
     return result
