@@ -20,6 +20,11 @@ layer, biases N(0, 1), the softmax layer zeros. network3 drops out a layer's *in
 and scales weights by (1 − p) at test time; we use inverted dropout (scale by 1/(1 − p)
 while training), the same in expectation.
 
+``--threads`` (default ``auto``) sets torch's intra-op thread count through
+``bptorch.threads`` from the work of one step (``step_work``): a convolution's im2col
+GEMM has m·24² rows, enough to split, so ``auto`` uses every core (capped by
+``OMP_NUM_THREADS``); on a machine busy with other work ``--threads 1`` is faster.
+
 Without ``--preset`` the first preset runs. Each epoch prints the book's line
 ``Epoch j: k / 10000`` (test images right), then validation accuracy, training cost
 (first 10,000 training images, with the L2 term) and training seconds.
@@ -39,6 +44,7 @@ from torch import Tensor, nn
 
 import bptorch
 from bptorch import nn as bnn
+from bptorch.threads import conv_step_flops, mlp_step_flops, set_threads, threads_arg
 from experiments.mnist import replot, save_results
 
 # conv: [(maps, kernel)], each followed by a 2×2 max-pool; fc: hidden FC sizes; dropout:
@@ -64,7 +70,8 @@ BOOK_ACCURACY = {"simple": 0.9878, "two-conv": 0.9906, "relu-l2": 0.9923, "expan
 DEFAULTS: dict[str, Any] = dict(
     preset="simple", conv=[(20, 5)], fc=[100], activation="sigmoid", eta=0.1, lmbda=0.0,
     epochs=60, batch_size=10, dropout=0.0, expand=False, shift=0, optimizer="sgd",
-    eta_decay=1.0, init="book", seed=0, engine="bptorch", train_size=None, data_dir=None)
+    eta_decay=1.0, init="book", seed=0, engine="bptorch", train_size=None, data_dir=None,
+    threads="auto")
 COST_SUBSET = 10_000
 EVAL_CHUNK = 1_000
 
@@ -93,6 +100,20 @@ def build_net(c: dict, lib) -> nn.Sequential:
         mods.append(lib.Dropout(c["dropout"]))
     mods.append(lib.Linear(n_in, 10))
     return nn.Sequential(*mods)
+
+
+def step_work(c: dict) -> tuple[float, int]:
+    """(FLOPs, GEMM rows) of one training step of ``build_net(c)``, for
+    ``bptorch.threads.choose_threads``: the convolutions' and the FC layers' GEMMs
+    (``conv_step_flops``, ``mlp_step_flops``); rows are those of the largest GEMM, the
+    first convolution's m·H_out² (im2col's rows)."""
+    m, maps, side = c["batch_size"], 1, 28
+    flops, rows = 0.0, m
+    for i, (n_maps, k) in enumerate(c["conv"]):
+        flops += conv_step_flops(m, maps, n_maps, k, side - k + 1, grad_input=i > 0)
+        rows = max(rows, m * (side - k + 1) ** 2)
+        maps, side = n_maps, (side - k + 1) // 2
+    return flops + mlp_step_flops([maps * side * side, *c["fc"], 10], m, grad_input=True), rows
 
 
 @torch.no_grad()
@@ -210,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=int,
                    help="train on the first N images (before expansion; default all 50,000)")
     p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads")
+    p.add_argument("--threads", type=threads_arg,
+                   help="torch intra-op threads, or auto: bptorch.threads.choose_threads "
+                        "from the work per step (default auto)")
     p.add_argument("--json", metavar="PATH", help="write config and history here")
     p.add_argument("--plot", metavar="PATH", help="draw the learning curves here (PNG)")
     p.add_argument("--from-json", metavar="PATH", nargs="+", help="plot saved runs (needs --plot)")
@@ -248,11 +271,21 @@ def ensemble(paths: Sequence[str], data_dir: str | None) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Train one preset, print the book's epoch lines; return config, history and final."""
+    """Train one preset, print the book's epoch lines; return config, history and final.
+
+    torch's intra-op thread count is set from ``--threads`` for the run and restored after.
+    """
+    previous_threads = torch.get_num_threads()
+    try:
+        return _main(argv)
+    finally:
+        if torch.get_num_threads() != previous_threads:
+            torch.set_num_threads(previous_threads)
+
+
+def _main(argv: Sequence[str] | None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.ensemble:
         result = ensemble(args.ensemble, args.data_dir)
         save_results(result, args.json, None)
@@ -263,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return replot(args.from_json, args.plot)
 
     c = config = resolve_config(args)
+    set_threads(c["threads"], *step_work(c))
     from bptorch.data import load_mnist
 
     data = load_mnist(data_dir=c["data_dir"])

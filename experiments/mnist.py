@@ -15,6 +15,10 @@ Three engines train on the same shuffled mini-batches from the same initial weig
 * ``autograd``: the same Network under ``loss.backward()`` and ``torch.optim.SGD``
   (lr = η, weight_decay = λ/n on the weights only: the same update);
 * ``native``: plain ``torch.nn`` layers and torch's own costs and autograd.
+
+``--threads`` (default ``auto``) sets torch's intra-op thread count through
+``bptorch.threads.set_threads``: one thread at the book's batch 10, where more only wait
+on each other; the JSON config records it as ``torch_threads``.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from torch import Tensor, nn
 import bptorch
 from bptorch import Network
 from bptorch.distributed import all_reduce_grads, average_parameters, init_from_env, shard
+from bptorch.threads import mlp_step_flops, set_threads, threads_arg
 
 # The book's configurations, and the accuracy it reports for each (None: not given). Chapter 1
 # gives peak test accuracy; chapter 3's 97.92% is the final *validation* accuracy, of a run
@@ -53,8 +58,13 @@ BOOK_ACCURACY: dict[str, float | None] = {
 DEFAULTS: dict[str, Any] = dict(
     sizes=[784, 30, 10], epochs=30, batch_size=10, eta=3.0, lmbda=0.0, cost="quadratic",
     activation="sigmoid", init="large", seed=0, dataset="mnist", data_dir=None,
-    train_size=None, device="cpu", engine="explicit", preset=None, diagnostics=False)
-MODEL_KEYS = ("sizes", "activation", "cost", "init")  # what a checkpoint restores
+    train_size=None, device="cpu", engine="explicit", preset=None, diagnostics=False,
+    threads="auto")
+# What defines a saved model, and so what a checkpoint restores: --load takes these from the
+# checkpoint, and a --preset or flag that contradicts them is an error (CheckpointMismatch).
+# init is among them: the loaded weights replace the initialisation, so a different --init
+# would be silently ignored.
+MODEL_KEYS = ("sizes", "activation", "cost", "init")
 ENGINES = ("explicit", "autograd", "native")
 HIDDEN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "identity")
 COST_SUBSET = 10_000  # training images the per-epoch training cost is measured on
@@ -192,8 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --plot: replot these results without training")
     p.add_argument("--save", metavar="PATH", help="checkpoint: state_dict and config")
     p.add_argument("--load", metavar="PATH",
-                   help="start from this checkpoint (its sizes/activation/cost/init); "
+                   help="start from this checkpoint: its sizes, activation, cost and init "
+                        "win, and a --preset or flag that contradicts them is an error; "
                         "--epochs 0 only evaluates")
+    p.add_argument("--threads", type=threads_arg,
+                   help="torch intra-op threads, or auto: bptorch.threads.choose_threads "
+                        "from the work per step (1 at the book's batch 10) (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel under torchrun: each rank trains on its shard of every "
@@ -201,20 +215,68 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class CheckpointMismatch(ValueError):
+    """A --preset or flag contradicts a model field of the checkpoint given to --load."""
+
+
+def check_checkpoint(checkpoint: Any, path: str) -> dict:
+    """The checkpoint's model fields (MODEL_KEYS); a clear error if it is not one of ours."""
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(config, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise ValueError(f"--load {path}: not an experiments.mnist checkpoint (expected a dict "
+                         f"with 'model' and 'config', as --save writes; got "
+                         f"{type(checkpoint).__name__}"
+                         + (f" with keys {sorted(checkpoint)}" if isinstance(checkpoint, dict)
+                            else "") + ")")
+    missing = [k for k in MODEL_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"--load {path}: the checkpoint's config lacks {missing}")
+    return {k: list(config[k]) if k == "sizes" else config[k] for k in MODEL_KEYS}
+
+
 def resolve_config(args: argparse.Namespace, checkpoint: dict | None = None) -> dict:
-    """defaults < checkpoint's model fields < preset < flags given on the command line."""
-    config = dict(DEFAULTS)
+    """defaults < preset < flags given on the command line, except that with a checkpoint
+    its model fields (MODEL_KEYS) win and a preset or flag contradicting them raises
+    CheckpointMismatch."""
+    preset = PRESETS[args.preset] if args.preset is not None else {}
+    flags = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+    config = {**DEFAULTS, **preset, **flags}
     if checkpoint is not None:
-        config.update({k: checkpoint["config"][k] for k in MODEL_KEYS})
-    if args.preset is not None:
-        config.update(PRESETS[args.preset])
-    config.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
+        path = getattr(args, "load", None) or "checkpoint"
+        saved = check_checkpoint(checkpoint, path)
+        for key in MODEL_KEYS:
+            if key in flags:  # a flag overrides the preset, so it is the one to compare
+                source, value = "--" + key.replace("_", "-"), flags[key]
+            elif key in preset:
+                source, value = f"--preset {args.preset}", preset[key]
+            else:
+                continue
+            value = list(value) if key == "sizes" else value
+            if value != saved[key]:
+                raise CheckpointMismatch(
+                    f"--load {path}: the checkpoint's {key} is {saved[key]!r}, but {source} "
+                    f"sets {key}={value!r}. A loaded model keeps its checkpoint's "
+                    f"{', '.join(MODEL_KEYS)}: drop {source} or set it to the checkpoint's "
+                    "value.")
+        config.update(saved)
     config["sizes"] = list(config["sizes"])
     return config
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Train (or evaluate a checkpoint), print the book's epoch lines; return the results."""
+    """Train (or evaluate a checkpoint), print the book's epoch lines; return the results.
+
+    torch's intra-op thread count is set from ``--threads`` for the run and restored after.
+    """
+    previous_threads = torch.get_num_threads()
+    try:
+        return _main(argv)
+    finally:
+        if torch.get_num_threads() != previous_threads:
+            torch.set_num_threads(previous_threads)
+
+
+def _main(argv: Sequence[str] | None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.from_json:
@@ -223,7 +285,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return replot(args.from_json, args.plot)
 
     checkpoint = torch.load(args.load, map_location="cpu", weights_only=True) if args.load else None
-    config = resolve_config(args, checkpoint)
+    try:
+        config = resolve_config(args, checkpoint)
+    except ValueError as e:  # CheckpointMismatch, or not a checkpoint of ours
+        parser.error(str(e))
     c = config
     if c["engine"] == "native" and c["diagnostics"]:
         parser.error("--diagnostics needs a bptorch net (engine explicit or autograd)")
@@ -247,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     n = x_train.shape[0]
     y_train = F.one_hot(labels_train, c["sizes"][-1]).to(x_train.dtype)  # once, not per batch
     (x_val, labels_val), (x_test, labels_test) = data.validation, data.test
+    # the work of one step decides the thread count: 1 at the book's batch 10 (see
+    # bptorch.threads); under torchrun each rank steps on batch_size rows
+    set_threads(c["threads"], flops=mlp_step_flops(c["sizes"], c["batch_size"]),
+                rows=c["batch_size"])
     config.update(n_train=n, data_source=data.source, torch_version=str(torch.__version__),
                   torch_threads=torch.get_num_threads(),
                   bptorch_version=bptorch.__version__, load=args.load, world_size=world)
@@ -254,7 +323,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     torch.manual_seed(c["seed"])  # the initial weights
     net = Network(c["sizes"], c["activation"], c["cost"], c["init"], device=device)
     if checkpoint is not None:
-        net.load_state_dict(checkpoint["model"])
+        try:
+            net.load_state_dict(checkpoint["model"])
+        except RuntimeError as e:  # weights that do not fit the sizes the config names
+            parser.error(f"--load {args.load}: the checkpoint's weights do not fit "
+                         f"Network({c['sizes']}): {e}")
     model: nn.Module = native_model(net) if c["engine"] == "native" else net
     optimizer = sgd(model, c["eta"], c["lmbda"], n) if c["engine"] != "explicit" else None
     gen = torch.Generator().manual_seed(c["seed"])  # the shuffles, apart from the weights

@@ -28,6 +28,7 @@ import torch
 
 import bptorch
 from bptorch.diagnostics import record
+from bptorch.threads import mlp_step_flops, set_threads, threads_arg
 from experiments.mnist import save_results
 
 # (cost, w0, b0, eta): the book's four runs.
@@ -37,7 +38,7 @@ RUNS = [
     ("cross_entropy", 2.0, 2.0, 0.15),
     ("cross_entropy", 2.0, 2.0, 0.005),
 ]
-DEFAULTS = dict(epochs=300, x=1.0, y=0.0, seed=0, dtype="float64")
+DEFAULTS = dict(epochs=300, x=1.0, y=0.0, seed=0, dtype="float64", threads="auto")
 
 
 def train_neuron(cost: str, w0: float, b0: float, eta: float, epochs: int = 300,
@@ -103,16 +104,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write config and runs here")
     p.add_argument("--plot", metavar="PATH", help="draw output, cost and speed here (PNG)")
     p.add_argument("--from-json", metavar="PATH", help="plot a saved JSON instead of running")
+    p.add_argument("--threads", type=threads_arg, default=DEFAULTS["threads"],
+                   help="torch intra-op threads, or auto: bptorch.threads.choose_threads "
+                        "(1 for one neuron) (default auto)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """Train the four neurons (or replot); torch's thread count is restored after."""
+    previous_threads = torch.get_num_threads()
+    try:
+        return _main(argv)
+    finally:
+        if torch.get_num_threads() != previous_threads:
+            torch.set_num_threads(previous_threads)
+
+
+def _main(argv: Sequence[str] | None) -> dict:
     args = build_parser().parse_args(argv)
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
     else:
         torch.manual_seed(args.seed)
-        config = dict(DEFAULTS, epochs=args.epochs, seed=args.seed,
+        set_threads(args.threads, flops=mlp_step_flops([1, 1], 1), rows=1)
+        config = dict(DEFAULTS, epochs=args.epochs, seed=args.seed, threads=args.threads,
+                      torch_threads=torch.get_num_threads(),
                       runs=[dict(zip(("cost", "w0", "b0", "eta"), r)) for r in RUNS],
                       bptorch_version=bptorch.__version__, torch_version=torch.__version__)
         runs = [train_neuron(*r, epochs=args.epochs) for r in RUNS]

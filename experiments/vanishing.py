@@ -34,6 +34,7 @@ from tqdm import tqdm
 import bptorch
 from bptorch import Network
 from bptorch.diagnostics import measure, record
+from bptorch.threads import mlp_step_flops, set_threads, threads_arg
 from experiments.mnist import save_results
 
 NETS = ([784, 30, 30, 10], [784, 30, 30, 30, 10], [784, 30, 30, 30, 30, 10])
@@ -44,7 +45,7 @@ BOOK_INITIAL_SPEED = {  # chapter 5, sigmoid hidden layers, one initialisation
 }
 DEFAULTS = dict(n_images=1000, epochs=500, eta=0.1, lmbda=5.0, cost="cross_entropy",
                 init="scaled", activations=["sigmoid", "relu", "tanh"], init_seeds=5, seed=0,
-                device="cpu")
+                device="cpu", threads="auto")
 
 
 def hidden_names(net: Network) -> list[str]:
@@ -126,10 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PATH", help="draw speed vs epoch here (PNG)")
     p.add_argument("--from-json", metavar="PATH", help="plot a saved JSON instead of running")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=threads_arg, default=d["threads"],
+                   help="torch intra-op threads, or auto: bptorch.threads.choose_threads from "
+                        "the full-batch step of the largest net (default auto)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """Measure and train every net (or replot); torch's thread count is restored after."""
+    previous_threads = torch.get_num_threads()
+    try:
+        return _main(argv)
+    finally:
+        if torch.get_num_threads() != previous_threads:
+            torch.set_num_threads(previous_threads)
+
+
+def _main(argv: Sequence[str] | None) -> dict:
     args = build_parser().parse_args(argv)
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
@@ -143,7 +157,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device = torch.device(args.device)
     data = load_mnist("mnist", args.data_dir, device=device)
     x, labels = data.train[0][: args.n_images], data.train[1][: args.n_images]
+    # every step is full-batch: the largest net's step decides the thread count
+    set_threads(args.threads, flops=max(mlp_step_flops(s, x.shape[0]) for s in NETS),
+                rows=x.shape[0])
     config = dict(DEFAULTS, n_images=x.shape[0], epochs=args.epochs, eta=args.eta,
+                  threads=args.threads, torch_threads=torch.get_num_threads(),
                   lmbda=args.lmbda, activations=args.activations, init_seeds=args.init_seeds,
                   seed=args.seed, device=args.device, nets=[list(s) for s in NETS],
                   book_initial_speed=BOOK_INITIAL_SPEED, data_source=data.source,

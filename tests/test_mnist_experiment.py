@@ -206,3 +206,96 @@ def test_summarize_groups_by_preset_and_engine():
     # best epochs 97, 98, 91 -> median 97, best 98; last epochs 96, 98, 91 -> 96, 98
     assert cells == ["ch3", "explicit", "3", "97.00%", "98.00%", "96.00%", "98.00%", "50.00%",
                      "3.00", "97.92%"]
+
+
+# -- --load: the checkpoint's model fields win; a contradicting preset or flag is an error --
+@pytest.fixture(scope="module")
+def ch3_checkpoint(mnist, tmp_path_factory):
+    """A ch3 net ([784, 100, 10], cross-entropy, scaled init) after 100 images."""
+    path = tmp_path_factory.mktemp("ckpt") / "ch3.pt"
+    results = exp.main(["--preset", "ch3", "--train-size", "100", "--epochs", "1",
+                        "--no-progress", "--save", str(path)])
+    return path, results
+
+
+@pytest.mark.parametrize("flags, field, saved, given", [
+    (["--preset", "ch1"], "sizes", "[784, 100, 10]", "--preset ch1 sets sizes=[784, 30, 10]"),
+    (["--preset", "ch3-softmax"], "cost", "'cross_entropy'",
+     "--preset ch3-softmax sets cost='log_likelihood'"),
+    (["--cost", "quadratic"], "cost", "'cross_entropy'", "--cost sets cost='quadratic'"),
+    (["--sizes", "784", "30", "10"], "sizes", "[784, 100, 10]", "--sizes sets sizes=[784, 30, 10]"),
+    (["--activation", "tanh"], "activation", "'sigmoid'", "--activation sets activation='tanh'"),
+    (["--init", "large"], "init", "'scaled'", "--init sets init='large'"),
+])
+def test_load_refuses_a_contradicting_preset_or_flag(ch3_checkpoint, capsys, flags, field,
+                                                     saved, given):
+    path, _ = ch3_checkpoint
+    with pytest.raises(SystemExit) as e:
+        exp.main(["--load", str(path), "--epochs", "0", "--no-progress", *flags])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"the checkpoint's {field} is {saved}, but {given}" in err, err
+    assert "Traceback" not in err and "state_dict" not in err
+
+
+def test_load_keeps_the_checkpoints_model_fields(ch3_checkpoint):
+    path, trained = ch3_checkpoint
+    # no preset: the defaults are ch1's, yet the checkpoint's fields are used
+    plain = exp.main(["--load", str(path), "--epochs", "0", "--no-progress"])
+    assert plain["final"] == trained["final"]
+    assert {k: plain["config"][k] for k in exp.MODEL_KEYS} == \
+        dict(sizes=[784, 100, 10], activation="sigmoid", cost="cross_entropy", init="scaled")
+    # a matching preset, training flags, and flags that override a preset to match: all fine
+    for flags in (["--preset", "ch3"], ["--eta", "0.1", "--lmbda", "0", "--batch-size", "20"],
+                  ["--preset", "ch1", "--sizes", "784", "100", "10", "--cost",
+                   "cross_entropy", "--init", "scaled"]):
+        again = exp.main(["--load", str(path), "--epochs", "0", "--no-progress", *flags])
+        assert again["final"] == trained["final"], flags
+
+
+def test_resolve_config_names_the_field(ch3_checkpoint):
+    path, _ = ch3_checkpoint
+    ckpt = torch.load(path, weights_only=True)
+    args = exp.build_parser().parse_args(["--load", str(path), "--preset", "ch1-100"])
+    with pytest.raises(exp.CheckpointMismatch, match=r"cost is 'cross_entropy', but --preset "
+                                                      r"ch1-100 sets cost='quadratic'"):
+        exp.resolve_config(args, ckpt)
+    assert exp.resolve_config(exp.build_parser().parse_args(["--eta", "2"]), ckpt)["sizes"] == \
+        [784, 100, 10]
+
+
+def test_load_refuses_what_is_not_a_checkpoint(tmp_path, capsys):
+    torch.save({"layers.0.weight": torch.zeros(3, 2)}, tmp_path / "bare.pt")  # a bare state_dict
+    with pytest.raises(SystemExit):
+        exp.main(["--load", str(tmp_path / "bare.pt"), "--epochs", "0", "--no-progress"])
+    assert "not an experiments.mnist checkpoint" in capsys.readouterr().err
+
+
+def test_load_says_when_the_weights_do_not_fit(ch3_checkpoint, tmp_path, capsys):
+    path, _ = ch3_checkpoint
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["sizes"] = [784, 30, 10]  # a config that lies about its weights
+    torch.save(ckpt, tmp_path / "lying.pt")
+    with pytest.raises(SystemExit):
+        exp.main(["--load", str(tmp_path / "lying.pt"), "--epochs", "0", "--no-progress"])
+    assert "the checkpoint's weights do not fit Network([784, 30, 10])" in capsys.readouterr().err
+
+
+# -- --threads: resolved through bptorch.threads, recorded, restored after the run ---------
+def test_threads_auto_is_one_at_batch_10_and_recorded(tiny_run):
+    d, _, _ = tiny_run
+    config = json.loads((d / "run.json").read_text())["config"]
+    assert config["threads"] == "auto" and config["torch_threads"] == 1
+
+
+def test_threads_flag_is_used_recorded_and_restored(mnist, tmp_path):
+    before = torch.get_num_threads()
+    other = 2 if before != 2 else 3
+    results = exp.main(["--train-size", "100", "--epochs", "1", "--threads", str(other),
+                        "--no-progress", "--json", str(tmp_path / "r.json")])
+    config = json.loads((tmp_path / "r.json").read_text())["config"]
+    assert config["threads"] == other and config["torch_threads"] == other
+    assert results["config"]["torch_threads"] == other
+    assert torch.get_num_threads() == before  # main gives torch its count back
+    with pytest.raises(SystemExit):
+        exp.main(["--threads", "0"])
