@@ -4,21 +4,28 @@ Every layer's backward needs one product, the factor ``⊙ σ'(z^l)`` of BP1 and
 
     δ^l = ∇_{a^l} C ⊙ σ'(z^l)
 
-An :class:`Activation` holds three things for one σ:
+An :class:`Activation` holds, for one σ:
 
-* ``fn(z)``: the forward, a = σ(z);
+* ``fn(z)``: the forward, a = σ(z), and ``fn_(z)`` the same in place (or None);
 * ``prime(saved)``: σ'(z) written as the book writes it, from the tensor the layer
   saved (``saves`` says which: the output ``"a"`` where σ' is cheapest from it, the
-  input ``"z"`` otherwise, or nothing);
+  input ``"z"`` where σ' cannot be read off a, or nothing);
 * ``delta(grad_output, saved)``: δ = grad_output ⊙ σ'(z), the same product through
   one fused ATen kernel where one exists (one pass over memory instead of three).
   ``tests/test_activations.py`` checks ``delta`` against ``grad_output * prime``.
 
 ``prime`` and ``delta`` are built from differentiable torch ops, so a backward that uses them can
 itself be differentiated (double backward, gradgradcheck).
+
+The built-in activations are made once per parameter value (cached), so a lookup
+allocates nothing, and they pickle by name and parameters (their fields hold torch
+builtins and closures, which pickle cannot store): an unpickled or deep-copied one
+is the same cached object.
 """
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,6 +33,7 @@ import torch
 from torch import Tensor
 
 aten = torch.ops.aten
+F = torch.nn.functional
 
 
 @dataclass(frozen=True)
@@ -37,10 +45,53 @@ class Activation:
     prime: Callable[[Tensor], Tensor]  # σ'(z), from the saved tensor
     delta: Callable[[Tensor, Tensor], Tensor]  # grad_output ⊙ σ'(z), from the saved tensor
     saves: str | None  # "a" (output), "z" (input) or None
-    prime_max: float  # max over z of σ'(z); "saturated" means σ'(z) < 1% of this
+    prime_max: float  # max over z of |σ'(z)|; "saturated" means |σ'(z)| < 1% of this
     elementwise: bool = True  # False for softmax, whose Jacobian is not diagonal
     negative_slope: float | None = None  # leaky_relu's s
-    dim: int | None = None  # softmax's dim
+    dim: int | None = None  # softmax's dim (None: torch's implicit choice)
+    approximate: str | None = None  # gelu's "none" or "tanh"
+    fn_: Callable[[Tensor], Tensor] | None = None  # σ in place, for inplace=True
+
+    def __reduce_ex__(self, protocol):
+        # A built-in pickles as "look me up again": (name, parameters).
+        params = (self.name, self.negative_slope, self.dim, self.approximate)
+        if self is _lookup(*params):
+            return _lookup, params
+        return super().__reduce_ex__(protocol)  # a user's own Activation: its fields
+
+
+def _lookup(name: str, negative_slope, dim, approximate) -> Activation | None:
+    """The built-in activation with this name and these parameters (what unpickling
+    calls), or None for a name that is not built in."""
+    if name == "leaky_relu":
+        return leaky_relu(negative_slope)
+    if name == "softmax":
+        return softmax(dim)
+    if name == "gelu":
+        return gelu(approximate)
+    return _BY_NAME.get(name)
+
+
+# (name, parameter) -> Activation: each parametrised activation is built once, so a
+# lookup allocates nothing and an unpickled one is the same object. A plain dict, not
+# functools.lru_cache, which torch.compile warns about on every traced lookup.
+_CACHE: dict[tuple, Activation] = {}
+
+
+def _cached(name: str, param, build: Callable[..., Activation]) -> Activation:
+    act = _CACHE.get((name, param))
+    if act is None:
+        act = _CACHE[(name, param)] = build(param)
+    return act
+
+
+def _argmax(f: Callable[[float], float], lo: float, hi: float) -> float:
+    """max of a unimodal f on [lo, hi] by golden-section search (for prime_max)."""
+    r = (math.sqrt(5) - 1) / 2
+    for _ in range(80):
+        m1, m2 = hi - r * (hi - lo), lo + r * (hi - lo)
+        lo, hi = (m1, hi) if f(m1) < f(m2) else (lo, m2)
+    return f((lo + hi) / 2)
 
 
 # sigmoid: σ(z) = 1/(1+e^{−z}), σ'(z) = σ(z)(1 − σ(z)) = a(1 − a): keep a, not z.
@@ -74,7 +125,8 @@ TANH = Activation(
 
 
 # relu: σ(z) = max(z, 0), σ'(z) = 1 if z > 0 else 0. At the kink z = 0 we use the
-# subgradient 0, as torch does. a > 0 exactly when z > 0, so the output suffices.
+# subgradient 0, as torch does. a > 0 exactly when z > 0, so the output suffices
+# (and relu_ may overwrite z: backward never needs it).
 def _relu_prime(a: Tensor) -> Tensor:
     return (a > 0).to(a.dtype)
 
@@ -90,7 +142,12 @@ RELU = Activation(
     delta=_relu_delta,
     saves="a",
     prime_max=1.0,
+    fn_=torch.relu_,
 )
+
+
+def _identity(z: Tensor) -> Tensor:
+    return z
 
 
 def _identity_prime(z: Tensor) -> Tensor:
@@ -103,7 +160,7 @@ def _identity_delta(grad_output: Tensor, _saved: Tensor | None) -> Tensor:
 
 IDENTITY = Activation(
     "identity",
-    fn=lambda z: z,
+    fn=_identity,
     prime=_identity_prime,
     delta=_identity_delta,
     saves=None,
@@ -114,45 +171,72 @@ IDENTITY = Activation(
 def leaky_relu(negative_slope: float = 0.01) -> Activation:
     """σ(z) = z if z > 0 else s·z; σ'(z) = 1 if z > 0 else s (s at the kink, as torch).
 
-    For s ≥ 0, a > 0 exactly when z > 0, so the output is saved; a negative slope
-    flips the sign of a and is refused.
+    For s ≥ 0, a > 0 exactly when z > 0, so the output a is saved. For s < 0 (torch
+    accepts it) a > 0 also where z < 0, so a no longer tells which side of the kink
+    z was on: z is saved instead.
     """
-    s = float(negative_slope)
-    if s < 0:
-        raise ValueError(f"leaky_relu expects negative_slope >= 0, got {negative_slope}")
+    return _cached("leaky_relu", float(negative_slope), _leaky_relu)
 
-    def prime(a: Tensor) -> Tensor:
-        return torch.where(a > 0, 1.0, s).to(a.dtype)
 
-    def delta(grad_output: Tensor, a: Tensor) -> Tensor:
-        # fused g where a > 0 else s·g; self_is_result=True says a is the output
-        return aten.leaky_relu_backward(grad_output, a, s, True)
+def _leaky_relu(s: float) -> Activation:
+
+    def fn(z: Tensor) -> Tensor:
+        return F.leaky_relu(z, s)
+
+    def fn_(z: Tensor) -> Tensor:
+        return F.leaky_relu(z, s, inplace=True)
+
+    saves = "a" if s >= 0 else "z"
+
+    def prime(saved: Tensor) -> Tensor:  # saved > 0 exactly where z > 0, a or z alike
+        return torch.where(saved > 0, 1.0, s).to(saved.dtype)
+
+    def delta(grad_output: Tensor, saved: Tensor) -> Tensor:
+        # fused g where z > 0 else s·g; self_is_result says whether it is given a or z
+        return aten.leaky_relu_backward(grad_output, saved, s, saves == "a")
 
     return Activation(
         "leaky_relu",
-        fn=lambda z: torch.nn.functional.leaky_relu(z, s),
+        fn=fn,
         prime=prime,
         delta=delta,
-        saves="a",
-        prime_max=max(1.0, s),
+        saves=saves,
+        prime_max=max(1.0, abs(s)),
         negative_slope=s,
+        fn_=fn_,
     )
 
 
-def softmax(dim: int = -1) -> Activation:
+def softmax_dim(ndim: int) -> int:
+    """torch's implicit softmax dim (``F._get_softmax_dim`` without its warning):
+    0 for 0-, 1- and 3-dim input, else 1."""
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def softmax(dim: int | None = -1) -> Activation:
     """a_j = e^{z_j} / Σ_k e^{z_k} along ``dim``.
 
     Its Jacobian is not diagonal: ∂a_j/∂z_k = a_j(1[j=k] − a_k), so
     δ = a ⊙ (grad_output − Σ_k grad_output_k a_k). ``prime`` returns the diagonal
-    a(1 − a), which is what the saturation diagnostics look at.
+    a(1 − a), which is what the saturation diagnostics look at. ``dim=None`` takes
+    torch's implicit choice (:func:`softmax_dim`) from each input's number of dims;
+    the module and functional forms warn about it, as torch does.
     """
+    return _cached("softmax", None if dim is None else operator.index(dim), _softmax)
+
+
+def _softmax(dim: int | None) -> Activation:
+
+    def fn(z: Tensor) -> Tensor:
+        return torch.softmax(z, softmax_dim(z.dim()) if dim is None else dim)
 
     def delta(grad_output: Tensor, a: Tensor) -> Tensor:
-        return aten._softmax_backward_data(grad_output, a, dim, a.dtype)  # fused form above
+        d = softmax_dim(a.dim()) if dim is None else dim
+        return aten._softmax_backward_data(grad_output, a, d, a.dtype)  # fused form above
 
     return Activation(
         "softmax",
-        fn=lambda z: torch.softmax(z, dim),
+        fn=fn,
         prime=_sigmoid_prime,
         delta=delta,
         saves="a",
@@ -162,8 +246,111 @@ def softmax(dim: int = -1) -> Activation:
     )
 
 
-LEAKY_RELU = leaky_relu()
-SOFTMAX = softmax()
+# gelu: σ(z) = z Φ(z), Φ the standard normal CDF, φ its density.
+#   σ'(z) = Φ(z) + z φ(z)
+# With approximate="tanh": σ(z) = ½ z (1 + tanh u), u = √(2/π)(z + 0.044715 z³),
+#   σ'(z) = ½(1 + tanh u) + ½ z (1 − tanh² u) √(2/π)(1 + 3·0.044715 z²).
+# σ' is not a function of a (σ is not monotone), so z is saved. σ' dips below 0
+# (min −0.129 at z = −√2) and rises above 1 (max at z = √2 for "none").
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_GELU_C = 0.044715
+_GELU_PRIME_MAX = (1 + math.erf(1)) / 2 + 1 / (math.e * math.sqrt(math.pi))  # σ'(√2)
+
+
+def _gelu_prime_exact(z: Tensor) -> Tensor:
+    cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))  # Φ(z)
+    pdf = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)  # φ(z)
+    return cdf + z * pdf
+
+
+def _gelu_prime_tanh(z: Tensor) -> Tensor:
+    t = torch.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3))  # tanh u
+    return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * z * z)
+
+
+def _gelu_tanh_prime_max() -> float:
+    """max σ' of the tanh form: the same formula on floats, maximised numerically."""
+
+    def prime(z: float) -> float:
+        t = math.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3))
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * z * z)
+
+    return _argmax(prime, 0.0, 4.0)
+
+
+def gelu(approximate: str = "none") -> Activation:
+    """σ(z) = z Φ(z) (``approximate="tanh"``: torch's tanh form); saves z.
+
+    max σ' = Φ(√2) + √2 φ(√2) = (1 + erf 1)/2 + 1/(e√π) ≈ 1.1289 for "none"; the
+    tanh form's maximum (≈ 1.1290) is found numerically.
+    """
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu expects approximate 'none' or 'tanh', got {approximate!r}")
+    return _cached("gelu", approximate, _gelu)
+
+
+def _gelu(approximate: str) -> Activation:
+    def fn(z: Tensor) -> Tensor:
+        return F.gelu(z, approximate=approximate)
+
+    def delta(grad_output: Tensor, z: Tensor) -> Tensor:
+        return aten.gelu_backward(grad_output, z, approximate=approximate)  # fused g ⊙ σ'(z)
+
+    return Activation(
+        "gelu",
+        fn=fn,
+        prime=_gelu_prime_tanh if approximate == "tanh" else _gelu_prime_exact,
+        delta=delta,
+        saves="z",
+        prime_max=_gelu_tanh_prime_max() if approximate == "tanh" else _GELU_PRIME_MAX,
+        approximate=approximate,
+    )
+
+
+# silu (swish): σ(z) = z s(z), s = 1/(1 + e^{−z}) the sigmoid.
+#   σ'(z) = s(z) (1 + z (1 − s(z)))
+# Not monotone either, so z is saved (the in-place form keeps a copy of z, as torch's
+# silu_ does). σ'' = s(1 − s)(2 + z(1 − 2s)) vanishes where z tanh(z/2) = 2,
+# z ≈ ±2.3994: max σ' ≈ 1.0998, min σ' ≈ −0.0998.
+def _silu_prime(z: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def _silu_delta(grad_output: Tensor, z: Tensor) -> Tensor:
+    # aten.silu_backward (fused g ⊙ σ'(z)) has no derivative of its own: when the
+    # backward is itself being taped (create_graph), use the formula, as torch does.
+    if torch.is_grad_enabled():
+        return grad_output * _silu_prime(z)
+    return aten.silu_backward(grad_output, z)
+
+
+def _silu(z: Tensor) -> Tensor:
+    return F.silu(z)
+
+
+def _silu_(z: Tensor) -> Tensor:
+    return F.silu(z, inplace=True)
+
+
+def _scalar_silu_prime(z: float) -> float:  # the same formula on floats, for prime_max
+    s = 1 / (1 + math.exp(-z))
+    return s * (1 + z * (1 - s))
+
+
+SILU = Activation(
+    "silu",
+    fn=_silu,
+    prime=_silu_prime,
+    delta=_silu_delta,
+    saves="z",
+    prime_max=_argmax(_scalar_silu_prime, 0.0, 6.0),
+    fn_=_silu_,
+)
+
+LEAKY_RELU = leaky_relu(0.01)
+SOFTMAX = softmax(-1)
+GELU = gelu("none")
 
 _BY_NAME = {
     "sigmoid": SIGMOID,
@@ -172,20 +359,32 @@ _BY_NAME = {
     "leaky_relu": LEAKY_RELU,
     "softmax": SOFTMAX,
     "identity": IDENTITY,
+    "gelu": GELU,
+    "silu": SILU,
 }
 ACTIVATIONS: tuple[str, ...] = tuple(_BY_NAME)
 
 
 def get_activation(
-    activation: str | Activation, *, negative_slope: float = 0.01, dim: int = -1
+    activation: str | Activation,
+    *,
+    negative_slope: float = 0.01,
+    dim: int | None = -1,
+    approximate: str = "none",
 ) -> Activation:
-    """Look up an activation by name (or pass an :class:`Activation` through)."""
+    """Look up an activation by name (or pass an :class:`Activation` through).
+
+    ``negative_slope``, ``dim`` and ``approximate`` parametrise "leaky_relu",
+    "softmax" and "gelu"; each value is built once and then reused.
+    """
     if isinstance(activation, Activation):
         return activation
-    if activation == "leaky_relu" and negative_slope != 0.01:
+    if activation == "leaky_relu":
         return leaky_relu(negative_slope)
-    if activation == "softmax" and dim != -1:
+    if activation == "softmax":
         return softmax(dim)
+    if activation == "gelu":
+        return gelu(approximate)
     try:
         return _BY_NAME[activation]
     except (KeyError, TypeError):

@@ -16,8 +16,12 @@ The four numbers, all for the cost C of the batch (the book's mean over its rows
 * ``mean_abs_delta`` = mean over rows and neurons of |scale·δ^l| = |∂C/∂z^l|;
 * ``weight_grad_norm`` = ‖∂C/∂W^l‖_F = ‖(scale·δ)ᵀ a^{l-1}‖ (BP4), NaN for a bare
   activation module, which never sees a^{l-1};
-* ``saturated_fraction``: the fraction of σ'(z^l) entries below 1% of max σ'
-  (sigmoid: σ' < 0.0025, i.e. |z| > 5.99; ReLU: z ≤ 0; identity: never).
+* ``saturated_fraction``: the fraction of entries with |σ'(z^l)| below 1% of
+  max_z |σ'(z)| (``Activation.prime_max``): sigmoid σ' < 0.0025, i.e. |z| > 5.99;
+  ReLU z ≤ 0; identity never. The absolute value matters for GELU and SiLU, whose σ'
+  goes negative (and above 1): GELU counts z < −3.02 and the band −0.78 < z < −0.73
+  around the zero of σ' (max |σ'| = 1.1289); SiLU z < −6.14 and −1.33 < z < −1.23
+  (max |σ'| = 1.0998). In those bands the gradient vanishes all the same.
 
 ``scale`` is what turns the δ a backward holds into ∂C/∂z for the batch cost: 1 on
 the autograd path (the cost's 1/N is already in δ), 1/N in ``Network.backprop``
@@ -40,7 +44,7 @@ from torch import Tensor, nn
 _recorder = None  # the active (innermost) Recorder, or None
 
 FIELDS = ("speed", "mean_abs_delta", "weight_grad_norm", "saturated_fraction")
-SATURATED = 0.01  # "saturated" means σ'(z) < SATURATED · max σ'
+SATURATED = 0.01  # "saturated" means |σ'(z)| < SATURATED · max_z |σ'(z)|
 
 
 def active() -> bool:
@@ -84,7 +88,7 @@ def layer_stats(
         saturated = dz.new_zeros(())
     else:
         sp = activation.prime(saved)  # σ'(z^l)
-        saturated = (sp < SATURATED * activation.prime_max).to(dz.dtype).mean()
+        saturated = (sp.abs() < SATURATED * activation.prime_max).to(dz.dtype).mean()
     return torch.stack([speed, mean_abs, w_norm, saturated])
 
 

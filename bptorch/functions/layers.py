@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd import Function
+from torch.autograd import Function, forward_ad
 
-from ..activations import Activation
 from .. import diagnostics
+from .._checks import check_floating
+from ..activations import Activation
 
 
 # -- mixed precision ------------------------------------------------------------
@@ -37,12 +38,23 @@ from .. import diagnostics
 def _autocast_dtype(t: Tensor) -> torch.dtype | None:
     """The dtype torch.autocast gives matmuls on t's device, or None when it is off.
 
-    As torch's own autocast, float64 inputs are left alone.
+    As torch's own autocast, float64 inputs are left alone, and so are devices that
+    have no autocast at all (``meta``: asking torch about them raises).
     """
     device_type = t.device.type
-    if t.dtype != torch.float64 and torch.is_autocast_enabled(device_type):
+    if t.dtype == torch.float64:
+        return None
+    has = _HAS_AUTOCAST.get(device_type)
+    if has is None:
+        has = _HAS_AUTOCAST[device_type] = torch.amp.is_autocast_available(device_type)
+    if has and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
+
+
+# device type -> whether torch has autocast for it, asked once per type (a dict read
+# after that; functools.cache would also work in eager, but Dynamo breaks the graph on it)
+_HAS_AUTOCAST: dict[str, bool] = {}
 
 
 def _cast(dtype: torch.dtype | None, *tensors: Tensor | None) -> tuple:
@@ -141,10 +153,14 @@ class ActivationFunction(Function):
 
     Backward: ∂C/∂z^l = ∂C/∂a^l ⊙ σ'(z^l), the ``⊙ σ'(z)`` factor of BP1 and BP2.
     σ' comes from what the activation saves (sigmoid and tanh keep a, since
-    σ'(z) = a(1 − a) and 1 − a²). Softmax, whose Jacobian is not diagonal, gives
-    δ = a ⊙ (grad_output − Σ_k grad_output_k a_k).
+    σ'(z) = a(1 − a) and 1 − a²; GELU and SiLU keep z). Softmax, whose Jacobian is
+    not diagonal, gives δ = a ⊙ (grad_output − Σ_k grad_output_k a_k).
 
     Batch-first: elementwise, so the same formulas on (N, n) tensors.
+
+    ``inplace=True`` overwrites z with a and returns it (``ctx.mark_dirty``), as
+    torch's ``relu_``. Where σ' needs z, ``z_before`` is a copy of z taken before the
+    overwrite (what torch's ``silu_`` keeps too); :func:`activation` makes it.
 
     Forward mode (``jvp``): da = σ'(z) ⊙ dz. The Jacobian of σ is symmetric (diagonal,
     or diag(a) − a aᵀ for softmax), so this is ``activation.delta`` applied to dz.
@@ -153,7 +169,15 @@ class ActivationFunction(Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(z: Tensor, activation: Activation, name: str | None = None) -> Tensor:
+    def forward(
+        z: Tensor,
+        activation: Activation,
+        name: str | None = None,
+        inplace: bool = False,
+        z_before: Tensor | None = None,
+    ) -> Tensor:
+        if inplace:
+            return activation.fn_(z)
         a = activation.fn(z)
         # identity gives back z itself; a Function that returns its input must return
         # views from jvp too, which vmap(jvp) cannot do: copy (Identity only)
@@ -161,25 +185,72 @@ class ActivationFunction(Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        z, activation, name = inputs
-        ctx.activation, ctx.name = activation, name
+        z, activation, name, inplace, z_before = inputs
+        ctx.activation, ctx.name, ctx.inplace = activation, name, inplace
+        if inplace:
+            ctx.mark_dirty(z)  # z now holds a: autograd bumps its version
+            z = z_before  # the z that was overwritten, or None
         saved = {"a": output, "z": z}.get(activation.saves)
         ctx.save_for_backward(saved)
         ctx.save_for_forward(saved)
 
     @staticmethod
-    def jvp(ctx: Any, dz: Tensor, _dactivation, _dname) -> Tensor:
+    def jvp(ctx: Any, dz: Tensor, _dactivation, _dname, _dinplace, _dz_before) -> Tensor:
         (saved,) = ctx.saved_tensors
-        return ctx.activation.delta(dz, saved)  # da = σ'(z) ⊙ dz
+        if saved is None and ctx.activation.saves == "z":  # z was overwritten, not kept
+            raise RuntimeError(_NO_Z_MESSAGE)
+        da = ctx.activation.delta(dz, saved)  # da = σ'(z) ⊙ dz
+        return dz.copy_(da) if ctx.inplace else da  # an in-place op updates its tangent
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         (saved,) = ctx.saved_tensors
         act = ctx.activation
+        if saved is None and act.saves == "z":  # z was overwritten and not kept
+            raise RuntimeError(_NO_Z_MESSAGE)
         delta = act.delta(grad_output, saved)  # ∂C/∂z = ∂C/∂a ⊙ σ'(z)
         if diagnostics.active():
             diagnostics.record_delta(ctx.name, act, delta, saved)
-        return delta, None, None
+        return delta, None, None, None, None
+
+
+# torch's own words for leaky_relu_ with a negative slope, whose backward it refuses:
+# a no longer says where z > 0 and torch keeps no copy of z. bptorch refuses alike.
+_NO_Z_MESSAGE = (
+    "In-place leakyReLu backward calculation is triggered with a negative slope which is "
+    "not supported. This is caused by calling in-place forward function with a negative "
+    "slope, please call out-of-place version instead. File an issue at "
+    "https://github.com/pytorch/pytorch if you do require supporting in-place leakRelu "
+    "backward calculation with negative slope"
+)
+
+
+def activation(
+    input: Tensor, act: Activation, name: str | None = None, inplace: bool = False
+) -> Tensor:
+    """a = σ(z) through :class:`ActivationFunction`, checking the input first.
+
+    ``inplace=True`` behaves as torch's in-place activations: z is overwritten and
+    returned, and a leaf that requires grad is refused with torch's error. Where σ'
+    needs z (SiLU), a copy of z is kept for backward, as torch's ``silu_`` does;
+    leaky_relu with a negative slope keeps none, and its backward raises as torch's.
+    """
+    check_floating("input", input)
+    if not inplace:
+        return ActivationFunction.apply(input, act, name, False, None)
+    if act.fn_ is None:
+        raise ValueError(f"activation {act.name!r} has no in-place form")
+    needs_grad = input.requires_grad and torch.is_grad_enabled()
+    if needs_grad and input.is_leaf:
+        raise RuntimeError(
+            "a leaf Variable that requires grad is being used in an in-place operation."
+        )
+    if not needs_grad and forward_ad.unpack_dual(input).tangent is None:
+        return act.fn_(input)  # nothing to differentiate: the plain in-place op
+    z_before = None
+    if act.saves == "z" and act.name != "leaky_relu":
+        z_before = input.detach().clone()  # σ' needs the z about to be overwritten
+    return ActivationFunction.apply(input, act, name, True, z_before)
 
 
 class DenseFunction(Function):
@@ -257,5 +328,4 @@ for _fn in (LinearFunction, ActivationFunction, DenseFunction):
     _fn.forward.__signature__ = inspect.signature(_fn.forward)
 
 linear = LinearFunction.apply
-activation = ActivationFunction.apply
 dense = DenseFunction.apply

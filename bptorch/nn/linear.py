@@ -73,8 +73,9 @@ class Dense(Linear):
     Args:
         in_features, out_features, bias, device, dtype: as :class:`Linear`.
         activation: one of ``bptorch.activations.ACTIVATIONS`` ("sigmoid", "tanh",
-            "relu", "leaky_relu", "softmax", "identity") or an ``Activation``.
-        negative_slope: the slope for "leaky_relu".
+            "relu", "leaky_relu", "softmax", "identity", "gelu", "silu") or an
+            ``Activation`` (e.g. ``bptorch.activations.gelu("tanh")``).
+        negative_slope: the slope for "leaky_relu" (negative slopes save z, not a).
 
     Shape:
         input (*, in_features) -> output (*, out_features).
