@@ -1,6 +1,7 @@
 """Input checks shared by the functional forms: clear errors instead of silent broadcasts
 or cryptic matmul messages. Each check reads only shapes, dtypes and devices (no sync),
-except the class-index range check, which must look at the values.
+except the range checks of ``check_cost_inputs`` (class indices, probabilities), which
+must look at the values.
 """
 from __future__ import annotations
 
@@ -60,15 +61,33 @@ def check_linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
         )
 
 
-def check_cost_inputs(output: Tensor, target: Tensor, what: str = "output") -> Tensor:
-    """Validate ``(output, target)`` for a cost: class indices (N,) in range, or a float
-    tensor of ``output``'s shape. Returns the target unchanged."""
+_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _values_readable(t: Tensor) -> bool:
+    """Whether a check may read ``t``'s values: not while compiling (a graph break,
+    and no ``fullgraph=True``), not under torch.func transforms (vmap cannot call
+    .item() on a batched tensor)."""
+    return (not torch.compiler.is_compiling()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def check_cost_inputs(
+    output: Tensor, target: Tensor, what: str = "output", probabilities: bool = False
+) -> Tensor:
+    """Validate ``(output, target)`` for a cost: ``output`` (*, C), classes last; ``target``
+    class indices of shape (*) in [0, C), or a float tensor of ``output``'s shape.
+
+    With ``probabilities=True`` (the costs on a^L that take logarithms) ``output`` must lie
+    in [0, 1]: values outside are the mark of logits z^L passed by mistake. Only the
+    output is checked, never the target (soft targets are legitimate). The value checks
+    cost one reduction and a sync each; they are skipped where values cannot be read
+    (see ``_values_readable``). Returns the target unchanged.
+    """
     check_floating(what, output)
-    if output.dim() != 2:
-        raise ValueError(
-            f"expected {what} of shape (N, n_outputs), got shape {_shape(output)}"
-        )
-    n, n_out = output.shape
+    if output.dim() == 0:
+        raise ValueError(f"expected {what} of shape (*, C), classes last, got a 0-dim tensor")
+    positions, n_out = _shape(output)[:-1], output.shape[-1]
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.device != output.device:
@@ -76,40 +95,49 @@ def check_cost_inputs(output: Tensor, target: Tensor, what: str = "output") -> T
             f"target is on {target.device} but {what} is on {output.device}; "
             "move them to the same device"
         )
-    if target.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        if _shape(target) != (n,):
+    if target.dtype in _INDEX_DTYPES:
+        if _shape(target) != positions:
             raise ValueError(
-                f"class-index target must have shape (N,) = ({n},) for {what} of shape "
-                f"{_shape(output)}, got {_shape(target)}"
+                f"class-index target must have shape (*) = {positions}, {what}'s shape "
+                f"without its last (class) dimension, for {what} of shape "
+                f"{_shape(output)}; got {_shape(target)}"
             )
-        # the range check reads values: skip it while compiling and under torch.func
-        # transforms (vmap cannot call .item() on a batched tensor)
-        if (n and not torch.compiler.is_compiling()
-                and not torch._C._functorch.is_functorch_wrapped_tensor(target)):
-            lo, hi = int(target.min()), int(target.max())
+        if target.numel() and _values_readable(target):
+            lo, hi = torch.aminmax(target.view(-1))
+            lo, hi = int(lo), int(hi)
             if lo < 0 or hi >= n_out:
                 raise ValueError(
                     f"class indices must lie in [0, {n_out - 1}] for {n_out} outputs, "
                     f"got values in [{lo}, {hi}]"
                 )
-        return target
-    if not target.is_floating_point():
+    elif not target.is_floating_point():
         raise TypeError(
-            f"target must be class indices (an integer tensor of shape (N,)) or a float "
-            f"tensor of {what}'s shape, got dtype {target.dtype}"
+            f"target must be class indices (an integer tensor of shape (*) = {positions}) "
+            f"or a float tensor of {what}'s shape, got dtype {target.dtype}"
         )
-    if target.shape != output.shape:
-        raise ValueError(
-            f"target shape {_shape(target)} does not match {what} shape "
-            f"{_shape(output)}; costs do not broadcast. Pass class indices of shape "
-            f"({n},) or a one-hot/soft target of shape {_shape(output)}"
-        )
-    check_same("target", target, what, output)
+    else:
+        if target.shape != output.shape:
+            raise ValueError(
+                f"target shape {_shape(target)} does not match {what} shape "
+                f"{_shape(output)}; costs do not broadcast. Pass class indices of shape "
+                f"{positions} or a one-hot/soft target of shape {_shape(output)}"
+            )
+        check_same("target", target, what, output)
+    if probabilities and output.numel() and _values_readable(output):
+        lo, hi = torch.aminmax(output.detach())  # one pass for both ends
+        lo, hi = lo.item(), hi.item()
+        if not (lo >= 0 and hi <= 1):  # NaN fails too, as in torch's BCELoss
+            raise ValueError(
+                f"{what} must hold probabilities in [0, 1] for this cost (a^L after a "
+                f"sigmoid or softmax), got values in [{lo:.4g}, {hi:.4g}]; if {what} holds "
+                f"logits z^L, pass logits=True (e.g. CrossEntropyCost(logits=True), "
+                f"LogLikelihoodCost(logits=True))"
+            )
     return target
 
 
 def one_hot(target: Tensor, n_out: int, dtype: torch.dtype) -> Tensor:
-    """Class indices (N,) as one-hot rows (N, n_out) of ``dtype``; a float target as it is.
+    """Class indices (*) as one-hot rows (*, n_out) of ``dtype``; a float target as it is.
 
     Built by comparison with arange, not F.one_hot, which reads the values (vmap cannot).
     """

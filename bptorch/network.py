@@ -213,13 +213,13 @@ class Network(nn.Module):
                 cost = torch.dot(r1, r1).mul_(0.5 / m)
             return out.delta(r, a_L), cost  # (a − y) ⊙ σ'(z^L)
         # cross-entropy after sigmoid, log-likelihood after softmax: σ' cancels and
-        # δ^L = a − y (the logits form's closed-form gradient, costs.py).
+        # δ^L = a − y (the logits form's closed-form gradient, costs.py), finite at any |z|.
         if self.cost == "cross_entropy":
             delta = a_L - y
-        else:
+        else:  # (Σ_j y_j) a − y: a − y when y sums to 1, right for any soft y
             delta = a_L * y.sum(-1, keepdim=True) - y
-        if value:
-            cost = get_cost(self.cost, logits=True).fn(z_L, y) / m
+        if value:  # the logits form's terms, summed over outputs and rows
+            cost = get_cost(self.cost, logits=True).fn(z_L, y).sum() / m
         return delta, cost
 
     def _backward(

@@ -32,7 +32,9 @@ def test_unknown_cost_and_reduction():
     with pytest.raises(ValueError, match="quadratic, cross_entropy, log_likelihood"):
         F._cost("hinge", torch.rand(2, 3), torch.rand(2, 3), False, "mean")
     with pytest.raises(ValueError, match="reduction"):
-        bnn.QuadraticCost(reduction="none")
+        bnn.QuadraticCost(reduction="avg")
+    with pytest.raises(ValueError, match="'none', 'mean' or 'sum'"):
+        F._cost("quadratic", torch.rand(2, 3), torch.rand(2, 3), False, "batchmean")
     with pytest.raises(ValueError, match="no logits form"):
         F._cost("quadratic", torch.rand(2, 3), torch.rand(2, 3), True, "mean")
 
@@ -55,8 +57,12 @@ def test_cost_refuses_out_of_range_class_indices(bad):
 
 
 def test_cost_refuses_index_target_of_wrong_length():
-    with pytest.raises(ValueError, match=r"shape \(N,\) = \(3,\)"):
+    with pytest.raises(ValueError, match=r"shape \(\*\) = \(3,\)"):
         bnn.QuadraticCost()(torch.rand(3, 5), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"shape \(\*\) = \(2, 4\)"):  # (N, T, C): (N, T)
+        bnn.LogLikelihoodCost(logits=True)(torch.randn(2, 4, 5), torch.zeros(2, 5).long())
+    with pytest.raises(ValueError, match=r"shape \(\*\) = \(\)"):  # unbatched (C,): 0-dim
+        bnn.LogLikelihoodCost(logits=True)(torch.randn(5), torch.tensor([1]))
 
 
 def test_integer_inputs_refused():
@@ -77,9 +83,36 @@ def test_mismatched_dtype_refused():
         bnn.QuadraticCost()(torch.rand(4, 3), torch.rand(4, 3, dtype=torch.float64))
 
 
-def test_cost_needs_2d_output():
-    with pytest.raises(ValueError, match=r"\(N, n_outputs\)"):
-        bnn.QuadraticCost()(torch.rand(3), torch.rand(3))
+def test_cost_needs_a_class_dimension():
+    with pytest.raises(ValueError, match=r"\(\*, C\), classes last, got a 0-dim"):
+        bnn.QuadraticCost()(torch.rand(()), torch.rand(()))
+
+
+@pytest.mark.parametrize("cost", [bnn.CrossEntropyCost(), bnn.LogLikelihoodCost(),
+                                  bnn.CrossEntropyCost(reduction="none")])
+@pytest.mark.parametrize("bad", [-0.5, 1.5, float("nan")])
+def test_probability_cost_refuses_logits(cost, bad):
+    """Values outside [0, 1] (or NaN, as torch's BCELoss) are the mark of z^L passed to a
+    cost on a^L: the error says so and names logits=True."""
+    a = torch.rand(4, 3) * 0.8 + 0.1
+    a[1, 2] = bad
+    for out, y in [(a, torch.tensor([0, 2, 1, 1])), (a.unsqueeze(0), torch.rand(1, 4, 3))]:
+        with pytest.raises(ValueError, match=r"probabilities in \[0, 1\].*logits=True"):
+            cost(out, y)
+
+
+def test_probability_check_reads_only_the_output():
+    """Soft targets outside [0, 1] are the caller's business; only a^L is checked. The
+    quadratic and the logits forms take any real output."""
+    a = torch.rand(4, 3)
+    for cost in (bnn.CrossEntropyCost(), bnn.LogLikelihoodCost()):
+        assert torch.isfinite(cost(a, torch.randn(4, 3) * 3))
+    z = torch.randn(4, 3) * 5
+    for cost in (bnn.QuadraticCost(), bnn.CrossEntropyCost(logits=True),
+                 bnn.LogLikelihoodCost(logits=True)):
+        assert torch.isfinite(cost(z, torch.tensor([0, 2, 1, 1])))
+    # the saturated ends themselves are probabilities
+    assert torch.isfinite(bnn.CrossEntropyCost()(torch.tensor([[0.0, 1.0]]), torch.tensor([1])))
 
 
 def test_non_tensor_input_refused():
