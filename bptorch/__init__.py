@@ -5,12 +5,13 @@ Every layer's backward is one of the four equations of the seed
 BP3 ∂C/∂b^l = δ^l; BP4 ∂C/∂W^l = δ^l (a^{l-1})ᵀ).
 
 ``import bptorch`` loads every public submodule: ``activations``, ``convert``,
-``data``, ``diagnostics``, ``distributed``, ``functional``, ``functions``, ``nn``.
+``data``, ``diagnostics``, ``distributed``, ``functional``, ``functions``, ``nn``,
+``threads``.
 """
 # Here the name `nn` is bptorch.nn (imported below), never torch's: this file uses
 # no torch.nn, and `from .nn import ...` would bind bptorch.nn to `nn` all the same.
 from . import (
-    activations, convert, data, diagnostics, distributed, functional, functions, nn,
+    activations, convert, data, diagnostics, distributed, functional, functions, nn, threads,
 )
 from .activations import ACTIVATIONS, Activation, get_activation
 from .network import Network
@@ -19,5 +20,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS", "Activation", "Network", "activations", "convert", "data", "diagnostics",
-    "distributed", "functional", "functions", "get_activation", "nn",
+    "distributed", "functional", "functions", "get_activation", "nn", "threads",
 ]

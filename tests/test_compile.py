@@ -1,6 +1,7 @@
 """torch.compile over bptorch: the autograd path (nn.Sequential of Dense + cost) and the
 explicit engine (Network.update_mini_batch) give the same numbers as eager.
 
+The autograd path compiles with ``fullgraph=True``: no graph break.
 The correctness tests use backend="aot_eager" (Dynamo + AOTAutograd, no code generation),
 which keeps this file fast; one test runs inductor, the default backend, on the fused
 engine. Graph breaks are counted with torch._dynamo.explain.
@@ -53,14 +54,61 @@ def test_compiled_model_trains_like_eager():
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
 
 
-def test_graph_breaks_are_only_the_forward_ad_rules():
-    """Dynamo refuses autograd.Functions that define ``jvp`` (forward-mode AD) while
-    gradients are needed: one break per bptorch Function call. Without grad (inference)
-    the whole model is one graph."""
+def _mlp():
+    return torch.nn.Sequential(
+        bnn.Dense(12, 9, "tanh"), bnn.Linear(9, 8), bnn.LeakyReLU(0.1), bnn.Dense(8, 7, "gelu"),
+        bnn.Linear(7, 5),
+    )
+
+
+def _convnet():
+    return torch.nn.Sequential(
+        bnn.Conv2d(1, 3, 3, padding=1), bnn.ReLU(), bnn.MaxPool2d(2), bnn.Dropout(0.25),
+        bnn.Conv2d(3, 4, 3, groups=1, dilation=1), bnn.Sigmoid(), bnn.Flatten(),
+        bnn.Linear(4 * 2 * 2, 5),
+    )
+
+
+CASES = {
+    "mlp-loglikelihood": (_mlp, lambda: torch.randn(8, 12), bnn.LogLikelihoodCost(logits=True)),
+    "mlp-crossentropy": (_mlp, lambda: torch.randn(8, 12), bnn.CrossEntropyCost(logits=True)),
+    "conv-quadratic": (_convnet, lambda: torch.randn(6, 1, 8, 8), bnn.QuadraticCost()),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fullgraph_compile_of_a_training_loss(case):
+    """``torch.compile(fullgraph=True)`` of a loss through bptorch.nn modules and a bptorch
+    cost compiles with grads enabled (no graph break: BPFunction hides each ``jvp`` from
+    Dynamo) and gives eager's loss and gradients. Forward-mode AD keeps working in eager
+    mode: tests/test_torch_func.py."""
+    make, make_x, cost = CASES[case]
+    eager = make()
+    compiled_src = make()
+    compiled_src.load_state_dict(eager.state_dict())
+    x = make_x()
+    y = torch.randint(0, 5, (x.shape[0],)) if case != "conv-quadratic" else torch.rand(6, 5)
+
+    def loss_fn(model, x, y):
+        return cost(model(x), y)
+
+    assert torch._dynamo.explain(loss_fn)(compiled_src, x, y).graph_break_count == 0
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(3)
+    l_comp = compiled(compiled_src, x, y)
+    l_comp.backward()
+    torch.manual_seed(3)
+    l_eager = loss_fn(eager, x, y)
+    l_eager.backward()
+    torch.testing.assert_close(l_comp, l_eager, rtol=1e-6, atol=1e-6)
+    for (name, p), q in zip(compiled_src.named_parameters(), eager.parameters()):
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_inference_is_one_graph():
     model, x = _model(), torch.randn(8, 12)
-    explained = torch._dynamo.explain(model)(x)
-    assert explained.graph_break_count == 2  # one per Dense
-    assert all("jvp" in b.reason for b in explained.break_reasons)
     with torch.no_grad():
         assert torch._dynamo.explain(model)(x).graph_break_count == 0
 

@@ -37,10 +37,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd import Function
 from torch.nn.functional import conv2d, conv_transpose2d, fold, max_pool2d, pad, unfold
 
 from .._checks import _shape, check_floating, check_same
+from .base import BPFunction
 from .layers import _autocast_backward, _autocast_dtype, _cast, _record_autocast
 
 aten = torch.ops.aten
@@ -270,7 +270,7 @@ def conv2d_fused_bwd(ctx: Any, delta: Tensor, a_prev: Tensor, weight: Tensor,
 _BACKWARDS = {"conv": conv2d_bwd, "unfold": conv2d_unfold_bwd, "fused": conv2d_fused_bwd}
 
 
-class Conv2dFunction(Function):
+class Conv2dFunction(BPFunction):
     """z^l = W^l ⋆ a^{l-1} + b^l: the linear layer on every k_h × k_w patch.
 
     Backward, given grad_output = ∂C/∂z^l = δ^l (one value per map and position p):
@@ -330,7 +330,7 @@ class Conv2dFunction(Function):
 
 
 # ---------------------------------------------------------------- max-pool
-class MaxPool2dFunction(Function):
+class MaxPool2dFunction(BPFunction):
     """a_j = max_{i ∈ window j} z_i.
 
     Backward: ∂a_j/∂z_i is 1 for the input that won window j and 0 for the others, so
@@ -373,7 +373,7 @@ class MaxPool2dFunction(Function):
 
 
 # ---------------------------------------------------------------- dropout
-class DropoutFunction(Function):
+class DropoutFunction(BPFunction):
     """a = z ⊙ m, with m_i = 1/(1 − p) for kept units and 0 for dropped ones.
 
     Backward: ∂C/∂z = ∂C/∂a ⊙ m, the same mask (a dropped unit passes no error down).
@@ -419,7 +419,7 @@ def dropout_mask(input: Tensor, p: float) -> Tensor:
 
 
 # ---------------------------------------------------------------- flatten
-class FlattenFunction(Function):
+class FlattenFunction(BPFunction):
     """a = z reshaped to (N, C·H·W) (dims start_dim..end_dim merged); δ reshaped back."""
 
     generate_vmap_rule = True

@@ -34,10 +34,10 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torch.autograd import Function
 from torch.nn.functional import softplus
 
 from .._checks import one_hot
+from .base import BPFunction
 
 # torch's BCELoss safeguards (aten binary_cross_entropy and its backward): the floor
 # on ln a and ln(1 − a), and the floor on the denominator of the gradient.
@@ -138,7 +138,7 @@ def get_cost(name: str | Cost, logits: bool = False) -> Cost:
     return on_z if logits else on_a
 
 
-class CostFunction(Function):
+class CostFunction(BPFunction):
     """C = scale · Σ_x C_x(a_x, y_x) (``reduction="sum"``), or the per-position
     scale · C_x (``reduction="none"``); scale = 1/n gives the book's mean.
 

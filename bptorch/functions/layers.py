@@ -17,14 +17,14 @@ per-example costs, and its gradient the same sum of per-example gradients.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd import Function, forward_ad
+from torch.autograd import forward_ad
 
 from .. import diagnostics
+from .base import BPFunction
 from .._checks import check_floating
 from ..activations import Activation
 
@@ -107,7 +107,7 @@ def _linear_backward(
     return grad_input, grad_weight, grad_bias
 
 
-class LinearFunction(Function):
+class LinearFunction(BPFunction):
     """z^l = W^l a^{l-1} + b^l.
 
     Backward, given grad_output = ∂C/∂z^l = δ^l:
@@ -148,7 +148,7 @@ class LinearFunction(Function):
         return _linear_jvp(a_prev, weight, da_prev, dweight, dbias)
 
 
-class ActivationFunction(Function):
+class ActivationFunction(BPFunction):
     """a^l = σ(z^l).
 
     Backward: ∂C/∂z^l = ∂C/∂a^l ⊙ σ'(z^l), the ``⊙ σ'(z)`` factor of BP1 and BP2.
@@ -253,7 +253,7 @@ def activation(
     return ActivationFunction.apply(input, act, name, True, z_before)
 
 
-class DenseFunction(Function):
+class DenseFunction(BPFunction):
     """a^l = σ(W^l a^{l-1} + b^l), the fused linear + activation layer.
 
     Backward, given grad_output = ∂C/∂a^l:
@@ -321,11 +321,6 @@ class DenseFunction(Function):
             diagnostics.record_delta(ctx.name, act, delta, saved, a_prev=a_prev)
         return (*_autocast_backward(ctx, _linear_backward, delta, a_prev, weight), None, None)
 
-
-# Function.apply binds its arguments to forward's signature on every call through
-# inspect.signature (~10 µs a layer); a precomputed __signature__ makes that a read.
-for _fn in (LinearFunction, ActivationFunction, DenseFunction):
-    _fn.forward.__signature__ = inspect.signature(_fn.forward)
 
 linear = LinearFunction.apply
 dense = DenseFunction.apply
