@@ -67,8 +67,8 @@ _INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 def _values_readable(t: Tensor) -> bool:
     """Whether a check may read ``t``'s values: not while compiling (a graph break,
     and no ``fullgraph=True``), not under torch.func transforms (vmap cannot call
-    .item() on a batched tensor)."""
-    return (not torch.compiler.is_compiling()
+    .item() on a batched tensor), not on the meta device (no values at all)."""
+    return (not t.is_meta and not torch.compiler.is_compiling()
             and not torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 

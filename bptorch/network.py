@@ -124,9 +124,9 @@ class Network(nn.Module):
         """
         plan = self._plan()
         y = self._check(x, y, plan[0])
-        activations, z_L = self._feedforward(x, plan, keep_z_L=self.cost != "quadratic")
+        activations, z_L, sp_from = self._feedforward(x, plan, keep_z_L=self.cost != "quadratic")
         delta, cost = self._output_error(z_L, activations[-1], y, plan[-1][3], True)  # BP1
-        self.deltas = self._backward(delta, activations, plan, update=None)
+        self.deltas = self._backward(delta, activations, sp_from, plan, update=None)
         return cost
 
     @torch.no_grad()
@@ -148,9 +148,10 @@ class Network(nn.Module):
             n = 1
         plan = self._plan()
         y = self._check(x, y, plan[0])
-        activations, _ = self._feedforward(x, plan)
+        activations, _, sp_from = self._feedforward(x, plan)
         delta, _ = self._output_error(None, activations[-1], y, plan[-1][3])  # BP1
-        self.deltas = self._backward(delta, activations, plan, (eta, 1 - eta * lmbda / n))
+        self.deltas = self._backward(delta, activations, sp_from, plan,
+                                     (eta, 1 - eta * lmbda / n))
 
     def _plan(self) -> list[tuple]:
         """(layer, W, b, σ) of each layer, read once per step: every Module attribute
@@ -180,24 +181,30 @@ class Network(nn.Module):
 
     def _feedforward(
         self, x: Tensor, plan: list[tuple], keep_z_L: bool = False
-    ) -> tuple[list[Tensor], Tensor | None]:
+    ) -> tuple[list[Tensor], Tensor | None, list[Tensor]]:
         """Step 1: z^l = a^{l-1} Wᵀ + b and a^l = σ(z^l), layer by layer.
 
-        Returns [x, a^1, ..., a^L] and, if ``keep_z_L``, z^L (for the value of the
-        logits costs). σ' comes from a^l, so no other z^l is kept.
+        Returns [x, a^1, ..., a^L]; z^L if ``keep_z_L`` (for the value of the logits
+        costs); and, per layer, the tensor σ'(z^l) is computed from: a^l where σ' is a
+        function of the output (sigmoid, tanh, relu, ...), z^l where it is not (gelu,
+        silu, leaky_relu with a negative slope). No other z^l is kept.
         """
         activations = [x]
+        sp_from: list[Tensor] = []
         z_L = None
         last = len(plan) - 1
         for l, (_, weight, bias, act) in enumerate(plan):
             # one call for the GEMM and the bias: F.linear transposes W inside C++
             z = torch.nn.functional.linear(activations[-1], weight, bias)
-            if l == last and keep_z_L:
-                z_L, a = z, act.fn(z)
+            if (l == last and keep_z_L) or act.saves == "z":
+                a = act.fn(z)
+                if l == last:
+                    z_L = z
             else:  # σ in place, saving an allocation per layer: z is not needed again
                 a = _IN_PLACE.get(act.name, act.fn)(z)
             activations.append(a)
-        return activations, z_L
+            sp_from.append(z if act.saves == "z" else a)
+        return activations, z_L, sp_from
 
     def _output_error(
         self, z_L: Tensor | None, a_L: Tensor, y: Tensor, out, value: bool = False
@@ -223,7 +230,8 @@ class Network(nn.Module):
         return delta, cost
 
     def _backward(
-        self, delta: Tensor, activations: list[Tensor], plan: list[tuple], update
+        self, delta: Tensor, activations: list[Tensor], sp_from: list[Tensor],
+        plan: list[tuple], update,
     ) -> list[Tensor]:
         """Steps 3–4: from δ^L, BP2 down the layers, with BP3 and BP4 at each."""
         L = len(plan)
@@ -236,9 +244,9 @@ class Network(nn.Module):
             deltas[l] = delta
             if record:
                 diagnostics.record_delta(layer._diag_name, act, delta,
-                                         activations[l + 1], scale=1 / m, a_prev=a_prev)
+                                         sp_from[l], scale=1 / m, a_prev=a_prev)
             if l > 0:  # BP2, with W^l read before the update below changes it
-                delta_below = plan[l - 1][3].delta(torch.mm(delta, weight), a_prev)
+                delta_below = plan[l - 1][3].delta(torch.mm(delta, weight), sp_from[l - 1])
             if update is None:
                 _accumulate_mm(weight, delta.t(), a_prev, 1 / m)  # BP4, mean over rows
                 _accumulate_sum(bias, delta, 1 / m)  # BP3, mean over rows

@@ -12,7 +12,8 @@ from bptorch import Network
 from helpers import book_sgd_step
 
 COSTS = ["quadratic", "cross_entropy", "log_likelihood"]
-ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
+# gelu and silu take σ' from z^l, the others from a^l; softmax as a hidden layer too
+ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "identity", "gelu", "silu", "softmax"]
 SIZES = [6, 5, 4, 3]
 
 
@@ -35,6 +36,7 @@ def autograd_reference(net, x, y):
         a = torch.softmax(z, -1) if layer.activation.name == "softmax" else {
             "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
             "leaky_relu": lambda t: torch.nn.functional.leaky_relu(t, 0.01),
+            "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu,
             "identity": lambda t: t}[layer.activation.name](z)
     onehot = torch.nn.functional.one_hot(y, a.shape[1]).to(a.dtype)
     n = x.shape[0]
@@ -122,12 +124,13 @@ def test_backprop_drives_torch_optim(optimizer):
         torch.testing.assert_close(p, q)
 
 
+@pytest.mark.parametrize("act", ["sigmoid", "gelu"])
 @pytest.mark.parametrize("cost", COSTS)
-def test_update_mini_batch_is_sgd_with_weight_decay(cost):
+def test_update_mini_batch_is_sgd_with_weight_decay(cost, act):
     """The fused update equals backprop + the book's rule W ← (1 − ηλ/n)W − η∇W."""
     eta, lmbda, n = 0.7, 5.0, 100
-    fused, x, y = make(cost, "sigmoid")
-    plain, _, _ = make(cost, "sigmoid")
+    fused, x, y = make(cost, act)
+    plain, _, _ = make(cost, act)
     fused.update_mini_batch(x, y, eta, lmbda, n)
     plain.backprop(x, y)
     book_sgd_step(plain, eta, lmbda, n)
