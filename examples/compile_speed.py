@@ -6,9 +6,9 @@ step (``net.loss(x, y).backward()`` + SGD). Eager and compiled blocks alternate 
 fastest block counts, which keeps the ratio fair on a busy machine. Prints one JSON line
 with the config.
 
-The autograd step has one graph break per bptorch Function: Dynamo refuses
-autograd.Functions that define ``jvp`` (forward-mode AD). ``--drop-jvp`` deletes the
-``jvp`` staticmethods for this run only, to measure what those breaks cost.
+The autograd step compiles with no graph break (``bptorch.functions.base.BPFunction``
+hides each Function's ``jvp`` from Dynamo). For the explicit engine compiled several
+steps at a time, see ``bptorch.compile.sgd_steps`` and ``python -m benchmarks.run``.
 
     python -m examples.compile_speed --sizes 784 30 10 --batch 10
 """
@@ -21,7 +21,6 @@ import time
 import torch
 
 import bptorch
-from bptorch.functions import ActivationFunction, CostFunction, DenseFunction, LinearFunction
 
 
 def _block_ms(fn, steps: int) -> float:
@@ -48,12 +47,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100, help="steps per timed block")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--backend", default="inductor")
-    p.add_argument("--drop-jvp", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    if args.drop_jvp:
-        for fn in (LinearFunction, ActivationFunction, DenseFunction, CostFunction):
-            del fn.jvp
     torch.manual_seed(args.seed)
     x = torch.rand(args.batch, args.sizes[0])
     y = torch.randint(0, args.sizes[-1], (args.batch,))

@@ -59,7 +59,7 @@ DEFAULTS: dict[str, Any] = dict(
     sizes=[784, 30, 10], epochs=30, batch_size=10, eta=3.0, lmbda=0.0, cost="quadratic",
     activation="sigmoid", init="large", seed=0, dataset="mnist", data_dir=None,
     train_size=None, device="cpu", engine="explicit", preset=None, diagnostics=False,
-    threads="auto")
+    threads="auto", compile=0)
 # What defines a saved model, and so what a checkpoint restores: --load takes these from the
 # checkpoint, and a --preset or flag that contradicts them is an error (CheckpointMismatch).
 # init is among them: the loaded weights replace the initialisation, so a different --init
@@ -123,8 +123,12 @@ def sgd(model: nn.Module, eta: float, lmbda: float, n: int) -> torch.optim.SGD:
 
 def train_epoch(model: nn.Module, engine: str, x: Tensor, y: Tensor, batch_size: int,
                 eta: float, lmbda: float, gen: torch.Generator, optimizer=None,
-                progress: bool = False, desc: str = "", rank: int = 0, world: int = 1) -> None:
+                progress: bool = False, desc: str = "", rank: int = 0, world: int = 1,
+                compiled=None, steps: int = 0) -> None:
     """One pass over a fresh shuffle of (x, y), in mini-batches (the last may be short).
+
+    ``compiled`` (``bptorch.compile.sgd_steps(model, steps)``) takes the explicit engine's
+    steps ``steps`` mini-batches at a time; what does not fill a whole chunk runs eagerly.
 
     With ``world`` > 1 (torchrun), every rank draws the same permutation and trains on
     its shard of it; after each step the ranks average their gradients (autograd,
@@ -138,8 +142,18 @@ def train_epoch(model: nn.Module, engine: str, x: Tensor, y: Tensor, batch_size:
         perm = shard(perm, rank, world)
     perm = perm.to(x.device)
     x, y = x[perm], y[perm]  # one gather per epoch; batches below are views
-    starts = tqdm(range(0, x.shape[0], batch_size), desc=desc, leave=False, file=sys.stderr,
-                  disable=not progress, unit="batch")
+    start = 0
+    if compiled is not None:
+        chunk = steps * batch_size
+        whole = x.shape[0] // chunk * chunk
+        xs = x[:whole].view(-1, steps, batch_size, x.shape[1])
+        ys = y[:whole].view(-1, steps, batch_size, y.shape[1])
+        for j in tqdm(range(xs.shape[0]), desc=desc, leave=False, file=sys.stderr,
+                      disable=not progress, unit=f"{steps} batches"):
+            compiled(xs[j], ys[j], eta, lmbda, n)
+        start = whole
+    starts = tqdm(range(start, x.shape[0], batch_size), desc=desc, leave=False,
+                  file=sys.stderr, disable=not progress or start > 0, unit="batch")
     for k in starts:
         xb, yb = x[k:k + batch_size], y[k:k + batch_size]
         if engine == "explicit":
@@ -208,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=threads_arg,
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads "
                         "from the work per step (1 at the book's batch 10) (default auto)")
+    p.add_argument("--compile", type=int, nargs="?", const=10, metavar="STEPS",
+                   help="explicit engine only: torch.compile STEPS mini-batch steps as one "
+                        "function (bptorch.compile.sgd_steps; default 10 when given, 0 = eager)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel under torchrun: each rank trains on its shard of every "
@@ -292,6 +309,9 @@ def _main(argv: Sequence[str] | None) -> dict:
     c = config
     if c["engine"] == "native" and c["diagnostics"]:
         parser.error("--diagnostics needs a bptorch net (engine explicit or autograd)")
+    if c["compile"] and (c["engine"] != "explicit" or args.distributed):
+        parser.error("--compile compiles the explicit engine's steps: use --engine explicit, "
+                     "without --distributed")
     measure = None
     if c["diagnostics"]:
         measure = getattr(bptorch.diagnostics, "measure", None)
@@ -330,6 +350,20 @@ def _main(argv: Sequence[str] | None) -> dict:
                          f"Network({c['sizes']}): {e}")
     model: nn.Module = native_model(net) if c["engine"] == "native" else net
     optimizer = sgd(model, c["eta"], c["lmbda"], n) if c["engine"] != "explicit" else None
+    compiled, compile_seconds = None, None
+    if c["compile"]:  # compile on the first steps, then restore the weights: epochs start clean
+        from bptorch.compile import sgd_steps
+
+        compiled = sgd_steps(net, c["compile"])
+        start = time.perf_counter()
+        state = {k: v.clone() for k, v in net.state_dict().items()}
+        m, k = c["batch_size"], c["compile"]
+        compiled(x_train[:m * k].view(k, m, -1), y_train[:m * k].view(k, m, -1),
+                 c["eta"], c["lmbda"], n)
+        net.load_state_dict(state)  # undo the warm-up steps
+        compile_seconds = time.perf_counter() - start
+        config["compile_seconds"] = compile_seconds
+        print(f"Compiled {k} steps a call in {compile_seconds:.1f} s", flush=True)
     gen = torch.Generator().manual_seed(c["seed"])  # the shuffles, apart from the weights
     progress = not args.no_progress and sys.stderr.isatty() and rank == 0
 
@@ -341,7 +375,8 @@ def _main(argv: Sequence[str] | None) -> dict:
     for j in range(c["epochs"]):
         start = time.perf_counter()
         train_epoch(model, c["engine"], x_train, y_train, c["batch_size"], c["eta"], c["lmbda"],
-                    gen, optimizer, progress, desc=f"Epoch {j}", rank=rank, world=world)
+                    gen, optimizer, progress, desc=f"Epoch {j}", rank=rank, world=world,
+                    compiled=compiled, steps=c["compile"])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start

@@ -132,3 +132,24 @@ def test_compiled_update_mini_batch_matches_eager(backend):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert torch._dynamo.explain(eager.update_mini_batch)(
         x[0], y[0], eta=0.5, lmbda=5.0, n=1000).graph_break_count == 0
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_sgd_steps_equal_eager_steps(backend):
+    """bptorch.compile.sgd_steps: k compiled steps = k eager update_mini_batch calls."""
+    from bptorch.compile import sgd_steps
+
+    x, y = _step_data(n=6, m=10)
+    eager = bptorch.Network([20, 15, 10], cost="cross_entropy")
+    comp = bptorch.Network([20, 15, 10], cost="cross_entropy")
+    comp.load_state_dict(eager.state_dict())
+    run = sgd_steps(comp, steps=3, backend=backend)
+    for chunk in (slice(0, 3), slice(3, 6)):
+        run(x[chunk], y[chunk], 0.5, 5.0, 1000)
+    for i in range(6):
+        eager.update_mini_batch(x[i], y[i], eta=0.5, lmbda=5.0, n=1000)
+    tol = dict(rtol=0, atol=0) if backend == "aot_eager" else dict(rtol=1e-5, atol=1e-6)
+    for p, q in zip(comp.parameters(), eager.parameters()):
+        torch.testing.assert_close(p, q, **tol)
+    with pytest.raises(ValueError, match="expected 3 stacked mini-batches"):
+        run(x[:2], y[:2], 0.5, 5.0, 1000)

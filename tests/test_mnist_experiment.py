@@ -177,6 +177,22 @@ def test_native_engine_refuses_diagnostics():
         exp.main(["--engine", "native", "--diagnostics", "--no-progress"])
 
 
+@pytest.mark.parametrize("engine", ["autograd", "native"])
+def test_compile_is_for_the_explicit_engine(engine, capsys):
+    with pytest.raises(SystemExit):
+        exp.main(["--engine", engine, "--compile", "--no-progress"])
+    assert "--compile compiles the explicit engine" in capsys.readouterr().err
+
+
+def test_compiled_run_records_compile_time(mnist):
+    """--compile 5: 300 images at m = 10 are 6 compiled calls; the JSON keeps the compile
+    seconds apart from the epoch seconds. The numbers equal eager's up to rounding."""
+    eager = exp.main(["--train-size", "300", "--epochs", "1", "--no-progress"])
+    comp = exp.main(["--train-size", "300", "--epochs", "1", "--no-progress", "--compile", "5"])
+    assert comp["config"]["compile"] == 5 and comp["config"]["compile_seconds"] > 0
+    assert abs(comp["final"]["test_accuracy"] - eager["final"]["test_accuracy"]) < 0.01
+
+
 @pytest.mark.skipif(not hasattr(bptorch.diagnostics, "measure"),
                     reason="bptorch.diagnostics.measure not there yet")
 def test_diagnostics_recorded_per_epoch(mnist):
