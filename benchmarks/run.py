@@ -36,6 +36,7 @@ from torch import nn
 import bptorch
 from bptorch import Network
 from bptorch import nn as bnn
+from bptorch.threads import mlp_step_flops, threads_arg, using_threads
 
 from .reference_numpy import ReferenceNetwork
 
@@ -43,6 +44,7 @@ NETS = ([784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10])
 BATCHES = (10, 128, 1024)
 LARGE = [784, 1024, 1024, 10]
 N_TRAIN = 50_000
+COMPILE_STEPS = 10  # mini-batches per compiled call (experiments.mnist --compile's default)
 
 
 @dataclass
@@ -182,37 +184,89 @@ def step_fns(sizes, batch, device="cpu", eta=3.0):
     return {"native": native, "modules": modules, "explicit": explicit, "fused": update}
 
 
-def section_steps(quick: bool, device: str, targets: list[Target]) -> Table:
+def section_steps(quick: bool, device: str, targets: list[Target],
+                  threads: int | str = "auto") -> Table:
     nets = NETS[:1] if quick else NETS
     batches = BATCHES[:2] if quick else BATCHES
     t = Table(f"(a, b) One SGD step, {device}: bptorch vs native PyTorch",
-              ["net", "batch", "native ms", "modules ms", "modules/native",
+              ["net", "batch", "threads", "native ms", "modules ms", "modules/native",
                "explicit ms", "explicit/native", "fused ms", "fused/native"],
               note="native: nn.Linear+nn.Sigmoid, quadratic cost in torch ops, "
                    "zero_grad+forward+backward+SGD.step. modules: bptorch.nn.Dense "
                    "layers on the autograd path, bptorch QuadraticCost, the same SGD. "
                    "explicit: Network.backprop + SGD.step. fused: "
-                   "Network.update_mini_batch (SGD inside the backward pass).")
+                   "Network.update_mini_batch (SGD inside the backward pass). threads: "
+                   "bptorch.threads' choice for the step (--threads auto) or as given.")
     for sizes in nets:
         for batch in batches:
             fns = step_fns(sizes, batch, device)
             reps = 2 if quick else 15  # many short rounds: a paired median resists load
-            med, rounds = interleaved(fns, reps, device=device,
-                                      min_time=0.005 if quick else 0.05)
+            with using_threads(threads, flops=mlp_step_flops(sizes, batch), rows=batch) as n:
+                med, rounds = interleaved(fns, reps, device=device,
+                                          min_time=0.005 if quick else 0.05)
             r = {k: ratio(rounds, k, "native") for k in ("modules", "explicit", "fused")}
-            t.rows.append([str(sizes), batch, med["native"] * 1e3,
+            t.rows.append([str(sizes), batch, n, med["native"] * 1e3,
                            med["modules"] * 1e3, r["modules"], med["explicit"] * 1e3,
                            r["explicit"], med["fused"] * 1e3, r["fused"]])
             if device != "cpu":
                 continue
-            limits = {10: 1.25, 128: 1.10, 1024: 1.02}
             if sizes == LARGE:
+                limits = {10: 1.25, 128: 1.10, 1024: 1.02}
                 targets.append(Target(f"modules/native step, {sizes} batch {batch}",
                                       r["modules"], limits[batch]))
+            elif batch in (10, 128):  # the book's nets, at its batch and at 128
+                targets.append(Target(f"modules/native step, {sizes} batch {batch}",
+                                      r["modules"], 1.25 if batch == 10 else 1.15))
             if sizes == [784, 30, 10] and batch in (10, 128):
                 targets.append(Target(f"explicit (backprop+SGD)/native step, {sizes} "
                                       f"batch {batch}", r["explicit"],
-                                      0.60 if batch == 10 else 0.85))
+                                      0.55 if batch == 10 else 0.85))
+    return t
+
+
+# -- (g) torch.compile ------------------------------------------------------------------
+def section_compile(quick: bool, targets: list[Target], threads: int | str = "auto") -> Table:
+    """The step of section (a), forward + cost compiled with ``fullgraph=True`` for both
+    (AOTAutograd compiles each backward too), the SGD step eager."""
+    t = Table("(g) torch.compile: compiled bptorch step vs compiled native step, cpu",
+              ["net", "batch", "threads", "graph breaks", "native ms", "bptorch ms",
+               "bptorch/native"],
+              note="torch.compile(loss_fn, fullgraph=True) (inductor) of the forward and the "
+                   "cost; the backward through AOTAutograd's compiled graph (bptorch's "
+                   "written-out backward, traced); zero_grad and SGD.step eager. "
+                   "graph breaks: torch._dynamo.explain on the bptorch loss.")
+    nets = NETS[:1] if quick else NETS[:2]
+    for sizes in nets:
+        for batch in (10, 128):
+            torch.manual_seed(0)
+            x = torch.rand(batch, sizes[0])
+            y = torch.nn.functional.one_hot(torch.randint(0, sizes[-1], (batch,)),
+                                            sizes[-1]).float()
+            mod = Network(sizes)
+            nat = native_model(mod)
+            cost = bnn.QuadraticCost()
+            loss_b = torch.compile(lambda x, y: cost(mod(x), y), fullgraph=True)
+            loss_n = torch.compile(lambda x, y: quadratic(nat(x), y), fullgraph=True)
+            breaks = torch._dynamo.explain(lambda x, y: cost(mod(x), y))(x, y).graph_break_count
+            opt_b = torch.optim.SGD(mod.parameters(), lr=3.0)
+            opt_n = torch.optim.SGD(nat.parameters(), lr=3.0)
+
+            def step(opt, loss):
+                def run():
+                    opt.zero_grad()
+                    loss(x, y).backward()
+                    opt.step()
+                return run
+
+            fns = {"native": step(opt_n, loss_n), "bptorch": step(opt_b, loss_b)}
+            with using_threads(threads, flops=mlp_step_flops(sizes, batch), rows=batch) as n:
+                med, rounds = interleaved(fns, 2 if quick else 15, warmup=3,
+                                          min_time=0.005 if quick else 0.05)
+            r = ratio(rounds, "bptorch", "native")
+            t.rows.append([str(sizes), batch, n, breaks, med["native"] * 1e3,
+                           med["bptorch"] * 1e3, r])
+            targets.append(Target(f"compiled bptorch/compiled native step, {sizes} "
+                                  f"batch {batch}", r, 1.05))
     return t
 
 
@@ -264,7 +318,20 @@ def epoch_fns(preset: str, x: torch.Tensor, y: torch.Tensor, batch: int = 10,
             loss.backward()
             opt.step()
 
-    return {"native": native, "explicit": explicit}, net
+    def compiled(step=[]):  # bptorch.compile.sgd_steps, 10 mini-batches a call
+        if not step:
+            from bptorch.compile import sgd_steps
+            step.append(sgd_steps(cnet, COMPILE_STEPS))
+        perm = torch.randperm(n)
+        chunk = COMPILE_STEPS * batch
+        for k in range(0, stop - stop % chunk, chunk):
+            idx = perm[k:k + chunk]
+            step[0](x.index_select(0, idx).view(COMPILE_STEPS, batch, -1),
+                    y.index_select(0, idx).view(COMPILE_STEPS, batch, -1), eta, lmbda, n)
+
+    cnet = Network(p["sizes"], cost=p["cost"], init=p["init"])
+    cnet.load_state_dict(net.state_dict())
+    return {"native": native, "explicit": explicit, "compiled": compiled}, net
 
 
 def mnist_like(n: int = N_TRAIN, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,30 +342,46 @@ def mnist_like(n: int = N_TRAIN, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return x, torch.nn.functional.one_hot(labels, 10).float()
 
 
-def section_epochs(quick: bool, targets: list[Target]) -> Table:
+def section_epochs(quick: bool, targets: list[Target], threads: int | str = "auto",
+                   compiled: bool = True) -> Table:
     x, y = mnist_like(2000 if quick else N_TRAIN)
     n_batches = 20 if quick else None
     t = Table("(b) Training epochs, cpu: explicit engine vs native PyTorch",
-              ["preset", "mini-batches", "native s/epoch", "explicit s/epoch",
-               "explicit/native"],
+              ["preset", "mini-batches", "threads", "native s/epoch", "explicit s/epoch",
+               "explicit/native", "compiled s/epoch", "compiled/native", "compile s"],
               note="50,000 random images of MNIST's shape, one-hot targets, batch 10; "
                    "an epoch is a permutation and every mini-batch, gathered with "
                    "index_select. explicit: "
                    "update_mini_batch; native: nn.Linear+nn.Sigmoid with torch.optim.SGD "
-                   "(weight decay λ/n on W only, as the book's L2). ch1: [784,30,10] "
-                   "quadratic η=3; ch3: [784,100,10] cross-entropy η=0.5 λ=5."
+                   "(weight decay λ/n on W only, as the book's L2). compiled: "
+                   "bptorch.compile.sgd_steps, 10 mini-batches per compiled call "
+                   "(experiments.mnist --compile); compile s: its first call, apart. "
+                   "ch1: [784,30,10] quadratic η=3; ch3: [784,100,10] cross-entropy η=0.5 λ=5."
                    + (" Quick mode: 20 mini-batches of a 2,000-image set, scaled."
                       if quick else ""))
     for preset in PRESETS:
         fns, _ = epoch_fns(preset, x, y, n_batches=n_batches)
-        # an epoch is 5000 steps, warm-up enough in itself
-        med, rounds = interleaved(fns, 2 if quick else 5, inner=1, warmup=0)
+        if not compiled:
+            del fns["compiled"]
+        rows = 10
+        with using_threads(threads, flops=mlp_step_flops(PRESETS[preset]["sizes"], rows),
+                           rows=rows) as n:
+            t0 = time.perf_counter()
+            if compiled:
+                fns["compiled"]()  # compiles on its first call: timed apart, as a warm-up
+            compile_s = time.perf_counter() - t0 if compiled else float("nan")
+            # an epoch is 5000 steps, warm-up enough in itself
+            med, rounds = interleaved(fns, 2 if quick else 5, inner=1, warmup=0)
         scale = 1.0 if n_batches is None else N_TRAIN / 10 / n_batches  # to 50k images
         r = ratio(rounds, "explicit", "native")
-        t.rows.append([preset, n_batches or N_TRAIN // 10, med["native"] * scale,
-                       med["explicit"] * scale, r])
+        rc = ratio(rounds, "compiled", "native") if compiled else float("nan")
+        t.rows.append([preset, n_batches or N_TRAIN // 10, n, med["native"] * scale,
+                       med["explicit"] * scale, r, med.get("compiled", float("nan")) * scale,
+                       rc, compile_s])
         if preset == "ch1":
             targets.append(Target("ch1 epoch, explicit/native", r, 0.35))
+            if compiled:
+                targets.append(Target("ch1 epoch, compiled explicit/native eager", rc, 0.20))
     return t
 
 
@@ -415,7 +498,7 @@ def section_memory(targets: list[Target]) -> Table:
         ("tanh", lambda: bnn.Tanh()(z), lambda: nn.Tanh()(z)),
         ("relu", lambda: bnn.ReLU()(z), lambda: nn.ReLU()(z)),
         ("leaky_relu", lambda: bnn.LeakyReLU()(z), lambda: nn.LeakyReLU()(z)),
-        ("softmax", lambda: bnn.Softmax()(z), lambda: nn.Softmax(-1)(z)),
+        ("softmax", lambda: bnn.Softmax(-1)(z), lambda: nn.Softmax(-1)(z)),
         ("identity", lambda: bnn.Identity()(z), lambda: nn.Identity()(z)),
         ("quadratic cost", lambda: bnn.QuadraticCost()(a, y), lambda: quadratic(a, y)),
         # in a net, the output layer already saved a^L: the cost adds y against a − y
@@ -527,25 +610,33 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--out", default="benchmarks/RESULTS.md", help="markdown file to write")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-conv", action="store_true", help="skip benchmarks/conv.py's rows")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch.set_num_threads (0: torch's default); on a shared machine "
-                         "1 avoids OpenMP threads waiting on a busy core")
+    ap.add_argument("--threads", type=threads_arg, default="auto",
+                    help="torch intra-op threads for every row, or auto (default): "
+                         "bptorch.threads' choice for each row's step (1 at batch 10)")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="skip section (g) and the compiled epochs (compiling takes minutes)")
     args = ap.parse_args(argv)
-    if args.threads:
+    if args.threads != "auto":  # sections below pass "auto" per row otherwise
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     t0 = time.perf_counter()
     targets: list[Target] = []
     tables: list[Table] = []
-    for make in (lambda: section_steps(args.quick, "cpu", targets),
-                 lambda: section_epochs(args.quick, targets),
+    for make in (lambda: section_steps(args.quick, "cpu", targets, args.threads),
+                 lambda: section_epochs(args.quick, targets, args.threads,
+                                        not args.no_compile),
                  lambda: section_numpy(args.quick),
                  lambda: section_limit(args.quick, "cpu", targets),
-                 lambda: section_memory(targets)):
+                 lambda: section_memory(targets),
+                 lambda: None if args.no_compile else section_compile(args.quick, targets,
+                                                                       args.threads)):
         t1 = time.perf_counter()
-        tables.append(make())
-        print(tables[-1].markdown(), flush=True)
+        table = make()
+        if table is None:
+            continue
+        tables.append(table)
+        print(table.markdown(), flush=True)
         print(f"[{time.perf_counter() - t1:.1f} s]", file=sys.stderr)
     t1 = time.perf_counter()
     for tab in section_cuda(args.quick) + [None if args.no_conv else section_conv(args.quick)]:

@@ -148,7 +148,7 @@ def test_benchmark_quick_writes_markdown(tmp_path):
     from benchmarks import run
 
     out = tmp_path / "results.md"
-    md = run.main(["--quick", "--no-conv", "--out", str(out)])  # conv.py has its own tests
+    md = run.main(["--quick", "--no-conv", "--no-compile", "--out", str(out)])  # conv.py has its own tests
     text = out.read_text()
     assert text == md
     assert text.startswith("# bptorch benchmarks (quick)")
