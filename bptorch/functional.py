@@ -2,14 +2,19 @@
 the Function. The Functions themselves live in :mod:`bptorch.functions`."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+from torch.nn.functional import _get_softmax_dim
 from torch.nn.modules.utils import _pair
 
 from ._checks import check_cost_inputs, check_floating, check_linear
 from .activations import Activation, get_activation
+from .functions import attention as _attn
 from .functions import conv as _conv
+from .functions import embedding as _emb, normalization as _norm, pooling as _pool
 from .functions.costs import CostFunction, get_cost
-from .functions.layers import ActivationFunction, DenseFunction, LinearFunction
+from .functions.layers import DenseFunction, LinearFunction
+from .functions.layers import activation as _apply_activation
 
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -32,9 +37,10 @@ def dense(
     return DenseFunction.apply(input, weight, bias, act, name)
 
 
-def _activation(z: Tensor, act: Activation, name: str | None = None) -> Tensor:
-    check_floating("input", z)
-    return ActivationFunction.apply(z, act, name)
+def _activation(
+    z: Tensor, act: Activation, name: str | None = None, inplace: bool = False
+) -> Tensor:
+    return _apply_activation(z, act, name, inplace)  # checks z, then ActivationFunction
 
 
 def apply_activation(
@@ -54,19 +60,38 @@ def tanh(input: Tensor) -> Tensor:
     return _activation(input, get_activation("tanh"))
 
 
-def relu(input: Tensor) -> Tensor:
-    """a = max(z, 0)."""
-    return _activation(input, get_activation("relu"))
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    """a = max(z, 0); ``inplace=True`` overwrites z with a and returns it."""
+    return _activation(input, get_activation("relu"), inplace=inplace)
 
 
-def leaky_relu(input: Tensor, negative_slope: float = 0.01) -> Tensor:
-    """a = z if z > 0 else negative_slope · z."""
-    return _activation(input, get_activation("leaky_relu", negative_slope=negative_slope))
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """a = z if z > 0 else negative_slope · z (a negative slope saves z, not a)."""
+    act = get_activation("leaky_relu", negative_slope=negative_slope)
+    return _activation(input, act, inplace=inplace)
 
 
-def softmax(input: Tensor, dim: int = -1) -> Tensor:
-    """a_j = e^{z_j} / Σ_k e^{z_k} along ``dim``."""
+def softmax(
+    input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype: torch.dtype | None = None
+) -> Tensor:
+    """a_j = e^{z_j} / Σ_k e^{z_k} along ``dim``; ``dim=None`` is torch's implicit,
+    deprecated choice (0 for 0-, 1-, 3-dim input, else 1), with its warning. ``dtype``
+    casts the input first, as torch's."""
+    if dim is None:
+        dim = _get_softmax_dim("softmax", input.dim(), _stacklevel)
+    if dtype is not None:
+        input = input.to(dtype)
     return _activation(input, get_activation("softmax", dim=dim))
+
+
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    """a = z Φ(z), Φ the standard normal CDF (``approximate="tanh"``: torch's tanh form)."""
+    return _activation(input, get_activation("gelu", approximate=approximate))
+
+
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
+    """a = z σ(z), σ the sigmoid; ``inplace=True`` overwrites z (a copy is kept for σ')."""
+    return _activation(input, get_activation("silu"), inplace=inplace)
 
 
 def identity(input: Tensor) -> Tensor:
@@ -74,64 +99,193 @@ def identity(input: Tensor) -> Tensor:
     return _activation(input, get_activation("identity"))
 
 
+_REDUCTIONS = ("none", "mean", "sum")
+
+
 def _cost(
     name: str, output: Tensor, target: Tensor, logits: bool, reduction: str
 ) -> Tensor:
+    """The cost ``name`` of ``output`` (*, C), classes last, against class indices (*)
+    or a float target (*, C). ``reduction``: "none" gives C_x per position, shape (*);
+    "mean" the book's (1/n) Σ_x C_x over all n leading positions (N·T for a sequence,
+    as torch's cross_entropy); "sum" drops the 1/n."""
     c = get_cost(name, logits)
-    y = check_cost_inputs(output, target, "input" if logits else "output")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    scale = 1.0 / max(output.shape[0], 1) if reduction == "mean" else 1.0
-    return CostFunction.apply(output, y, c, scale)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    y = check_cost_inputs(output, target, "input" if logits else "output",
+                          probabilities=c.probabilities)
+    scale = 1.0 / max(output.shape[:-1].numel(), 1) if reduction == "mean" else 1.0
+    return CostFunction.apply(output, y, c, scale, "none" if reduction == "none" else "sum")
 
 
 def quadratic_cost(output: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    """C = ½‖a − y‖² summed over outputs, averaged over the batch."""
+    """C_x = ½‖a − y‖² summed over the C outputs; ``reduction`` over the positions (*)."""
     return _cost("quadratic", output, target, False, reduction)
 
 
 def cross_entropy_cost(
     output: Tensor, target: Tensor, logits: bool = False, reduction: str = "mean"
 ) -> Tensor:
-    """C = −Σ[y ln a + (1 − y) ln(1 − a)]; with ``logits=True`` ``output`` is z^L, a = σ(z)."""
+    """C_x = −Σ_j [y_j ln a_j + (1 − y_j) ln(1 − a_j)], a in [0, 1]; with ``logits=True``
+    ``output`` is z^L, a = σ(z). Finite at saturation (see bptorch.functions.costs)."""
     return _cost("cross_entropy", output, target, logits, reduction)
 
 
 def log_likelihood_cost(
     output: Tensor, target: Tensor, logits: bool = False, reduction: str = "mean"
 ) -> Tensor:
-    """C = −ln a_y; with ``logits=True`` ``output`` is z^L and a = softmax(z)."""
+    """C_x = −Σ_j y_j ln a_j (−ln a_y for class indices), a in [0, 1]; with ``logits=True``
+    ``output`` is z^L and a = softmax(z). Finite at saturation."""
     return _cost("log_likelihood", output, target, logits, reduction)
 
 
 # ---- convolutional layers (Functions in bptorch/functions/conv.py)
 
 
+def _unbatched(fn, input: Tensor):
+    """Apply a (N, C, H, W) function to an unbatched (C, H, W) input, as torch accepts."""
+    if input.dim() == 3:
+        out = fn(input.unsqueeze(0))
+        return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
+    return fn(input)
+
+
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
-           stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0) -> Tensor:
-    """z = W ⋆ a_prev + b for input (N, C_in, H, W), weight (C_out, C_in, k_h, k_w)."""
-    stride, padding = _pair(stride), _pair(padding)
-    _conv.check_conv2d(input, weight, bias, stride, padding)
-    return _conv.Conv2dFunction.apply(input, weight, bias, stride, padding, False)
+           stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
+           dilation: int | tuple[int, int] = 1, groups: int = 1) -> Tensor:
+    """z = W ⋆ a_prev + b for input (N, C_in, H, W) or (C_in, H, W), weight
+    (C_out, C_in/groups, k_h, k_w); ``padding`` an int, pair, "valid" or "same"."""
+    stride, dilation = _pair(stride), _pair(dilation)
+    padding = padding if isinstance(padding, str) else _pair(padding)
+    _conv.check_conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return _unbatched(lambda x: _conv.Conv2dFunction.apply(
+        x, weight, bias, stride, padding, dilation, groups, "conv"), input)
 
 
 def max_pool2d(input: Tensor, kernel_size: int | tuple[int, int],
-               stride: int | tuple[int, int] | None = None) -> Tensor:
-    """a_j = max over window j; stride defaults to kernel_size."""
+               stride: int | tuple[int, int] | None = None,
+               padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
+               ceil_mode: bool = False, return_indices: bool = False):
+    """a_j = max over window j; stride defaults to kernel_size. With ``return_indices``
+    returns (a, flat per-map argmax indices), as torch."""
     k = _pair(kernel_size)
     s = _pair(stride) if stride is not None else k
-    _conv.check_pool2d(input, k, s)
-    return _conv.MaxPool2dFunction.apply(input, k, s)[0]
+    p, d = _pair(padding), _pair(dilation)
+    _conv.check_pool2d(input, k, s, p, d, ceil_mode)
+    a, indices = _unbatched(
+        lambda x: _conv.MaxPool2dFunction.apply(x, k, s, p, d, ceil_mode), input)
+    return (a, indices) if return_indices else a
 
 
-def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+def dropout(input: Tensor, p: float = 0.5, training: bool = True,
+            inplace: bool = False) -> Tensor:
     """a = z ⊙ m, m_i ∈ {0, 1/(1 − p)}; the identity when not training."""
     p = _conv.check_dropout_p(p)
     if not training or p == 0.0:
         return input
-    return _conv.DropoutFunction.apply(input, _conv.dropout_mask(input, p))
+    return _conv.DropoutFunction.apply(input, _conv.dropout_mask(input, p), inplace)
 
 
 def flatten(input: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
     """Merge dims start_dim..end_dim; the backward reshapes δ back."""
     return _conv.FlattenFunction.apply(input, start_dim, end_dim)
+
+
+# ---- normalization, embedding and average pooling (Functions in bptorch/functions/
+# normalization.py, embedding.py and pooling.py)
+
+
+def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+               weight: Tensor | None = None, bias: Tensor | None = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """y = γ ⊙ (x − μ)/√(σ² + ε) + β per channel of (N, C, *); batch statistics when
+    ``training`` (the running ones, if given, updated in place with ``momentum``),
+    else the running statistics."""
+    _norm.check_batch_norm(input, running_mean, running_var, weight, bias, training)
+    y, mean, rstd = _norm.BatchNormFunction.apply(
+        input, weight, bias, running_mean, running_var, training, eps)
+    if training and (running_mean is not None or running_var is not None):
+        _norm.update_running_stats(running_mean, running_var, mean, rstd, eps,
+                                   input.numel() // input.shape[1], momentum)
+    return y
+
+
+def layer_norm(input: Tensor, normalized_shape: int | tuple[int, ...] | list[int],
+               weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """y = γ ⊙ (x − μ)/√(σ² + ε) + β, μ and σ² over the trailing ``normalized_shape``."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else \
+        tuple(int(n) for n in normalized_shape)
+    _norm.check_layer_norm(input, shape, weight, bias)
+    return _norm.LayerNormFunction.apply(input, shape, weight, bias, eps)[0]
+
+
+def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
+              max_norm: float | None = None, norm_type: float = 2.0,
+              scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
+    """z = weight[input]: row i of the (V, D) table for each index i; the padding row
+    gets no gradient. ``max_norm`` and ``sparse=True`` raise NotImplementedError."""
+    _emb.check_unsupported(max_norm, sparse)
+    check_floating("weight", weight)
+    padding_idx = _emb.wrap_padding_idx(padding_idx, weight.shape[0])
+    _emb.check_embedding(input, weight, padding_idx)
+    return _emb.EmbeddingFunction.apply(input, weight, padding_idx, scale_grad_by_freq)
+
+
+def avg_pool2d(input: Tensor, kernel_size: int | tuple[int, int],
+               stride: int | tuple[int, int] | None = None,
+               padding: int | tuple[int, int] = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    """a_j = (1/n_j) Σ_{i ∈ window j} z_i; stride defaults to kernel_size."""
+    k = _pair(kernel_size)
+    s = _pair(stride) if stride is not None and stride != [] else k
+    p = _pair(padding)
+    _pool.check_avg_pool2d(input, k, s, p, divisor_override)
+    return _pool.AvgPool2dFunction.apply(input, k, s, p, ceil_mode, count_include_pad,
+                                         divisor_override)
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
+    """Average pooling over the windows that give ``output_size`` (int, pair, None
+    entries keep the input's size)."""
+    _pool.check_pool_input(input)
+    size = _pool.adaptive_output_size(input, output_size)
+    return _pool.AdaptiveAvgPool2dFunction.apply(input, size)
+
+
+# ---- attention (Function in bptorch/functions/attention.py)
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
+                                 attn_mask: Tensor | None = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: float | None = None,
+                                 enable_gqa: bool = False, *, recompute: bool = False) -> Tensor:
+    """O = (softmax(scale · Q Kᵀ + B) ⊙ M) V for query (*, L, E), key (*, S, E), value
+    (*, S, Ev): torch's contract. A boolean ``attn_mask`` marks with True the keys that take
+    part, a float one is added to the scores; ``is_causal`` masks keys j > i (top-left);
+    ``scale`` defaults to 1/√E; dropout (always on when ``dropout_p`` > 0, as torch's) draws
+    its mask with torch's RNG. Rows with every key masked give 0, as torch's.
+
+    ``recompute=True`` (bptorch only) keeps the row log-sum-exp instead of the (*, L, S)
+    probabilities for backward and recomputes them there: L per row instead of L·S.
+    ``enable_gqa=True`` raises NotImplementedError.
+    """
+    if enable_gqa:
+        raise NotImplementedError("scaled_dot_product_attention: enable_gqa=True (grouped-"
+                                  "query attention) is not implemented in bptorch")
+    _attn.check_attention(query, key, value, attn_mask, is_causal)
+    p = _conv.check_dropout_p(dropout_p)
+    L, S = query.shape[-2], key.shape[-2]
+    if is_causal:
+        bias = _attn.causal_bias(L, S, query)
+    elif attn_mask is not None and attn_mask.dtype == torch.bool:
+        bias = _attn.bool_to_bias(attn_mask, query.dtype)
+    else:
+        bias = attn_mask
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    drop = None
+    if p > 0.0:
+        batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        like = query.new_empty((*batch, L, S))
+        drop = _conv.dropout_mask(like, p)
+    return _attn.AttentionFunction.apply(query, key, value, bias, drop, scale, recompute)[0]

@@ -1,11 +1,18 @@
 """Modules that look like ``torch.nn``, each a thin wrapper over a bptorch Function."""
-from .activation import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .activation import GELU, Identity, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh
 from .conv import Conv2d, Dropout, Flatten, MaxPool2d
 from .cost import CrossEntropyCost, LogLikelihoodCost, QuadraticCost
 from .linear import Dense, Linear
+from .embedding import Embedding
+from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .pooling import AdaptiveAvgPool2d, AvgPool2d
+from .attention import MultiheadAttention
+from .recurrent import GRU, LSTM, RNN
 
 __all__ = [
-    "CrossEntropyCost", "Dense", "Identity", "LeakyReLU", "Linear",
-    "LogLikelihoodCost", "QuadraticCost", "ReLU", "Sigmoid", "Softmax", "Tanh",
+    "CrossEntropyCost", "Dense", "GELU", "Identity", "LeakyReLU", "Linear",
+    "LogLikelihoodCost", "QuadraticCost", "ReLU", "SiLU", "Sigmoid", "Softmax", "Tanh",
     "Conv2d", "Dropout", "Flatten", "MaxPool2d",
+    "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Embedding", "LayerNorm",
+    "MultiheadAttention", "GRU", "LSTM", "RNN",
 ]

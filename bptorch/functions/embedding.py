@@ -1,0 +1,135 @@
+"""Embedding: a lookup table whose backward is a scatter-add into the rows used.
+
+An embedding is the linear layer on one-hot inputs: with e_i the one-hot column of index
+i, z = W e_i is row i of the table. BP4 for that layer, ∂C/∂W = δ e_iᵀ, is δ written into
+row i and zero elsewhere, so a batch's gradient adds each example's δ into the row it
+looked up (rows used twice get the sum):
+
+    seed (one example, one-hot e_i)      code (any index shape (*), table (V, D))
+    z = W e_i                            z = weight[input]                (*, D)
+    ∂C/∂W = δ e_iᵀ          (BP4)        grad_weight.index_add_(0, input.flatten(), δ)
+
+No error is passed down: the indices are not differentiable. The row ``padding_idx``
+gets no gradient (it stays fixed, usually at zero); ``scale_grad_by_freq`` divides each
+δ by the number of times its index occurs in the batch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+
+from .._checks import _shape, check_floating
+
+_INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+def check_embedding(input: Tensor, weight: Tensor, padding_idx: int | None) -> None:
+    """Integer indices in [0, V) for a (V, D) table; the range check reads the values."""
+    check_floating("weight", weight)
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a torch.Tensor of indices, got {type(input).__name__}")
+    if input.dtype not in _INDEX_DTYPES:
+        raise TypeError(
+            f"input must hold integer indices (torch.long or torch.int), got dtype "
+            f"{input.dtype}; convert it with input.long()"
+        )
+    if weight.dim() != 2:
+        raise ValueError(
+            f"expected weight of shape (num_embeddings, embedding_dim), got {_shape(weight)}"
+        )
+    if input.device != weight.device:
+        raise RuntimeError(f"input is on {input.device} but weight is on {weight.device}")
+    v = weight.shape[0]
+    if padding_idx is not None and not 0 <= padding_idx < v:
+        raise ValueError(f"padding_idx must lie in [0, {v}) after wrapping, got {padding_idx}")
+    # reading values: skipped while compiling and under torch.func transforms
+    if (input.numel() and not torch.compiler.is_compiling()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(input)):
+        lo, hi = int(input.min()), int(input.max())
+        if lo < 0 or hi >= v:
+            raise IndexError(
+                f"embedding indices must lie in [0, {v - 1}] for num_embeddings={v}, "
+                f"got values in [{lo}, {hi}]"
+            )
+
+
+def wrap_padding_idx(padding_idx: int | None, num_embeddings: int) -> int | None:
+    """torch's rule: a negative padding_idx counts from the end; out of range is an error."""
+    if padding_idx is None:
+        return None
+    if not -num_embeddings <= padding_idx < num_embeddings:
+        raise ValueError(
+            f"padding_idx must lie in [-{num_embeddings}, {num_embeddings}) for "
+            f"num_embeddings={num_embeddings}, got {padding_idx}"
+        )
+    return padding_idx % num_embeddings
+
+
+def check_unsupported(max_norm: float | None, sparse: bool) -> None:
+    """The arguments bptorch leaves out: max_norm renormalises rows in place during the
+    forward; sparse=True returns a sparse gradient."""
+    if max_norm is not None:
+        raise NotImplementedError("bptorch Embedding does not implement max_norm")
+    if sparse:
+        raise NotImplementedError("bptorch Embedding does not implement sparse=True "
+                                  "(its gradient is dense)")
+
+
+def embedding_fwd(input: Tensor, weight: Tensor) -> Tensor:
+    """z = row ``input`` of the table: (*) indices -> (*, D)."""
+    return weight.index_select(0, input.reshape(-1)).reshape(*input.shape, weight.shape[1])
+
+
+def embedding_bwd(delta: Tensor, input: Tensor, num_embeddings: int,
+                  padding_idx: int | None, scale_grad_by_freq: bool) -> Tensor:
+    """∂C/∂W: each δ added into the row its index looked up (BP4 on one-hot inputs)."""
+    index = input.reshape(-1)
+    delta = delta.reshape(-1, delta.shape[-1])  # (*, D) -> (rows, D)
+    if scale_grad_by_freq:
+        counts = torch.bincount(index, minlength=num_embeddings)  # occurrences in the batch
+        delta = delta / counts[index].unsqueeze(1).to(delta.dtype)
+    if padding_idx is not None:
+        delta = delta * (index != padding_idx).unsqueeze(1).to(delta.dtype)  # padding row: 0
+    grad_weight = delta.new_zeros(num_embeddings, delta.shape[1])
+    return grad_weight.index_add(0, index, delta)  # BP4: Σ δ e_iᵀ, a scatter-add into rows
+
+
+class EmbeddingFunction(Function):
+    """z = W e_i, row i of the table, for each index i of the input.
+
+    Backward, given δ = ∂C/∂z: ∂C/∂W = Σ δ e_iᵀ (BP4 for one-hot inputs), a scatter-add
+    of the δ rows into the table rows they came from; the row ``padding_idx`` gets none.
+
+    Batch-first: input (*) integer indices, weight (V, D), output (*, D). Saves the
+    indices only (as torch).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor, padding_idx: int | None = None,
+                scale_grad_by_freq: bool = False) -> Tensor:
+        return embedding_fwd(input, weight)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        input, weight, padding_idx, scale_grad_by_freq = inputs
+        ctx.num_embeddings = weight.shape[0]
+        ctx.padding_idx, ctx.scale_grad_by_freq = padding_idx, scale_grad_by_freq
+        ctx.save_for_backward(input)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        (input,) = ctx.saved_tensors
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = embedding_bwd(grad_output, input, ctx.num_embeddings,
+                                        ctx.padding_idx, ctx.scale_grad_by_freq)
+        return None, grad_weight, None, None
+
+
+__all__ = ["EmbeddingFunction", "check_embedding", "check_unsupported", "embedding_bwd",
+           "embedding_fwd", "wrap_padding_idx"]

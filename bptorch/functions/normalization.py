@@ -1,0 +1,320 @@
+"""Batch and layer normalization, with the backward written out.
+
+Both layers standardise z over some axes, then apply a per-feature affine map:
+
+    x̂ = (x − μ) · rstd,   rstd = 1/√(σ² + ε),   y = γ ⊙ x̂ + β
+
+where μ and σ² (biased) are taken over the *reduced* axes: the batch (and spatial) axes
+for BatchNorm, one per channel; the trailing ``normalized_shape`` axes for LayerNorm, one
+per example. The output y is the layer's z^l in the seed's notation, so δ = ∂C/∂y is its
+error δ^l, handed down by the layer above; with M the number of values in each reduction:
+
+    ∂C/∂β = Σ δ                   (BP3's analogue, β is a bias)
+    ∂C/∂γ = Σ δ ⊙ x̂               (BP4's analogue, x̂ plays a^{l−1})
+    ∂C/∂x̂ = δ ⊙ γ
+    ∂C/∂x = rstd · (∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂))
+
+the sums in the first two over the axes γ is shared across, the means in the last over the
+reduced axes. The last line is the chain rule through μ and σ², which both depend on
+every x in the reduction; the two means are what is left of those paths. When the
+statistics are fixed (BatchNorm in eval mode, running statistics) μ and rstd are
+constants and ∂C/∂x = rstd · ∂C/∂x̂, the affine map's backward.
+
+Saved for backward, as torch saves them: the input x and the per-reduction ``mean`` and
+``rstd`` (small). x̂ is recomputed from them rather than saved, and the output y is never
+saved, so an in-place op on y in a model's forward (``out += identity``, a ReLU(inplace)
+after BatchNorm) leaves the backward intact. The saved mean and rstd are constants to
+autograd; when the backward itself is differentiated (``create_graph=True``) it recomputes
+them from x so that the second derivative sees their dependence on x.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+
+from .._checks import _shape, check_floating, check_same
+
+Dims = tuple[int, ...]
+
+
+# ---------------------------------------------------------------- input checks
+def check_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                     weight: Tensor | None, bias: Tensor | None, training: bool) -> None:
+    """(N, C, *) input whose C matches every per-channel tensor; reads no values."""
+    check_floating("input", input)
+    if input.dim() < 2:
+        raise ValueError(f"expected input of shape (N, C, *), got shape {_shape(input)}")
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        check_same(name, t, "input", input)
+        if _shape(t) != (c,):
+            raise ValueError(
+                f"expected input with num_features={t.numel()} channels (dim 1) to match "
+                f"{name} of shape {_shape(t)}, got input of shape {_shape(input)} "
+                f"with {c} channels"
+            )
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("running_mean and running_var must be given when training=False")
+    if training and input.numel() // max(c, 1) <= 1:
+        raise ValueError(
+            f"expected more than 1 value per channel when training, got input of shape "
+            f"{_shape(input)}"
+        )
+
+
+def check_layer_norm(input: Tensor, normalized_shape: tuple[int, ...],
+                     weight: Tensor | None, bias: Tensor | None) -> None:
+    """input (*, *normalized_shape) and γ, β of shape normalized_shape; reads no values."""
+    check_floating("input", input)
+    k = len(normalized_shape)
+    if k == 0 or input.dim() < k or _shape(input)[input.dim() - k:] != normalized_shape:
+        raise ValueError(
+            f"expected input of shape (*, {', '.join(map(str, normalized_shape))}) "
+            f"(normalized_shape={normalized_shape}), got shape {_shape(input)}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            check_same(name, t, "input", input)
+            if _shape(t) != normalized_shape:
+                raise ValueError(
+                    f"expected {name} of shape normalized_shape={normalized_shape}, "
+                    f"got {_shape(t)}"
+                )
+
+
+# ---------------------------------------------------------------- the shared math
+def _stats(x: Tensor, dims: Dims, eps: float) -> tuple[Tensor, Tensor]:
+    """μ and rstd = 1/√(σ² + ε) over ``dims`` (biased σ², as the forward uses), kept as
+    broadcastable (keepdim) tensors."""
+    mean = x.mean(dims, keepdim=True)
+    # two passes: as stable as Welford's var_mean and, over (0, 2, 3) of an (N, C, H, W)
+    # tensor, several times faster on the CPU
+    centred = x - mean
+    var = (centred * centred).mean(dims, keepdim=True)
+    return mean, torch.rsqrt(var + eps)
+
+
+def _sum(t: Tensor, dims: Dims) -> Tensor:
+    """Σ over ``dims`` (keepdim); no dims is no sum (``t.sum(())`` would sum everything)."""
+    return t.sum(dims, keepdim=True) if dims else t
+
+
+def norm_fwd(x: Tensor, mean: Tensor, rstd: Tensor, gamma: Tensor | None,
+             beta: Tensor | None) -> Tensor:
+    """y = γ ⊙ (x − μ) · rstd + β, with γ, β already shaped to broadcast against x."""
+    x_hat = (x - mean) * rstd
+    if gamma is not None:
+        x_hat = x_hat * gamma
+    return x_hat + beta if beta is not None else x_hat
+
+
+def norm_bwd(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, gamma: Tensor | None,
+             reduce_dims: Dims, param_dims: Dims,
+             need: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """∂C/∂x, ∂C/∂γ, ∂C/∂β of y = γ ⊙ x̂ + β from δ = ∂C/∂y, μ and σ² from x itself.
+
+    ``reduce_dims``: the axes μ and σ² are taken over; ``param_dims``: the axes γ and β
+    are shared across (summed in BP3/BP4). γ is shaped to broadcast against x; the
+    parameter gradients come back in that shape (keepdim).
+    """
+    need_x, need_gamma, need_beta = need
+    x_hat = (x - mean) * rstd  # recomputed, not saved: one elementwise pass
+    grad_input = grad_gamma = grad_beta = None
+    if need_gamma:
+        grad_gamma = _sum(delta * x_hat, param_dims)  # BP4: Σ δ ⊙ x̂
+    if need_beta:
+        grad_beta = _sum(delta, param_dims)  # BP3: Σ δ
+    if need_x:
+        dx_hat = delta * gamma if gamma is not None else delta  # ∂C/∂x̂ = δ ⊙ γ
+        # the two reductions: what is left of the paths through μ and σ²
+        dx_hat_mean = dx_hat.mean(reduce_dims, keepdim=True)
+        dx_hat_x_hat_mean = (dx_hat * x_hat).mean(reduce_dims, keepdim=True)
+        grad_input = (dx_hat - dx_hat_mean - x_hat * dx_hat_x_hat_mean) * rstd  # ∂C/∂x
+    return grad_input, grad_gamma, grad_beta
+
+
+def batch_norm_bwd(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
+                   gamma: Tensor | None, batch_stats: bool,
+                   need: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """:func:`norm_bwd` for BatchNorm, where γ is per channel, constant over the reduced
+    axes: mean(∂C/∂x̂) = γ Σδ/M and mean(∂C/∂x̂ ⊙ x̂) = γ Σδ⊙x̂/M are γ/M times BP3's and
+    BP4's sums, so
+
+        ∂C/∂x = γ · rstd · (δ − ∂C/∂β / M − x̂ ⊙ ∂C/∂γ / M),
+
+    M values per channel. ``batch_stats`` False (running statistics, constants):
+    ∂C/∂x = γ · rstd · δ. Tensors broadcast as (1, C, 1, ...); gradients keep that shape.
+    """
+    need_x, need_gamma, need_beta = need
+    dims = (0, *range(2, x.dim()))  # every axis but the channels
+    scale = rstd * gamma if gamma is not None else rstd  # γ · rstd, per channel
+    grad_input = grad_gamma = grad_beta = None
+    if need_gamma or (need_x and batch_stats):
+        x_hat = torch.addcmul(-mean * rstd, x, rstd)  # (x − μ)·rstd, recomputed, not saved
+        grad_gamma = (delta * x_hat).sum(dims, keepdim=True)  # BP4: ∂C/∂γ = Σ δ ⊙ x̂
+        grad_beta = delta.sum(dims, keepdim=True)  # BP3: ∂C/∂β = Σ δ
+    elif need_beta:
+        grad_beta = delta.sum(dims, keepdim=True)  # BP3
+    if need_x:
+        if batch_stats:
+            m = x.numel() // x.shape[1]
+            # the paths through μ and σ²: BP3's and BP4's sums, averaged over the M values;
+            # γ·rstd·(δ − ∂C/∂β/M − x̂ ⊙ ∂C/∂γ/M) as two fused multiply-adds (two passes)
+            grad_input = torch.addcmul(
+                torch.addcmul(-scale * grad_beta / m, x_hat, -scale * grad_gamma / m),
+                delta, scale)
+        else:
+            grad_input = delta * scale  # fixed statistics: the affine map's backward
+    return (grad_input, grad_gamma if need_gamma else None,
+            grad_beta if need_beta else None)
+
+
+# ---------------------------------------------------------------- batch norm
+def _channel_view(t: Tensor | None, ndim: int) -> Tensor | None:
+    """A per-channel (C,) tensor as (1, C, 1, ...) to broadcast against (N, C, *)."""
+    return None if t is None else t.reshape(1, -1, *([1] * (ndim - 2)))
+
+
+class BatchNormFunction(Function):
+    """y = γ ⊙ (x − μ_B)/√(σ²_B + ε) + β, per channel, statistics over the batch.
+
+    Training (``training=True``): μ_B and σ²_B (biased) are the batch's, over every axis
+    but the channel axis; backward, with x̂ the standardised input and δ = ∂C/∂y:
+    ∂C/∂β = Σ δ (BP3), ∂C/∂γ = Σ δ ⊙ x̂ (BP4), and
+    ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂)), ∂C/∂x̂ = δ ⊙ γ, passed down;
+    with γ constant per channel this is γ·rstd·(δ − ∂C/∂β/M − x̂ ⊙ ∂C/∂γ/M), M values
+    per channel (:func:`batch_norm_bwd`).
+    Eval (``training=False``): μ, σ² are the given running statistics, constants, and
+    ∂C/∂x = δ ⊙ γ · rstd.
+
+    Batch-first: input (N, C, *), weight, bias, running_mean, running_var (C,); sums and
+    means over (0, 2, 3, ...). Returns (output, mean, rstd), the last two (C,) and not
+    differentiable: the caller updates running statistics from them. Saves x, mean and
+    rstd (torch's batch norm saves the same).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None,
+                running_mean: Tensor | None, running_var: Tensor | None,
+                training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        nd = input.dim()
+        if training:
+            dims = (0, *range(2, nd))
+            mean, rstd = _stats(input, dims, eps)
+        else:
+            mean = _channel_view(running_mean, nd)
+            rstd = torch.rsqrt(_channel_view(running_var, nd) + eps)
+        # one pass over x: y = x · (γ rstd) + (β − μ γ rstd), the scale and shift per channel
+        gamma, beta = _channel_view(weight, nd), _channel_view(bias, nd)
+        scale = rstd * gamma if gamma is not None else rstd
+        shift = -mean * scale
+        if beta is not None:
+            shift = shift + beta
+        if not training:  # fresh tensors, not views of the running statistics
+            mean = mean.clone()
+        return torch.addcmul(shift, input, scale), mean.flatten(), rstd.flatten()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        input, weight, bias, _rm, _rv, training, eps = inputs
+        _y, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.training, ctx.eps = training, eps
+        ctx.save_for_backward(input, weight, mean, rstd)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor, _grad_mean: Tensor, _grad_rstd: Tensor):
+        x, weight, mean, rstd = ctx.saved_tensors
+        delta = grad_output
+        nd = x.dim()
+        if ctx.training and torch.is_grad_enabled():  # differentiable, for double backward
+            mean, rstd = _stats(x, (0, *range(2, nd)), ctx.eps)
+        else:
+            mean, rstd = _channel_view(mean, nd), _channel_view(rstd, nd)
+        need = ctx.needs_input_grad[:3]
+        grad_input, grad_weight, grad_bias = batch_norm_bwd(
+            delta, x, mean, rstd, _channel_view(weight, nd), ctx.training,
+            (need[0], need[1] and weight is not None, need[2]))
+        if grad_weight is not None:
+            grad_weight = grad_weight.flatten()
+        if grad_bias is not None:
+            grad_bias = grad_bias.flatten()
+        return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+# ---------------------------------------------------------------- layer norm
+class LayerNormFunction(Function):
+    """y = γ ⊙ (x − μ)/√(σ² + ε) + β, statistics over each example's last k axes.
+
+    μ and σ² (biased) are taken over the trailing ``normalized_shape`` axes, one pair per
+    example (row); γ and β have shape ``normalized_shape``. Backward, with x̂ the
+    standardised input and δ = ∂C/∂y: ∂C/∂β = Σ_rows δ (BP3), ∂C/∂γ = Σ_rows δ ⊙ x̂ (BP4),
+    and ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂)), ∂C/∂x̂ = δ ⊙ γ, the
+    means over each row's normalized axes.
+
+    Batch-first: input (*, *normalized_shape). Returns (output, mean, rstd), mean and
+    rstd of shape (*, 1, ..., 1) and not differentiable. Saves x, mean and rstd, as torch.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input: Tensor, normalized_shape: tuple[int, ...], weight: Tensor | None,
+                bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        dims = tuple(range(input.dim() - len(normalized_shape), input.dim()))
+        mean, rstd = _stats(input, dims, eps)
+        return norm_fwd(input, mean, rstd, weight, bias), mean, rstd
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        input, normalized_shape, weight, bias, eps = inputs
+        _y, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.normalized_shape, ctx.eps = normalized_shape, eps
+        ctx.save_for_backward(input, weight, mean, rstd)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor, _grad_mean: Tensor, _grad_rstd: Tensor):
+        x, weight, mean, rstd = ctx.saved_tensors
+        delta = grad_output
+        k = len(ctx.normalized_shape)
+        reduce_dims = tuple(range(x.dim() - k, x.dim()))  # each row's normalized axes
+        row_dims = tuple(range(x.dim() - k))  # γ and β are shared across rows
+        if torch.is_grad_enabled():
+            mean, rstd = _stats(x, reduce_dims, ctx.eps)  # differentiable, for double backward
+        need = ctx.needs_input_grad
+        grad_input, grad_weight, grad_bias = norm_bwd(
+            delta, x, mean, rstd, weight, reduce_dims, row_dims,
+            (need[0], need[2] and weight is not None, need[3]))
+        if grad_weight is not None:
+            grad_weight = grad_weight.reshape(weight.shape)
+        if grad_bias is not None:
+            grad_bias = grad_bias.reshape(ctx.normalized_shape)
+        return grad_input, None, grad_weight, grad_bias, None
+
+
+# ---------------------------------------------------------------- running statistics
+@torch.no_grad()
+def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None,
+                         mean: Tensor, rstd: Tensor, eps: float, n: int,
+                         momentum: float) -> None:
+    """r ← (1 − m) r + m s, with the batch's μ and its *unbiased* variance σ²·n/(n − 1)
+    (n values per channel), as torch; in place, outside autograd."""
+    if running_mean is not None:
+        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+    if running_var is not None:
+        var = rstd.double().pow(-2) - eps  # the biased σ²_B the forward used
+        unbiased = var * (n / (n - 1))
+        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+
+
+__all__ = ["BatchNormFunction", "LayerNormFunction", "check_batch_norm", "check_layer_norm",
+           "batch_norm_bwd", "norm_bwd", "norm_fwd", "update_running_stats"]

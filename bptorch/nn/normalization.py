@@ -1,0 +1,222 @@
+"""BatchNorm1d, BatchNorm2d and LayerNorm: ``torch.nn``'s names, parameters, buffers and
+state_dict keys, over the written-out backward of :mod:`bptorch.functions.normalization`."""
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor, nn
+
+from ..functions.normalization import (
+    BatchNormFunction, LayerNormFunction, check_batch_norm, check_layer_norm,
+    update_running_stats,
+)
+
+
+class _BatchNorm(nn.Module):
+    r"""y = γ ⊙ (x − μ)/√(σ² + ε) + β per channel; μ, σ² from the batch while training
+    (and the running estimates updated), from the running estimates in eval mode.
+
+    Args, attributes and buffers as ``torch.nn.BatchNorm2d``: ``weight`` γ (ones) and
+    ``bias`` β (zeros) when ``affine`` (no β with ``bias=False``); ``running_mean``
+    (zeros), ``running_var`` (ones) and ``num_batches_tracked`` when
+    ``track_running_stats``. ``momentum=None`` keeps a cumulative average; running_var
+    tracks the unbiased variance.
+    """
+
+    _version = 2
+    expected_dims: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        if affine:
+            self.weight = nn.Parameter(torch.empty(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer("num_batches_tracked", torch.tensor(
+                0, dtype=torch.long, **{k: v for k, v in factory.items() if k != "dtype"}))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """γ = 1, β = 0 and fresh running statistics, as torch."""
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() not in self.expected_dims:
+            want = " or ".join(f"{d}D" for d in self.expected_dims)
+            raise ValueError(
+                f"{type(self).__name__} expects {want} input, got {input.dim()}D input of "
+                f"shape {tuple(input.shape)}"
+            )
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked)
+        # batch statistics while training, and in eval mode when there are no running ones
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        use_running = not self.training or self.track_running_stats
+        running_mean = self.running_mean if use_running else None
+        running_var = self.running_var if use_running else None
+        check_batch_norm(input, running_mean, running_var, self.weight, self.bias, batch_stats)
+        y, mean, rstd = BatchNormFunction.apply(
+            input, self.weight, self.bias, running_mean, running_var, batch_stats, self.eps)
+        if batch_stats and running_mean is not None:
+            update_running_stats(running_mean, running_var, mean, rstd, self.eps,
+                                 input.numel() // input.shape[1], momentum)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs) -> None:
+        # as torch: state_dicts from before num_batches_tracked existed still load
+        version = local_metadata.get("version", None)
+        if (version is None or version < 2) and self.track_running_stats:
+            key = prefix + "num_batches_tracked"
+            if key not in state_dict:
+                state_dict[key] = torch.tensor(0, dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+
+class BatchNorm1d(_BatchNorm):
+    r"""Batch normalization over (N, C) or (N, C, L): statistics per channel over N (and L).
+
+    A drop-in for ``torch.nn.BatchNorm1d``: same arguments, parameters, buffers and
+    state_dict keys. Backward: ∂C/∂β = Σ δ (BP3), ∂C/∂γ = Σ δ ⊙ x̂ (BP4) and
+    ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂)) while training.
+
+    Args:
+        num_features: C.
+        eps: ε added to σ² (default 1e-5).
+        momentum: m in r ← (1 − m) r + m s (default 0.1); None for a cumulative average.
+        affine: learn γ (ones) and β (zeros).
+        track_running_stats: keep running_mean / running_var for eval mode; without them
+            eval mode uses the batch's statistics too.
+        bias: (keyword) with affine, also learn β.
+
+    Shape:
+        (N, C) or (N, C, L) -> the same shape.
+    """
+
+    expected_dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    r"""Batch normalization over (N, C, H, W): statistics per channel over N, H and W.
+
+    A drop-in for ``torch.nn.BatchNorm2d`` (arguments as :class:`BatchNorm1d`); the sums
+    of BP3/BP4 and the two means of ∂C/∂x run over N, H and W.
+
+    Shape:
+        (N, C, H, W) -> the same shape.
+    """
+
+    expected_dims = (4,)
+
+
+class LayerNorm(nn.Module):
+    r"""y = γ ⊙ (x − μ)/√(σ² + ε) + β, μ and σ² over each example's last
+    ``len(normalized_shape)`` axes.
+
+    A drop-in for ``torch.nn.LayerNorm``. Backward: ∂C/∂β = Σ_rows δ (BP3),
+    ∂C/∂γ = Σ_rows δ ⊙ x̂ (BP4), ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂)),
+    the means over each row's normalized axes.
+
+    Args:
+        normalized_shape: the trailing shape to normalize over (int or sequence).
+        eps: ε added to σ² (default 1e-5).
+        elementwise_affine: learn γ (ones) of shape normalized_shape.
+        bias: with elementwise_affine, also learn β (zeros).
+
+    Shape:
+        (*, *normalized_shape) -> the same shape.
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int | tuple[int, ...] | list[int] | torch.Size,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        if isinstance(normalized_shape, numbers.Integral):
+            normalized_shape = (normalized_shape,)
+        self.normalized_shape = tuple(int(n) for n in normalized_shape)
+        self.eps, self.elementwise_affine = eps, elementwise_affine
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """γ = 1, β = 0, as torch."""
+        if self.elementwise_affine:
+            nn.init.ones_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        check_layer_norm(input, self.normalized_shape, self.weight, self.bias)
+        return LayerNormFunction.apply(
+            input, self.normalized_shape, self.weight, self.bias, self.eps)[0]
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
+
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm"]
