@@ -140,17 +140,45 @@ def sequential_state_dict_to_network(state_dict: dict) -> dict:
 TWIN_NAMES = (
     "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d",
     "BatchNorm2d", "LayerNorm", "Embedding", "Dropout", "Flatten", "ReLU", "Sigmoid", "Tanh",
-    "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU",
+    "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "MultiheadAttention", "RNN", "LSTM",
+    "GRU",
 )
+# torch.nn modules whose forward only composes their children (and a few functions): the
+# children are converted, then _fix_composite makes the forward reach the twins
+COMPOSITE_NAMES = ("TransformerEncoderLayer", "TransformerEncoder")
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList,
                nn.ParameterDict)
 # carried by the weights themselves (load_state_dict, requires_grad), not by the arguments
 _CARRIED = ("device", "dtype", "_weight", "_freeze")
 
 
+def _rnn_arguments(module: nn.RNNBase) -> dict[str, tuple[object, object]]:
+    """RNN, LSTM and GRU take ``*args``: their arguments are RNNBase's (less ``mode``), and
+    the RNN's ``nonlinearity``; ``bias`` is a bool attribute there."""
+    params = inspect.signature(nn.RNNBase.__init__).parameters
+    out = {name: (getattr(module, name), p.default) for name, p in params.items()
+           if name not in ("self", "mode", *_CARRIED)}
+    if isinstance(module, nn.RNN):
+        out["nonlinearity"] = (module.nonlinearity, "tanh")
+    return out
+
+
+def _mha_arguments(m: nn.MultiheadAttention) -> dict[str, tuple[object, object]]:
+    """MultiheadAttention keeps ``bias`` and ``add_bias_kv`` as tensors, not flags."""
+    return {"embed_dim": (m.embed_dim, None), "num_heads": (m.num_heads, None),
+            "dropout": (m.dropout, 0.0), "bias": (m.in_proj_bias is not None, True),
+            "add_bias_kv": (m.bias_k is not None, False),
+            "add_zero_attn": (m.add_zero_attn, False), "kdim": (m.kdim, None),
+            "vdim": (m.vdim, None), "batch_first": (m.batch_first, False)}
+
+
 def _torch_arguments(module: nn.Module) -> dict[str, tuple[object, object]]:
     """{argument: (value, torch's default)} for the module's constructor, read back from
     its attributes (``bias`` from whether it has one)."""
+    if isinstance(module, nn.RNNBase):
+        return _rnn_arguments(module)
+    if isinstance(module, nn.MultiheadAttention):
+        return _mha_arguments(module)
     out = {}
     for name, param in inspect.signature(type(module).__init__).parameters.items():
         if name == "self" or name in _CARRIED or param.kind in (param.VAR_POSITIONAL,
@@ -212,6 +240,28 @@ def _twin(module: nn.Module, feedback: str = "backprop") -> tuple[nn.Module | No
     return twin, None
 
 
+def _fix_composite(module: nn.Module) -> None:
+    """After its children are converted, make a composite's own forward reach them.
+
+    TransformerEncoderLayer calls its activation as a function (``F.relu``/``F.gelu``),
+    which the converter maps to bptorch's; any other callable stays as it is. Its fused
+    inference fast path (``torch._transformer_encoder_layer_fwd``, taken in eval mode
+    under no_grad) would bypass the bptorch layers: ``activation_relu_or_gelu = 0`` is
+    one of the conditions that turn it off, and the encoder's nested-tensor path is off too.
+    """
+    import torch.nn.functional as torch_F
+
+    from . import functional as F
+
+    if isinstance(module, nn.TransformerEncoderLayer):
+        act = {torch_F.relu: F.relu, torch_F.gelu: F.gelu}.get(module.activation)
+        if act is not None:
+            module.activation = act
+        module.activation_relu_or_gelu = 0
+    if isinstance(module, nn.TransformerEncoder):
+        module.use_nested_tensor = False
+
+
 def _computes(module: nn.Module) -> bool:
     """A torch.nn module with parameters or a forward of its own (not a container)."""
     if not type(module).__module__.startswith("torch.nn") or isinstance(module, _CONTAINERS):
@@ -260,6 +310,13 @@ def from_torch_nn(model: nn.Module, strict: bool = True, *,
                 warnings.warn(f"from_torch_nn: the hooks on {where or 'the model'} "
                               f"({type(module).__name__}) are not carried over", stacklevel=3)
             out = twin
+        elif (type(module).__name__ in COMPOSITE_NAMES
+              and getattr(nn, type(module).__name__, None) is type(module)):
+            for name, child in module._modules.items():
+                if child is not None:
+                    module._modules[name] = convert(child, f"{where}.{name}" if where else name)
+            _fix_composite(module)
+            out = module
         elif why is not None or _computes(module):
             if why is None:
                 from . import nn as bnn

@@ -144,9 +144,9 @@ def test_copy_keeps_mode_flags_and_sharing():
 class _Recurrent(nn.Module):
     def __init__(self):
         super().__init__()
-        self.rnn = nn.LSTM(4, 5, batch_first=True)
+        self.rnn = nn.LSTM(4, 5, batch_first=True, proj_size=3)  # bptorch's has no proj_size
         self.up = nn.Upsample(scale_factor=2)
-        self.out = nn.Linear(5, 2)
+        self.out = nn.Linear(3, 2)
 
     def forward(self, x):
         return self.out(self.rnn(x)[0])
@@ -157,6 +157,7 @@ def test_strict_names_every_unsupported_layer():
         from_torch_nn(_Recurrent())
     msg = str(info.value)
     assert "torch.nn.LSTM" in msg and "'rnn'" in msg and "torch.nn.Upsample" in msg
+    assert "proj_size" in msg
     assert "strict=False" in msg
     with pytest.raises(NotImplementedError, match="max_norm"):
         from_torch_nn(nn.Sequential(nn.Embedding(5, 2, max_norm=1.0)))
@@ -193,3 +194,63 @@ def test_twin_lacking_an_argument(monkeypatch):
     assert isinstance(from_torch_nn(nn.Flatten(2)), NarrowFlatten)
     with pytest.raises(NotImplementedError, match=r"no argument 'end_dim' \(here end_dim=2\)"):
         from_torch_nn(nn.Sequential(nn.Flatten(0, 2)))
+
+
+# ---------------------------------------------------------------- sequence layers
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_transformer_encoder_converts_and_never_takes_the_fast_path(activation, batch_first,
+                                                                   monkeypatch):
+    """TransformerEncoder(Layer): MultiheadAttention, Linear, LayerNorm and Dropout become
+    bptorch's, the layer's activation function becomes bptorch.functional's, and in eval
+    mode under no_grad (where torch takes its fused fast path) the bptorch attention runs."""
+    import bptorch.functions.attention as attention
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 4, 32, 0.0, activation, batch_first=batch_first)
+    enc = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    ours = from_torch_nn(enc)
+    compute = [m for m in ours.modules() if not isinstance(
+        m, (torch.nn.TransformerEncoder, torch.nn.TransformerEncoderLayer, torch.nn.ModuleList))]
+    assert compute and all(type(m).__module__.startswith("bptorch.") for m in compute)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    out, ref = ours(x), enc(x)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [x, *ours.parameters()], g)
+    want = torch.autograd.grad(ref, [x, *enc.parameters()], g)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    calls = []
+    apply = attention.AttentionFunction.apply
+    monkeypatch.setattr(attention.AttentionFunction, "apply",
+                        lambda *args: calls.append(1) or apply(*args))
+    ours.eval(), enc.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), enc(x), rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2  # one attention per layer: no fused fast path
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_recurrent_layers_convert(kind):
+    torch.manual_seed(0)
+    m = getattr(torch.nn, kind)(5, 7, 2, batch_first=True, bidirectional=True)
+    ours = from_torch_nn(m)
+    assert type(ours).__module__.startswith("bptorch.")
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    out, ref = ours(x)[0], m(x)[0]
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, [x, *ours.parameters()], g),
+                    torch.autograd.grad(ref, [x, *m.parameters()], g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    rnn = from_torch_nn(torch.nn.RNN(5, 7, nonlinearity="relu", bias=False))
+    assert rnn.nonlinearity == "relu" and rnn.bias is False
+
+
+def test_multihead_attention_converts_or_names_what_it_cannot():
+    mha = torch.nn.MultiheadAttention(8, 2, bias=False, batch_first=True)
+    ours = from_torch_nn(mha)
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(ours(x, x, x)[0], mha(x, x, x)[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(NotImplementedError, match="MultiheadAttention"):
+        from_torch_nn(torch.nn.MultiheadAttention(8, 2, add_bias_kv=True))

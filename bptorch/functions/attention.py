@@ -42,9 +42,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd import Function
 
 from .._checks import _shape, check_floating, check_same
+from .base import BPFunction
 
 
 # ---------------------------------------------------------------- the math
@@ -126,7 +126,7 @@ def _sum_to(t: Tensor | None, shape: torch.Size) -> Tensor | None:
     return t if t is None or t.shape == shape else t.sum_to_size(shape)
 
 
-class AttentionFunction(Function):
+class AttentionFunction(BPFunction):
     """O = (softmax(scale · Q Kᵀ + B) ⊙ M) V, returned with A = softmax(·) ⊙ M and a third,
     non-differentiable output that backward keeps (the row lse with ``recompute``, P with
     dropout, else an empty tensor).

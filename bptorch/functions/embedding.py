@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd import Function
 
-from .._checks import _shape, check_floating
+from .._checks import _shape, _values_readable, check_floating
+from .base import BPFunction
 
 _INDEX_DTYPES = (torch.int64, torch.int32)
 
@@ -45,10 +45,9 @@ def check_embedding(input: Tensor, weight: Tensor, padding_idx: int | None) -> N
     v = weight.shape[0]
     if padding_idx is not None and not 0 <= padding_idx < v:
         raise ValueError(f"padding_idx must lie in [0, {v}) after wrapping, got {padding_idx}")
-    # reading values: skipped while compiling and under torch.func transforms
-    if (input.numel() and not torch.compiler.is_compiling()
-            and not torch._C._functorch.is_functorch_wrapped_tensor(input)):
-        lo, hi = int(input.min()), int(input.max())
+    # reading values: skipped while compiling, under torch.func transforms and on meta
+    if input.numel() and _values_readable(input):
+        lo, hi = (int(v) for v in torch.aminmax(input.reshape(-1)))
         if lo < 0 or hi >= v:
             raise IndexError(
                 f"embedding indices must lie in [0, {v - 1}] for num_embeddings={v}, "
@@ -97,7 +96,7 @@ def embedding_bwd(delta: Tensor, input: Tensor, num_embeddings: int,
     return grad_weight.index_add(0, index, delta)  # BP4: Σ δ e_iᵀ, a scatter-add into rows
 
 
-class EmbeddingFunction(Function):
+class EmbeddingFunction(BPFunction):
     """z = W e_i, row i of the table, for each index i of the input.
 
     Backward, given δ = ∂C/∂z: ∂C/∂W = Σ δ e_iᵀ (BP4 for one-hot inputs), a scatter-add

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd import Function
 
 from .._checks import _shape, check_floating, check_same
+from .base import BPFunction
 
 Dims = tuple[int, ...]
 
@@ -181,7 +181,7 @@ def _channel_view(t: Tensor | None, ndim: int) -> Tensor | None:
     return None if t is None else t.reshape(1, -1, *([1] * (ndim - 2)))
 
 
-class BatchNormFunction(Function):
+class BatchNormFunction(BPFunction):
     """y = γ ⊙ (x − μ_B)/√(σ²_B + ε) + β, per channel, statistics over the batch.
 
     Training (``training=True``): μ_B and σ²_B (biased) are the batch's, over every axis
@@ -251,7 +251,7 @@ class BatchNormFunction(Function):
 
 
 # ---------------------------------------------------------------- layer norm
-class LayerNormFunction(Function):
+class LayerNormFunction(BPFunction):
     """y = γ ⊙ (x − μ)/√(σ² + ε) + β, statistics over each example's last k axes.
 
     μ and σ² (biased) are taken over the trailing ``normalized_shape`` axes, one pair per

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd import Function
 from torch.nn.functional import adaptive_avg_pool2d, avg_pool2d, fold
 
 from .._checks import _shape, check_floating
+from .base import BPFunction
 
 Pair = tuple[int, int]
 
@@ -89,7 +89,7 @@ def avg_pool2d_bwd(delta: Tensor, input_shape: torch.Size, kernel_size: Pair, st
     return grad[:, 0, ph:ph + h, pw:pw + w].reshape(input_shape)
 
 
-class AvgPool2dFunction(Function):
+class AvgPool2dFunction(BPFunction):
     """a_j = (1/n_j) Σ_{i ∈ window j} z_i over k_h × k_w windows.
 
     Backward, given δ = ∂C/∂a: ∂C/∂z_i = Σ_{j ∋ i} δ_j / n_j, BP2's Wᵀδ for the fixed
@@ -163,7 +163,7 @@ def adaptive_avg_pool2d_bwd(delta: Tensor, input_shape: torch.Size) -> Tensor:
     return p_h.t() @ delta @ p_w  # (…, H, W)
 
 
-class AdaptiveAvgPool2dFunction(Function):
+class AdaptiveAvgPool2dFunction(BPFunction):
     """a_j = (1/n_j) Σ_{i ∈ window j} z_i over windows chosen to give a fixed output size.
 
     Along each axis the pooling is a matrix P (rows: windows, entries 1/n_j), so the
