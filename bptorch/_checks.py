@@ -103,7 +103,7 @@ def check_cost_inputs(
                 f"{_shape(output)}; got {_shape(target)}"
             )
         if target.numel() and _values_readable(target):
-            lo, hi = torch.aminmax(target.view(-1))
+            lo, hi = torch.aminmax(target.reshape(-1))
             lo, hi = int(lo), int(hi)
             if lo < 0 or hi >= n_out:
                 raise ValueError(
