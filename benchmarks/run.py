@@ -585,6 +585,23 @@ def section_conv(quick: bool) -> Table | None:
                  [[r.get(c, "") for c in cols] for r in rows])
 
 
+def section_sequence(quick: bool, targets: list[Target], compile: bool = True,
+                     threads: int | str = 1) -> Table | None:
+    """Attention, MultiheadAttention and LSTM rows of ``benchmarks/sequence.py``."""
+    try:
+        from . import sequence
+    except ImportError:
+        return None
+    rows = sequence.rows(quick, compile, threads if isinstance(threads, int) else 1)
+    for r in rows:
+        if r["target"] is not None:
+            targets.append(Target(f"{r['case']}, bptorch/native fwd+bwd", r["ratio"],
+                                  r["target"]))
+    cols = list(dict.fromkeys(k for r in rows for k in r if k not in ("target", "ok")))
+    return Table("Attention and LSTM, forward + backward (benchmarks/sequence.py)", cols,
+                 [[r.get(c, "") for c in cols] for r in rows])
+
+
 # -- report ---------------------------------------------------------------------------
 def machine() -> str:
     cpu = platform.processor() or "unknown"
@@ -639,7 +656,9 @@ def main(argv: list[str] | None = None) -> str:
         print(table.markdown(), flush=True)
         print(f"[{time.perf_counter() - t1:.1f} s]", file=sys.stderr)
     t1 = time.perf_counter()
-    for tab in section_cuda(args.quick) + [None if args.no_conv else section_conv(args.quick)]:
+    for tab in section_cuda(args.quick) + [None if args.no_conv else section_conv(args.quick),
+                                           section_sequence(args.quick, targets,
+                                                            not args.no_compile, args.threads)]:
         if tab is not None:
             tables.append(tab)
             print(tab.markdown(), flush=True)
