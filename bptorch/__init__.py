@@ -6,13 +6,13 @@ BP3 ∂C/∂b^l = δ^l; BP4 ∂C/∂W^l = δ^l (a^{l-1})ᵀ).
 
 ``import bptorch`` loads every public submodule: ``activations``, ``convert``,
 ``data``, ``diagnostics``, ``distributed``, ``functional``, ``functions``, ``nn``,
-``threads``, ``compile``.
+``threads``, ``compile``, ``feedback``.
 """
 # Here the name `nn` is bptorch.nn (imported below), never torch's: this file uses
 # no torch.nn, and `from .nn import ...` would bind bptorch.nn to `nn` all the same.
 from . import (
-    activations, compile, convert, data, diagnostics, distributed, functional, functions, nn,
-    threads,
+    activations, compile, convert, data, diagnostics, distributed, feedback, functional,
+    functions, nn, threads,
 )
 from .activations import ACTIVATIONS, Activation, get_activation
 from .network import Network
@@ -20,6 +20,6 @@ from .network import Network
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "Network", "activations", "compile", "convert", "data", "diagnostics",
-    "distributed", "functional", "functions", "get_activation", "nn", "threads",
+    "ACTIVATIONS", "Activation", "Network", "activations", "compile", "convert", "data",
+    "diagnostics", "distributed", "feedback", "functional", "functions", "get_activation", "nn", "threads",
 ]

@@ -226,3 +226,118 @@ def measure(net: nn.Module, x: Tensor, y: Tensor) -> dict[str, dict[str, float]]
         if deltas is not None:
             net.deltas = deltas
     return rec.stats()
+
+
+# -- feedback rules: how far a rule's update is from backprop's ------------------------------
+def angle(a: Tensor, b: Tensor) -> float:
+    """The angle between two tensors as vectors, in degrees: arccos(⟨a, b⟩ / (‖a‖ ‖b‖));
+    NaN where either is zero."""
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
+    norms = a.norm() * b.norm()
+    if norms == 0:
+        return math.nan
+    return math.degrees(math.acos(float((a @ b / norms).clamp(-1.0, 1.0))))
+
+
+def _weight_grads(model: nn.Module, step) -> dict[str, Tensor]:
+    """{layer name: ∂C/∂W} after ``step()``, with every ``.grad`` put back as it was."""
+    weights = [(n[: -len(".weight")], p) for n, p in model.named_parameters()
+               if n.endswith("weight") and p.dim() >= 2]
+    params = list(model.parameters())
+    saved = [p.grad for p in params]
+    try:
+        for p in params:
+            p.grad = None
+        step()
+        return {n: p.grad.detach().clone() for n, p in weights if p.grad is not None}
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+
+
+def alignment(model: nn.Module, x: Tensor, y: Tensor, loss_fn=None) -> dict[str, float]:
+    """Per layer, the angle in degrees between the update ∂C/∂W^l that ``model``'s feedback
+    rule computes on the batch (x, y) and the one backprop computes on the same batch.
+
+    The measure Lillicrap et al. (2016) plot to show that feedback alignment "learns to
+    align": 90° is an unrelated direction, below 90° the rule's step still descends C.
+    The output layer's angle is 0 under every rule (its δ^L is BP1's).
+
+    ``loss_fn(model, x, y)`` returns the cost for ``.backward()`` (the autograd path, e.g.
+    a :class:`bptorch.feedback.DFA` wrapper or a model of layers with ``feedback=``);
+    without it, ``model.backprop(x, y)`` (a :class:`bptorch.Network`) runs the explicit
+    engine. The model runs in eval mode (no dropout: both passes see the same net); its
+    ``.grad``, mode and the layers' generators (brsf) are put back afterwards.
+    """
+    from . import feedback
+
+    def step() -> None:
+        if loss_fn is None:
+            model.backprop(x, y)
+        else:
+            loss_fn(model, x, y).backward()
+
+    was_training = model.training
+    model.eval()
+    try:
+        with feedback.frozen_generators(model):
+            rule = _weight_grads(model, step)
+        with feedback.exact(model):
+            exact = _weight_grads(model, step)
+    finally:
+        model.train(was_training)
+    return {n: angle(rule[n], exact[n]) for n in exact if n in rule}
+
+
+# -- recurrent nets: the vanishing gradient on the time axis ---------------------------------
+def time_gradients(rnn: nn.Module, x: Tensor, readout: nn.Module, cost: nn.Module, y: Tensor,
+                   *, measure: str = "batch") -> Tensor:
+    """‖∂C/∂h_t‖ for t = 1..T: chapter 5's per-layer "speed of learning" on the time axis.
+
+    ``rnn`` (an RNN, LSTM or GRU, bptorch's or torch.nn's, one direction) reads ``x``
+    (laid out as ``rnn`` expects: (T, N, H_in), or (N, T, H_in) with ``batch_first``)
+    one step at a time through its own forward, ``rnn(x_t, state)``, carrying the state;
+    then C = ``cost(readout(h_T), y)``, and one backward (the rnn's own: for bptorch, BP2
+    through time written out) fills ∂C/∂h_t of every carried h_t (the last layer's, N × H).
+    h_t feeds both step t+1 and, at t = T, the readout: its gradient is the total one.
+
+    ``measure``:
+
+    * ``"batch"`` (default), the book's measure: ‖Σ_x ∂C/∂h_t^x‖, the norm of the gradient
+      of the batch cost summed over the rows (= ‖mean_x ∂C_x/∂h_t^x‖ when C is the batch
+      mean), as ``record``'s ``speed`` = ‖Σ_x δ_x‖; a (T,) tensor;
+    * ``"per_example"``: mean_x ‖∂C_x/∂h_t^x‖ = the mean over the rows of ‖N · ∂C/∂h_t^x‖
+      (assumes C is the mean over the batch); a (T,) tensor;
+    * ``"none"``: the gradients ∂C/∂h_t themselves, (T, N, H).
+
+    No ``.grad`` is touched; ``rnn`` and ``readout`` run in eval mode.
+    """
+    if getattr(rnn, "bidirectional", False):
+        raise ValueError("time_gradients: expected a one-direction rnn (bidirectional=False): "
+                         "h_t of a reverse pass depends on the steps after t")
+    if measure not in ("batch", "per_example", "none"):
+        raise ValueError(f"time_gradients: measure must be 'batch', 'per_example' or 'none', "
+                         f"got {measure!r}")
+    if x.dim() != 3:
+        raise ValueError(f"time_gradients: expected a batched 3-D input, got shape "
+                         f"{tuple(x.shape)}")
+    time_dim = 1 if getattr(rnn, "batch_first", False) else 0
+    was_training = rnn.training, readout.training
+    rnn.eval(), readout.eval()  # no dropout between layers: one deterministic pass
+    try:
+        with torch.enable_grad():
+            state, hs = None, []
+            for t in range(x.shape[time_dim]):
+                _out, state = rnn(x.narrow(time_dim, t, 1), state)
+                hs.append(state[0] if isinstance(state, tuple) else state)  # (L, N, H) h_t
+            loss = cost(readout(hs[-1][-1]), y)
+            # ∂C/∂h_t for every t in one backward; autograd.grad leaves every .grad alone
+            grads = torch.autograd.grad(loss, hs)
+    finally:
+        rnn.train(was_training[0]), readout.train(was_training[1])
+    g = torch.stack([gt[-1] for gt in grads]).detach()  # (T, N, H): the last layer's h_t
+    if measure == "none":
+        return g
+    if measure == "per_example":
+        return (g.norm(dim=-1) * g.shape[1]).mean(1)
+    return g.sum(1).norm(dim=-1)

@@ -22,9 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from . import diagnostics
+from . import feedback as _feedback
 from ._checks import check_cost_inputs, check_linear, one_hot
 from .functional import _cost, linear
 from .functions.costs import get_cost
+from .functions.layers import LinearFeedbackFunction
 from .nn.linear import Dense
 
 INITS = ("large", "scaled")
@@ -40,10 +42,18 @@ class Network(nn.Module):
             sigmoid, or softmax for "log_likelihood".
         init: "large", N(0, 1) weights and biases (the book's chapter 1), or
             "scaled", N(0, 1/n_in) weights and N(0, 1) biases (chapter 3).
+        feedback: keyword-only. "backprop" (default); a per-layer rule of
+            ``bptorch.feedback`` ("fa", "usf", "brsf", "frsf") given to every layer, its
+            random B drawn from the weights' init distribution; or "dfa": each hidden layer
+            l gets δ^l = (δ^L B^l) ⊙ σ'(z^l) from its own fixed B^l, in the explicit engine
+            (``backprop``, ``update_mini_batch``; on the autograd path use
+            ``bptorch.feedback.DFA``). The output layer learns as in backprop under every rule.
 
     Attributes:
         layers: ``nn.ModuleList`` of ``Dense``; state_dict keys ``layers.{l}.weight``/``bias``.
         deltas: after ``backprop``, the per-example δ^l of each layer, (N, n_l) each.
+        feedback_weight_{l}: with "dfa", buffer B^l of hidden layer l, (n_L, n_l), drawn as
+            the init of a weight from layer l to the output (N(0, 1/n_l) for "scaled").
     """
 
     def __init__(
@@ -54,6 +64,8 @@ class Network(nn.Module):
         init: str = "scaled",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        feedback: str = "backprop",
     ) -> None:
         super().__init__()
         if len(sizes) < 2 or any(int(n) < 1 for n in sizes):
@@ -61,13 +73,21 @@ class Network(nn.Module):
         get_cost(cost)  # fail early, listing the valid names
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
+        self.feedback = _feedback.check_rule(feedback, _feedback.NETWORK_RULES)
         self.sizes, self.activation, self.cost, self.init = list(sizes), activation, cost, init
         out_act = "softmax" if cost == "log_likelihood" else "sigmoid"
         acts = [activation] * (len(sizes) - 2) + [out_act]
+        layer_rule = "backprop" if feedback == "dfa" else feedback
         self.layers = nn.ModuleList(
-            Dense(n_in, n_out, act, device=device, dtype=dtype)
+            Dense(n_in, n_out, act, device=device, dtype=dtype, feedback=layer_rule)
             for n_in, n_out, act in zip(self.sizes[:-1], self.sizes[1:], acts)
         )
+        if feedback == "dfa":
+            for l, n_l in enumerate(self.sizes[1:-1]):
+                self.register_buffer(f"feedback_weight_{l}", torch.empty(
+                    self.sizes[-1], n_l, device=device, dtype=dtype))
+            self._dfa_generator = torch.Generator().manual_seed(
+                int(torch.empty((), dtype=torch.int64).random_()))
         for name, layer in self.named_modules():  # diagnostics report these names
             layer._diag_name = name
         self.deltas: list[Tensor] = []
@@ -80,13 +100,25 @@ class Network(nn.Module):
             std = 1.0 if self.init == "large" else 1 / math.sqrt(layer.in_features)
             layer.weight.normal_(0.0, std)
             layer.bias.normal_(0.0, 1.0)
+            _feedback.reset(layer, layer.weight, std)  # B (fa), |R| (frsf): W's distribution
+        if self.feedback == "dfa":  # B^l: the init of a weight from layer l to the output
+            for l, n_l in enumerate(self.sizes[1:-1]):
+                b = getattr(self, f"feedback_weight_{l}")
+                std = 1.0 if self.init == "large" else 1 / math.sqrt(n_l)
+                b.copy_(torch.randn(b.shape, generator=self._dfa_generator, dtype=b.dtype) * std)
 
     def extra_repr(self) -> str:
-        return f"sizes={self.sizes}, cost={self.cost!r}, init={self.init!r}"
+        extra = "" if self.feedback == "backprop" else f", feedback={self.feedback!r}"
+        return f"sizes={self.sizes}, cost={self.cost!r}, init={self.init!r}" + extra
 
     # -- the autograd path ------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         """a^L for input x of shape (N, sizes[0]), through the Dense Functions."""
+        if self.feedback == "dfa" and torch.is_grad_enabled():
+            raise NotImplementedError(
+                "Network(feedback='dfa') runs DFA in its explicit engine (backprop, "
+                "update_mini_batch) only; for loss.backward() wrap the model in "
+                "bptorch.feedback.DFA, or evaluate under torch.no_grad()")
         for layer in self.layers:
             x = layer(x)
         return x
@@ -101,10 +133,17 @@ class Network(nn.Module):
         """
         if self.cost == "quadratic":
             return _cost("quadratic", self(x), y, False, "mean")
+        if self.feedback == "dfa":
+            self(x)  # raises: DFA is the explicit engine's
         for layer in self.layers[:-1]:
             x = layer(x)
         last = self.layers[-1]
-        z = linear(x, last.weight, last.bias)
+        if last.feedback != "backprop" and torch.is_grad_enabled():
+            # the output layer's rule passes δ^L down through its B
+            b = _feedback.matrix(last, last.weight)
+            z = LinearFeedbackFunction.apply(x, last.weight, last.bias, b)
+        else:
+            z = linear(x, last.weight, last.bias)
         return _cost(self.cost, z, y, True, "mean")
 
     @torch.no_grad()
@@ -126,7 +165,8 @@ class Network(nn.Module):
         y = self._check(x, y, plan[0])
         activations, z_L, sp_from = self._feedforward(x, plan, keep_z_L=self.cost != "quadratic")
         delta, cost = self._output_error(z_L, activations[-1], y, plan[-1][3], True)  # BP1
-        self.deltas = self._backward(delta, activations, sp_from, plan, update=None)
+        self.deltas = self._backward(delta, activations, sp_from, plan, update=None,
+                                     feedback=self._feedback_plan(plan))
         return cost
 
     @torch.no_grad()
@@ -151,12 +191,21 @@ class Network(nn.Module):
         activations, _, sp_from = self._feedforward(x, plan)
         delta, _ = self._output_error(None, activations[-1], y, plan[-1][3])  # BP1
         self.deltas = self._backward(delta, activations, sp_from, plan,
-                                     (eta, 1 - eta * lmbda / n))
+                                     (eta, 1 - eta * lmbda / n), self._feedback_plan(plan))
 
     def _plan(self) -> list[tuple]:
         """(layer, W, b, σ) of each layer, read once per step: every Module attribute
         lookup costs about a µs, a sizeable part of a small net's step."""
         return [(layer, layer.weight, layer.bias, layer.activation) for layer in self.layers]
+
+    def _feedback_plan(self, plan: list[tuple]) -> tuple[str, list] | None:
+        """None for backprop; ("dfa", [B^l of each hidden layer]); or ("rule", [B of each
+        layer]), each B read (usf, frsf) or drawn (brsf) from W^l before any update."""
+        if self.feedback == "backprop":  # one read: the default path pays nothing more
+            return None
+        if self.feedback == "dfa":
+            return "dfa", [getattr(self, f"feedback_weight_{l}") for l in range(len(plan) - 1)]
+        return "rule", [_feedback.matrix(layer, w) for layer, w, _, _ in plan]
 
     def _check(self, x: Tensor, y: Tensor, first: tuple) -> Tensor:
         """Validate (x, y); return y as float rows of a^L's shape (class indices one-hot).
@@ -231,10 +280,14 @@ class Network(nn.Module):
 
     def _backward(
         self, delta: Tensor, activations: list[Tensor], sp_from: list[Tensor],
-        plan: list[tuple], update,
+        plan: list[tuple], update, feedback: tuple[str, list] | None = None,
     ) -> list[Tensor]:
-        """Steps 3–4: from δ^L, BP2 down the layers, with BP3 and BP4 at each."""
+        """Steps 3–4: from δ^L, BP2 down the layers, with BP3 and BP4 at each.
+
+        ``feedback`` (from ``_feedback_plan``) replaces BP2's factor: δ^l B^l for a
+        per-layer rule's B, or δ^L B^l straight from the output for DFA."""
         L = len(plan)
+        delta_L = delta
         m = activations[0].shape[0]
         deltas: list[Tensor] = [None] * L  # type: ignore[list-item]
         record = diagnostics.active()  # read once, not once per layer
@@ -246,7 +299,14 @@ class Network(nn.Module):
                 diagnostics.record_delta(layer._diag_name, act, delta,
                                          sp_from[l], scale=1 / m, a_prev=a_prev)
             if l > 0:  # BP2, with W^l read before the update below changes it
-                delta_below = plan[l - 1][3].delta(torch.mm(delta, weight), sp_from[l - 1])
+                if feedback is None:
+                    passed = torch.mm(delta, weight)  # (W^l)ᵀ δ^l
+                elif feedback[0] == "dfa":
+                    passed = torch.mm(delta_L, feedback[1][l - 1])  # B^{l-1} δ^L (DFA)
+                else:
+                    b = feedback[1][l]
+                    passed = torch.mm(delta, weight if b is None else b)  # Bᵀ δ^l
+                delta_below = plan[l - 1][3].delta(passed, sp_from[l - 1])
             if update is None:
                 _accumulate_mm(weight, delta.t(), a_prev, 1 / m)  # BP4, mean over rows
                 _accumulate_sum(bias, delta, 1 / m)  # BP3, mean over rows

@@ -218,11 +218,13 @@ MODULE_NAMES = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity", "
 
 @pytest.mark.parametrize("name", MODULE_NAMES)
 def test_signature_is_torchs(name):
-    """Same parameter names, order, kinds and defaults as torch.nn's constructor."""
-    ours = inspect.signature(getattr(bnn, name).__init__).parameters
-    theirs = inspect.signature(getattr(tnn, name).__init__).parameters
-    assert [(p.name, p.kind, p.default) for p in ours.values()] == \
-           [(p.name, p.kind, p.default) for p in theirs.values()]
+    """Same parameter names, order, kinds and defaults as torch.nn's constructor; bptorch's
+    own extras (``feedback=``, ``unfold=``) may follow, keyword-only."""
+    ours = list(inspect.signature(getattr(bnn, name).__init__).parameters.values())
+    theirs = list(inspect.signature(getattr(tnn, name).__init__).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in ours[:len(theirs)]] == \
+           [(p.name, p.kind, p.default) for p in theirs]
+    assert all(p.kind is p.KEYWORD_ONLY for p in ours[len(theirs):])
 
 
 @pytest.mark.parametrize("key", list(ACT_PAIRS))

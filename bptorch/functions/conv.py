@@ -329,6 +329,32 @@ class Conv2dFunction(BPFunction):
         return (*grads, None, None, None, None, None)
 
 
+class Conv2dFeedbackFunction(Conv2dFunction):
+    """z^l = W^l ⋆ a^{l-1} + b^l, passing down B's transposed convolution with δ^l instead
+    of W's (a feedback rule's stand-in for W, ``bptorch.feedback``).
+
+    ``feedback_weight`` is B (W's shape, no gradient). BP3 and BP4 are
+    :class:`Conv2dFunction`'s: they read W's shape only, never its values, so the
+    backward is Conv2dFunction's with B saved in W's place (on every ``path``).
+    """
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair,
+                padding: Padding, dilation: Pair, groups: int, path: str,
+                feedback_weight: Tensor) -> Tensor:
+        return Conv2dFunction.forward(input, weight, bias, stride, padding, dilation, groups,
+                                      path)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        Conv2dFunction.setup_context(ctx, inputs[:-1], output)
+        ctx.save_for_backward(inputs[0], inputs[-1])  # a^{l-1}, and B where W was
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        return (*Conv2dFunction.backward(ctx, grad_output), None)
+
+
 # ---------------------------------------------------------------- max-pool
 class MaxPool2dFunction(BPFunction):
     """a_j = max_{i ∈ window j} z_i.
@@ -438,7 +464,8 @@ class FlattenFunction(BPFunction):
 
 
 __all__ = [
-    "Conv2dFunction", "DropoutFunction", "FlattenFunction", "MaxPool2dFunction",
+    "Conv2dFeedbackFunction", "Conv2dFunction", "DropoutFunction", "FlattenFunction",
+    "MaxPool2dFunction",
     "check_4d", "check_conv2d", "check_dropout_p", "check_pool2d", "conv2d_padding",
     "dropout_mask", "pool2d_out_size",
 ]

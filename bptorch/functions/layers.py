@@ -322,5 +322,94 @@ class DenseFunction(BPFunction):
         return (*_autocast_backward(ctx, _linear_backward, delta, a_prev, weight), None, None)
 
 
+# -- feedback rules: B in place of W in BP2's factor ------------------------------------
+# Subclasses, not an optional argument of the two above: backprop's Functions keep their
+# inputs, saved tensors and cost exactly as they were (bptorch.feedback builds B).
+class LinearFeedbackFunction(LinearFunction):
+    """z^l = W^l a^{l-1} + b^l, passing down Bᵀ δ^l instead of (W^l)ᵀ δ^l.
+
+    ``feedback_weight`` is B (W's shape, no gradient): a feedback rule's stand-in for W
+    (``bptorch.feedback``). Backward: BP3 ∂C/∂b^l = δ^l and BP4 ∂C/∂W^l = δ^l (a^{l-1})ᵀ
+    as :class:`LinearFunction`; batch-first ``grad_input = delta @ B``. Forward and
+    forward mode (``jvp``) are the layer's own: the rule changes only what is passed down.
+    """
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor, bias: Tensor | None,
+                feedback_weight: Tensor) -> Tensor:
+        input, weight, bias = _cast(_autocast_dtype(input), input, weight, bias)
+        return torch.nn.functional.linear(input, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        input, weight, bias, feedback_weight = inputs
+        _record_autocast(ctx, input, weight, bias)
+        ctx.save_for_backward(input, weight, feedback_weight)
+        ctx.save_for_forward(input, weight, feedback_weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        a_prev, _weight, feedback_weight = ctx.saved_tensors
+        # _linear_backward reads W only in BP2's factor (BP4 needs none): hand it B
+        grads = _autocast_backward(ctx, _linear_backward, grad_output, a_prev, feedback_weight)
+        return (*grads, None)
+
+    @staticmethod
+    def jvp(ctx: Any, da_prev, dweight, dbias, _dfeedback) -> Tensor:
+        a_prev, weight, _ = ctx.saved_tensors
+        return _linear_jvp(a_prev, weight, da_prev, dweight, dbias)
+
+
+class DenseFeedbackFunction(DenseFunction):
+    """a^l = σ(W^l a^{l-1} + b^l), passing down Bᵀ δ^l instead of (W^l)ᵀ δ^l.
+
+    As :class:`DenseFunction` (δ^l = ∂C/∂a^l ⊙ σ'(z^l), BP3, BP4), with the extra input
+    ``feedback_weight`` = B (W's shape, no gradient): batch-first ``grad_input = delta @ B``.
+    """
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor, bias: Tensor | None, activation: Activation,
+                name: str | None, feedback_weight: Tensor) -> Tensor:
+        return DenseFunction.forward(input, weight, bias, activation, name)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        input, weight, bias, activation, name, feedback_weight = inputs
+        ctx.activation, ctx.name = activation, name
+        _record_autocast(ctx, input, weight, bias)
+        if activation.saves == "z":  # what DenseFunction keeps, and B
+            saved = (input, weight, bias, None, feedback_weight)
+        else:
+            saved = (input, weight, None, output if activation.saves == "a" else None,
+                     feedback_weight)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+
+    @staticmethod
+    def jvp(ctx: Any, da_prev, dweight, dbias, _dactivation, _dname, _dfeedback) -> Tensor:
+        """The layer's own forward derivative, as DenseFunction's: B plays no part."""
+        a_prev, weight, bias, a, _ = ctx.saved_tensors
+        act = ctx.activation
+        dz = _linear_jvp(a_prev, weight, da_prev, dweight, dbias)
+        saved = a if act.saves == "a" else None
+        if act.saves == "z":
+            saved = torch.nn.functional.linear(a_prev, weight, bias)
+        return act.delta(dz, saved)  # da = σ'(z) ⊙ dz
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        a_prev, weight, bias, a, feedback_weight = ctx.saved_tensors
+        act = ctx.activation
+        saved = a if act.saves == "a" else None
+        if act.saves == "z":
+            saved = torch.nn.functional.linear(*_cast(ctx.autocast_dtype, a_prev, weight, bias))
+        delta = act.delta(grad_output, saved)  # BP1/BP2: δ^l = ∂C/∂a^l ⊙ σ'(z^l)
+        if diagnostics.active():
+            diagnostics.record_delta(ctx.name, act, delta, saved, a_prev=a_prev)
+        # _linear_backward reads W only in BP2's factor (BP4 needs none): hand it B
+        grads = _autocast_backward(ctx, _linear_backward, delta, a_prev, feedback_weight)
+        return (*grads, None, None, None)
+
+
 linear = LinearFunction.apply
 dense = DenseFunction.apply

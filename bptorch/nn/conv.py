@@ -7,8 +7,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from .. import feedback as _feedback
 from ..functions.conv import (
-    Conv2dFunction, DropoutFunction, FlattenFunction, MaxPool2dFunction,
+    Conv2dFeedbackFunction, Conv2dFunction, DropoutFunction, FlattenFunction, MaxPool2dFunction,
     check_conv2d, check_dropout_p, check_pool2d, conv2d_padding, dropout_mask,
 )
 
@@ -45,6 +46,8 @@ class Conv2d(nn.Module):
         fused_backward: compute BP2 and BP4 with ATen's ``convolution_backward`` (the
             kernel torch.nn.Conv2d's autograd uses) instead of the written-out
             transposed convolution and correlation; faster on one-channel inputs.
+        feedback: what the backward passes down in place of W's transposed convolution
+            with δ (``bptorch.feedback``): "backprop" (default), "fa", "usf", "brsf", "frsf".
 
     Shape:
         input (N, C_in, H, W) or (C_in, H, W) -> output (N, C_out, H_out, W_out) or
@@ -54,6 +57,7 @@ class Conv2d(nn.Module):
         weight: (C_out, C_in/groups, k_h, k_w), initialised U(−k, k),
             k = 1/√(C_in/groups · k_h · k_w) (torch's kaiming_uniform_(a=√5)).
         bias: (C_out,), initialised the same way.
+        feedback_weight: buffer, fa: the fixed B, U(−k, k); frsf: the fixed |R|, R U(−k, k).
     """
 
     def __init__(
@@ -72,8 +76,10 @@ class Conv2d(nn.Module):
         *,
         unfold: bool = False,
         fused_backward: bool = False,
+        feedback: str = "backprop",
     ) -> None:
         super().__init__()
+        _feedback.check_rule(feedback)
         factory = {"device": device, "dtype": dtype}
         if not isinstance(groups, int) or groups <= 0:
             raise ValueError(f"groups must be a positive integer, got {groups!r}")
@@ -114,6 +120,7 @@ class Conv2d(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_channels, **factory))
         else:
             self.register_parameter("bias", None)
+        _feedback.setup(self, feedback, self.weight)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -125,10 +132,17 @@ class Conv2d(nn.Module):
             if fan_in != 0:
                 k = 1 / math.sqrt(fan_in)
                 nn.init.uniform_(self.bias, -k, k)
+        _feedback.reset(self, self.weight)  # fa's B, frsf's |R|: W's distribution
 
     def forward(self, input: Tensor) -> Tensor:
         check_conv2d(input, self.weight, self.bias, self.stride, self.padding,
                      self.dilation, self.groups)
+        if self.feedback != "backprop" and torch.is_grad_enabled():
+            b = _feedback.matrix(self, self.weight)  # B in place of W in BP2
+            if b is not None:
+                return _unbatched(lambda x: Conv2dFeedbackFunction.apply(
+                    x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                    self.groups, self._path, b), input)
         return _unbatched(lambda x: Conv2dFunction.apply(
             x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
             self._path), input)
@@ -151,7 +165,7 @@ class Conv2d(nn.Module):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
         return s + (", unfold=True" if self.unfold else "") + (
-            ", fused_backward=True" if self.fused_backward else "")
+            ", fused_backward=True" if self.fused_backward else "") + _feedback.extra_repr(self)
 
 
 class MaxPool2d(nn.Module):

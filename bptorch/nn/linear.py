@@ -6,9 +6,12 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .. import feedback as _feedback
 from .._checks import check_linear
 from ..activations import Activation, get_activation
-from ..functions.layers import DenseFunction, LinearFunction
+from ..functions.layers import (
+    DenseFeedbackFunction, DenseFunction, LinearFeedbackFunction, LinearFunction,
+)
 
 
 class Linear(nn.Module):
@@ -21,6 +24,8 @@ class Linear(nn.Module):
         in_features: size of each input row, n_{l−1}.
         out_features: size of each output row, n_l.
         bias: if False, the layer learns no b.
+        feedback: keyword-only, what the backward passes down in place of (W^l)ᵀ δ^l
+            (``bptorch.feedback``): "backprop" (default), "fa", "usf", "brsf", "frsf".
 
     Shape:
         input (*, in_features) -> output (*, out_features).
@@ -28,6 +33,7 @@ class Linear(nn.Module):
     Attributes:
         weight: (out_features, in_features), W^l, initialised U(−k, k), k = 1/√in_features.
         bias: (out_features,), b^l, initialised the same way.
+        feedback_weight: buffer, fa: the fixed B, U(−k, k); frsf: the fixed |R|, R U(−k, k).
     """
 
     def __init__(
@@ -37,8 +43,11 @@ class Linear(nn.Module):
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        feedback: str = "backprop",
     ) -> None:
         super().__init__()
+        _feedback.check_rule(feedback)  # a bad name fails before any allocation
         factory = {"device": device, "dtype": dtype}
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
@@ -46,6 +55,7 @@ class Linear(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features, **factory))
         else:
             self.register_parameter("bias", None)
+        _feedback.setup(self, feedback, self.weight)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -54,16 +64,21 @@ class Linear(nn.Module):
         nn.init.uniform_(self.weight, -k, k)
         if self.bias is not None:
             nn.init.uniform_(self.bias, -k, k)
+        _feedback.reset(self, self.weight)  # fa's B, frsf's |R|: W's distribution
 
     def forward(self, input: Tensor) -> Tensor:
         check_linear(input, self.weight, self.bias)
+        if self.feedback != "backprop" and torch.is_grad_enabled():
+            b = _feedback.matrix(self, self.weight)  # B in place of W in BP2
+            if b is not None:
+                return LinearFeedbackFunction.apply(input, self.weight, self.bias, b)
         return LinearFunction.apply(input, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}"
-        )
+        ) + _feedback.extra_repr(self)
 
 
 class Dense(Linear):
@@ -76,12 +91,13 @@ class Dense(Linear):
             "relu", "leaky_relu", "softmax", "identity", "gelu", "silu") or an
             ``Activation`` (e.g. ``bptorch.activations.gelu("tanh")``).
         negative_slope: the slope for "leaky_relu" (negative slopes save z, not a).
+        feedback: as :class:`Linear`.
 
     Shape:
         input (*, in_features) -> output (*, out_features).
 
     Attributes:
-        weight, bias: as :class:`Linear` (the same state_dict keys).
+        weight, bias, feedback_weight: as :class:`Linear` (the same state_dict keys).
     """
 
     def __init__(
@@ -94,13 +110,20 @@ class Dense(Linear):
         dtype: torch.dtype | None = None,
         *,
         negative_slope: float = 0.01,
+        feedback: str = "backprop",
     ) -> None:
         # Look the activation up first: a bad name fails before any allocation.
         self.activation = get_activation(activation, negative_slope=negative_slope)
-        super().__init__(in_features, out_features, bias, device, dtype)
+        super().__init__(in_features, out_features, bias, device, dtype, feedback=feedback)
 
     def forward(self, input: Tensor) -> Tensor:
         check_linear(input, self.weight, self.bias)
+        if self.feedback != "backprop" and torch.is_grad_enabled():
+            b = _feedback.matrix(self, self.weight)  # B in place of W in BP2
+            if b is not None:
+                return DenseFeedbackFunction.apply(
+                    input, self.weight, self.bias, self.activation,
+                    getattr(self, "_diag_name", None), b)
         return DenseFunction.apply(
             input, self.weight, self.bias, self.activation, getattr(self, "_diag_name", None)
         )
