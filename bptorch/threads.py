@@ -162,6 +162,18 @@ def using_threads(n: int | str = "auto", flops: float | None = None, rows: int |
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def keep_threads() -> Iterator[int]:
+    """``with keep_threads():``: whatever the block sets (an experiment's ``--threads``),
+    torch's thread count is what it was before once the block ends."""
+    previous = torch.get_num_threads()
+    try:
+        yield previous
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
 def threads_arg(value: str) -> int | str:
     """argparse ``type=`` for ``--threads``: ``"auto"`` or a positive int."""
     if value == "auto":

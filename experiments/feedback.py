@@ -44,7 +44,9 @@ import bptorch
 from bptorch import nn as bnn
 from bptorch.diagnostics import alignment
 from bptorch.feedback import DFA
-from bptorch.threads import conv_step_flops, mlp_step_flops, set_threads, threads_arg
+from bptorch.threads import (
+    conv_step_flops, keep_threads, mlp_step_flops, set_threads, threads_arg,
+)
 from experiments.mnist import save_results
 
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "dfa")
@@ -218,12 +220,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     torch's intra-op thread count is set from ``--threads`` for the run and restored after.
     """
-    previous_threads = torch.get_num_threads()
-    try:
+    with keep_threads():
         return _main(argv)
-    finally:
-        if torch.get_num_threads() != previous_threads:
-            torch.set_num_threads(previous_threads)
 
 
 def _main(argv: Sequence[str] | None) -> dict:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 import bptorch
 from bptorch import Network
 from bptorch.distributed import all_reduce_grads, average_parameters, init_from_env, shard
-from bptorch.threads import mlp_step_flops, set_threads, threads_arg
+from bptorch.threads import keep_threads, mlp_step_flops, set_threads, threads_arg
 
 # The book's configurations, and the accuracy it reports for each (None: not given). Chapter 1
 # gives peak test accuracy; chapter 3's 97.92% is the final *validation* accuracy, of a run
@@ -285,12 +285,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     torch's intra-op thread count is set from ``--threads`` for the run and restored after.
     """
-    previous_threads = torch.get_num_threads()
-    try:
+    with keep_threads():
         return _main(argv)
-    finally:
-        if torch.get_num_threads() != previous_threads:
-            torch.set_num_threads(previous_threads)
 
 
 def _main(argv: Sequence[str] | None) -> dict:

@@ -28,7 +28,7 @@ import torch
 
 import bptorch
 from bptorch.diagnostics import record
-from bptorch.threads import mlp_step_flops, set_threads, threads_arg
+from bptorch.threads import keep_threads, mlp_step_flops, set_threads, threads_arg
 from experiments.mnist import save_results
 
 # (cost, w0, b0, eta): the book's four runs.
@@ -112,12 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Train the four neurons (or replot); torch's thread count is restored after."""
-    previous_threads = torch.get_num_threads()
-    try:
+    with keep_threads():
         return _main(argv)
-    finally:
-        if torch.get_num_threads() != previous_threads:
-            torch.set_num_threads(previous_threads)
 
 
 def _main(argv: Sequence[str] | None) -> dict:

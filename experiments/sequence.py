@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 import bptorch
 from bptorch import nn as bnn
-from bptorch.threads import set_threads, threads_arg
+from bptorch.threads import keep_threads, set_threads, threads_arg
 from experiments.mnist import replot, save_results
 
 # The recipes: chosen to reach the targets in a few epochs on a small CPU.
@@ -257,12 +257,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     torch's intra-op thread count is set from ``--threads`` for the run and restored after.
     """
-    previous_threads = torch.get_num_threads()
-    try:
+    with keep_threads():
         return _main(argv)
-    finally:
-        if torch.get_num_threads() != previous_threads:
-            torch.set_num_threads(previous_threads)
 
 
 def _main(argv: Sequence[str] | None) -> dict:

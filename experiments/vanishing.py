@@ -34,7 +34,7 @@ from tqdm import tqdm
 import bptorch
 from bptorch import Network
 from bptorch.diagnostics import measure, record
-from bptorch.threads import mlp_step_flops, set_threads, threads_arg
+from bptorch.threads import keep_threads, mlp_step_flops, set_threads, threads_arg
 from experiments.mnist import save_results
 
 NETS = ([784, 30, 30, 10], [784, 30, 30, 30, 10], [784, 30, 30, 30, 30, 10])
@@ -135,12 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Measure and train every net (or replot); torch's thread count is restored after."""
-    previous_threads = torch.get_num_threads()
-    try:
+    with keep_threads():
         return _main(argv)
-    finally:
-        if torch.get_num_threads() != previous_threads:
-            torch.set_num_threads(previous_threads)
 
 
 def _main(argv: Sequence[str] | None) -> dict:

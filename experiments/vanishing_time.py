@@ -33,7 +33,7 @@ import torch
 import bptorch
 from bptorch import nn as bnn
 from bptorch.diagnostics import time_gradients
-from bptorch.threads import set_threads, threads_arg
+from bptorch.threads import keep_threads, set_threads, threads_arg
 from experiments.mnist import save_results
 
 MODELS = ("rnn_tanh", "rnn_relu", "lstm", "lstm_forget_bias_1")
@@ -125,12 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Measure every model (or replot); torch's thread count is restored after."""
-    previous_threads = torch.get_num_threads()
-    try:
+    with keep_threads():
         return _main(argv)
-    finally:
-        if torch.get_num_threads() != previous_threads:
-            torch.set_num_threads(previous_threads)
 
 
 def _main(argv: Sequence[str] | None) -> dict:
