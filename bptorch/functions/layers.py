@@ -253,6 +253,34 @@ def activation(
     return ActivationFunction.apply(input, act, name, True, z_before)
 
 
+def _sigma_from(act: Activation, a_prev: Tensor, weight: Tensor, bias: Tensor | None,
+                a: Tensor | None, dtype: torch.dtype | None = None) -> Tensor | None:
+    """The tensor σ'(z^l) is computed from: a^l as saved, z^l recomputed from a^{l-1}
+    (gelu, silu, negative-slope leaky_relu: cheaper than keeping z), or none (identity)."""
+    if act.saves == "z":
+        return torch.nn.functional.linear(*_cast(dtype, a_prev, weight, bias))
+    return a if act.saves == "a" else None
+
+
+def _dense_jvp(ctx: Any, a_prev: Tensor, weight: Tensor, bias: Tensor | None,
+               a: Tensor | None, da_prev, dweight, dbias) -> Tensor:
+    """Forward mode of a = σ(a_prev Wᵀ + b): dz as the linear layer's, then da = σ'(z) ⊙ dz."""
+    dz = _linear_jvp(a_prev, weight, da_prev, dweight, dbias)
+    return ctx.activation.delta(dz, _sigma_from(ctx.activation, a_prev, weight, bias, a))
+
+
+def _dense_backward(ctx: Any, grad_output: Tensor, a_prev: Tensor, weight: Tensor,
+                    bias: Tensor | None, a: Tensor | None, w_down: Tensor) -> tuple:
+    """δ^l once, then BP3, BP4 and the factor passed down, w_downᵀ δ^l: W^l for backprop,
+    a feedback rule's B otherwise (``_linear_backward`` reads W only there)."""
+    act = ctx.activation
+    saved = _sigma_from(act, a_prev, weight, bias, a, ctx.autocast_dtype)
+    delta = act.delta(grad_output, saved)  # BP1/BP2: δ^l = ∂C/∂a^l ⊙ σ'(z^l)
+    if diagnostics.active():
+        diagnostics.record_delta(ctx.name, act, delta, saved, a_prev=a_prev)
+    return _autocast_backward(ctx, _linear_backward, delta, a_prev, w_down)
+
+
 class DenseFunction(BPFunction):
     """a^l = σ(W^l a^{l-1} + b^l), the fused linear + activation layer.
 
@@ -302,24 +330,13 @@ class DenseFunction(BPFunction):
     @staticmethod
     def jvp(ctx: Any, da_prev, dweight, dbias, _dactivation, _dname) -> Tensor:
         a_prev, weight, bias, a = ctx.saved_tensors
-        act = ctx.activation
-        dz = _linear_jvp(a_prev, weight, da_prev, dweight, dbias)
-        saved = a if act.saves == "a" else None
-        if act.saves == "z":
-            saved = torch.nn.functional.linear(a_prev, weight, bias)
-        return act.delta(dz, saved)  # da = σ'(z) ⊙ dz
+        return _dense_jvp(ctx, a_prev, weight, bias, a, da_prev, dweight, dbias)  # σ'(z) ⊙ dz
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a_prev, weight, bias, a = ctx.saved_tensors
-        act = ctx.activation
-        saved = a if act.saves == "a" else None
-        if act.saves == "z":
-            saved = torch.nn.functional.linear(*_cast(ctx.autocast_dtype, a_prev, weight, bias))
-        delta = act.delta(grad_output, saved)  # BP1/BP2: δ^l = ∂C/∂a^l ⊙ σ'(z^l)
-        if diagnostics.active():
-            diagnostics.record_delta(ctx.name, act, delta, saved, a_prev=a_prev)
-        return (*_autocast_backward(ctx, _linear_backward, delta, a_prev, weight), None, None)
+        # δ^l = ∂C/∂a^l ⊙ σ'(z^l) (BP1/BP2), then BP3, BP4 and (W^l)ᵀ δ^l passed down
+        return (*_dense_backward(ctx, grad_output, a_prev, weight, bias, a, weight), None, None)
 
 
 # -- feedback rules: B in place of W in BP2's factor ------------------------------------
@@ -389,25 +406,13 @@ class DenseFeedbackFunction(DenseFunction):
     def jvp(ctx: Any, da_prev, dweight, dbias, _dactivation, _dname, _dfeedback) -> Tensor:
         """The layer's own forward derivative, as DenseFunction's: B plays no part."""
         a_prev, weight, bias, a, _ = ctx.saved_tensors
-        act = ctx.activation
-        dz = _linear_jvp(a_prev, weight, da_prev, dweight, dbias)
-        saved = a if act.saves == "a" else None
-        if act.saves == "z":
-            saved = torch.nn.functional.linear(a_prev, weight, bias)
-        return act.delta(dz, saved)  # da = σ'(z) ⊙ dz
+        return _dense_jvp(ctx, a_prev, weight, bias, a, da_prev, dweight, dbias)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a_prev, weight, bias, a, feedback_weight = ctx.saved_tensors
-        act = ctx.activation
-        saved = a if act.saves == "a" else None
-        if act.saves == "z":
-            saved = torch.nn.functional.linear(*_cast(ctx.autocast_dtype, a_prev, weight, bias))
-        delta = act.delta(grad_output, saved)  # BP1/BP2: δ^l = ∂C/∂a^l ⊙ σ'(z^l)
-        if diagnostics.active():
-            diagnostics.record_delta(ctx.name, act, delta, saved, a_prev=a_prev)
-        # _linear_backward reads W only in BP2's factor (BP4 needs none): hand it B
-        grads = _autocast_backward(ctx, _linear_backward, delta, a_prev, feedback_weight)
+        # as DenseFunction's, with Bᵀ δ^l passed down instead of (W^l)ᵀ δ^l
+        grads = _dense_backward(ctx, grad_output, a_prev, weight, bias, a, feedback_weight)
         return (*grads, None, None, None)
 
 
