@@ -253,9 +253,5 @@ class MultiheadAttention(nn.Module):
                                  f"{_shape(attn_mask)}")
         return batched
 
-    def extra_repr(self) -> str:
-        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
-                f"dropout={self.dropout}, batch_first={self.batch_first}")
-
 
 __all__ = ["MultiheadAttention", "NonDynamicallyQuantizableLinear"]

@@ -223,11 +223,6 @@ class RNN(_RNNBase):
         output, (h_n,) = self._finish(output, finals, batched)
         return output, h_n
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s if self.nonlinearity == "tanh" else f"{s}, nonlinearity={self.nonlinearity!r}"
-
-
 class LSTM(_RNNBase):
     r"""(i, f, g, o) = (σ, σ, tanh, σ)(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh),
     c_t = f ⊙ c_{t−1} + i ⊙ g, h_t = o ⊙ tanh(c_t), per layer.
