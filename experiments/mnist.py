@@ -418,7 +418,8 @@ def _jsonable(obj: Any) -> Any:
 # -- plots ----------------------------------------------------------------------------
 def run_label(results: dict) -> str:
     c = results["config"]
-    return f"{c.get('preset') or 'custom'} {c.get('engine', '')} seed {c.get('seed')}"
+    name = c.get("preset") or c.get("rule") or c.get("model") or "custom"
+    return f"{name} {c.get('engine', '')} seed {c.get('seed')}".replace("  ", " ")
 
 
 def save_results(results: dict, json_path: str | None, plot_path: str | None,
