@@ -602,6 +602,20 @@ def section_sequence(quick: bool, targets: list[Target], compile: bool = True,
                  [[r.get(c, "") for c in cols] for r in rows])
 
 
+def section_layers(quick: bool, targets: list[Target], compile: bool = True,
+                   threads: int | str = 1) -> Table | None:
+    """BatchNorm, LayerNorm, Embedding, GELU and ResNet-step rows of ``benchmarks/layers.py``."""
+    try:
+        from . import layers
+    except ImportError:
+        return None
+    rows = layers.rows(quick, compile, threads if isinstance(threads, int) else 1)
+    targets.extend(layers.targets(rows))
+    cols = list(dict.fromkeys(k for r in rows for k in r if k not in ("target", "ok")))
+    return Table("Normalization, Embedding, GELU and the small ResNet, forward + backward "
+                 "(benchmarks/layers.py)", cols, [[r.get(c, "") for c in cols] for r in rows])
+
+
 # -- report ---------------------------------------------------------------------------
 def machine() -> str:
     cpu = platform.processor() or "unknown"
@@ -658,7 +672,9 @@ def main(argv: list[str] | None = None) -> str:
     t1 = time.perf_counter()
     for tab in section_cuda(args.quick) + [None if args.no_conv else section_conv(args.quick),
                                            section_sequence(args.quick, targets,
-                                                            not args.no_compile, args.threads)]:
+                                                            not args.no_compile, args.threads),
+                                           section_layers(args.quick, targets,
+                                                          not args.no_compile, args.threads)]:
         if tab is not None:
             tables.append(tab)
             print(tab.markdown(), flush=True)

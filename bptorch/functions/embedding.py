@@ -93,7 +93,8 @@ def embedding_bwd(delta: Tensor, input: Tensor, num_embeddings: int,
     if padding_idx is not None:
         delta = delta * (index != padding_idx).unsqueeze(1).to(delta.dtype)  # padding row: 0
     grad_weight = delta.new_zeros(num_embeddings, delta.shape[1])
-    return grad_weight.index_add(0, index, delta)  # BP4: Σ δ e_iᵀ, a scatter-add into rows
+    # BP4: Σ δ e_iᵀ, a scatter-add into rows; in place on the fresh zeros (no second table)
+    return grad_weight.index_add_(0, index, delta)
 
 
 class EmbeddingFunction(BPFunction):

@@ -175,6 +175,77 @@ def batch_norm_bwd(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
             grad_beta if need_beta else None)
 
 
+def layer_norm_fwd(x: Tensor, dims: Dims, eps: float, gamma: Tensor | None,
+                   beta: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, μ, rstd) of y = γ ⊙ (x − μ)·rstd + β over each row's ``dims`` (the trailing axes).
+
+    σ² = ‖x − μ‖²/D, D values per row, as a 2-norm reduction (one read, nothing written).
+    One full-size buffer, x − μ, then x̂, then y, updated in place: on the CPU a fresh
+    large tensor costs about as much as a pass over it (torch.profiler, 1 thread). The
+    2-norm has a kink at a constant row, so the backward's double-differentiable
+    recomputation of μ and rstd uses :func:`_stats`.
+    """
+    d = 1
+    for k in dims:
+        d *= x.shape[k]
+    mean = x.mean(dims, keepdim=True)
+    y = x - mean  # the one full-size buffer
+    var = torch.linalg.vector_norm(y, 2, dims, keepdim=True).square() / d  # ‖x − μ‖²/D
+    rstd = torch.rsqrt(var + eps)
+    y.mul_(rstd)  # x̂ = (x − μ)·rstd
+    if gamma is not None:
+        y.mul_(gamma)
+    if beta is not None:
+        y.add_(beta)
+    return y, mean, rstd
+
+
+def layer_norm_bwd(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
+                   gamma: Tensor | None, reduce_dims: Dims, row_dims: Dims,
+                   need: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """:func:`norm_bwd` for LayerNorm, with x̂ = (x − μ)·rstd and rstd per row, γ along
+    the row: ∂C/∂γ and the second row mean are matrix-vector products (read-only) with
+    P = δ ⊙ (x − μ), rows by D:
+
+        ∂C/∂γ = Σ_rows δ ⊙ x̂ = Pᵀ rstd                         (BP4)
+        mean(∂C/∂x̂ ⊙ x̂) = rstd · (P γ)/D
+
+    then ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂)) built in place in
+    ∂C/∂x̂'s buffer, which reuses P's memory (see :func:`layer_norm_fwd`). mean(∂C/∂x̂)
+    is taken from that same buffer, so that ∂C/∂x̂ − mean(∂C/∂x̂) is exactly 0 where it
+    should be (one value per row). In place, so not for double backward: there the
+    caller uses :func:`norm_bwd`. (The per-row μ, rstd and means broadcast along the
+    contiguous axis; a fused op with two such operands, like ``addcmul(-μ·rstd, x, rstd)``,
+    runs unvectorised on the CPU, so each op here takes one.)
+    """
+    need_x, need_gamma, need_beta = need
+    grad_input = grad_gamma = grad_beta = None
+    d = 1
+    for k in reduce_dims:
+        d *= x.shape[k]
+    rows = rstd.numel()
+    if need_gamma or need_x:
+        centred = x - mean  # x − μ, recomputed, not saved
+        p = (centred * delta).reshape(rows, d)  # P = δ ⊙ (x − μ), rows by D
+    if need_gamma:
+        grad_gamma = (p.t() @ rstd.reshape(rows)).view(gamma.shape)  # BP4: Σ δ ⊙ x̂
+    if need_beta:
+        grad_beta = _sum(delta, row_dims)  # BP3: Σ δ
+    if need_x:
+        if gamma is not None:
+            dx_hat_x_hat_mean = rstd * (p @ gamma.reshape(d)).view(mean.shape) / d
+            del p  # read for the last time: ∂C/∂x̂ reuses its memory
+            grad_input = delta * gamma  # ∂C/∂x̂ = δ ⊙ γ
+        else:
+            dx_hat_x_hat_mean = rstd * p.sum(1).view(mean.shape) / d
+            del p
+            grad_input = delta.clone()
+        grad_input.sub_(grad_input.mean(reduce_dims, keepdim=True))  # − mean(∂C/∂x̂)
+        grad_input.addcmul_(centred, rstd * -dx_hat_x_hat_mean)  # − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂)
+        grad_input.mul_(rstd)  # ∂C/∂x
+    return grad_input, grad_gamma, grad_beta
+
+
 # ---------------------------------------------------------------- batch norm
 def _channel_view(t: Tensor | None, ndim: int) -> Tensor | None:
     """A per-channel (C,) tensor as (1, C, 1, ...) to broadcast against (N, C, *)."""
@@ -270,8 +341,13 @@ class LayerNormFunction(BPFunction):
     def forward(input: Tensor, normalized_shape: tuple[int, ...], weight: Tensor | None,
                 bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
         dims = tuple(range(input.dim() - len(normalized_shape), input.dim()))
-        mean, rstd = _stats(input, dims, eps)
-        return norm_fwd(input, mean, rstd, weight, bias), mean, rstd
+        if input.dtype in (torch.float32, torch.float64):  # in place (speed)
+            return layer_norm_fwd(input, dims, eps, weight, bias)
+        # bfloat16/half: statistics and the affine map in float32 (μ and rstd kept in float32),
+        # y rounded once, as torch's kernels do
+        x32, w32, b32 = (None if t is None else t.float() for t in (input, weight, bias))
+        y, mean, rstd = layer_norm_fwd(x32, dims, eps, w32, b32)
+        return y.to(input.dtype), mean, rstd
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -291,9 +367,20 @@ class LayerNormFunction(BPFunction):
         if torch.is_grad_enabled():
             mean, rstd = _stats(x, reduce_dims, ctx.eps)  # differentiable, for double backward
         need = ctx.needs_input_grad
-        grad_input, grad_weight, grad_bias = norm_bwd(
-            delta, x, mean, rstd, weight, reduce_dims, row_dims,
-            (need[0], need[2] and weight is not None, need[3]))
+        need = (need[0], need[2] and weight is not None, need[3])
+        if torch.is_grad_enabled():  # double backward: the out-of-place reference form
+            grad_input, grad_weight, grad_bias = norm_bwd(
+                delta, x, mean, rstd, weight, reduce_dims, row_dims, need)
+        elif x.dtype in (torch.float32, torch.float64):  # the in-place form (speed)
+            grad_input, grad_weight, grad_bias = layer_norm_bwd(
+                delta, x, mean, rstd, weight, reduce_dims, row_dims, need)
+        else:  # bfloat16/half: the reductions in float32, rounded once at the end, as torch
+            grads = layer_norm_bwd(*(None if t is None else t.float()
+                                     for t in (delta, x, mean, rstd, weight)),
+                                   reduce_dims, row_dims, need)
+            grad_input, grad_weight, grad_bias = (
+                None if g is None else g.to(t.dtype)
+                for g, t in zip(grads, (x, weight if weight is not None else x, x)))
         if grad_weight is not None:
             grad_weight = grad_weight.reshape(weight.shape)
         if grad_bias is not None:
@@ -317,4 +404,5 @@ def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None
 
 
 __all__ = ["BatchNormFunction", "LayerNormFunction", "check_batch_norm", "check_layer_norm",
-           "batch_norm_bwd", "norm_bwd", "norm_fwd", "update_running_stats"]
+           "batch_norm_bwd", "layer_norm_bwd", "layer_norm_fwd", "norm_bwd", "norm_fwd",
+           "update_running_stats"]
