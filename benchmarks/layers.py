@@ -44,7 +44,7 @@ from torch import nn
 from bptorch import nn as bnn
 from bptorch.threads import using_threads
 
-from .run import Target, interleaved, ratio, saved_bytes
+from .run import Target, interleaved, profiler_table, ratio, saved_bytes
 from .sequence import kept_bytes
 
 TARGETS = {"batchnorm": 3.5, "layernorm": 3.5, "embedding": 1.3, "gelu": 1.3,
@@ -216,22 +216,14 @@ def targets(result: list[dict]) -> list[Target]:
 def profile(threads: int = 1, row_limit: int = 10) -> str:
     """torch.profiler's top ops (self CPU time) of 20 forward + backward, BatchNorm and
     LayerNorm, both engines."""
-    from torch.profiler import ProfilerActivity, profile as prof
-
     tables = []
     with using_threads(threads):
         for name, key, ours, theirs, x, g in layer_cases()[:2]:
             params = [*ours.parameters(), *theirs.parameters(), x]
             for engine, m in (("bptorch", ours), ("native", theirs)):
-                step = _fwd_bwd(lambda m=m: m(x), g, params)
-                for _ in range(3):
-                    step()
-                with prof(activities=[ProfilerActivity.CPU]) as p:
-                    for _ in range(20):
-                        step()
-                tables.append(f"{engine} {name}, 20 x forward + backward\n" +
-                              p.key_averages().table(sort_by="self_cpu_time_total",
-                                                     row_limit=row_limit))
+                tables.append(profiler_table(_fwd_bwd(lambda m=m: m(x), g, params), 20,
+                                             f"{engine} {name}, 20 x forward + backward",
+                                             row_limit))
     return "\n".join(tables)
 
 

@@ -124,6 +124,21 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, inner: int =
     return {k: statistics.median(v) for k, v in rounds.items()}, rounds
 
 
+def profiler_table(step: Callable[[], object], calls: int, title: str,
+                   row_limit: int = 10, warmup: int = 3) -> str:
+    """``title`` and torch.profiler's top ops (self CPU time) over ``calls`` calls of
+    ``step``, after ``warmup`` calls: where a row's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            step()
+    return f"{title}\n" + prof.key_averages().table(sort_by="self_cpu_time_total",
+                                                     row_limit=row_limit)
+
+
 def ratio(rounds: dict, a: str, b: str) -> float:
     """Median over rounds of time(a) / time(b): paired, so load drift cancels."""
     return statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))

@@ -53,7 +53,7 @@ import bptorch.functional as BF
 from bptorch import nn as bnn
 from bptorch.threads import using_threads
 
-from .run import interleaved, ratio, saved_bytes
+from .run import interleaved, profiler_table, ratio, saved_bytes
 
 TARGETS = {"attention": 1.2, "mha": 1.2, "lstm": 2.5}
 ATTN = dict(batch=32, heads=4, T=64, d=64)
@@ -191,8 +191,6 @@ def rows(quick: bool = False, compile: bool = True, threads: int = 1) -> list[di
 
 def profile(threads: int = 1, row_limit: int = 12) -> str:
     """torch.profiler's top ops (self CPU time) of 10 LSTM forward + backward, both engines."""
-    from torch.profiler import ProfilerActivity, profile as prof
-
     tables = []
     with using_threads(threads):
         torch.manual_seed(0)
@@ -200,14 +198,8 @@ def profile(threads: int = 1, row_limit: int = 12) -> str:
         x = torch.randn(LSTM["batch"], LSTM["T"], LSTM["input"], requires_grad=True)
         g = torch.randn(LSTM["batch"], LSTM["T"], LSTM["hidden"])
         for name, m in (("bptorch", ours), ("native", theirs)):
-            step = _fwd_bwd(lambda m=m: m(x)[0], g)
-            for _ in range(3):
-                step()
-            with prof(activities=[ProfilerActivity.CPU]) as p:
-                for _ in range(10):
-                    step()
-            tables.append(f"{name} LSTM, 10 x forward + backward\n" + p.key_averages().table(
-                sort_by="self_cpu_time_total", row_limit=row_limit))
+            tables.append(profiler_table(_fwd_bwd(lambda m=m: m(x)[0], g), 10,
+                                         f"{name} LSTM, 10 x forward + backward", row_limit))
     return "\n".join(tables)
 
 
