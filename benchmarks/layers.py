@@ -71,7 +71,7 @@ def _twins(ours: nn.Module, theirs: nn.Module) -> tuple[nn.Module, nn.Module]:
     return ours, theirs
 
 
-def layer_cases() -> list[tuple]:
+def layer_cases(device: str = "cpu") -> list[tuple]:
     """(name, target key, bptorch module, native module, input, upstream gradient)."""
     torch.manual_seed(0)
     bn = _twins(bnn.BatchNorm2d(BN[1]), nn.BatchNorm2d(BN[1]))
@@ -82,25 +82,28 @@ def layer_cases() -> list[tuple]:
         with torch.no_grad():
             m.weight.copy_(torch.linspace(0.5, 1.5, m.weight.numel()).view_as(m.weight))
             m.bias.copy_(torch.linspace(-0.2, 0.2, m.bias.numel()).view_as(m.bias))
-    x_bn = torch.randn(*BN, requires_grad=True)
-    x_ln = torch.randn(*LN, requires_grad=True)
-    idx = torch.randint(0, EMB["num"], EMB["idx"])
-    x_gelu = torch.randn(*GELU, requires_grad=True)
+    bn, ln, emb, gelu = ([m.to(device) for m in pair] for pair in (bn, ln, emb, gelu))
+    x_bn = torch.randn(*BN, device=device, requires_grad=True)
+    x_ln = torch.randn(*LN, device=device, requires_grad=True)
+    idx = torch.randint(0, EMB["num"], EMB["idx"], device=device)
+    x_gelu = torch.randn(*GELU, device=device, requires_grad=True)
     return [
-        (f"BatchNorm2d {BN}, train", "batchnorm", *bn, x_bn, torch.randn(*BN)),
-        (f"LayerNorm {LN}, last axis", "layernorm", *ln, x_ln, torch.randn(*LN)),
+        (f"BatchNorm2d {BN}, train", "batchnorm", *bn, x_bn, torch.randn(*BN, device=device)),
+        (f"LayerNorm {LN}, last axis", "layernorm", *ln, x_ln, torch.randn(*LN, device=device)),
         (f"Embedding {EMB['num']:,}×{EMB['dim']}, indices {EMB['idx']}", "embedding", *emb,
-         idx, torch.randn(*EMB["idx"], EMB["dim"])),
-        (f"GELU {GELU}", "gelu", *gelu, x_gelu, torch.randn(*GELU)),
+         idx, torch.randn(*EMB["idx"], EMB["dim"], device=device)),
+        (f"GELU {GELU}", "gelu", *gelu, x_gelu, torch.randn(*GELU, device=device)),
     ]
 
 
 def _layer_row(name: str, key: str, ours: nn.Module, theirs: nn.Module, x: torch.Tensor,
                g: torch.Tensor, repeats: int) -> dict:
+    device = x.device.type
     params = [*ours.parameters(), *theirs.parameters()]
     grads = params + ([x] if x.requires_grad else [])
     med, rounds = interleaved({"bptorch": _fwd_bwd(lambda: ours(x), g, grads),
-                               "native": _fwd_bwd(lambda: theirs(x), g, grads)}, repeats)
+                               "native": _fwd_bwd(lambda: theirs(x), g, grads)}, repeats,
+                              device=device)
     r = ratio(rounds, "bptorch", "native")
     _, bb, _ = saved_bytes(lambda: ours(x))
     _, bn_, _ = saved_bytes(lambda: theirs(x))
@@ -113,7 +116,7 @@ def _layer_row(name: str, key: str, ours: nn.Module, theirs: nn.Module, x: torch
 
 
 # ---------------------------------------------------------------- the ResNet step
-def resnet_pair() -> tuple[nn.Module, nn.Module]:
+def resnet_pair(device: str = "cpu") -> tuple[nn.Module, nn.Module]:
     """experiments.resnet's net in bptorch and in torch.nn, same (He-initialised) weights."""
     from experiments.resnet import DEFAULTS, build_net, he_init
 
@@ -122,13 +125,13 @@ def resnet_pair() -> tuple[nn.Module, nn.Module]:
     he_init(ours)
     theirs = build_net(DEFAULTS, nn)
     theirs.load_state_dict(ours.state_dict())
-    return ours.train(), theirs.train()
+    return ours.to(device).train(), theirs.to(device).train()
 
 
-def resnet_data() -> tuple[torch.Tensor, torch.Tensor]:
+def resnet_data(device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(RESNET_BATCH, 1, 28, 28, generator=g),
-            torch.randint(0, 10, (RESNET_BATCH,), generator=g))
+    return (torch.randn(RESNET_BATCH, 1, 28, 28, generator=g).to(device),
+            torch.randint(0, 10, (RESNET_BATCH,), generator=g).to(device))
 
 
 def _train_step(loss: Callable, opt: torch.optim.Optimizer, x, y) -> Callable[[], None]:
@@ -139,15 +142,16 @@ def _train_step(loss: Callable, opt: torch.optim.Optimizer, x, y) -> Callable[[]
     return step
 
 
-def resnet_row(repeats: int) -> dict:
-    ours, theirs = resnet_pair()
-    x, y = resnet_data()
+def resnet_row(repeats: int, device: str = "cpu") -> dict:
+    ours, theirs = resnet_pair(device)
+    x, y = resnet_data(device)
     cost_b, cost_n = bnn.LogLikelihoodCost(logits=True), nn.CrossEntropyLoss()
     loss_b = lambda x, y: cost_b(ours(x), y)  # noqa: E731
     loss_n = lambda x, y: cost_n(theirs(x), y)  # noqa: E731
     fns = {"bptorch": _train_step(loss_b, torch.optim.SGD(ours.parameters(), lr=0.01), x, y),
            "native": _train_step(loss_n, torch.optim.SGD(theirs.parameters(), lr=0.01), x, y)}
-    med, rounds = interleaved(fns, repeats, min_time=0.0)  # one step a sample (≈ 50 ms+)
+    med, rounds = interleaved(fns, repeats, min_time=0.0 if device == "cpu" else 0.02,
+                              device=device)  # on the CPU one step a sample (≈ 50 ms+)
     r = ratio(rounds, "bptorch", "native")
     leaves = [x, y, *ours.parameters(), *theirs.parameters()]
     _, bb, _ = saved_bytes(lambda: loss_b(x, y))
@@ -160,13 +164,13 @@ def resnet_row(repeats: int) -> dict:
             "kept_bytes_native": kept_bytes(lambda: loss_n(x, y), leaves)}
 
 
-def compiled_resnet_row(repeats: int) -> dict:
+def compiled_resnet_row(repeats: int, device: str = "cpu") -> dict:
     """Both ResNet steps with forward + cost under torch.compile(fullgraph=True)."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    ours, theirs = resnet_pair()
-    x, y = resnet_data()
+    ours, theirs = resnet_pair(device)
+    x, y = resnet_data(device)
     cost_b, cost_n = bnn.LogLikelihoodCost(logits=True), nn.CrossEntropyLoss()
     breaks = torch._dynamo.explain(lambda x, y: cost_b(ours(x), y))(x, y).graph_break_count
     torch._dynamo.reset()  # explain's trace is not the one timed
@@ -179,7 +183,8 @@ def compiled_resnet_row(repeats: int) -> dict:
         start = time.perf_counter()
         f()
         compile_s[k] = time.perf_counter() - start
-    med, rounds = interleaved(fns, repeats, warmup=2, min_time=0.0)
+    med, rounds = interleaved(fns, repeats, warmup=2, device=device,
+                              min_time=0.0 if device == "cpu" else 0.02)
     r = ratio(rounds, "bptorch", "native")
     return {"case": f"ResNet train step, batch {RESNET_BATCH}, torch.compile both",
             "bptorch_ms": med["bptorch"] * 1e3, "native_ms": med["native"] * 1e3, "ratio": r,
@@ -188,16 +193,19 @@ def compiled_resnet_row(repeats: int) -> dict:
             "graph_breaks": breaks}
 
 
-def rows(quick: bool = False, compile: bool = True, threads: int = 1) -> list[dict]:
+def rows(quick: bool = False, compile: bool = True, threads: int = 1,
+         device: str = "cpu") -> list[dict]:
     """One row per case: median ms, bptorch/native, target, bytes saved for backward."""
     repeats = 5 if quick else 15
     out = []
     with using_threads(threads):
-        for case in layer_cases():
+        for case in layer_cases(device):
             out.append(_layer_row(*case, repeats))
-        out.append(resnet_row(3 if quick else 9))
+        out.append(resnet_row(3 if quick else 9, device))
         if compile:
-            out.append(compiled_resnet_row(3 if quick else 9))
+            out.append(compiled_resnet_row(3 if quick else 9, device))
+    for r in out:
+        r["device"] = device
     return out
 
 
@@ -233,13 +241,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-compile", action="store_true",
                    help="skip the compiled ResNet row (compiling takes minutes)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--profile", action="store_true",
                    help="print torch.profiler's top ops of BatchNorm and LayerNorm instead")
     args = p.parse_args(argv)
     if args.profile:
         print(profile(args.threads))
         return []
-    result = rows(args.quick, not args.no_compile, args.threads)
+    result = rows(args.quick, not args.no_compile, args.threads, args.device)
     for r in result:
         print(json.dumps(r))
     for t in targets(result):

@@ -85,6 +85,25 @@ def test_conv2d_paths_match_torch(device, case):
             torch.testing.assert_close(a, c, msg=f"{path}: grad {name}")
 
 
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv2d_bp4_forms_agree(device, case, monkeypatch):
+    """The default path's two forms of BP4, the correlation (CPU) and the unfolded matmul
+    (CUDA, ``BP4_UNFOLD_DEVICES``), each give torch's ∂C/∂W under a random upstream
+    gradient on either device, and the unfolded one passes gradgradcheck."""
+    import bptorch.functions.conv as conv
+
+    x, w, b, opts = _conv_args(case, device)
+    z_ref = torch.nn.functional.conv2d(x, w, b, *opts)
+    g = torch.randn_like(z_ref)
+    ref = torch.autograd.grad(z_ref, (x, w, b), g)
+    fn = lambda x, w, b: Conv2dFunction.apply(x, w, b, *opts, "conv")  # noqa: E731
+    for devices in (set(), {torch.device(device).type}):
+        monkeypatch.setattr(conv, "BP4_UNFOLD_DEVICES", devices)
+        for name, a, c in zip("xwb", torch.autograd.grad(fn(x, w, b), (x, w, b), g), ref):
+            torch.testing.assert_close(a, c, msg=f"BP4 unfolded on {devices}: grad {name}")
+    assert gradgradcheck(fn, (x, w, b))
+
+
 class _OpLog(TorchDispatchMode):
     def __init__(self):
         super().__init__()

@@ -53,8 +53,9 @@ def _autocast_dtype(t: Tensor) -> torch.dtype | None:
 
 
 # device type -> whether torch has autocast for it, asked once per type (a dict read
-# after that; functools.cache would also work in eager, but Dynamo breaks the graph on it)
-_HAS_AUTOCAST: dict[str, bool] = {}
+# after that; functools.cache would also work in eager, but Dynamo breaks the graph on it).
+# CPU and CUDA are known: Dynamo before torch 2.12 cannot trace the question itself.
+_HAS_AUTOCAST: dict[str, bool] = {"cpu": True, "cuda": True}
 
 
 def _cast(dtype: torch.dtype | None, *tensors: Tensor | None) -> tuple:

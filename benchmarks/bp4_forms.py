@@ -1,0 +1,100 @@
+"""BP4 of a convolution, ∂C/∂W = Σ_{n,p} δ_{n,p} a_col,n,pᵀ, in its two written-out forms,
+at the shapes of experiments.resnet's convolutions, with ATen's ``convolution_backward``
+(weight only) as the yardstick; then the ResNet training step with each form as the
+default path's BP4.
+
+* correlation: ``conv2d`` with the roles swapped (δ's maps as the kernels), the default
+  path's BP4 on the CPU (``bptorch.functions.conv.conv2d_weight_grad``);
+* unfolded: ``unfold`` + one matmul per example, summed (``conv2d_weight_grad_unfold``),
+  the default path's BP4 on the device types in ``BP4_UNFOLD_DEVICES`` (CUDA).
+
+Timings are interleaved medians (``benchmarks.run.interleaved``), float32, batch 128 as
+the experiment trains.
+
+    python -m benchmarks.bp4_forms --device cuda
+    python -m benchmarks.bp4_forms               # the CPU, one thread
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from torch import nn
+
+import bptorch.functions.conv as conv
+from bptorch import nn as bnn
+from bptorch.threads import using_threads
+
+from .layers import resnet_row
+from .run import interleaved, ratio
+
+aten = torch.ops.aten
+
+
+def conv_shapes(batch: int) -> list[tuple]:
+    """(input shape, weight shape, stride, padding) of each distinct conv in the net."""
+    from experiments.resnet import DEFAULTS, build_net
+
+    net, seen = build_net(DEFAULTS, bnn), {}
+    hooks = [m.register_forward_hook(
+        lambda m, args, out: seen.setdefault(
+            (tuple(args[0].shape), tuple(m.weight.shape), m.stride, m.padding), None))
+        for m in net.modules() if isinstance(m, bnn.Conv2d)]
+    with torch.no_grad():
+        net(torch.zeros(batch, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    return list(seen)
+
+
+def bp4_rows(device: str, batch: int, repeats: int) -> list[dict]:
+    out = []
+    for shape, wshape, stride, padding in conv_shapes(batch):
+        a = torch.randn(shape, device=device)
+        w = torch.randn(wshape, device=device)
+        delta = torch.randn_like(nn.functional.conv2d(a, w, None, stride, padding))
+        k, one = wshape[2:], (1, 1)
+        fns = {
+            "correlation": lambda: conv.conv2d_weight_grad(delta, a, k, stride, padding, one, 1),
+            "unfolded": lambda: conv.conv2d_weight_grad_unfold(delta, a, k, stride, padding,
+                                                               one, 1),
+            "aten": lambda: aten.convolution_backward(delta, a, w, None, stride, padding, one,
+                                                      False, (0, 0), 1, (False, True, False)),
+        }
+        ref = fns["aten"]()[1]
+        for name in ("correlation", "unfolded"):  # the three agree before they are timed
+            torch.testing.assert_close(fns[name](), ref, rtol=1e-3, atol=1e-3 * ref.abs().max())
+        med, rounds = interleaved(fns, repeats, device=device)
+        out.append({"input": shape, "weight": wshape, "stride": stride,
+                    **{f"{n}_ms": med[n] * 1e3 for n in fns},
+                    "correlation/aten": ratio(rounds, "correlation", "aten"),
+                    "unfolded/aten": ratio(rounds, "unfolded", "aten")})
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=9)
+    args = p.parse_args(argv)
+    rows = []
+    with using_threads(1 if args.device == "cpu" else torch.get_num_threads()):
+        for r in bp4_rows(args.device, args.batch, args.repeats):
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+        saved = conv.BP4_UNFOLD_DEVICES
+        try:
+            for form, devices in (("correlation", set()), ("unfolded", {args.device})):
+                conv.BP4_UNFOLD_DEVICES = devices
+                r = dict(resnet_row(args.repeats, args.device), bp4=form, device=args.device)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+        finally:
+            conv.BP4_UNFOLD_DEVICES = saved
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The GPU check, one command for a machine with CUDA (run from the repository root):
+#   tests     the CUDA-parametrized tests (every test that takes the `device` fixture);
+#   resnet    meanwhile, experiments.resnet on cuda, one run per engine:epochs in $RESNET_RUNS;
+#   bp4       benchmarks.bp4_forms --device cuda (BP4's two written-out forms, ResNet step);
+#   layers    benchmarks.layers --device cuda --no-compile;
+#   cudagraph run.py's CUDA section (steps, throughput, CUDA graph of the explicit step);
+#   compiled  the compiled ResNet step row of benchmarks.layers on cuda.
+# $STAGES picks the stages (default: all). Logs and JSONs go to $OUT (default
+# /tmp/bptorch-cuda). The data come from $BPTORCH_DATA (mnist.pkl.gz and
+# fashion-mnist/*.gz there are enough; no network is needed).
+#   BPTORCH_DATA=~/.cache/bptorch bash benchmarks/cuda.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/bptorch-cuda}
+STAGES=${STAGES:-tests resnet bp4 layers cudagraph compiled}
+RESNET_RUNS=${RESNET_RUNS:-bptorch:20 native:20 bptorch:30 native:30}
+RESNET_TIMEOUT=${RESNET_TIMEOUT:-300}
+mkdir -p "$OUT"
+export BPTORCH_OFFLINE=1 PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+log="$OUT/tests.log"
+{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+torch.cuda.get_device_name())"; echo "stages: $STAGES"; } >"$log" 2>&1
+# build both data caches once, before the parallel users below
+$PY -c "from bptorch.data import load_mnist; load_mnist('mnist'); load_mnist('fashion-mnist')" \
+  >>"$log" 2>&1
+
+pids=()
+if has resnet; then
+  for run in $RESNET_RUNS; do
+    e=${run%%:*} n=${run##*:}
+    timeout "$RESNET_TIMEOUT" $PY -m experiments.resnet --device cuda --engine "$e" \
+      --epochs "$n" --threads 1 --no-progress --json "$OUT/resnet-$e-$n.json" \
+      >"$OUT/resnet-$e-$n.log" 2>&1 &
+    pids+=($!)
+  done
+fi
+
+if has tests; then
+  start=$(date +%s)
+  timeout 240 $PY -m pytest -q -k cuda -n 8 -p no:cacheprovider -rfE >>"$log" 2>&1
+  echo "[pytest rc $? in $(( $(date +%s) - start )) s]" >>"$log"
+fi
+
+bench="$OUT/bench.log"
+: >"$bench"
+start=$(date +%s)
+if has bp4; then
+  timeout 90 $PY -m benchmarks.bp4_forms --device cuda >>"$bench" 2>&1
+  echo "[bp4_forms rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
+fi
+if has layers; then
+  timeout 90 $PY -m benchmarks.layers --device cuda --no-compile >>"$bench" 2>&1
+  echo "[layers rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
+fi
+if has cudagraph; then
+  timeout 60 $PY -c "
+from benchmarks.run import section_cuda
+for t in section_cuda(quick=True):
+    print(t.markdown())" >>"$bench" 2>&1
+  echo "[section (f) rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
+fi
+if has compiled; then
+  timeout 100 $PY -c "
+import json
+from benchmarks.layers import compiled_resnet_row
+print(json.dumps(dict(compiled_resnet_row(9, 'cuda'), device='cuda')))" >>"$bench" 2>&1
+  echo "[compiled ResNet rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
+fi
+
+if [ ${#pids[@]} -gt 0 ]; then
+  wait "${pids[@]}"
+  # the run logs in one file (the device tool brings back at most 8 files)
+  for f in "$OUT"/resnet-*.log; do echo "== $f"; cat "$f"; rm "$f"; done >"$OUT/resnet.log"
+fi
