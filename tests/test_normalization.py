@@ -150,6 +150,18 @@ def test_layer_norm_module_matches_torch(device, shape, normalized, kw):
     _assert_same_state(ours, theirs)
 
 
+@pytest.mark.parametrize("kw", [{}, {"bias": False}, {"elementwise_affine": False}],
+                         ids=["default", "no-bias", "no-affine"])
+def test_layer_norm_row_blocks_match_torch(device, kw, monkeypatch):
+    """The CPU backward runs the rows in blocks of ``ROW_BLOCK``; with blocks of 3, the
+    2·7 rows here make five blocks, the last one short. ∂C/∂γ sums across blocks."""
+    import bptorch.functions.normalization as norm
+
+    monkeypatch.setattr(norm, "ROW_BLOCK", 3)
+    ours, theirs = _pair_of("LayerNorm", (4, 5), device=device, **kw)
+    _step(ours, theirs, (2, 7, 4, 5), device)
+
+
 def test_state_dicts_load_both_ways():
     for ours, theirs in [(bnn.BatchNorm2d(4), nn.BatchNorm2d(4)),
                          (bnn.BatchNorm1d(3, affine=False), nn.BatchNorm1d(3, affine=False)),
