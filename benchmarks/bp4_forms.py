@@ -1,12 +1,12 @@
 """BP4 of a convolution, ∂C/∂W = Σ_{n,p} δ_{n,p} a_col,n,pᵀ, in its two written-out forms,
 at the shapes of experiments.resnet's convolutions, with ATen's ``convolution_backward``
 (weight only) as the yardstick; then the ResNet training step with each form as the
-default path's BP4.
+default path's BP4 (correlation everywhere, unfolded everywhere, and the default rule).
 
 * correlation: ``conv2d`` with the roles swapped (δ's maps as the kernels), the default
   path's BP4 on the CPU (``bptorch.functions.conv.conv2d_weight_grad``);
 * unfolded: ``unfold`` + one matmul per example, summed (``conv2d_weight_grad_unfold``),
-  the default path's BP4 on the device types in ``BP4_UNFOLD_DEVICES`` (CUDA).
+  the default path's BP4 for 1×1 kernels on the CPU (``bp4_unfolded``).
 
 Timings are interleaved medians (``benchmarks.run.interleaved``), float32, batch 128 as
 the experiment trains.
@@ -84,15 +84,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for r in bp4_rows(args.device, args.batch, args.repeats):
             rows.append(r)
             print(json.dumps(r), flush=True)
-        saved = conv.BP4_UNFOLD_DEVICES
+        rule = conv.bp4_unfolded
         try:
-            for form, devices in (("correlation", set()), ("unfolded", {args.device})):
-                conv.BP4_UNFOLD_DEVICES = devices
+            for form, choose in (("correlation", lambda a, w: False),
+                                 ("unfolded", lambda a, w: True), ("default", rule)):
+                conv.bp4_unfolded = choose
                 r = dict(resnet_row(args.repeats, args.device), bp4=form, device=args.device)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
         finally:
-            conv.BP4_UNFOLD_DEVICES = saved
+            conv.bp4_unfolded = rule
     return rows
 
 

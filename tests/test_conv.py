@@ -39,8 +39,10 @@ CONV_CASES = [
     ((1, 4, 6, 7), (6, 3, 2), (2, 1), (1, 1), (1, 2), 2),  # groups
     ((2, 3, 6, 5), (3, 2, 2), (1, 1), "same", (1, 2), 3),  # even kernel: asymmetric "same"
     ((1, 2, 5, 6), (2, 3, 2), (1, 1), "valid", (2, 1), 1),
+    ((2, 3, 7, 6), (4, 1, 1), (2, 2), (0, 0), (1, 1), 1),  # a ResNet shortcut: 1×1, stride 2
 ]
-CONV_IDS = ["plain", "stride-pad", "uneven", "dilation", "groups", "same-even", "valid"]
+CONV_IDS = ["plain", "stride-pad", "uneven", "dilation", "groups", "same-even", "valid",
+            "1x1-stride2"]
 
 
 def _conv_args(case, device, bias=True, dtype=F64):
@@ -87,9 +89,10 @@ def test_conv2d_paths_match_torch(device, case):
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_conv2d_bp4_forms_agree(device, case, monkeypatch):
-    """The default path's two forms of BP4, the correlation (CPU) and the unfolded matmul
-    (CUDA, ``BP4_UNFOLD_DEVICES``), each give torch's ∂C/∂W under a random upstream
-    gradient on either device, and the unfolded one passes gradgradcheck."""
+    """The default path's two forms of BP4, the correlation and the unfolded matmul
+    (``bp4_unfolded``: 1×1 kernels on the CPU, and the devices in ``BP4_UNFOLD_DEVICES``),
+    each give torch's ∂C/∂W under a random upstream gradient on either device, and the
+    unfolded one passes gradgradcheck."""
     import bptorch.functions.conv as conv
 
     x, w, b, opts = _conv_args(case, device)
@@ -97,11 +100,21 @@ def test_conv2d_bp4_forms_agree(device, case, monkeypatch):
     g = torch.randn_like(z_ref)
     ref = torch.autograd.grad(z_ref, (x, w, b), g)
     fn = lambda x, w, b: Conv2dFunction.apply(x, w, b, *opts, "conv")  # noqa: E731
-    for devices in (set(), {torch.device(device).type}):
-        monkeypatch.setattr(conv, "BP4_UNFOLD_DEVICES", devices)
+    for unfolded in (False, True):
+        monkeypatch.setattr(conv, "bp4_unfolded", lambda a_prev, weight, u=unfolded: u)
         for name, a, c in zip("xwb", torch.autograd.grad(fn(x, w, b), (x, w, b), g), ref):
-            torch.testing.assert_close(a, c, msg=f"BP4 unfolded on {devices}: grad {name}")
+            torch.testing.assert_close(a, c, msg=f"BP4 unfolded={unfolded}: grad {name}")
     assert gradgradcheck(fn, (x, w, b))
+
+
+def test_bp4_form_rule():
+    """The unfolded BP4 for 1×1 kernels on the CPU, the correlation for the rest."""
+    import bptorch.functions.conv as conv
+
+    a = torch.zeros(2, 3, 8, 8)
+    assert conv.bp4_unfolded(a, torch.zeros(4, 3, 1, 1))
+    assert not conv.bp4_unfolded(a, torch.zeros(4, 3, 3, 3))
+    assert not conv.bp4_unfolded(a.to("meta"), torch.zeros(4, 3, 1, 1, device="meta"))
 
 
 class _OpLog(TorchDispatchMode):

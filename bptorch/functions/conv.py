@@ -252,8 +252,8 @@ def conv2d_bwd(ctx: Any, delta: Tensor, a_prev: Tensor, weight: Tensor,
                                        dilation, groups)
     if ctx.needs_input_grad[1]:
         # BP4: ∂C/∂W = Σ_p δ_p a_col,pᵀ, summed over positions and examples: a correlation,
-        # or the unfolded matmul on the device types in BP4_UNFOLD_DEVICES
-        bp4 = (conv2d_weight_grad_unfold if a_prev.device.type in BP4_UNFOLD_DEVICES
+        # or the unfolded matmul where that is faster (bp4_unfolded)
+        bp4 = (conv2d_weight_grad_unfold if bp4_unfolded(a_prev, weight)
                else conv2d_weight_grad)
         grad_weight = bp4(delta, a_prev, weight.shape[2:], stride, padding, dilation, groups)
     if ctx.needs_input_grad[2]:
@@ -281,11 +281,22 @@ def conv2d_fused_bwd(ctx: Any, delta: Tensor, a_prev: Tensor, weight: Tensor,
 
 
 # Device types on which the default path computes BP4 as the unfolded matmul rather than
-# the correlation. None by default: on an H200 (benchmarks/bp4_forms.py, batch 128) the
-# unfolded form won only on the 28×28 maps with 1 or 16 channels, and the ResNet step
-# was 4.03× native with it against 3.69× with the correlation; on the CPU the
+# the correlation, for every kernel. None by default: on an H200 (benchmarks/bp4_forms.py,
+# batch 128) the unfolded form won only on the 28×28 maps with 1 or 16 channels, and the
+# ResNet step was 4.03× native with it against 3.69× with the correlation; on the CPU the
 # correlation wins at every 3×3 shape.
 BP4_UNFOLD_DEVICES: set[str] = set()
+
+
+def bp4_unfolded(a_prev: Tensor, weight: Tensor) -> bool:
+    """Whether the default path takes BP4's unfolded form: on the device types in
+    ``BP4_UNFOLD_DEVICES``, and for 1×1 kernels on the CPU. There the unfolded input is
+    a strided copy of a_prev, no larger, and the correlation's kernel, a whole δ map
+    dilated by the stride, is slow in oneDNN (batch 64, 16 → 32 maps at 28×28, stride 2:
+    7.1 ms against 1.7 ms, ATen's convolution_backward 1.2 ms; one thread)."""
+    device = a_prev.device.type
+    return device in BP4_UNFOLD_DEVICES or (device == "cpu" and weight.shape[2:] == (1, 1))
+
 _BACKWARDS = {"conv": conv2d_bwd, "unfold": conv2d_unfold_bwd, "fused": conv2d_fused_bwd}
 
 
