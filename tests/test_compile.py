@@ -107,6 +107,23 @@ def test_fullgraph_compile_of_a_training_loss(case):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_layer_norm_compiles_once_for_any_number_of_rows():
+    """LayerNorm's backward has no Python loop over rows under compile (its CPU blocks are
+    eager only), so new row counts reuse the dynamic-shape graph: at most two compiles
+    (the first shape, then the dynamic one) for four row counts, gradients as eager's."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    norm = bnn.LayerNorm(16)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda x: norm(x).pow(2).sum(), backend=counter)
+    for rows in (3, 5, 9, 17):
+        x = torch.randn(rows, 16, requires_grad=True)
+        (g,) = torch.autograd.grad(compiled(x), x)
+        (g_eager,) = torch.autograd.grad(norm(x).pow(2).sum(), x)
+        torch.testing.assert_close(g, g_eager)
+    assert counter.frame_count <= 2
+
+
 def test_inference_is_one_graph():
     model, x = _model(), torch.randn(8, 12)
     with torch.no_grad():

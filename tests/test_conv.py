@@ -115,6 +115,21 @@ def test_bp4_form_rule():
     assert conv.bp4_unfolded(a, torch.zeros(4, 3, 1, 1))
     assert not conv.bp4_unfolded(a, torch.zeros(4, 3, 3, 3))
     assert not conv.bp4_unfolded(a.to("meta"), torch.zeros(4, 3, 1, 1, device="meta"))
+    assert conv.bp4_unfolded(a[:0], torch.zeros(4, 3, 3, 3))  # an empty batch
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_conv2d_empty_batch_matches_torch(kernel):
+    """A batch of 0 examples: zero gradients of the right shapes, as torch."""
+    x = torch.randn(0, 3, 6, 5, requires_grad=True)
+    ours = bnn.Conv2d(3, 4, kernel, padding=kernel // 2)
+    theirs = torch.nn.Conv2d(3, 4, kernel, padding=kernel // 2)
+    theirs.load_state_dict(ours.state_dict())
+    g = torch.randn(0, 4, 6, 5)
+    got = torch.autograd.grad(ours(x), (x, ours.weight, ours.bias), g)
+    want = torch.autograd.grad(theirs(x), (x, theirs.weight, theirs.bias), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
 
 
 class _OpLog(TorchDispatchMode):

@@ -153,11 +153,12 @@ def test_layer_norm_module_matches_torch(device, shape, normalized, kw):
 @pytest.mark.parametrize("kw", [{}, {"bias": False}, {"elementwise_affine": False}],
                          ids=["default", "no-bias", "no-affine"])
 def test_layer_norm_row_blocks_match_torch(device, kw, monkeypatch):
-    """The CPU backward runs the rows in blocks of ``ROW_BLOCK``; with blocks of 3, the
-    2·7 rows here make five blocks, the last one short. ∂C/∂γ sums across blocks."""
+    """The CPU backward runs the rows in blocks of ``BLOCK_ELEMENTS`` values; with 60, the
+    2·7 rows of 20 here make five blocks of 3 rows, the last one short. ∂C/∂γ sums across
+    blocks. (On CUDA all rows go at once.)"""
     import bptorch.functions.normalization as norm
 
-    monkeypatch.setattr(norm, "ROW_BLOCK", 3)
+    monkeypatch.setattr(norm, "BLOCK_ELEMENTS", 60)
     ours, theirs = _pair_of("LayerNorm", (4, 5), device=device, **kw)
     _step(ours, theirs, (2, 7, 4, 5), device)
 

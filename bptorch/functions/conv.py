@@ -216,13 +216,21 @@ def conv2d_input_grad(delta: Tensor, weight: Tensor, input_hw: Pair, stride: Pai
 
 def conv2d_weight_grad_unfold(delta: Tensor, a_prev: Tensor, kernel_size: Pair, stride: Pair,
                               padding: Pair, dilation: Pair, groups: int) -> Tensor:
-    """∂C/∂W = Σ_{n,p} δ_{n,p} a_col,n,pᵀ (BP4) literally: one matmul per example on the
-    unfolded patches (k_h·k_w times the input's size, made here and freed), summed."""
-    n, c_out = a_prev.shape[0], delta.shape[1]
-    a_col = unfold(a_prev, kernel_size, dilation, padding, stride).unflatten(1, (groups, -1))
-    delta_col = delta.reshape(n, groups, c_out // groups, -1)  # (N, g, C_out/g, P)
-    grad = (delta_col @ a_col.transpose(2, 3)).sum(0)  # (g, C_out/g, C/g·kh·kw)
-    return grad.reshape(c_out, -1, *kernel_size)
+    """∂C/∂W = Σ_{n,p} δ_{n,p} a_col,n,pᵀ (BP4) literally: one matmul per group over the
+    unfolded patches, summing over examples and positions at once. A 1×1 kernel's patches
+    are single pixels, so a_col is then the (padded) input read at the stride, no unfold.
+    """
+    n, c_in, c_out = a_prev.shape[0], a_prev.shape[1], delta.shape[1]
+    if tuple(kernel_size) == (1, 1):
+        (ph, pw), (sh, sw) = padding, stride
+        a_col = pad(a_prev, (pw, pw, ph, ph))[:, :, ::sh, ::sw]  # (N, C, H_out, W_out)
+    else:
+        a_col = unfold(a_prev, kernel_size, dilation, padding, stride)  # (N, C·kh·kw, P)
+    positions = delta.shape[2] * delta.shape[3]
+    a_col = a_col.reshape(n, groups, a_col.shape[1] // groups, positions)  # (N, g, K, P)
+    delta_col = delta.reshape(n, groups, c_out // groups, positions)  # (N, g, C_out/g, P)
+    grad = torch.einsum("ngop,ngkp->gok", delta_col, a_col)  # Σ_{n,p} δ a_colᵀ, per group
+    return grad.reshape(c_out, c_in // groups, *kernel_size)
 
 
 def conv2d_weight_grad(delta: Tensor, a_prev: Tensor, kernel_size: Pair, stride: Pair,
@@ -282,20 +290,23 @@ def conv2d_fused_bwd(ctx: Any, delta: Tensor, a_prev: Tensor, weight: Tensor,
 
 # Device types on which the default path computes BP4 as the unfolded matmul rather than
 # the correlation, for every kernel. None by default: on an H200 (benchmarks/bp4_forms.py,
-# batch 128) the unfolded form won only on the 28×28 maps with 1 or 16 channels, and the
-# ResNet step was 4.03× native with it against 3.69× with the correlation; on the CPU the
-# correlation wins at every 3×3 shape.
+# batch 128) the unfolded form won only at the two stride-1 3×3 convolutions on 28×28 maps
+# (1 and 16 channels), and the ResNet step was 4.03× native with it against 3.69× with
+# the correlation.
 BP4_UNFOLD_DEVICES: set[str] = set()
 
 
 def bp4_unfolded(a_prev: Tensor, weight: Tensor) -> bool:
     """Whether the default path takes BP4's unfolded form: on the device types in
-    ``BP4_UNFOLD_DEVICES``, and for 1×1 kernels on the CPU. There the unfolded input is
-    a strided copy of a_prev, no larger, and the correlation's kernel, a whole δ map
-    dilated by the stride, is slow in oneDNN (batch 64, 16 → 32 maps at 28×28, stride 2:
-    7.1 ms against 1.7 ms, ATen's convolution_backward 1.2 ms; one thread)."""
+    ``BP4_UNFOLD_DEVICES``; for 1×1 kernels on the CPU, where the "unfolded" input is the
+    input itself read at the stride and the correlation's kernel, a whole δ map dilated by
+    the stride, is slow in oneDNN (one thread, a ResNet shortcut, 16 → 32 maps at 28×28,
+    stride 2, batch 64: 2.3 ms against 0.7 ms, ATen's convolution_backward 1.0 ms); and
+    for an empty batch, where the correlation's kernels would have no channels."""
     device = a_prev.device.type
-    return device in BP4_UNFOLD_DEVICES or (device == "cpu" and weight.shape[2:] == (1, 1))
+    return (device in BP4_UNFOLD_DEVICES or a_prev.shape[0] == 0
+            or (device == "cpu" and tuple(weight.shape[2:]) == (1, 1)))
+
 
 _BACKWARDS = {"conv": conv2d_bwd, "unfold": conv2d_unfold_bwd, "fused": conv2d_fused_bwd}
 

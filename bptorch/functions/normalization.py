@@ -200,12 +200,13 @@ def layer_norm_fwd(x: Tensor, dims: Dims, eps: float, gamma: Tensor | None,
     return y, mean, rstd
 
 
-# rows of a LayerNorm backward taken together on the CPU (see layer_norm_bwd)
-ROW_BLOCK = 512
+# values of a LayerNorm backward taken together on the CPU, in whole rows (see
+# layer_norm_bwd): 512 KB of float32 per tensor
+BLOCK_ELEMENTS = 128 * 1024
 
 
 def layer_norm_bwd(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
-                   gamma: Tensor | None, reduce_dims: Dims, row_dims: Dims,
+                   gamma: Tensor | None, reduce_dims: Dims,
                    need: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
     """:func:`norm_bwd` for LayerNorm, with x̂ = (x − μ)·rstd and rstd per row, γ along
     the row: ∂C/∂γ and the second row mean are matrix-vector products (read-only) with
@@ -221,10 +222,10 @@ def layer_norm_bwd(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
     so not for double backward: there the caller uses :func:`norm_bwd`.
 
     Every row is independent but for the two sums over rows, so on the CPU the rows go
-    through :func:`_layer_norm_bwd_rows` ``ROW_BLOCK`` at a time: each block's tensors
-    (512 rows of 256 floats: 512 KB) stay in cache across its nine passes, where the
-    whole tensor would be read from memory nine times (1.8× faster at (64, 128, 256),
-    ``benchmarks/layers.py``). On other devices, and when compiling, one block.
+    through :func:`_layer_norm_bwd_rows` a block at a time, ``BLOCK_ELEMENTS`` values (at
+    least one row) per block: each block's tensors stay in cache across its nine passes,
+    where the whole tensor would be read from memory nine times. On other devices, and
+    when compiling, all rows at once.
     """
     need_x, need_gamma, need_beta = need
     d = 1
@@ -234,39 +235,43 @@ def layer_norm_bwd(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
     x2, delta2 = x.reshape(rows, d), delta.reshape(rows, d)
     mean2, rstd2 = mean.reshape(rows, 1), rstd.reshape(rows, 1)
     g = None if gamma is None else gamma.reshape(d)
-    grad_input = torch.empty_like(x2) if need_x else None
     grad_gamma = x2.new_zeros(d) if need_gamma else None
     grad_beta = delta2.sum(0) if need_beta else None  # BP3: ∂C/∂β = Σ δ
-    if need_x or need_gamma:
-        cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()
-        block = ROW_BLOCK if cpu else max(rows, 1)
+    grad_input = None
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        if need_x or need_gamma:
+            grad_input = _layer_norm_bwd_rows(delta2, x2, mean2, rstd2, g, need_x, grad_gamma)
+    elif need_x or need_gamma:
+        grad_input = torch.empty_like(x2) if need_x else None
+        block = max(1, BLOCK_ELEMENTS // max(d, 1))
         for i in range(0, rows, block):
             rows_i = slice(i, i + block)
             _layer_norm_bwd_rows(delta2[rows_i], x2[rows_i], mean2[rows_i], rstd2[rows_i], g,
-                                 None if grad_input is None else grad_input[rows_i],
-                                 grad_gamma)
+                                 need_x, grad_gamma,
+                                 None if grad_input is None else grad_input[rows_i])
     return (None if grad_input is None else grad_input.view(x.shape), grad_gamma, grad_beta)
 
 
 def _layer_norm_bwd_rows(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
-                         gamma: Tensor | None, grad_input: Tensor | None,
-                         grad_gamma: Tensor | None) -> None:
-    """:func:`layer_norm_bwd` on a block of rows (rows by D): writes ∂C/∂x into
-    ``grad_input`` and adds the block's share of ∂C/∂γ to ``grad_gamma``."""
+                         gamma: Tensor | None, need_x: bool, grad_gamma: Tensor | None,
+                         out: Tensor | None = None) -> Tensor | None:
+    """:func:`layer_norm_bwd` on rows by D: adds these rows' share of ∂C/∂γ to
+    ``grad_gamma`` and returns ∂C/∂x (if ``need_x``), written into ``out`` if given,
+    else into P's buffer (read for the last time by then)."""
     centred = x - mean  # x − μ, recomputed, not saved
     p = centred * delta  # P = δ ⊙ (x − μ)
     if grad_gamma is not None:
-        grad_gamma.addmv_(p.t(), rstd.view(-1))  # BP4: ∂C/∂γ += Pᵀ rstd, this block's rows
-    if grad_input is None:
-        return
-    d = x.shape[1]
+        grad_gamma.addmv_(p.t(), rstd.view(-1))  # BP4: ∂C/∂γ += Pᵀ rstd, these rows
+    if not need_x:
+        return None
     p_gamma = p @ gamma if gamma is not None else p.sum(1)  # P γ, one value per row
-    dx_hat_x_hat_mean = rstd * p_gamma.view(-1, 1) / d  # mean(∂C/∂x̂ ⊙ x̂)
-    dx_hat = (torch.mul(delta, gamma, out=grad_input) if gamma is not None
-              else grad_input.copy_(delta))  # ∂C/∂x̂ = δ ⊙ γ
+    dx_hat_x_hat_mean = rstd * p_gamma.view(-1, 1) / x.shape[1]  # mean(∂C/∂x̂ ⊙ x̂)
+    out = p if out is None else out
+    dx_hat = (torch.mul(delta, gamma, out=out) if gamma is not None
+              else out.copy_(delta))  # ∂C/∂x̂ = δ ⊙ γ
     dx_hat.sub_(dx_hat.mean(1, keepdim=True))  # − mean(∂C/∂x̂)
     dx_hat.addcmul_(centred, rstd * -dx_hat_x_hat_mean)  # − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂)
-    dx_hat.mul_(rstd)  # ∂C/∂x
+    return dx_hat.mul_(rstd)  # ∂C/∂x
 
 
 # ---------------------------------------------------------------- batch norm
@@ -396,11 +401,11 @@ class LayerNormFunction(BPFunction):
                 delta, x, mean, rstd, weight, reduce_dims, row_dims, need)
         elif x.dtype in (torch.float32, torch.float64):  # the in-place form (speed)
             grad_input, grad_weight, grad_bias = layer_norm_bwd(
-                delta, x, mean, rstd, weight, reduce_dims, row_dims, need)
+                delta, x, mean, rstd, weight, reduce_dims, need)
         else:  # bfloat16/half: the reductions in float32, rounded once at the end, as torch
             grads = layer_norm_bwd(*(None if t is None else t.float()
                                      for t in (delta, x, mean, rstd, weight)),
-                                   reduce_dims, row_dims, need)
+                                   reduce_dims, need)
             grad_input, grad_weight, grad_bias = (
                 None if g is None else g.to(t.dtype)
                 for g, t in zip(grads, (x, weight if weight is not None else x, x)))
