@@ -73,28 +73,36 @@ def bp4_rows(device: str, batch: int, repeats: int) -> list[dict]:
     return out
 
 
+def resnet_rows(device: str, repeats: int) -> list[dict]:
+    """benchmarks.layers' ResNet step with the correlation everywhere, the unfolded form
+    everywhere, and the default rule (``bp4_unfolded``)."""
+    rule, out = conv.bp4_unfolded, []
+    try:
+        for form, choose in (("correlation", lambda a, w: False),
+                             ("unfolded", lambda a, w: True), ("default", rule)):
+            conv.bp4_unfolded = choose
+            out.append(dict(resnet_row(repeats, device), bp4=form, device=device))
+    finally:
+        conv.bp4_unfolded = rule
+    return out
+
+
+def rows(device: str = "cpu", batch: int = 128, repeats: int = 9) -> list[dict]:
+    """The per-convolution rows, then the three ResNet-step rows; one thread on the CPU."""
+    with using_threads(1 if device == "cpu" else torch.get_num_threads()):
+        return bp4_rows(device, batch, repeats) + resnet_rows(device, repeats)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=9)
     args = p.parse_args(argv)
-    rows = []
-    with using_threads(1 if args.device == "cpu" else torch.get_num_threads()):
-        for r in bp4_rows(args.device, args.batch, args.repeats):
-            rows.append(r)
-            print(json.dumps(r), flush=True)
-        rule = conv.bp4_unfolded
-        try:
-            for form, choose in (("correlation", lambda a, w: False),
-                                 ("unfolded", lambda a, w: True), ("default", rule)):
-                conv.bp4_unfolded = choose
-                r = dict(resnet_row(args.repeats, args.device), bp4=form, device=args.device)
-                rows.append(r)
-                print(json.dumps(r), flush=True)
-        finally:
-            conv.bp4_unfolded = rule
-    return rows
+    out = rows(args.device, args.batch, args.repeats)
+    for r in out:
+        print(json.dumps(r), flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -631,6 +631,22 @@ def section_layers(quick: bool, targets: list[Target], compile: bool = True,
                  "(benchmarks/layers.py)", cols, [[r.get(c, "") for c in cols] for r in rows])
 
 
+def section_bp4(quick: bool) -> Table | None:
+    """BP4's two written-out forms at the ResNet's convolutions (benchmarks/bp4_forms.py)."""
+    try:
+        from . import bp4_forms
+    except ImportError:
+        return None
+    batch = 32 if quick else 128
+    rows = bp4_forms.rows("cpu", batch, 5 if quick else 9)
+    cols = list(dict.fromkeys(k for r in rows for k in r
+                              if k not in ("target", "ok", "device")
+                              and not k.startswith(("saved", "kept"))))
+    return Table(f"BP4 of each ResNet convolution, correlation vs unfolded vs ATen, batch "
+                 f"{batch}, 1 thread; then the ResNet step (batch 64) with each form "
+                 "(benchmarks/bp4_forms.py)", cols, [[r.get(c, "") for c in cols] for r in rows])
+
+
 # -- report ---------------------------------------------------------------------------
 def machine() -> str:
     cpu = platform.processor() or "unknown"
@@ -689,7 +705,8 @@ def main(argv: list[str] | None = None) -> str:
                                            section_sequence(args.quick, targets,
                                                             not args.no_compile, args.threads),
                                            section_layers(args.quick, targets,
-                                                          not args.no_compile, args.threads)]:
+                                                          not args.no_compile, args.threads),
+                                           section_bp4(args.quick)]:
         if tab is not None:
             tables.append(tab)
             print(tab.markdown(), flush=True)
