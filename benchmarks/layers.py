@@ -30,6 +30,7 @@ compiled ResNet step ≤ 1.2× compiled native; saved bytes ≤ native for every
     python -m benchmarks.layers                  # full (compiling the ResNet takes minutes)
     python -m benchmarks.layers --quick --no-compile
     python -m benchmarks.layers --profile        # BatchNorm's and LayerNorm's top ops
+    python -m benchmarks.layers --fused-conv     # ResNet rows with ATen's conv backward
 """
 from __future__ import annotations
 
@@ -116,6 +117,11 @@ def _layer_row(name: str, key: str, ours: nn.Module, theirs: nn.Module, x: torch
 
 
 # ---------------------------------------------------------------- the ResNet step
+# --fused-conv: every bptorch Conv2d of the ResNet uses fused_backward=True (ATen's
+# convolution_backward for BP2 and BP4), to measure what the written-out conv costs
+FUSED_CONV = False
+
+
 def resnet_pair(device: str = "cpu") -> tuple[nn.Module, nn.Module]:
     """experiments.resnet's net in bptorch and in torch.nn, same (He-initialised) weights."""
     from experiments.resnet import DEFAULTS, build_net, he_init
@@ -125,6 +131,9 @@ def resnet_pair(device: str = "cpu") -> tuple[nn.Module, nn.Module]:
     he_init(ours)
     theirs = build_net(DEFAULTS, nn)
     theirs.load_state_dict(ours.state_dict())
+    for m in ours.modules():
+        if isinstance(m, bnn.Conv2d):
+            m.fused_backward = FUSED_CONV
     return ours.to(device).train(), theirs.to(device).train()
 
 
@@ -242,12 +251,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--no-compile", action="store_true",
                    help="skip the compiled ResNet row (compiling takes minutes)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--fused-conv", action="store_true",
+                   help="the ResNet rows with Conv2d(fused_backward=True) throughout")
     p.add_argument("--profile", action="store_true",
                    help="print torch.profiler's top ops of BatchNorm and LayerNorm instead")
     args = p.parse_args(argv)
     if args.profile:
         print(profile(args.threads))
         return []
+    global FUSED_CONV
+    FUSED_CONV = args.fused_conv
     result = rows(args.quick, not args.no_compile, args.threads, args.device)
     for r in result:
         print(json.dumps(r))

@@ -632,19 +632,23 @@ def section_layers(quick: bool, targets: list[Target], compile: bool = True,
 
 
 def section_bp4(quick: bool) -> Table | None:
-    """BP4's two written-out forms at the ResNet's convolutions (benchmarks/bp4_forms.py)."""
+    """BP4's two written-out forms at the ResNet's convolutions (benchmarks/bp4_forms.py);
+    the ResNet step with each form in the note."""
     try:
         from . import bp4_forms
     except ImportError:
         return None
     batch = 32 if quick else 128
     rows = bp4_forms.rows("cpu", batch, 5 if quick else 9)
-    cols = list(dict.fromkeys(k for r in rows for k in r
-                              if k not in ("target", "ok", "device")
-                              and not k.startswith(("saved", "kept"))))
+    convs, steps = [r for r in rows if "bp4" not in r], [r for r in rows if "bp4" in r]
+    cols = list(convs[0])
+    note = ("ResNet train step (batch 64), bptorch/native with BP4 as "
+            + ", ".join(f"{r['bp4']}: {_fmt(r['ratio'])} ({_fmt(r['bptorch_ms'])} ms against "
+                        f"{_fmt(r['native_ms'])} ms)" for r in steps)
+            + ". The default: the unfolded form for 1×1 kernels, the correlation otherwise.")
     return Table(f"BP4 of each ResNet convolution, correlation vs unfolded vs ATen, batch "
-                 f"{batch}, 1 thread; then the ResNet step (batch 64) with each form "
-                 "(benchmarks/bp4_forms.py)", cols, [[r.get(c, "") for c in cols] for r in rows])
+                 f"{batch}, 1 thread (benchmarks/bp4_forms.py)", cols,
+                 [[r[c] for c in cols] for r in convs], note=note)
 
 
 # -- report ---------------------------------------------------------------------------
