@@ -40,9 +40,10 @@ CONV_CASES = [
     ((2, 3, 6, 5), (3, 2, 2), (1, 1), "same", (1, 2), 3),  # even kernel: asymmetric "same"
     ((1, 2, 5, 6), (2, 3, 2), (1, 1), "valid", (2, 1), 1),
     ((2, 3, 7, 6), (4, 1, 1), (2, 2), (0, 0), (1, 1), 1),  # a ResNet shortcut: 1×1, stride 2
+    ((1, 4, 5, 6), (2, 1, 1), (2, 1), (1, 0), (1, 1), 2),  # 1×1, padded, uneven, groups
 ]
 CONV_IDS = ["plain", "stride-pad", "uneven", "dilation", "groups", "same-even", "valid",
-            "1x1-stride2"]
+            "1x1-stride2", "1x1-pad-groups"]
 
 
 def _conv_args(case, device, bias=True, dtype=F64):
