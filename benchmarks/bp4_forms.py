@@ -4,9 +4,10 @@ at the shapes of experiments.resnet's convolutions, with ATen's ``convolution_ba
 default path's BP4 (correlation everywhere, unfolded everywhere, and the default rule).
 
 * correlation: ``conv2d`` with the roles swapped (δ's maps as the kernels), the default
-  path's BP4 on the CPU (``bptorch.functions.conv.conv2d_weight_grad``);
-* unfolded: ``unfold`` + one matmul per example, summed (``conv2d_weight_grad_unfold``),
-  the default path's BP4 for 1×1 kernels on the CPU (``bp4_unfolded``).
+  path's BP4 (``bptorch.functions.conv.conv2d_weight_grad``);
+* unfolded: ``unfold`` (for 1×1 kernels, the input read at the stride), then one einsum
+  over examples and positions (``conv2d_weight_grad_unfold``), the default path's BP4 for
+  1×1 kernels on the CPU and for an empty batch (``bp4_unfolded``).
 
 Timings are interleaved medians (``benchmarks.run.interleaved``), float32, batch 128 as
 the experiment trains.

@@ -117,13 +117,10 @@ def _layer_row(name: str, key: str, ours: nn.Module, theirs: nn.Module, x: torch
 
 
 # ---------------------------------------------------------------- the ResNet step
-# --fused-conv: every bptorch Conv2d of the ResNet uses fused_backward=True (ATen's
-# convolution_backward for BP2 and BP4), to measure what the written-out conv costs
-FUSED_CONV = False
-
-
-def resnet_pair(device: str = "cpu") -> tuple[nn.Module, nn.Module]:
-    """experiments.resnet's net in bptorch and in torch.nn, same (He-initialised) weights."""
+def resnet_pair(device: str = "cpu", fused_conv: bool = False) -> tuple[nn.Module, nn.Module]:
+    """experiments.resnet's net in bptorch and in torch.nn, same (He-initialised) weights.
+    ``fused_conv``: every bptorch Conv2d with ``fused_backward=True`` (ATen's
+    convolution_backward for BP2 and BP4), to measure what the written-out conv costs."""
     from experiments.resnet import DEFAULTS, build_net, he_init
 
     torch.manual_seed(0)
@@ -133,7 +130,7 @@ def resnet_pair(device: str = "cpu") -> tuple[nn.Module, nn.Module]:
     theirs.load_state_dict(ours.state_dict())
     for m in ours.modules():
         if isinstance(m, bnn.Conv2d):
-            m.fused_backward = FUSED_CONV
+            m.fused_backward = fused_conv
     return ours.to(device).train(), theirs.to(device).train()
 
 
@@ -141,6 +138,12 @@ def resnet_data(device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     return (torch.randn(RESNET_BATCH, 1, 28, 28, generator=g).to(device),
             torch.randint(0, 10, (RESNET_BATCH,), generator=g).to(device))
+
+
+def _step_min_time(device: str) -> float:
+    """interleaved's min_time for a training step: on the CPU one step a sample (≈ 50 ms+);
+    on a GPU enough steps for 20 ms."""
+    return 0.0 if device == "cpu" else 0.02
 
 
 def _train_step(loss: Callable, opt: torch.optim.Optimizer, x, y) -> Callable[[], None]:
@@ -151,16 +154,15 @@ def _train_step(loss: Callable, opt: torch.optim.Optimizer, x, y) -> Callable[[]
     return step
 
 
-def resnet_row(repeats: int, device: str = "cpu") -> dict:
-    ours, theirs = resnet_pair(device)
+def resnet_row(repeats: int, device: str = "cpu", fused_conv: bool = False) -> dict:
+    ours, theirs = resnet_pair(device, fused_conv)
     x, y = resnet_data(device)
     cost_b, cost_n = bnn.LogLikelihoodCost(logits=True), nn.CrossEntropyLoss()
     loss_b = lambda x, y: cost_b(ours(x), y)  # noqa: E731
     loss_n = lambda x, y: cost_n(theirs(x), y)  # noqa: E731
     fns = {"bptorch": _train_step(loss_b, torch.optim.SGD(ours.parameters(), lr=0.01), x, y),
            "native": _train_step(loss_n, torch.optim.SGD(theirs.parameters(), lr=0.01), x, y)}
-    med, rounds = interleaved(fns, repeats, min_time=0.0 if device == "cpu" else 0.02,
-                              device=device)  # on the CPU one step a sample (≈ 50 ms+)
+    med, rounds = interleaved(fns, repeats, min_time=_step_min_time(device), device=device)
     r = ratio(rounds, "bptorch", "native")
     leaves = [x, y, *ours.parameters(), *theirs.parameters()]
     _, bb, _ = saved_bytes(lambda: loss_b(x, y))
@@ -173,12 +175,12 @@ def resnet_row(repeats: int, device: str = "cpu") -> dict:
             "kept_bytes_native": kept_bytes(lambda: loss_n(x, y), leaves)}
 
 
-def compiled_resnet_row(repeats: int, device: str = "cpu") -> dict:
+def compiled_resnet_row(repeats: int, device: str = "cpu", fused_conv: bool = False) -> dict:
     """Both ResNet steps with forward + cost under torch.compile(fullgraph=True)."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    ours, theirs = resnet_pair(device)
+    ours, theirs = resnet_pair(device, fused_conv)
     x, y = resnet_data(device)
     cost_b, cost_n = bnn.LogLikelihoodCost(logits=True), nn.CrossEntropyLoss()
     breaks = torch._dynamo.explain(lambda x, y: cost_b(ours(x), y))(x, y).graph_break_count
@@ -193,7 +195,7 @@ def compiled_resnet_row(repeats: int, device: str = "cpu") -> dict:
         f()
         compile_s[k] = time.perf_counter() - start
     med, rounds = interleaved(fns, repeats, warmup=2, device=device,
-                              min_time=0.0 if device == "cpu" else 0.02)
+                              min_time=_step_min_time(device))
     r = ratio(rounds, "bptorch", "native")
     return {"case": f"ResNet train step, batch {RESNET_BATCH}, torch.compile both",
             "bptorch_ms": med["bptorch"] * 1e3, "native_ms": med["native"] * 1e3, "ratio": r,
@@ -203,16 +205,16 @@ def compiled_resnet_row(repeats: int, device: str = "cpu") -> dict:
 
 
 def rows(quick: bool = False, compile: bool = True, threads: int = 1,
-         device: str = "cpu") -> list[dict]:
+         device: str = "cpu", fused_conv: bool = False) -> list[dict]:
     """One row per case: median ms, bptorch/native, target, bytes saved for backward."""
     repeats = 5 if quick else 15
     out = []
     with using_threads(threads):
         for case in layer_cases(device):
             out.append(_layer_row(*case, repeats))
-        out.append(resnet_row(3 if quick else 9, device))
+        out.append(resnet_row(3 if quick else 9, device, fused_conv))
         if compile:
-            out.append(compiled_resnet_row(3 if quick else 9, device))
+            out.append(compiled_resnet_row(3 if quick else 9, device, fused_conv))
     for r in out:
         r["device"] = device
     return out
@@ -259,9 +261,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.profile:
         print(profile(args.threads))
         return []
-    global FUSED_CONV
-    FUSED_CONV = args.fused_conv
-    result = rows(args.quick, not args.no_compile, args.threads, args.device)
+    result = rows(args.quick, not args.no_compile, args.threads, args.device, args.fused_conv)
     for r in result:
         print(json.dumps(r))
     for t in targets(result):

@@ -302,8 +302,8 @@ def bp4_unfolded(a_prev: Tensor, weight: Tensor) -> bool:
     input itself read at the stride and the correlation's kernel, a whole δ map dilated by
     the stride, is slow in oneDNN (one thread, a ResNet shortcut, 16 → 32 maps at 28×28,
     stride 2, batch 128: 5.7 ms against 2.3 ms, ATen's convolution_backward 2.2 ms;
-    benchmarks/RESULTS.md); and
-    for an empty batch, where the correlation's kernels would have no channels."""
+    benchmarks/RESULTS.md); and for an empty batch, where the correlation's kernels would
+    have no channels."""
     device = a_prev.device.type
     return (device in BP4_UNFOLD_DEVICES or a_prev.shape[0] == 0
             or (device == "cpu" and tuple(weight.shape[2:]) == (1, 1)))

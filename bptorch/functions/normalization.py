@@ -237,11 +237,11 @@ def layer_norm_bwd(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
     g = None if gamma is None else gamma.reshape(d)
     grad_gamma = x2.new_zeros(d) if need_gamma else None
     grad_beta = delta2.sum(0) if need_beta else None  # BP3: ∂C/∂β = Σ δ
-    grad_input = None
+    if not (need_x or need_gamma):
+        return None, grad_gamma, grad_beta
     if x.device.type != "cpu" or torch.compiler.is_compiling():
-        if need_x or need_gamma:
-            grad_input = _layer_norm_bwd_rows(delta2, x2, mean2, rstd2, g, need_x, grad_gamma)
-    elif need_x or need_gamma:
+        grad_input = _layer_norm_bwd_rows(delta2, x2, mean2, rstd2, g, need_x, grad_gamma)
+    else:
         grad_input = torch.empty_like(x2) if need_x else None
         block = max(1, BLOCK_ELEMENTS // max(d, 1))
         for i in range(0, rows, block):
