@@ -150,6 +150,18 @@ def test_layer_norm_module_matches_torch(device, shape, normalized, kw):
     _assert_same_state(ours, theirs)
 
 
+def test_layer_norm_parameter_grads_without_input_grad(device):
+    """An input that needs no gradient (a first layer on data): ∂C/∂γ and ∂C/∂β alone,
+    as torch's."""
+    ours, theirs = _pair_of("LayerNorm", 6, device=device)
+    x = torch.randn(4, 5, 6, device=device) * 3 + 1
+    g = torch.randn(4, 5, 6, device=device)
+    got = torch.autograd.grad(ours(x), [ours.weight, ours.bias], g)
+    want = torch.autograd.grad(theirs(x), [theirs.weight, theirs.bias], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("kw", [{}, {"bias": False}, {"elementwise_affine": False}],
                          ids=["default", "no-bias", "no-affine"])
 def test_layer_norm_row_blocks_match_torch(device, kw, monkeypatch):
