@@ -156,9 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.busy",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="5,000 images, 1 round")
-    ap.add_argument("--images", type=cli.positive_int, help="training images per epoch (default 20,000)")
+    ap.add_argument("--images", type=cli.positive_int,
+                    help="training images per epoch (default 20,000)")
     ap.add_argument("--rounds", type=cli.positive_int, help="interleaved rounds (default 3)")
-    ap.add_argument("--hogs", type=cli.non_negative_int, default=2, help="busy-loop processes (default 2)")
+    ap.add_argument("--hogs", type=cli.non_negative_int, default=2,
+                    help="busy-loop processes (default 2)")
     ap.add_argument("--hog-seconds", type=cli.positive_float, default=300.0,
                     help="each busy loop ends itself after this long (default 300)")
     ap.add_argument("--new-session", action="store_true",

@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lmbda", type=cli.non_negative_float, help="L2 regularisation λ")
     p.add_argument("--eta-decay", type=cli.positive_float,
                    help="multiply η by this after every epoch (modern preset: 0.8)")
-    p.add_argument("--seed", type=cli.non_negative_int, help="weights, shuffles, dropout masks (default 0)")
+    p.add_argument("--seed", type=cli.non_negative_int,
+                   help="weights, shuffles, dropout masks (default 0)")
     cli.add_engine(p, ("bptorch", "native"), None, help_default="bptorch")
     p.add_argument("--train-size", type=cli.positive_int,
                    help="train on the first N images (before expansion; default all 50,000)")
@@ -237,10 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads "
                         "from the work per step (default auto)")
-    p.add_argument("--json", metavar="PATH", type=cli.json_path, help="write config and history here")
+    p.add_argument("--json", metavar="PATH", type=cli.json_path,
+                   help="write config and history here")
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw the learning curves here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.existing_file, help="plot saved runs (needs --plot)")
+    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.existing_file,
+                   help="plot saved runs (needs --plot)")
     p.add_argument("--save-test-probs", metavar="PATH",
                    help="save softmax(z^L) on the test set (.pt), for --ensemble")
     p.add_argument("--ensemble", metavar="PATH", nargs="+", type=cli.existing_file,

@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default mnist")
     p.add_argument("--epochs", type=cli.non_negative_int, help=f"default {d['epochs']}")
     p.add_argument("--batch-size", type=cli.positive_int, help=f"default {d['batch_size']}")
-    p.add_argument("--seed", type=cli.non_negative_int, help="weights, feedback matrices, shuffles, dropout "
+    p.add_argument("--seed", type=cli.non_negative_int,
+                   help="weights, feedback matrices, shuffles, dropout "
                    f"(default {d['seed']})")
     p.add_argument("--optimizer", choices=["adam", "sgd"],
                    help="default: the rule's (RULE_CONFIGS); sgd has momentum 0.9")
@@ -192,13 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the rule's)")
     p.add_argument("--gamma", type=cli.positive_float, help="default: the rule's")
     p.add_argument("--dropout", type=cli.probability, help=f"mlp only (default {d['dropout']})")
-    p.add_argument("--train-size", type=cli.positive_int, help="the first N of the 60,000 (default all)")
+    p.add_argument("--train-size", type=cli.positive_int,
+                   help="the first N of the 60,000 (default all)")
     p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--diagnostics", action="store_true", default=None,
                    help="record the alignment angle per layer each epoch")
     p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto (bptorch.threads; default auto)")
-    p.add_argument("--json", metavar="PATH", type=cli.json_path, help="write config and history here")
+    p.add_argument("--json", metavar="PATH", type=cli.json_path,
+                   help="write config and history here")
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw test error and alignment here (.png, .pdf, .svg, ...)")
     p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.existing_file,

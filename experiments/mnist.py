@@ -189,10 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=cli.HelpFormatter)
     d = DEFAULTS  # every default is None here, so that we can tell what was given
     p.add_argument("--preset", choices=list(PRESETS), help="one of the book's configurations")
-    p.add_argument("--sizes", type=cli.positive_int, nargs="+", help=f"layer sizes (default {d['sizes']})")
+    p.add_argument("--sizes", type=cli.positive_int, nargs="+",
+                   help=f"layer sizes (default {d['sizes']})")
     p.add_argument("--epochs", type=cli.non_negative_int,
                    help=f"0: evaluate only (default {d['epochs']})")
-    p.add_argument("--batch-size", type=cli.positive_int, help=f"mini-batch size m (default {d['batch_size']})")
+    p.add_argument("--batch-size", type=cli.positive_int,
+                   help=f"mini-batch size m (default {d['batch_size']})")
     p.add_argument("--eta", type=cli.positive_float, help=f"learning rate η (default {d['eta']})")
     p.add_argument("--lmbda", type=cli.non_negative_float,
                    help="L2 λ: W ← (1 − ηλ/n) W, n = training-set size; biases not decayed "
@@ -207,13 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=cli.non_negative_int, help=f"default {d['seed']}")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default mnist")
     p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
-    p.add_argument("--train-size", type=cli.positive_int, help="train on the first N images (default all)")
+    p.add_argument("--train-size", type=cli.positive_int,
+                   help="train on the first N images (default all)")
     p.add_argument("--device", type=cli.device, help="default cpu")
     cli.add_engine(p, ENGINES, None, help_default="explicit")
     p.add_argument("--diagnostics", action="store_true", default=None,
                    help="record bptorch.diagnostics.measure on 1000 training images per epoch "
                         "and print each layer's speed of learning")
-    p.add_argument("--json", metavar="PATH", type=cli.json_path, help="write config and history here")
+    p.add_argument("--json", metavar="PATH", type=cli.json_path,
+                   help="write config and history here")
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw the learning curves here (.png, .pdf, .svg, ...)")
     p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.existing_file,

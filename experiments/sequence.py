@@ -187,32 +187,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=cli.positive_int, help="transformer: patch side (default 7)")
     p.add_argument("--dim", type=cli.positive_int, help="transformer: embedding width (default 64)")
     p.add_argument("--depth", type=cli.positive_int, help="transformer: blocks (default 4)")
-    p.add_argument("--heads", type=cli.positive_int, help="transformer: attention heads (default 4)")
-    p.add_argument("--mlp", type=cli.positive_int, help="transformer: MLP hidden width (default 128)")
+    p.add_argument("--heads", type=cli.positive_int,
+                   help="transformer: attention heads (default 4)")
+    p.add_argument("--mlp", type=cli.positive_int,
+                   help="transformer: MLP hidden width (default 128)")
     p.add_argument("--pool", choices=["cls", "mean"],
                    help="transformer: classify from a class token or the mean token "
                         "(default cls)")
     p.add_argument("--optimizer", choices=["adam", "adamw"],
                    help="default adam (lstm), adamw (transformer)")
     p.add_argument("--eta", type=cli.positive_float, help="learning rate (default 2e-3)")
-    p.add_argument("--eta-decay", type=cli.positive_float, help="multiply η by this after every epoch "
+    p.add_argument("--eta-decay", type=cli.positive_float,
+                   help="multiply η by this after every epoch "
                                                    "(default 0.8 (lstm), 0.75 (transformer))")
-    p.add_argument("--warmup", type=cli.non_negative_int, help="ramp η up linearly over this many first steps "
+    p.add_argument("--warmup", type=cli.non_negative_int,
+                   help="ramp η up linearly over this many first steps "
                                               "(default 0 (lstm), 100 (transformer))")
-    p.add_argument("--weight-decay", type=cli.non_negative_float, help="default 0 (lstm), 0.05 (transformer)")
+    p.add_argument("--weight-decay", type=cli.non_negative_float,
+                   help="default 0 (lstm), 0.05 (transformer)")
     p.add_argument("--epochs", type=cli.non_negative_int, help="default 12")
-    p.add_argument("--batch-size", type=cli.positive_int, help="default 128 (lstm), 64 (transformer)")
+    p.add_argument("--batch-size", type=cli.positive_int,
+                   help="default 128 (lstm), 64 (transformer)")
     p.add_argument("--seed", type=cli.non_negative_int, help="weights and shuffles (default 0)")
     cli.add_engine(p, ("bptorch", "native"), None, help_default="bptorch")
-    p.add_argument("--train-size", type=cli.positive_int, help="train on the first N images (default all "
+    p.add_argument("--train-size", type=cli.positive_int,
+                   help="train on the first N images (default all "
                                                   "50,000)")
     p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto (default auto)")
-    p.add_argument("--json", metavar="PATH", type=cli.json_path, help="write config and history here")
+    p.add_argument("--json", metavar="PATH", type=cli.json_path,
+                   help="write config and history here")
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw the learning curves here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.existing_file, help="plot saved runs (needs --plot)")
+    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.existing_file,
+                   help="plot saved runs (needs --plot)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 

@@ -109,16 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-images", type=cli.positive_int, default=d["n_images"],
                    help="first N training images (default 1000)")
-    p.add_argument("--hidden", type=cli.positive_int, default=d["hidden"], help="hidden size H (default 128)")
+    p.add_argument("--hidden", type=cli.positive_int, default=d["hidden"],
+                   help="hidden size H (default 128)")
     p.add_argument("--models", nargs="+", default=d["models"], choices=MODELS)
     p.add_argument("--seeds", type=cli.positive_int, default=d["seeds"],
                    help="initialisations averaged (seeds seed .. seed + seeds − 1; default 5)")
-    p.add_argument("--seed", type=cli.non_negative_int, default=d["seed"], help="the first seed (default 0)")
+    p.add_argument("--seed", type=cli.non_negative_int, default=d["seed"],
+                   help="the first seed (default 0)")
     p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--json", metavar="PATH", type=cli.json_path, help="write config and norms here")
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw ‖∂C/∂h_t‖ against t here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", type=cli.existing_file, help="plot a saved JSON instead of running")
+    p.add_argument("--from-json", metavar="PATH", type=cli.existing_file,
+                   help="plot a saved JSON instead of running")
     p.add_argument("--threads", type=cli.threads, default=d["threads"],
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads from "
                         "the LSTM's forward + backward (default auto)")
