@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float",
-           "finite_float", "probability", "device", "existing_file", "json_path", "plot_path",
+           "finite_float", "probability", "device", "existing_file", "json_file", "folder", "json_path", "plot_path",
            "output_path", "threads", "thread_count", "alias", "choices_help", "HelpFormatter",
            "ENGINES", "OLD_ENGINE_NAMES", "add_engine"]
 
@@ -158,6 +158,29 @@ def existing_file(value: str) -> str:
     if not path.is_file():
         why = "a directory" if path.is_dir() else "no such file"
         raise argparse.ArgumentTypeError(f"expected an existing file, got {value!r} ({why})")
+    return value
+
+
+@_checked("/nonexistent/run.json", ".", __file__)
+def json_file(value: str) -> str:
+    """An existing file that holds JSON: ``--from-json``, saved results to replot."""
+    import json
+
+    existing_file(value)
+    try:
+        json.loads(Path(value).expanduser().read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON file, got {value!r} "
+                                         f"({type(e).__name__}: {e})") from None
+    return value
+
+
+@_checked(__file__)
+def folder(value: str) -> str:
+    """A folder, created when missing (``--data-dir``): refused only if a file is there."""
+    if Path(value).expanduser().is_file():
+        raise argparse.ArgumentTypeError(f"expected a folder (created if missing), got "
+                                         f"{value!r} (a file)")
     return value
 
 

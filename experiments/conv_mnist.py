@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_engine(p, ("bptorch", "native"), None, help_default="bptorch")
     p.add_argument("--train-size", type=cli.positive_int,
                    help="train on the first N images (before expansion; default all 50,000)")
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads "
                         "from the work per step (default auto)")
@@ -242,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write config and history here")
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw the learning curves here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.existing_file,
+    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
                    help="plot saved runs (needs --plot)")
     p.add_argument("--save-test-probs", metavar="PATH",
                    help="save softmax(z^L) on the test set (.pt), for --ensemble")
@@ -352,6 +353,7 @@ def _main(argv: Sequence[str] | None) -> dict:
              float((logits(net, x_val).argmax(1) == y_val).float().mean())}
     results = {"config": config, "history": history, "final": final}
     if args.save_test_probs:
+        Path(args.save_test_probs).parent.mkdir(parents=True, exist_ok=True)
         torch.save(probs, args.save_test_probs)
     save_results(results, args.json, args.plot)
     return results

@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=cli.probability, help=f"mlp only (default {d['dropout']})")
     p.add_argument("--train-size", type=cli.positive_int,
                    help="the first N of the 60,000 (default all)")
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--diagnostics", action="store_true", default=None,
                    help="record the alignment angle per layer each epoch")
     p.add_argument("--threads", type=cli.threads,
@@ -204,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write config and history here")
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw test error and alignment here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.existing_file,
+    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
                    help="saved runs: plot them (with --plot) or tabulate them (with --table)")
     p.add_argument("--table", action="store_true",
                    help="with --from-json: print a markdown table of the runs' best-epoch test "

@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {d['init']})")
     p.add_argument("--seed", type=cli.non_negative_int, help=f"default {d['seed']}")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default mnist")
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--train-size", type=cli.positive_int,
                    help="train on the first N images (default all)")
     p.add_argument("--device", type=cli.device, help="default cpu")
@@ -220,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write config and history here")
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw the learning curves here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.existing_file,
+    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
                    help="with --plot: replot these results without training")
     p.add_argument("--save", metavar="PATH", help="checkpoint: state_dict and config")
     p.add_argument("--load", metavar="PATH", type=cli.existing_file,
@@ -441,6 +442,7 @@ def _main(argv: Sequence[str] | None) -> dict:
         state = model.state_dict()
         if c["engine"] == "native":
             state = _from_native_keys(state)
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)  # as --json's folder
         torch.save({"model": {k: v.cpu() for k, v in state.items()}, "config": config}, args.save)
     save_results(results, args.json, args.plot)
     return results

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m experiments.plot_diagnostics",
                                 description=__doc__.splitlines()[0])
-    p.add_argument("json", nargs="+", type=cli.existing_file,
+    p.add_argument("json", nargs="+", type=cli.json_file,
                    help="experiments.mnist --diagnostics --json outputs")
     p.add_argument("--plot", metavar="PATH", required=True, type=cli.plot_path,
                    help="the figure to write (.png, .pdf, .svg, ...)")

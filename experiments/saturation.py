@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", type=cli.json_path, help="write config and runs here")
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw output, cost and speed here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", type=cli.existing_file,
+    p.add_argument("--from-json", metavar="PATH", type=cli.json_file,
                    help="plot a saved JSON instead of running")
     p.add_argument("--threads", type=cli.threads, default=DEFAULTS["threads"],
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads "

@@ -213,14 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=cli.positive_int,
                    help="train on the first N images (default all "
                                                   "50,000)")
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto (default auto)")
     p.add_argument("--json", metavar="PATH", type=cli.json_path,
                    help="write config and history here")
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw the learning curves here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.existing_file,
+    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
                    help="plot saved runs (needs --plot)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p

@@ -125,12 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=cli.non_negative_int, default=d["seed"],
                    help="the trained initialisation")
     p.add_argument("--device", type=cli.device, default=d["device"], help="default cpu")
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--json", metavar="PATH", type=cli.json_path,
                    help="write config and speeds here")
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw speed vs epoch here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", type=cli.existing_file,
+    p.add_argument("--from-json", metavar="PATH", type=cli.json_file,
                    help="plot a saved JSON instead of running")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=cli.threads, default=d["threads"],

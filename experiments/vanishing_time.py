@@ -116,11 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initialisations averaged (seeds seed .. seed + seeds − 1; default 5)")
     p.add_argument("--seed", type=cli.non_negative_int, default=d["seed"],
                    help="the first seed (default 0)")
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--json", metavar="PATH", type=cli.json_path, help="write config and norms here")
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw ‖∂C/∂h_t‖ against t here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", type=cli.existing_file,
+    p.add_argument("--from-json", metavar="PATH", type=cli.json_file,
                    help="plot a saved JSON instead of running")
     p.add_argument("--threads", type=cli.threads, default=d["threads"],
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads from "

@@ -35,8 +35,8 @@ def script_modules() -> list[str]:
 
 SCRIPTS = script_modules()
 
-# flags whose value is free text: a folder created when missing, a file to write, labels
-FREE_TEXT = {"--data-dir", "--save", "--save-test-probs", "--labels"}
+# flags whose value is free text: a file to write (any name), legend labels
+FREE_TEXT = {"--save", "--save-test-probs", "--labels"}
 
 
 def parse_error(parser: argparse.ArgumentParser, argv: list[str], capsys) -> str:
@@ -76,6 +76,9 @@ def one_flag(flag: str, type_) -> argparse.ArgumentParser:
     (cli.existing_file, "missing.pt", "expected an existing file, got 'missing.pt' (no such file)"),
     (cli.existing_file, ".", "expected an existing file, got '.' (a directory)"),
     (cli.json_path, "out.txt", "expected a file name ending in .json, got 'out.txt'"),
+    (cli.json_file, "missing.json", "expected an existing file, got 'missing.json' (no such "
+                                    "file)"),
+    (cli.folder, __file__, f"expected a folder (created if missing), got {__file__!r} (a file)"),
     (cli.output_path(".md"), "out", "expected a file name ending in .md, got 'out'"),
     (cli.plot_path, "curves.txt", "expected a file name ending in a format matplotlib writes "
                                   "(.avif, .eps, .gif, .jpeg, .jpg, .pdf"),
@@ -100,6 +103,17 @@ def test_good_values_pass_through(type_, value, parsed):
 def test_existing_file_accepts_a_file(tmp_path):
     (tmp_path / "r.json").write_text("{}")
     assert cli.existing_file(str(tmp_path / "r.json")) == str(tmp_path / "r.json")
+    assert cli.json_file(str(tmp_path / "r.json")) == str(tmp_path / "r.json")
+    assert cli.folder(str(tmp_path / "new")) == str(tmp_path / "new")  # made when used
+    assert cli.folder(str(tmp_path)) == str(tmp_path)
+
+
+def test_json_file_refuses_what_is_not_json(tmp_path, capsys):
+    (tmp_path / "run.json").write_text("Epoch 0: 9000 / 10000\n")
+    err = parse_error(one_flag("--from-json", cli.json_file),
+                      ["--from-json", str(tmp_path / "run.json")], capsys)
+    assert (f"argument --from-json: expected a JSON file, got {str(tmp_path / 'run.json')!r} "
+            "(JSONDecodeError: Expecting value: line 1 column 1 (char 0))") in err, err
 
 
 def test_device_names_this_machines_devices():
@@ -271,7 +285,8 @@ def test_every_script_has_help(name, capsys):
 
 
 # -- one vocabulary: the same flag, the same type, in every script -----------------------------
-SAME = {"--json": cli.json_path, "--plot": cli.plot_path, "--from-json": cli.existing_file,
+SAME = {"--json": cli.json_path, "--plot": cli.plot_path, "--from-json": cli.json_file,
+        "--data-dir": cli.folder,
         "--load": cli.existing_file, "--device": cli.device, "--train-size": cli.positive_int,
         "--batch-size": cli.positive_int, "--epochs": cli.non_negative_int,
         "--seed": cli.non_negative_int, "--eta": cli.positive_float}
