@@ -13,8 +13,8 @@ argparse adds the flag's name. Checks that need two flags or the data (``--sizes
 against MNIST's 784 inputs) call ``parser.error`` in the script, naming the flag.
 
 Each type carries ``bad_examples``: values it must refuse, which the tests feed to every
-flag of every script (``tests/test_cli.py``). Nothing heavy is imported here: torch
-(``device``) and matplotlib (``plot_path``) only when such a flag is given.
+flag of every script (``tests/test_cli.py``). The module itself imports only the standard
+library; ``device`` asks torch, and ``plot_path`` matplotlib, only when such a flag is given.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float",
-           "finite_float", "probability", "device", "existing_file", "json_file", "folder", "json_path", "plot_path",
-           "output_path", "threads", "thread_count", "alias", "choices_help", "HelpFormatter",
-           "ENGINES", "OLD_ENGINE_NAMES", "add_engine"]
+           "finite_float", "probability", "threads", "thread_count", "device", "existing_file",
+           "json_file", "folder", "output_path", "json_path", "plot_path", "alias",
+           "choices_help", "HelpFormatter", "ENGINES", "OLD_ENGINE_NAMES", "add_engine"]
 
 Type = Callable[[str], object]
 
