@@ -9,7 +9,7 @@ default path's BP4 (correlation everywhere, unfolded everywhere, and the default
   over examples and positions (``conv2d_weight_grad_unfold``), the default path's BP4 for
   1×1 kernels on the CPU and for an empty batch (``bp4_unfolded``).
 
-Timings are interleaved medians (``benchmarks.run.interleaved``), float32, batch 128 as
+Timings are interleaved medians (``benchmarks.timing.interleaved``), float32, batch 128 as
 the experiment trains.
 
     python -m benchmarks.bp4_forms --device cuda
@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 import bptorch.functions.conv as conv
+from bptorch import cli
 from bptorch import nn as bnn
 from bptorch.threads import using_threads
 
 from .layers import resnet_row
-from .run import interleaved, ratio
+from .timing import interleaved, ratio
 
 aten = torch.ops.aten
 
@@ -94,12 +95,18 @@ def rows(device: str = "cpu", batch: int = 128, repeats: int = 9) -> list[dict]:
         return bp4_rows(device, batch, repeats) + resnet_rows(device, repeats)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bp4_forms",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--device", type=cli.device, default="cpu", help="default cpu")
+    p.add_argument("--batch-size", "--batch", dest="batch", type=cli.positive_int, default=128,
+                   help="mini-batch size (default 128; --batch is its old name)")
+    p.add_argument("--repeats", type=cli.positive_int, default=9)
+    return p
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=9)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     out = rows(args.device, args.batch, args.repeats)
     for r in out:
         print(json.dumps(r), flush=True)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import bptorch
-from bptorch import Network
+from bptorch import Network, cli
 from bptorch.threads import available_cores, choose_threads, mlp_step_flops, set_threads
 
 BUSY_LOOP = ("import sys, time\n"
@@ -152,13 +152,16 @@ def crossover_table(args: argparse.Namespace) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.busy",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="5,000 images, 1 round")
-    ap.add_argument("--images", type=int, help="training images per epoch (default 20,000)")
-    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
-    ap.add_argument("--hogs", type=int, default=2, help="busy-loop processes (default 2)")
-    ap.add_argument("--hog-seconds", type=float, default=300.0,
+    ap.add_argument("--images", type=cli.positive_int,
+                    help="training images per epoch (default 20,000)")
+    ap.add_argument("--rounds", type=cli.positive_int, help="interleaved rounds (default 3)")
+    ap.add_argument("--hogs", type=cli.non_negative_int, default=2,
+                    help="busy-loop processes (default 2)")
+    ap.add_argument("--hog-seconds", type=cli.positive_float, default=300.0,
                     help="each busy loop ends itself after this long (default 300)")
     ap.add_argument("--new-session", action="store_true",
                     help="start the busy loops in their own session (autogroup: they then "
@@ -168,9 +171,13 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--only", choices=["policy", "2"],
                     help="time only the policy's count, or only 2 threads (on a busy machine "
                          "a 2-thread epoch can take 100x longer)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", help="also write the markdown here")
-    args = ap.parse_args(argv)
+    ap.add_argument("--seed", type=cli.non_negative_int, default=0)
+    ap.add_argument("--out", type=cli.output_path(".md"), help="also write the markdown here")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = build_parser().parse_args(argv)
     args.images = args.images or (5_000 if args.quick else 20_000)
     args.rounds = args.rounds or (1 if args.quick else 3)
     os.environ.setdefault("BPTORCH_OFFLINE", "1")

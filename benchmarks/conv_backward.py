@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from bptorch import cli
 from bptorch import nn as bnn
 from bptorch.functions.conv import Conv2dFunction
 
@@ -79,11 +80,17 @@ def rows(quick: bool = False) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.conv_backward",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = p.parse_args(argv)
+    p.add_argument("--threads", type=cli.thread_count, default=None,
+                   help="torch intra-op threads (default: torch's own count)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = rows(args.quick)

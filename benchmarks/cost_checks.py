@@ -28,6 +28,7 @@ import torch
 
 import bptorch.functional as F
 import bptorch.nn as bnn
+from bptorch import cli
 from bptorch._checks import check_cost_inputs
 
 
@@ -38,14 +39,20 @@ def per_call_us(fn, number: int, repeats: int, device: str = "cpu") -> float:
     return min(timeit.repeat(fn, number=number, repeat=repeats)) / number * 1e6
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cost_checks",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=cli.positive_int, default=200)
+    p.add_argument("--number", type=cli.positive_int, default=50)
+    p.add_argument("--threads", type=cli.thread_count, default=1,
+                   help="torch intra-op threads (default 1)")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0)
+    p.add_argument("--device", type=cli.device, default="cpu", help="default cpu")
+    return p
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=200)
-    p.add_argument("--number", type=int, default=50)
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     time = lambda fn: per_call_us(fn, args.number, args.repeats, args.device)  # noqa: E731

@@ -21,7 +21,7 @@ import timeit
 import torch
 
 import bptorch.network as network_module
-from bptorch import Network
+from bptorch import Network, cli
 
 
 def without_hook(fn):
@@ -65,14 +65,20 @@ def epoch_seconds(net: Network, x, labels, batch_size: int, eta: float) -> float
     return time.perf_counter() - start
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.diagnostics_overhead",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=cli.positive_int, default=7)
+    p.add_argument("--n", type=cli.positive_int, default=50_000)
+    p.add_argument("--batch-size", type=cli.positive_int, default=10)
+    p.add_argument("--threads", type=cli.thread_count, default=1,
+                   help="torch intra-op threads (default 1)")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0)
+    return p
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--n", type=int, default=50_000)
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     x = torch.rand(args.n, 784)

@@ -12,11 +12,12 @@ import argparse
 
 import torch
 
+from bptorch import cli
 from bptorch import nn as bnn
 from bptorch._checks import check_linear
 from bptorch.functions.layers import DenseFunction
 
-from .run import interleaved, ratio
+from .timing import interleaved, ratio
 
 
 class PlainDense(bnn.Dense):
@@ -28,10 +29,15 @@ class PlainDense(bnn.Dense):
                                    getattr(self, "_diag_name", None))
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.feedback_overhead",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=cli.positive_int, default=15)
+    return p
+
+
 def main(argv: list[str] | None = None) -> float:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=15)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x, y = torch.rand(10, 784), torch.rand(10, 10)

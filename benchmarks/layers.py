@@ -4,8 +4,8 @@ Each layer row times one forward and one backward (a random upstream gradient on
 output, the parameters' ``.grad`` set to None first, as ``zero_grad`` does) of a bptorch
 layer against its torch.nn twin, from the same weights and inputs, float32, one thread
 unless ``--threads``; timings are interleaved (bptorch, native, bptorch, ...) with
-``benchmarks.run.interleaved`` and the ratio is the median of the per-round ratios
-(``benchmarks.run.ratio``). Saved bytes are counted with ``benchmarks.run.saved_bytes``
+``benchmarks.timing.interleaved`` and the ratio is the median of the per-round ratios
+(``benchmarks.timing.ratio``). Saved bytes are counted with ``benchmarks.timing.saved_bytes``
 (unique storages, parameters and inputs included) and ``benchmarks.sequence.kept_bytes``
 (the saved storages that are neither an input nor a parameter).
 
@@ -42,10 +42,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from bptorch import cli
 from bptorch import nn as bnn
 from bptorch.threads import using_threads
 
-from .run import Target, interleaved, profiler_table, ratio, saved_bytes
+from .timing import Target, interleaved, profiler_table, ratio, saved_bytes
 from .sequence import kept_bytes
 
 TARGETS = {"batchnorm": 3.5, "layernorm": 3.5, "embedding": 1.3, "gelu": 1.3,
@@ -246,18 +247,24 @@ def profile(threads: int = 1, row_limit: int = 10) -> str:
     return "\n".join(tables)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.layers",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=cli.thread_count, default=1,
+                   help="torch intra-op threads (default 1)")
     p.add_argument("--no-compile", action="store_true",
                    help="skip the compiled ResNet row (compiling takes minutes)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", type=cli.device, default="cpu", help="cpu (default) or cuda")
     p.add_argument("--fused-conv", action="store_true",
                    help="the ResNet rows with Conv2d(fused_backward=True) throughout")
     p.add_argument("--profile", action="store_true",
                    help="print torch.profiler's top ops of BatchNorm and LayerNorm instead")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
     if args.profile:
         print(profile(args.threads))
         return []

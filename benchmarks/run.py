@@ -23,125 +23,26 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 import bptorch
-from bptorch import Network
+from bptorch import Network, cli
 from bptorch import nn as bnn
-from bptorch.threads import mlp_step_flops, threads_arg, using_threads
+from bptorch.threads import mlp_step_flops, using_threads
 
 from .reference_numpy import ReferenceNetwork
+from .timing import Table, Target, fmt, interleaved, ratio, saved_bytes
 
 NETS = ([784, 30, 10], [784, 100, 10], [784, 1024, 1024, 10])
 BATCHES = (10, 128, 1024)
 LARGE = [784, 1024, 1024, 10]
 N_TRAIN = 50_000
 COMPILE_STEPS = 10  # mini-batches per compiled call (experiments.mnist --compile's default)
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list] = field(default_factory=list)
-    note: str = ""
-
-    def markdown(self) -> str:
-        out = [f"### {self.title}", ""]
-        if self.note:
-            out += [self.note, ""]
-        if self.rows:
-            out.append("| " + " | ".join(self.columns) + " |")
-            out.append("|" + "---|" * len(self.columns))
-            out += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in self.rows]
-            out.append("")
-        return "\n".join(out)
-
-
-@dataclass
-class Target:
-    name: str
-    value: float
-    limit: float
-    kind: str = "<="  # or ">="
-    unit: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.value <= self.limit if self.kind == "<=" else self.value >= self.limit
-
-    def row(self) -> list:
-        return [self.name, f"{self.kind} {self.limit:g}{self.unit}",
-                f"{self.value:.3g}{self.unit}", "✔" if self.ok else "✗"]
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
-    return str(v)
-
-
-# -- timing --------------------------------------------------------------------
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, inner: int = 0,
-                warmup: int = 2, device: str = "cpu", min_time: float = 0.02) -> tuple:
-    """Median seconds per call of each fn, timed A B A B ... ``repeats`` rounds.
-
-    ``inner`` calls per sample (0: enough for ``min_time`` s). Returns
-    (medians, rounds) where rounds[name] lists each round's time, for paired ratios.
-    """
-    for f in fns.values():
-        for _ in range(warmup):
-            f()
-    _sync(device)
-    if inner == 0:  # calibrate on the slowest function
-        slowest = 0.0
-        for f in fns.values():
-            t0 = time.perf_counter(); f(); _sync(device)
-            slowest = max(slowest, time.perf_counter() - t0)
-        inner = max(1, int(min_time / max(slowest, 1e-7)))
-    rounds: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, f in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                f()
-            _sync(device)
-            rounds[name].append((time.perf_counter() - t0) / inner)
-    return {k: statistics.median(v) for k, v in rounds.items()}, rounds
-
-
-def profiler_table(step: Callable[[], object], calls: int, title: str,
-                   row_limit: int = 10, warmup: int = 3) -> str:
-    """``title`` and torch.profiler's top ops (self CPU time) over ``calls`` calls of
-    ``step``, after ``warmup`` calls: where a row's time goes."""
-    from torch.profiler import ProfilerActivity, profile
-
-    for _ in range(warmup):
-        step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(calls):
-            step()
-    return f"{title}\n" + prof.key_averages().table(sort_by="self_cpu_time_total",
-                                                     row_limit=row_limit)
-
-
-def ratio(rounds: dict, a: str, b: str) -> float:
-    """Median over rounds of time(a) / time(b): paired, so load drift cancels."""
-    return statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))
 
 
 # -- the models ----------------------------------------------------------------
@@ -468,29 +369,6 @@ def section_limit(quick: bool, device: str, targets: list[Target]) -> Table:
 
 
 # -- (e) memory saved for backward --------------------------------------------------
-def saved_bytes(fn: Callable[[], torch.Tensor]) -> tuple[int, int, int]:
-    """(tensors, bytes, activation bytes) saved for backward by fn(), counting unique
-    storages. Activation bytes leave out leaves (inputs, targets, parameters): they are
-    the storages kept alive only for backward, the memory a layer adds."""
-    seen: dict[int, int] = {}
-    made: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        seen[s.data_ptr()] = s.nbytes()
-        root = t
-        while root._base is not None:  # a view (W.t()) belongs to what it views
-            root = root._base
-        if root.grad_fn is not None:  # computed in the forward, not passed in
-            made[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    del out
-    return len(seen), sum(seen.values()), sum(made.values())
-
-
 def section_memory(targets: list[Target]) -> Table:
     F = torch.nn.functional
     N, n_in, n_out = 64, 784, 30
@@ -643,8 +521,8 @@ def section_bp4(quick: bool) -> Table | None:
     convs, steps = [r for r in rows if "bp4" not in r], [r for r in rows if "bp4" in r]
     cols = list(convs[0])
     note = ("ResNet train step (batch 64), bptorch/native with BP4 as "
-            + ", ".join(f"{r['bp4']}: {_fmt(r['ratio'])} ({_fmt(r['bptorch_ms'])} ms against "
-                        f"{_fmt(r['native_ms'])} ms)" for r in steps)
+            + ", ".join(f"{r['bp4']}: {fmt(r['ratio'])} ({fmt(r['bptorch_ms'])} ms against "
+                        f"{fmt(r['native_ms'])} ms)" for r in steps)
             + ". The default: the unfolded form for 1×1 kernels, the correlation otherwise.")
     return Table(f"BP4 of each ResNet convolution, correlation vs unfolded vs ATen, batch "
                  f"{batch}, 1 thread (benchmarks/bp4_forms.py)", cols,
@@ -670,18 +548,24 @@ def machine() -> str:
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
 
 
-def main(argv: list[str] | None = None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, smaller subset")
-    ap.add_argument("--out", default="benchmarks/RESULTS.md", help="markdown file to write")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="benchmarks/RESULTS.md", type=cli.output_path(".md"),
+                    help="markdown file to write")
+    ap.add_argument("--seed", type=cli.non_negative_int, default=0)
     ap.add_argument("--no-conv", action="store_true", help="skip benchmarks/conv.py's rows")
-    ap.add_argument("--threads", type=threads_arg, default="auto",
+    ap.add_argument("--threads", type=cli.threads, default="auto",
                     help="torch intra-op threads for every row, or auto (default): "
                          "bptorch.threads' choice for each row's step (1 at batch 10)")
     ap.add_argument("--no-compile", action="store_true",
                     help="skip section (g) and the compiled epochs (compiling takes minutes)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = build_parser().parse_args(argv)
     if args.threads != "auto":  # sections below pass "auto" per row otherwise
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

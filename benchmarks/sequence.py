@@ -3,8 +3,8 @@
 Each row times one forward and one backward (a random upstream gradient on the output)
 of a bptorch layer against its torch twin, from the same weights and inputs, float32,
 one thread unless ``--threads``; timings are interleaved (bptorch, native, bptorch, ...)
-with ``benchmarks.run.interleaved`` and the ratio is the median of the per-round ratios
-(``benchmarks.run.ratio``). Saved bytes are counted with ``benchmarks.run.saved_bytes``
+with ``benchmarks.timing.interleaved`` and the ratio is the median of the per-round ratios
+(``benchmarks.timing.ratio``). Saved bytes are counted with ``benchmarks.timing.saved_bytes``
 (unique storages, parameters and inputs included) and, by :func:`kept_bytes`, the bytes
 of saved storages that are neither an input nor a parameter: what the forward computed
 and keeps alive for backward, non-differentiable outputs such as the row log-sum-exp
@@ -50,10 +50,11 @@ import torch
 from torch import nn
 
 import bptorch.functional as BF
+from bptorch import cli
 from bptorch import nn as bnn
 from bptorch.threads import using_threads
 
-from .run import interleaved, profiler_table, ratio, saved_bytes
+from .timing import interleaved, profiler_table, ratio, saved_bytes
 
 TARGETS = {"attention": 1.2, "mha": 1.2, "lstm": 2.5}
 ATTN = dict(batch=32, heads=4, T=64, d=64)
@@ -203,15 +204,21 @@ def profile(threads: int = 1, row_limit: int = 12) -> str:
     return "\n".join(tables)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sequence",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=cli.thread_count, default=1,
+                   help="torch intra-op threads (default 1)")
     p.add_argument("--no-compile", action="store_true",
                    help="skip the torch.compile row (compiling takes minutes)")
     p.add_argument("--profile", action="store_true",
                    help="print torch.profiler's top ops of the LSTM instead")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
     if args.profile:
         print(profile(args.threads))
         return []

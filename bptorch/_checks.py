@@ -5,6 +5,8 @@ must look at the values.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -79,8 +81,9 @@ def check_cost_inputs(
     class indices of shape (*) in [0, C), or a float tensor of ``output``'s shape.
 
     With ``probabilities=True`` (the costs on a^L that take logarithms) ``output`` must lie
-    in [0, 1]: values outside are the mark of logits z^L passed by mistake. Only the
-    output is checked, never the target (soft targets are legitimate). The value checks
+    in [0, 1]: values outside are the mark of logits z^L passed by mistake, and a NaN or
+    inf is reported as such, with the index of the first. Only the output is checked,
+    never the target (soft targets are legitimate). The value checks
     cost one reduction and a sync each; they are skipped where values cannot be read
     (see ``_values_readable``). Returns the target unchanged.
     """
@@ -117,16 +120,32 @@ def check_cost_inputs(
         )
     else:
         if target.shape != output.shape:
+            mismatch = (f"target shape {_shape(target)} does not match {what} shape "
+                        f"{_shape(output)}; costs do not broadcast. ")
+            if _shape(target) == positions:  # class indices held as floats, by the shape
+                raise ValueError(
+                    mismatch + f"A float target of shape {positions} looks like class "
+                    f"indices: pass class indices as int64 (target.long()), or one-hot/"
+                    f"probability targets of {what}'s shape {_shape(output)}"
+                )
             raise ValueError(
-                f"target shape {_shape(target)} does not match {what} shape "
-                f"{_shape(output)}; costs do not broadcast. Pass class indices of shape "
-                f"{positions} or a one-hot/soft target of shape {_shape(output)}"
+                mismatch + f"Pass class indices (int64) of shape {positions}, or one-hot/"
+                f"probability targets of {what}'s shape {_shape(output)}"
             )
         check_same("target", target, what, output)
     if probabilities and output.numel() and _values_readable(output):
         lo, hi = torch.aminmax(output.detach())  # one pass for both ends
         lo, hi = lo.item(), hi.item()
-        if not (lo >= 0 and hi <= 1):  # NaN fails too, as in torch's BCELoss
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # aminmax passes NaN on
+            bad = ~torch.isfinite(output.detach())
+            first = tuple(bad.nonzero()[0].tolist())
+            raise ValueError(
+                f"{what} must be finite, got {output[first].item()} at index {first} "
+                f"({int(bad.sum())} of {output.numel()} values are NaN or inf); this cost "
+                f"takes probabilities in [0, 1]: look for an overflow in the forward pass "
+                f"(e.g. a learning rate too large)"
+            )
+        if not (lo >= 0 and hi <= 1):
             raise ValueError(
                 f"{what} must hold probabilities in [0, 1] for this cost (a^L after a "
                 f"sigmoid or softmax), got values in [{lo:.4g}, {hi:.4g}]; if {what} holds "

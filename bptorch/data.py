@@ -9,10 +9,15 @@ sha256-checked on every load); later loads read only that file. Sources, in orde
   /usr/share/datasets/fashion-mnist (Debian package ``dataset-fashion-mnist``).
 
 ``BPTORCH_OFFLINE=1`` skips the torchvision downloads; ``BPTORCH_DATA`` sets the default data_dir.
+
+Building the cache says so on stderr: which file it writes, each source as it is tried and
+why one failed, where the data came from; on a terminal a tqdm line counts the seconds
+while a source works (torchvision draws its own download bar).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -31,7 +36,7 @@ import zipfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -321,14 +326,56 @@ _REMEDIES = {
 }
 
 
+def _say(message: str) -> None:
+    print(f"bptorch.data: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _ticking(desc: str) -> Iterator[None]:
+    """A tqdm line counting the seconds while a source works, on a terminal only: pip and
+    torchvision do not report their bytes to us, so the length is unknown."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm comes with the experiments extra; without it, no line
+        yield
+        return
+    bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", file=sys.stderr, disable=None,
+               leave=False)
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.5):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    if not bar.disable:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join()
+        bar.close()
+
+
 def _build(name: str, root: Path) -> tuple[Splits, str]:
     errors = []
-    for label, source in _SOURCES[name]:
+    sources = _SOURCES[name]
+    _say(f"first use of {name} in {root}: building {root / (name + '.cache')} from the first "
+         f"of {len(sources)} sources that answers ({', '.join(l for l, _ in sources)}); "
+         "later loads read only the cache")
+    for label, source in sources:
         try:
-            splits, origin = source(root)
-            return _validate(splits), origin
+            with _ticking(f"bptorch.data: {name} from {label}"):
+                splits, origin = source(root)
+            splits = _validate(splits)
         except Exception as e:  # noqa: BLE001 - any failure falls through to the next source
             errors.append(f"  - {label}: {type(e).__name__}: {e}")
+            _say(f"{name} from {label}: failed ({type(e).__name__}: {e})")
+            continue
+        _say(f"{name} from {origin}: {', '.join(f'{len(splits[k][1]):,} {k}' for k in SPLITS)}")
+        return splits, origin
     fixes = [f"  - {remedy.format(root=root)}" for remedy in _REMEDIES[name]]
     raise DataUnavailableError(f"could not load {name!r}; sources tried:\n" + "\n".join(errors)
                                + "\nTo fix this, do one of:\n" + "\n".join(fixes))

@@ -43,9 +43,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bptorch
+from bptorch import cli
 from bptorch import nn as bnn
 from bptorch.threads import (
-    conv_step_flops, keep_threads, mlp_step_flops, set_threads, threads_arg,
+    conv_step_flops, keep_threads, mlp_step_flops, set_threads,
 )
 from experiments.mnist import replot, save_results
 
@@ -220,28 +221,33 @@ def training_cost(net, cost, x: Tensor, y: Tensor, c: dict, n: int) -> float:
 # -- command line ----------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.conv_mnist", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), help="default simple")
-    p.add_argument("--epochs", type=int, help="default: the preset's (the book's)")
-    p.add_argument("--batch-size", type=int, help="mini-batch size m (book: 10)")
-    p.add_argument("--eta", type=float, help="learning rate η")
-    p.add_argument("--lmbda", type=float, help="L2 regularisation λ")
-    p.add_argument("--eta-decay", type=float,
+    p.add_argument("--epochs", type=cli.non_negative_int, help="default: the preset's (the book's)")
+    p.add_argument("--batch-size", type=cli.positive_int, help="mini-batch size m (book: 10)")
+    p.add_argument("--eta", type=cli.positive_float, help="learning rate η")
+    p.add_argument("--lmbda", type=cli.non_negative_float, help="L2 regularisation λ")
+    p.add_argument("--eta-decay", type=cli.positive_float,
                    help="multiply η by this after every epoch (modern preset: 0.8)")
-    p.add_argument("--seed", type=int, help="weights, shuffles, dropout masks (default 0)")
-    p.add_argument("--engine", choices=["bptorch", "native"], help="default bptorch")
-    p.add_argument("--train-size", type=int,
+    p.add_argument("--seed", type=cli.non_negative_int,
+                   help="weights, shuffles, dropout masks (default 0)")
+    cli.add_engine(p, ("bptorch", "native"), None, help_default="bptorch")
+    p.add_argument("--train-size", type=cli.positive_int,
                    help="train on the first N images (before expansion; default all 50,000)")
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
-    p.add_argument("--threads", type=threads_arg,
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads "
                         "from the work per step (default auto)")
-    p.add_argument("--json", metavar="PATH", help="write config and history here")
-    p.add_argument("--plot", metavar="PATH", help="draw the learning curves here (PNG)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", help="plot saved runs (needs --plot)")
+    p.add_argument("--json", metavar="PATH", type=cli.json_path,
+                   help="write config and history here")
+    p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
+                   help="draw the learning curves here (.png, .pdf, .svg, ...)")
+    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
+                   help="plot saved runs (needs --plot)")
     p.add_argument("--save-test-probs", metavar="PATH",
                    help="save softmax(z^L) on the test set (.pt), for --ensemble")
-    p.add_argument("--ensemble", metavar="PATH", nargs="+",
+    p.add_argument("--ensemble", metavar="PATH", nargs="+", type=cli.existing_file,
                    help="evaluate the mean of saved test probabilities and exit")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
@@ -347,6 +353,7 @@ def _main(argv: Sequence[str] | None) -> dict:
              float((logits(net, x_val).argmax(1) == y_val).float().mean())}
     results = {"config": config, "history": history, "final": final}
     if args.save_test_probs:
+        Path(args.save_test_probs).parent.mkdir(parents=True, exist_ok=True)
         torch.save(probs, args.save_test_probs)
     save_results(results, args.json, args.plot)
     return results

@@ -41,13 +41,14 @@ import torch
 from torch import Tensor, nn
 
 import bptorch
+from bptorch import cli
 from bptorch import nn as bnn
 from bptorch.diagnostics import alignment
 from bptorch.feedback import DFA
 from bptorch.threads import (
-    conv_step_flops, keep_threads, mlp_step_flops, set_threads, threads_arg,
+    conv_step_flops, keep_threads, mlp_step_flops, set_threads,
 )
-from experiments.mnist import save_results
+from experiments.mnist import markers, save_results
 
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "dfa")
 LAYER_RULE = {"bp": "backprop", "fa": "fa", "usf": "usf", "brsf": "brsf", "frsf": "frsf",
@@ -173,33 +174,38 @@ def errors(net: nn.Module, x: Tensor, y: Tensor) -> int:
 # -- command line ----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.feedback", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     d = DEFAULTS
     p.add_argument("--rule", choices=RULES, help=f"default {d['rule']}")
     p.add_argument("--model", choices=["lenet", "mlp"], help=f"default {d['model']}")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default mnist")
-    p.add_argument("--epochs", type=int, help=f"default {d['epochs']}")
-    p.add_argument("--batch-size", type=int, help=f"default {d['batch_size']}")
-    p.add_argument("--seed", type=int, help="weights, feedback matrices, shuffles, dropout "
+    p.add_argument("--epochs", type=cli.non_negative_int, help=f"default {d['epochs']}")
+    p.add_argument("--batch-size", type=cli.positive_int, help=f"default {d['batch_size']}")
+    p.add_argument("--seed", type=cli.non_negative_int,
+                   help="weights, feedback matrices, shuffles, dropout "
                    f"(default {d['seed']})")
     p.add_argument("--optimizer", choices=["adam", "sgd"],
                    help="default: the rule's (RULE_CONFIGS); sgd has momentum 0.9")
-    p.add_argument("--lr", type=float, help="default: the rule's")
-    p.add_argument("--weight-decay", type=float, help="default: the rule's")
-    p.add_argument("--milestones", type=float, nargs="+",
+    p.add_argument("--lr", type=cli.positive_float, help="default: the rule's")
+    p.add_argument("--weight-decay", type=cli.non_negative_float, help="default: the rule's")
+    p.add_argument("--milestones", type=cli.non_negative_float, nargs="+",
                    help="divide lr by 1/gamma at these fractions of the epochs "
                         "(default: the rule's)")
-    p.add_argument("--gamma", type=float, help="default: the rule's")
-    p.add_argument("--dropout", type=float, help=f"mlp only (default {d['dropout']})")
-    p.add_argument("--train-size", type=int, help="the first N of the 60,000 (default all)")
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--gamma", type=cli.positive_float, help="default: the rule's")
+    p.add_argument("--dropout", type=cli.probability, help=f"mlp only (default {d['dropout']})")
+    p.add_argument("--train-size", type=cli.positive_int,
+                   help="the first N of the 60,000 (default all)")
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--diagnostics", action="store_true", default=None,
                    help="record the alignment angle per layer each epoch")
-    p.add_argument("--threads", type=threads_arg,
+    p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto (bptorch.threads; default auto)")
-    p.add_argument("--json", metavar="PATH", help="write config and history here")
-    p.add_argument("--plot", metavar="PATH", help="draw test error and alignment here (PNG)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+",
+    p.add_argument("--json", metavar="PATH", type=cli.json_path,
+                   help="write config and history here")
+    p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
+                   help="draw test error and alignment here (.png, .pdf, .svg, ...)")
+    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
                    help="saved runs: plot them (with --plot) or tabulate them (with --table)")
     p.add_argument("--table", action="store_true",
                    help="with --from-json: print a markdown table of the runs' best-epoch test "
@@ -343,14 +349,15 @@ def plot(results: dict | list[dict], path: str) -> None:
         if c["lr"] != RULE_CONFIGS[c["rule"]]["lr"]:  # a run off the rule's own settings
             label += f" lr {c['lr']:g}"
         ax_err.plot(range(1, len(h["test_error"]) + 1), h["test_error"], color=color,
-                    label=label)
+                    label=label, **markers(len(h["test_error"])))
         hidden = [n for n in h.get("alignment", [{}])[0]
                   if any(a[n] > 1e-3 for a in h["alignment"])]  # not the output layer
         for k, layer in enumerate(hidden):
             angles = [a[layer] for a in h["alignment"]]
             top = max(top, max(angles) + 5)
             ax_ang.plot(range(1, len(angles) + 1), angles, color=color,
-                        ls=styles[k % len(styles)], label=f"{c['rule']} {layer}")
+                        ls=styles[k % len(styles)], label=f"{c['rule']} {layer}",
+                        **markers(len(angles)))
     ax_err.set(xlabel="epoch", ylabel="test error (%)", title="Test error")
     ax_ang.axhline(90, color="gray", lw=0.5)
     ax_ang.set(xlabel="epoch", ylabel="degrees", ylim=(0, top),

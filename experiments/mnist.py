@@ -12,8 +12,9 @@ Three engines train on the same shuffled mini-batches from the same initial weig
 
 * ``explicit``: ``Network.update_mini_batch``, the seed's algorithm with the book's
   update W ← (1 − ηλ/n) W − (η/m) Σ_x ∂C_x/∂W, b ← b − (η/m) Σ_x ∂C_x/∂b fused in;
-* ``autograd``: the same Network under ``loss.backward()`` and ``torch.optim.SGD``
-  (lr = η, weight_decay = λ/n on the weights only: the same update);
+* ``bptorch`` (``autograd`` before issue 24, still accepted): the same Network under
+  ``loss.backward()`` and ``torch.optim.SGD`` (lr = η, weight_decay = λ/n on the weights
+  only: the same update);
 * ``native``: plain ``torch.nn`` layers and torch's own costs and autograd.
 
 ``--threads`` (default ``auto``) sets torch's intra-op thread count through
@@ -34,9 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bptorch
-from bptorch import Network
+from bptorch import Network, cli
 from bptorch.distributed import all_reduce_grads, average_parameters, init_from_env, shard
-from bptorch.threads import keep_threads, mlp_step_flops, set_threads, threads_arg
+from bptorch.threads import keep_threads, mlp_step_flops, set_threads
 
 # The book's configurations, and the accuracy it reports for each (None: not given). Chapter 1
 # gives peak test accuracy; chapter 3's 97.92% is the final *validation* accuracy, of a run
@@ -65,7 +66,7 @@ DEFAULTS: dict[str, Any] = dict(
 # init is among them: the loaded weights replace the initialisation, so a different --init
 # would be silently ignored.
 MODEL_KEYS = ("sizes", "activation", "cost", "init")
-ENGINES = ("explicit", "autograd", "native")
+ENGINES = ("explicit", "bptorch", "native")  # "autograd": the old name of "bptorch"
 HIDDEN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "identity")
 COST_SUBSET = 10_000  # training images the per-epoch training cost is measured on
 DIAGNOSTIC_SUBSET = 1_000
@@ -185,14 +186,17 @@ def training_cost(model: nn.Module, x: Tensor, y: Tensor, lmbda: float, n: int) 
 # -- command line -----------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.mnist", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     d = DEFAULTS  # every default is None here, so that we can tell what was given
     p.add_argument("--preset", choices=list(PRESETS), help="one of the book's configurations")
-    p.add_argument("--sizes", type=int, nargs="+", help=f"layer sizes (default {d['sizes']})")
-    p.add_argument("--epochs", type=int, help=f"default {d['epochs']}")
-    p.add_argument("--batch-size", type=int, help=f"mini-batch size m (default {d['batch_size']})")
-    p.add_argument("--eta", type=float, help=f"learning rate η (default {d['eta']})")
-    p.add_argument("--lmbda", type=float,
+    p.add_argument("--sizes", type=cli.positive_int, nargs="+",
+                   help=f"layer sizes (default {d['sizes']})")
+    p.add_argument("--epochs", type=cli.non_negative_int,
+                   help=f"0: evaluate only (default {d['epochs']})")
+    p.add_argument("--batch-size", type=cli.positive_int,
+                   help=f"mini-batch size m (default {d['batch_size']})")
+    p.add_argument("--eta", type=cli.positive_float, help=f"learning rate η (default {d['eta']})")
+    p.add_argument("--lmbda", type=cli.non_negative_float,
                    help="L2 λ: W ← (1 − ηλ/n) W, n = training-set size; biases not decayed "
                         f"(default {d['lmbda']})")
     p.add_argument("--cost", choices=["quadratic", "cross_entropy", "log_likelihood"],
@@ -202,27 +206,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=["large", "scaled"],
                    help="large: N(0, 1) weights (ch1); scaled: N(0, 1/n_in) (ch3) "
                         f"(default {d['init']})")
-    p.add_argument("--seed", type=int, help=f"default {d['seed']}")
+    p.add_argument("--seed", type=cli.non_negative_int, help=f"default {d['seed']}")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default mnist")
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
-    p.add_argument("--train-size", type=int, help="train on the first N images (default all)")
-    p.add_argument("--device", help="default cpu")
-    p.add_argument("--engine", choices=ENGINES, help="default explicit")
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--train-size", type=cli.positive_int,
+                   help="train on the first N images (default all)")
+    p.add_argument("--device", type=cli.device, help="default cpu")
+    cli.add_engine(p, ENGINES, None, help_default="explicit")
     p.add_argument("--diagnostics", action="store_true", default=None,
-                   help="record bptorch.diagnostics.measure on 1000 training images per epoch")
-    p.add_argument("--json", metavar="PATH", help="write config and history here")
-    p.add_argument("--plot", metavar="PATH", help="draw the learning curves here (PNG)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+",
+                   help="record bptorch.diagnostics.measure on 1000 training images per epoch "
+                        "and print each layer's speed of learning")
+    p.add_argument("--json", metavar="PATH", type=cli.json_path,
+                   help="write config and history here")
+    p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
+                   help="draw the learning curves here (.png, .pdf, .svg, ...)")
+    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
                    help="with --plot: replot these results without training")
     p.add_argument("--save", metavar="PATH", help="checkpoint: state_dict and config")
-    p.add_argument("--load", metavar="PATH",
+    p.add_argument("--load", metavar="PATH", type=cli.existing_file,
                    help="start from this checkpoint: its sizes, activation, cost and init "
                         "win, and a --preset or flag that contradicts them is an error; "
                         "--epochs 0 only evaluates")
-    p.add_argument("--threads", type=threads_arg,
+    p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads "
                         "from the work per step (1 at the book's batch 10) (default auto)")
-    p.add_argument("--compile", type=int, nargs="?", const=10, metavar="STEPS",
+    p.add_argument("--compile", type=cli.non_negative_int, nargs="?", const=10, metavar="STEPS",
                    help="explicit engine only: torch.compile STEPS mini-batch steps as one "
                         "function (bptorch.compile.sgd_steps; default 10 when given, 0 = eager)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
@@ -230,6 +239,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel under torchrun: each rank trains on its shard of every "
                         "epoch, --batch-size rows per rank per step (gloo on CPU, nccl on GPU)")
     return p
+
+
+# MNIST and Fashion-MNIST: 28×28 = 784 pixels in, 10 classes out
+N_INPUTS, N_CLASSES = 784, 10
+
+
+def check_sizes(parser: argparse.ArgumentParser, sizes: Sequence[int], flag: str) -> None:
+    """``parser.error`` unless ``sizes`` fits the data: 784 inputs first, 10 classes last."""
+    if len(sizes) < 2:
+        parser.error(f"{flag}: expected at least two layer sizes ({N_INPUTS} inputs ... "
+                     f"{N_CLASSES} outputs), got {list(sizes)}")
+    if sizes[0] != N_INPUTS or sizes[-1] != N_CLASSES:
+        parser.error(f"{flag}: expected {N_INPUTS} inputs first and {N_CLASSES} outputs last "
+                     f"(28×28 images, 10 classes), got {list(sizes)}")
+
+
+def read_checkpoint(parser: argparse.ArgumentParser, path: str) -> Any:
+    """``torch.load(path)``, or ``parser.error`` naming --load if torch cannot read it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a pickle, zip or weights_only error: not ours
+        parser.error(f"--load {path}: not a checkpoint torch.load can read "
+                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
 
 
 class CheckpointMismatch(ValueError):
@@ -297,14 +329,22 @@ def _main(argv: Sequence[str] | None) -> dict:
             parser.error("--from-json needs --plot")
         return replot(args.from_json, args.plot)
 
-    checkpoint = torch.load(args.load, map_location="cpu", weights_only=True) if args.load else None
+    checkpoint = read_checkpoint(parser, args.load) if args.load else None
     try:
         config = resolve_config(args, checkpoint)
     except ValueError as e:  # CheckpointMismatch, or not a checkpoint of ours
         parser.error(str(e))
     c = config
+    check_sizes(parser, c["sizes"], "--sizes" if checkpoint is None else f"--load {args.load}")
+    if checkpoint is not None:  # the weights against the net they must fit, on no memory
+        try:
+            Network(c["sizes"], c["activation"], c["cost"], c["init"],
+                    device="meta").load_state_dict(checkpoint["model"], assign=True)
+        except RuntimeError as e:
+            parser.error(f"--load {args.load}: the checkpoint's weights do not fit "
+                         f"Network({c['sizes']}): {e}")
     if c["engine"] == "native" and c["diagnostics"]:
-        parser.error("--diagnostics needs a bptorch net (engine explicit or autograd)")
+        parser.error("--diagnostics needs a bptorch net (engine explicit or bptorch)")
     if c["compile"] and (c["engine"] != "explicit" or args.distributed):
         parser.error("--compile compiles the explicit engine's steps: use --engine explicit, "
                      "without --distributed")
@@ -388,6 +428,8 @@ def _main(argv: Sequence[str] | None) -> dict:
         if rank == 0:
             print(f"Epoch {j}: {k_test} / {n_test}  (validation {k_val} / {n_val}, "
                   f"training cost {cost:.4f}, {seconds:.2f} s)", flush=True)
+            if measure is not None:
+                print(diagnostics_line(history["diagnostics"][-1]), flush=True)
 
     k_test, k_val = correct(model, x_test, labels_test), correct(model, x_val, labels_val)
     final = {"test_accuracy": k_test / n_test, "validation_accuracy": k_val / n_val}
@@ -400,9 +442,18 @@ def _main(argv: Sequence[str] | None) -> dict:
         state = model.state_dict()
         if c["engine"] == "native":
             state = _from_native_keys(state)
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)  # as --json's folder
         torch.save({"model": {k: v.cpu() for k, v in state.items()}, "config": config}, args.save)
     save_results(results, args.json, args.plot)
     return results
+
+
+def diagnostics_line(stats: dict[str, dict[str, float]]) -> str:
+    """One epoch's --diagnostics summary: each layer's speed of learning ‖∂C/∂b^l‖ (the
+    book's, chapter 5) and the fraction of its neurons saturated."""
+    return "  speed of learning ‖∂C/∂b‖: " + ", ".join(
+        f"{layer} {v['speed']:.3g} ({100 * v['saturated_fraction']:.0f}% saturated)"
+        for layer, v in stats.items())
 
 
 def _jsonable(obj: Any) -> Any:
@@ -441,6 +492,12 @@ def replot(json_paths: Sequence[str], path: str | Path) -> dict:
     return runs[0] if len(runs) == 1 else {"runs": runs}
 
 
+def markers(n: int) -> dict:
+    """Plot keywords that mark each of ``n`` points while they are few enough to see: a
+    line through one point draws nothing, so a run of one epoch would plot empty."""
+    return {"marker": "o", "ms": 3} if n <= 60 else {}
+
+
 def plot(results: dict | list[dict], path: str | Path) -> None:
     """Accuracy (test solid, validation dashed) and training cost against epoch.
 
@@ -456,12 +513,13 @@ def plot(results: dict | list[dict], path: str | Path) -> None:
     for i, run in enumerate(runs):
         h, color = run["history"], f"C{i}"
         epochs = range(len(h["test_accuracy"]))
-        label = run_label(run) if len(runs) > 1 else ""
+        label, dots = run_label(run) if len(runs) > 1 else "", markers(len(epochs))
         ax_acc.plot(epochs, [100 * a for a in h["test_accuracy"]], color=color,
-                    label=f"{label} test".strip())
+                    label=f"{label} test".strip(), **dots)
         ax_acc.plot(epochs, [100 * a for a in h["validation_accuracy"]], color=color,
-                    ls="--", label=f"{label} validation".strip())
-        ax_cost.plot(epochs, h["training_cost"], color=color, label=label or "training")
+                    ls="--", label=f"{label} validation".strip(), **dots)
+        ax_cost.plot(epochs, h["training_cost"], color=color, label=label or "training",
+                     **dots)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     ax_cost.set(xlabel="epoch", ylabel="cost", title="Training cost", yscale="log")
     ax_acc.legend(fontsize=7)

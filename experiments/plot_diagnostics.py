@@ -60,13 +60,23 @@ def plot(runs: list[dict], path: str | Path, fields: Sequence[str] = ("saturated
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("json", nargs="+", help="experiments.mnist --diagnostics --json outputs")
-    p.add_argument("--plot", metavar="PATH", required=True, help="PNG to write")
+def build_parser() -> argparse.ArgumentParser:
+    from bptorch import cli  # here: plotting alone needs neither bptorch nor torch
+
+    p = argparse.ArgumentParser(prog="python -m experiments.plot_diagnostics",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("json", nargs="+", type=cli.json_file,
+                   help="experiments.mnist --diagnostics --json outputs")
+    p.add_argument("--plot", metavar="PATH", required=True, type=cli.plot_path,
+                   help="the figure to write (.png, .pdf, .svg, ...)")
     p.add_argument("--fields", nargs="+", choices=list(FIELDS),
                    default=["saturated_fraction", "speed"])
     p.add_argument("--labels", nargs="+", help="one legend label per JSON")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    p = build_parser()
     args = p.parse_args(argv)
     runs = [json.loads(Path(f).read_text()) for f in args.json]
     for f, run in zip(args.json, runs):

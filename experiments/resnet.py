@@ -35,8 +35,9 @@ import torch
 from torch import Tensor, nn
 
 import bptorch
+from bptorch import cli
 from bptorch import nn as bnn
-from bptorch.threads import count_flops, keep_threads, set_threads, threads_arg
+from bptorch.threads import count_flops, keep_threads, set_threads
 from experiments.conv_mnist import random_shift
 from experiments.mnist import replot, save_results
 
@@ -179,39 +180,50 @@ def step_flops(net: nn.Module, c: dict, device: torch.device) -> float:
 # -- command line ----------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.resnet", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     d = DEFAULTS
     p.add_argument("--dataset", choices=["fashion-mnist", "mnist"],
                    help=f"default {d['dataset']}")
-    p.add_argument("--widths", type=int, nargs="+", help=f"maps per stage (default {d['widths']})")
-    p.add_argument("--blocks", type=int, help=f"basic blocks per stage (default {d['blocks']})")
-    p.add_argument("--epochs", type=int, help=f"default {d['epochs']}")
-    p.add_argument("--batch-size", type=int, help=f"mini-batch size (default {d['batch_size']})")
-    p.add_argument("--eta", type=float, help=f"peak learning rate η (default {d['eta']})")
-    p.add_argument("--momentum", type=float,
+    p.add_argument("--widths", type=cli.positive_int, nargs="+",
+                   help=f"maps per stage (default {d['widths']})")
+    p.add_argument("--blocks", type=cli.positive_int,
+                   help=f"basic blocks per stage (default {d['blocks']})")
+    p.add_argument("--epochs", type=cli.non_negative_int,
+                   help=f"0: evaluate the initial net only (default {d['epochs']})")
+    p.add_argument("--batch-size", type=cli.positive_int,
+                   help=f"mini-batch size (default {d['batch_size']})")
+    p.add_argument("--eta", type=cli.positive_float,
+                   help=f"peak learning rate η (default {d['eta']})")
+    p.add_argument("--momentum", type=cli.probability,
                    help=f"Nesterov momentum; 0 for plain SGD (default {d['momentum']})")
-    p.add_argument("--weight-decay", type=float,
+    p.add_argument("--weight-decay", type=cli.non_negative_float,
                    help=f"L2 on conv/linear weights (default {d['weight_decay']})")
     p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"],
                    help=f"η schedule, stepped every mini-batch (default {d['schedule']})")
-    p.add_argument("--shift", type=int,
+    p.add_argument("--shift", type=cli.non_negative_int,
                    help=f"random crop: shift each image by up to this many pixels "
                         f"(default {d['shift']}; 0: none)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction,
                    help="random left-right flips (default: on for fashion-mnist, off for mnist)")
-    p.add_argument("--seed", type=int, help="weights, shuffles, augmentation (default 0)")
-    p.add_argument("--engine", choices=["bptorch", "native"], help="default bptorch")
-    p.add_argument("--train-size", type=int, help="train on the first N images (default all)")
-    p.add_argument("--eval-size", type=int,
+    p.add_argument("--seed", type=cli.non_negative_int,
+                   help="weights, shuffles, augmentation (default 0)")
+    cli.add_engine(p, ("bptorch", "native"), None, help_default="bptorch")
+    p.add_argument("--train-size", type=cli.positive_int,
+                   help="train on the first N images (default all)")
+    p.add_argument("--eval-size", type=cli.positive_int,
                    help="evaluate on the first N test and validation images (default all)")
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
-    p.add_argument("--device", help="default cpu")
-    p.add_argument("--threads", type=threads_arg,
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--device", type=cli.device, help="default cpu")
+    p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads "
                         "from the work per step (default auto)")
-    p.add_argument("--json", metavar="PATH", help="write config and history here")
-    p.add_argument("--plot", metavar="PATH", help="draw the learning curves here (PNG)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", help="plot saved runs (needs --plot)")
+    p.add_argument("--json", metavar="PATH", type=cli.json_path,
+                   help="write config and history here")
+    p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
+                   help="draw the learning curves here (.png, .pdf, .svg, ...)")
+    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
+                   help="plot saved runs (needs --plot)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 

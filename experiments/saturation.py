@@ -27,9 +27,10 @@ from typing import Sequence
 import torch
 
 import bptorch
+from bptorch import cli
 from bptorch.diagnostics import record
-from bptorch.threads import keep_threads, mlp_step_flops, set_threads, threads_arg
-from experiments.mnist import save_results
+from bptorch.threads import keep_threads, mlp_step_flops, set_threads
+from experiments.mnist import markers, save_results
 
 # (cost, w0, b0, eta): the book's four runs.
 RUNS = [
@@ -82,9 +83,10 @@ def plot(results: dict, path: str | Path) -> None:
         label = (f"{run['cost'].replace('_', '-')}, (w,b)=({run['w0']:g},{run['b0']:g}), "
                  f"η={run['eta']:g}")
         ls = "-" if run["cost"] == "quadratic" else "--"
-        axes[0].plot(run["output"], color=f"C{i}", ls=ls, label=label)
-        axes[1].plot(run["cost_value"], color=f"C{i}", ls=ls)
-        axes[2].plot(run["speed"], color=f"C{i}", ls=ls)
+        dots = markers(len(run["output"]))
+        axes[0].plot(run["output"], color=f"C{i}", ls=ls, label=label, **dots)
+        axes[1].plot(run["cost_value"], color=f"C{i}", ls=ls, **dots)
+        axes[2].plot(run["speed"], color=f"C{i}", ls=ls, **dots)
     axes[0].set(xlabel="epoch", ylabel="output a", title="Output (target 0)", ylim=(0, 1))
     axes[1].set(xlabel="epoch", ylabel="C", title="Cost")
     axes[2].set(xlabel="epoch", ylabel="|∂C/∂b|", title="Speed of learning", yscale="log")
@@ -98,13 +100,15 @@ def plot(results: dict, path: str | Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+    p.add_argument("--epochs", type=cli.non_negative_int, default=DEFAULTS["epochs"])
+    p.add_argument("--seed", type=cli.non_negative_int, default=DEFAULTS["seed"],
                    help="unused by the deterministic runs; kept for the config")
-    p.add_argument("--json", metavar="PATH", help="write config and runs here")
-    p.add_argument("--plot", metavar="PATH", help="draw output, cost and speed here (PNG)")
-    p.add_argument("--from-json", metavar="PATH", help="plot a saved JSON instead of running")
-    p.add_argument("--threads", type=threads_arg, default=DEFAULTS["threads"],
+    p.add_argument("--json", metavar="PATH", type=cli.json_path, help="write config and runs here")
+    p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
+                   help="draw output, cost and speed here (.png, .pdf, .svg, ...)")
+    p.add_argument("--from-json", metavar="PATH", type=cli.json_file,
+                   help="plot a saved JSON instead of running")
+    p.add_argument("--threads", type=cli.threads, default=DEFAULTS["threads"],
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads "
                         "(1 for one neuron) (default auto)")
     return p

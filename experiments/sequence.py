@@ -33,8 +33,9 @@ import torch
 from torch import Tensor, nn
 
 import bptorch
+from bptorch import cli
 from bptorch import nn as bnn
-from bptorch.threads import keep_threads, set_threads, threads_arg
+from bptorch.threads import keep_threads, set_threads
 from experiments.mnist import replot, save_results
 
 # The recipes: chosen to reach the targets in a few epochs on a small CPU.
@@ -175,42 +176,53 @@ def logits(net: nn.Module, x: Tensor) -> Tensor:
 # -- command line ----------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.sequence", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--model", choices=list(MODELS), help="default lstm")
-    p.add_argument("--hidden", type=int, help="lstm: hidden size H (default 128)")
-    p.add_argument("--layers", type=int, help="lstm: stacked layers (default 1)")
-    p.add_argument("--forget-bias", type=float,
+    p.add_argument("--hidden", type=cli.positive_int, help="lstm: hidden size H (default 128)")
+    p.add_argument("--layers", type=cli.positive_int, help="lstm: stacked layers (default 1)")
+    p.add_argument("--forget-bias", type=cli.finite_float,
                    help="lstm: the forget gates' total bias at init, so f starts at σ(b) "
                         "(default 1; 0 gives torch's f ≈ ½, whose gradient halves every step "
                         "back: experiments.vanishing_time)")
-    p.add_argument("--patch", type=int, help="transformer: patch side (default 7)")
-    p.add_argument("--dim", type=int, help="transformer: embedding width (default 64)")
-    p.add_argument("--depth", type=int, help="transformer: blocks (default 4)")
-    p.add_argument("--heads", type=int, help="transformer: attention heads (default 4)")
-    p.add_argument("--mlp", type=int, help="transformer: MLP hidden width (default 128)")
+    p.add_argument("--patch", type=cli.positive_int, help="transformer: patch side (default 7)")
+    p.add_argument("--dim", type=cli.positive_int, help="transformer: embedding width (default 64)")
+    p.add_argument("--depth", type=cli.positive_int, help="transformer: blocks (default 4)")
+    p.add_argument("--heads", type=cli.positive_int,
+                   help="transformer: attention heads (default 4)")
+    p.add_argument("--mlp", type=cli.positive_int,
+                   help="transformer: MLP hidden width (default 128)")
     p.add_argument("--pool", choices=["cls", "mean"],
                    help="transformer: classify from a class token or the mean token "
                         "(default cls)")
     p.add_argument("--optimizer", choices=["adam", "adamw"],
                    help="default adam (lstm), adamw (transformer)")
-    p.add_argument("--eta", type=float, help="learning rate (default 2e-3)")
-    p.add_argument("--eta-decay", type=float, help="multiply η by this after every epoch "
+    p.add_argument("--eta", type=cli.positive_float, help="learning rate (default 2e-3)")
+    p.add_argument("--eta-decay", type=cli.positive_float,
+                   help="multiply η by this after every epoch "
                                                    "(default 0.8 (lstm), 0.75 (transformer))")
-    p.add_argument("--warmup", type=int, help="ramp η up linearly over this many first steps "
+    p.add_argument("--warmup", type=cli.non_negative_int,
+                   help="ramp η up linearly over this many first steps "
                                               "(default 0 (lstm), 100 (transformer))")
-    p.add_argument("--weight-decay", type=float, help="default 0 (lstm), 0.05 (transformer)")
-    p.add_argument("--epochs", type=int, help="default 12")
-    p.add_argument("--batch-size", type=int, help="default 128 (lstm), 64 (transformer)")
-    p.add_argument("--seed", type=int, help="weights and shuffles (default 0)")
-    p.add_argument("--engine", choices=["bptorch", "native"], help="default bptorch")
-    p.add_argument("--train-size", type=int, help="train on the first N images (default all "
+    p.add_argument("--weight-decay", type=cli.non_negative_float,
+                   help="default 0 (lstm), 0.05 (transformer)")
+    p.add_argument("--epochs", type=cli.non_negative_int, help="default 12")
+    p.add_argument("--batch-size", type=cli.positive_int,
+                   help="default 128 (lstm), 64 (transformer)")
+    p.add_argument("--seed", type=cli.non_negative_int, help="weights and shuffles (default 0)")
+    cli.add_engine(p, ("bptorch", "native"), None, help_default="bptorch")
+    p.add_argument("--train-size", type=cli.positive_int,
+                   help="train on the first N images (default all "
                                                   "50,000)")
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
-    p.add_argument("--threads", type=threads_arg,
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto (default auto)")
-    p.add_argument("--json", metavar="PATH", help="write config and history here")
-    p.add_argument("--plot", metavar="PATH", help="draw the learning curves here (PNG)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", help="plot saved runs (needs --plot)")
+    p.add_argument("--json", metavar="PATH", type=cli.json_path,
+                   help="write config and history here")
+    p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
+                   help="draw the learning curves here (.png, .pdf, .svg, ...)")
+    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
+                   help="plot saved runs (needs --plot)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 
@@ -236,6 +248,13 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config.update(flags)
     config["model"] = model
     config["target_test_accuracy"] = TARGET_ACCURACY[model]
+    if model == "transformer":  # checked here, before the data loads
+        if 28 % config["patch"]:
+            raise ValueError(f"--patch: expected a divisor of 28, the image side (1, 2, 4, 7, "
+                             f"14 or 28), got {config['patch']}")
+        if config["dim"] % config["heads"]:
+            raise ValueError(f"--dim: expected a multiple of --heads {config['heads']} (each "
+                             f"head takes dim/heads features), got {config['dim']}")
     return config
 
 

@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from bptorch.cli import OLD_ENGINE_NAMES
 from experiments.mnist import BOOK_ACCURACY, PRESETS
 
 HEADER = ("| preset | engine | seeds | best epoch: median | best epoch: best | "
@@ -34,7 +35,8 @@ def summarize(runs: Sequence[dict]) -> str:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in runs:
         c = run["config"]
-        groups[(c.get("preset") or "custom", c["engine"])].append(run)
+        engine = OLD_ENGINE_NAMES.get(c["engine"], c["engine"])  # autograd: now bptorch
+        groups[(c.get("preset") or "custom", engine)].append(run)
     order = {name: i for i, name in enumerate([*PRESETS, "custom"])}
     rows = [HEADER]
     for (preset, engine), group in sorted(groups.items(),
@@ -51,12 +53,28 @@ def summarize(runs: Sequence[dict]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> str:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.summarize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", help="JSON files or glob patterns")
-    args = p.parse_args(argv)
-    paths = sorted({f for pattern in args.paths for f in (glob.glob(pattern) or [pattern])})
+    p.add_argument("paths", nargs="+", type=json_files, help="JSON files or glob patterns")
+    return p
+
+
+def json_files(pattern: str) -> list[str]:
+    """argparse type for ``paths``: the files a glob pattern (or a plain name) matches."""
+    files = sorted(f for f in glob.glob(pattern) if Path(f).is_file())
+    if not files:
+        raise argparse.ArgumentTypeError(f"expected JSON files or a glob pattern matching "
+                                         f"some, got {pattern!r} (no such file)")
+    return files
+
+
+json_files.bad_examples = ("/nonexistent/*.json", "missing.json")  # see bptorch.cli
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    args = build_parser().parse_args(argv)
+    paths = sorted({f for files in args.paths for f in files})
     table = summarize([json.loads(Path(f).read_text()) for f in paths])
     print(table)
     return table

@@ -32,10 +32,11 @@ import torch
 from tqdm import tqdm
 
 import bptorch
+from bptorch import cli
 from bptorch import Network
 from bptorch.diagnostics import measure, record
-from bptorch.threads import keep_threads, mlp_step_flops, set_threads, threads_arg
-from experiments.mnist import save_results
+from bptorch.threads import keep_threads, mlp_step_flops, set_threads
+from experiments.mnist import markers, save_results
 
 NETS = ([784, 30, 30, 10], [784, 30, 30, 30, 10], [784, 30, 30, 30, 30, 10])
 BOOK_INITIAL_SPEED = {  # chapter 5, sigmoid hidden layers, one initialisation
@@ -93,7 +94,8 @@ def plot(results: dict, path: str | Path) -> None:
         ax = axes[acts.index(r["activation"])][sizes.index(str(r["sizes"]))]
         speed = r["speed"]
         for l in range(len(r["sizes"]) - 2):
-            ax.plot([s[l] for s in speed], color=f"C{l}", lw=1, label=f"hidden layer {l + 1}")
+            ax.plot([s[l] for s in speed], color=f"C{l}", lw=1, label=f"hidden layer {l + 1}",
+                    **markers(len(speed)))
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.set_title(f"{r['activation']} {r['sizes'][1:-1]}", fontsize=9)
@@ -110,24 +112,29 @@ def plot(results: dict, path: str | Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n-images", type=int, default=d["n_images"],
+    p.add_argument("--n-images", type=cli.positive_int, default=d["n_images"],
                    help="first N training images (default 1000)")
-    p.add_argument("--epochs", type=int, default=d["epochs"],
+    p.add_argument("--epochs", type=cli.non_negative_int, default=d["epochs"],
                    help="full-batch steps after the initial measurement (0: stop there)")
-    p.add_argument("--eta", type=float, default=d["eta"])
-    p.add_argument("--lmbda", type=float, default=d["lmbda"])
+    p.add_argument("--eta", type=cli.positive_float, default=d["eta"])
+    p.add_argument("--lmbda", type=cli.non_negative_float, default=d["lmbda"])
     p.add_argument("--activations", nargs="+", default=d["activations"],
                    choices=["sigmoid", "relu", "tanh", "leaky_relu"])
-    p.add_argument("--init-seeds", type=int, default=d["init_seeds"],
+    p.add_argument("--init-seeds", type=cli.positive_int, default=d["init_seeds"],
                    help="initialisations averaged for the initial speeds")
-    p.add_argument("--seed", type=int, default=d["seed"], help="the trained initialisation")
-    p.add_argument("--device", default=d["device"])
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
-    p.add_argument("--json", metavar="PATH", help="write config and speeds here")
-    p.add_argument("--plot", metavar="PATH", help="draw speed vs epoch here (PNG)")
-    p.add_argument("--from-json", metavar="PATH", help="plot a saved JSON instead of running")
+    p.add_argument("--seed", type=cli.non_negative_int, default=d["seed"],
+                   help="the trained initialisation")
+    p.add_argument("--device", type=cli.device, default=d["device"], help="default cpu")
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--json", metavar="PATH", type=cli.json_path,
+                   help="write config and speeds here")
+    p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
+                   help="draw speed vs epoch here (.png, .pdf, .svg, ...)")
+    p.add_argument("--from-json", metavar="PATH", type=cli.json_file,
+                   help="plot a saved JSON instead of running")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--threads", type=threads_arg, default=d["threads"],
+    p.add_argument("--threads", type=cli.threads, default=d["threads"],
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads from "
                         "the full-batch step of the largest net (default auto)")
     return p

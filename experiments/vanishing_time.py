@@ -31,9 +31,10 @@ from typing import Sequence
 import torch
 
 import bptorch
+from bptorch import cli
 from bptorch import nn as bnn
 from bptorch.diagnostics import time_gradients
-from bptorch.threads import keep_threads, set_threads, threads_arg
+from bptorch.threads import keep_threads, set_threads
 from experiments.mnist import save_results
 
 MODELS = ("rnn_tanh", "rnn_relu", "lstm", "lstm_forget_bias_1")
@@ -106,18 +107,23 @@ def plot(results: dict, path: str | Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n-images", type=int, default=d["n_images"],
+    p.add_argument("--n-images", type=cli.positive_int, default=d["n_images"],
                    help="first N training images (default 1000)")
-    p.add_argument("--hidden", type=int, default=d["hidden"], help="hidden size H (default 128)")
+    p.add_argument("--hidden", type=cli.positive_int, default=d["hidden"],
+                   help="hidden size H (default 128)")
     p.add_argument("--models", nargs="+", default=d["models"], choices=MODELS)
-    p.add_argument("--seeds", type=int, default=d["seeds"],
+    p.add_argument("--seeds", type=cli.positive_int, default=d["seeds"],
                    help="initialisations averaged (seeds seed .. seed + seeds − 1; default 5)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="the first seed (default 0)")
-    p.add_argument("--data-dir", help="default $BPTORCH_DATA or ~/.cache/bptorch")
-    p.add_argument("--json", metavar="PATH", help="write config and norms here")
-    p.add_argument("--plot", metavar="PATH", help="draw ‖∂C/∂h_t‖ against t here (PNG)")
-    p.add_argument("--from-json", metavar="PATH", help="plot a saved JSON instead of running")
-    p.add_argument("--threads", type=threads_arg, default=d["threads"],
+    p.add_argument("--seed", type=cli.non_negative_int, default=d["seed"],
+                   help="the first seed (default 0)")
+    p.add_argument("--data-dir", type=cli.folder,
+                   help="default $BPTORCH_DATA or ~/.cache/bptorch")
+    p.add_argument("--json", metavar="PATH", type=cli.json_path, help="write config and norms here")
+    p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
+                   help="draw ‖∂C/∂h_t‖ against t here (.png, .pdf, .svg, ...)")
+    p.add_argument("--from-json", metavar="PATH", type=cli.json_file,
+                   help="plot a saved JSON instead of running")
+    p.add_argument("--threads", type=cli.threads, default=d["threads"],
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads from "
                         "the LSTM's forward + backward (default auto)")
     return p

@@ -181,6 +181,54 @@ def test_data_dir_defaults_to_env_var(tmp_path, monkeypatch, fake_source):
     assert fake_source == [tmp_path / "d"] and (tmp_path / "d" / "mnist.cache").exists()
 
 
+# --- what the first fetch tells its user --------------------------------------------------------
+
+def test_first_fetch_says_where_the_data_comes_from(tmp_path, fake_source, capsys):
+    data.load_mnist(data_dir=tmp_path)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"bptorch.data: first use of mnist in {tmp_path}: building {tmp_path}/mnist.cache from "
+        "the first of 1 sources that answers (synthetic); later loads read only the cache",
+        "bptorch.data: mnist from synthetic: 20 train, 5 validation, 5 test"]
+    data.load_mnist(data_dir=tmp_path)  # from the cache: not a word
+    assert capsys.readouterr().err == ""
+
+
+def test_first_fetch_says_why_a_source_failed(tmp_path, monkeypatch, capsys):
+    def offline(root):
+        raise ConnectionError("cannot reach the mirror (offline?)")
+
+    monkeypatch.setitem(data._SOURCES, "mnist", (("web", offline),
+                                                 ("disk", lambda root: (synthetic_splits(),
+                                                                        f"file {root}/x"))))
+    assert data.load_mnist(data_dir=tmp_path).source == f"file {tmp_path}/x"
+    err = capsys.readouterr().err
+    assert "bptorch.data: mnist from web: failed (ConnectionError: cannot reach the mirror " \
+        "(offline?))\n" in err
+    assert f"bptorch.data: mnist from file {tmp_path}/x: 20 train" in err
+
+
+def test_progress_line_counts_seconds_on_a_terminal(monkeypatch):
+    """_ticking draws a tqdm line while a source works; off a terminal tqdm disables it."""
+    import io
+
+    import tqdm
+
+    bars = []
+    real = tqdm.tqdm
+
+    def spy(*args, **kwargs):
+        kwargs["file"], kwargs["disable"] = io.StringIO(), False  # as on a terminal
+        bars.append(real(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(tqdm, "tqdm", spy)
+    with data._ticking("bptorch.data: mnist from PyPI"):
+        time.sleep(0.7)
+    out = bars[0].fp.getvalue()
+    assert out.count("\rbptorch.data: mnist from PyPI: 00:00") >= 2  # drawn, then ticked
+
+
 # --- restricted unpickler ----------------------------------------------------------------------
 
 class Evil:

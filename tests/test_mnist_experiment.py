@@ -315,3 +315,66 @@ def test_threads_flag_is_used_recorded_and_restored(mnist, tmp_path):
     assert torch.get_num_threads() == before  # main gives torch its count back
     with pytest.raises(SystemExit):
         exp.main(["--threads", "0"])
+
+
+# -- what a run tells its user (issue 24) ----------------------------------------------------
+@pytest.mark.skipif(not hasattr(bptorch.diagnostics, "measure"),
+                    reason="bptorch.diagnostics.measure not there yet")
+def test_diagnostics_summary_printed_without_json(mnist, capsys):
+    """--diagnostics prints each layer's speed of learning every epoch, --json or not."""
+    results = exp.main(["--train-size", "100", "--epochs", "1", "--diagnostics",
+                        "--no-progress"])
+    out = capsys.readouterr().out.splitlines()
+    stats = results["history"]["diagnostics"][0]
+    assert out[1] == exp.diagnostics_line(stats)
+    assert out[1] == "  speed of learning ‖∂C/∂b‖: " + ", ".join(
+        f"{layer} {v['speed']:.3g} ({100 * v['saturated_fraction']:.0f}% saturated)"
+        for layer, v in stats.items())
+    assert out[1].count("layers.") == 2
+
+
+def one_epoch_results(**history) -> dict:
+    return {"config": {"preset": "ch1", "engine": "explicit", "seed": 0},
+            "history": {"test_accuracy": [0.9], "validation_accuracy": [0.91],
+                        "training_cost": [0.2], "epoch_seconds": [1.0], **history}}
+
+
+def drawn_figures(monkeypatch) -> list:
+    """Collect each figure a plot saves (as well as saving it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figures, save = [], Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        figures.append(fig)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return figures
+
+
+def test_plot_of_one_epoch_shows_its_point(tmp_path, monkeypatch):
+    """A line through one point draws nothing: each curve of a one-epoch run (as the
+    conv, ResNet and sequence experiments plot through this function) has markers."""
+    figures = drawn_figures(monkeypatch)
+    exp.plot(one_epoch_results(), tmp_path / "one.png")
+    lines = [line for ax in figures[0].axes for line in ax.lines]
+    assert len(lines) == 3 and all(line.get_marker() == "o" for line in lines)
+    exp.plot(one_epoch_results(test_accuracy=[0.9] * 100, validation_accuracy=[0.9] * 100,
+                               training_cost=[0.2] * 100), tmp_path / "many.png")
+    assert all(line.get_marker() == "None" for ax in figures[1].axes for line in ax.lines)
+
+
+def test_feedback_plot_of_one_epoch_shows_its_point(tmp_path, monkeypatch):
+    from experiments import feedback
+
+    figures = drawn_figures(monkeypatch)
+    run = {"config": {"rule": "fa", "model": "mlp", "dataset": "mnist",
+                      "lr": feedback.RULE_CONFIGS["fa"]["lr"]},
+           "history": {"test_error": [3.0], "alignment": [{"fc1": 40.0, "fc3": 0.0}]}}
+    feedback.plot(run, str(tmp_path / "fa.png"))
+    lines = [line for ax in figures[0].axes for line in ax.lines if len(line.get_xdata()) == 1]
+    assert len(lines) == 2 and all(line.get_marker() == "o" for line in lines)
