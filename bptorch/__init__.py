@@ -4,20 +4,39 @@ Every layer's backward is one of the four equations of the seed
 (BP1 δ^L = ∇_a C ⊙ σ'(z^L); BP2 δ^l = ((W^{l+1})ᵀ δ^{l+1}) ⊙ σ'(z^l);
 BP3 ∂C/∂b^l = δ^l; BP4 ∂C/∂W^l = δ^l (a^{l-1})ᵀ).
 
-``import bptorch`` loads every public submodule: ``activations``, ``convert``,
-``data``, ``diagnostics``, ``distributed``, ``functional``, ``functions``, ``nn``,
-``threads``, ``compile``, ``feedback``.
+``import bptorch`` loads the math and the modules: ``activations``, ``functions``,
+``functional``, ``nn``, ``feedback``, ``diagnostics`` and ``Network``. The rest loads on
+first use (``bptorch.compile``, ``bptorch.convert``, ``bptorch.data``,
+``bptorch.distributed``, ``bptorch.threads``): ``compile`` brings torch._dynamo, ``data``
+numpy's and torchvision's loaders, each seconds that a script which never uses them
+should not pay.
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 # Here the name `nn` is bptorch.nn (imported below), never torch's: this file uses
 # no torch.nn, and `from .nn import ...` would bind bptorch.nn to `nn` all the same.
-from . import (
-    activations, compile, convert, data, diagnostics, distributed, feedback, functional,
-    functions, nn, threads,
-)
+from . import activations, diagnostics, feedback, functional, functions, nn
 from .activations import ACTIVATIONS, Activation, get_activation
 from .network import Network
 
 __version__ = "0.1.0"
+
+_LAZY = ("compile", "convert", "data", "distributed", "threads")
+
+
+def __getattr__(name: str) -> Any:
+    """``bptorch.compile``, ``bptorch.data``, ...: imported on first access."""
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")  # binds it here too
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ACTIVATIONS", "Activation", "Network", "activations", "compile", "convert", "data",

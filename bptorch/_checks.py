@@ -1,7 +1,12 @@
-"""Input checks shared by the functional forms: clear errors instead of silent broadcasts
-or cryptic matmul messages. Each check reads only shapes, dtypes and devices (no sync),
-except the range checks of ``check_cost_inputs`` (class indices, probabilities), which
-must look at the values.
+"""Input checks of the functional forms: clear errors instead of silent broadcasts or
+cryptic matmul messages, one family after another (linear, costs, conv and pooling,
+dropout, normalization, embedding, attention). The Functions in ``bptorch.functions``
+check nothing: ``bptorch.functional`` checks, then applies them, and the ``nn`` modules
+call ``functional``.
+
+Each check reads only shapes, dtypes and devices (no sync), except the range checks of
+``check_cost_inputs`` (class indices, probabilities) and ``check_embedding`` (indices),
+which must look at the values.
 """
 from __future__ import annotations
 
@@ -9,6 +14,10 @@ import math
 
 import torch
 from torch import Tensor
+
+from .functions.base import Padding, Pair
+from .functions.conv import conv2d_padding
+from .functions.costs import one_hot  # noqa: F401  (network.py imports it from here)
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:
@@ -39,6 +48,7 @@ def check_same(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
         )
 
 
+# ---------------------------------------------------------------- linear and costs
 def check_linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     check_floating("weight", weight)
     check_floating("input", input)
@@ -155,12 +165,278 @@ def check_cost_inputs(
     return target
 
 
-def one_hot(target: Tensor, n_out: int, dtype: torch.dtype) -> Tensor:
-    """Class indices (*) as one-hot rows (*, n_out) of ``dtype``; a float target as it is.
+# ---------------------------------------------------------------- conv, pooling, dropout
+def check_4d(name: str, input: Tensor, unbatched: bool = False) -> None:
+    """``input`` must be a floating-point (N, C, H, W) (or, if allowed, (C, H, W)) tensor."""
+    check_floating(name, input)
+    if input.dim() != 4 and not (unbatched and input.dim() == 3):
+        want = "(N, C, H, W) or (C, H, W)" if unbatched else "(N, C, H, W)"
+        raise ValueError(
+            f"expected {name} of shape {want}, got shape {_shape(input)} "
+            f"({input.dim()} dims); reshape flat MNIST rows with {name}.view(-1, 1, 28, 28)"
+        )
 
-    Built by comparison with arange, not F.one_hot, which reads the values (vmap cannot).
+
+def check_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair,
+                 padding: Padding, dilation: Pair = (1, 1), groups: int = 1) -> None:
+    """Shapes, dtypes and devices for z = conv(a_prev, W) + b; reads no values.
+
+    ``input`` may be (N, C_in, H, W) or unbatched (C_in, H, W), as torch.
     """
-    if target.is_floating_point():
-        return target
-    classes = torch.arange(n_out, device=target.device)
-    return (target.long().unsqueeze(-1) == classes).to(dtype)
+    check_4d("input", input, unbatched=True)
+    check_same("input", input, "weight", weight)
+    if weight.dim() != 4:
+        raise ValueError(f"expected weight of shape (C_out, C_in / groups, k_h, k_w), "
+                         f"got {_shape(weight)}")
+    c_out, c_in_g, kh, kw = weight.shape
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    if min(stride) < 1 or min(dilation) < 1:
+        raise ValueError(f"stride and dilation must be >= 1, got {stride}, {dilation}")
+    c_in = input.shape[-3]
+    if c_in != c_in_g * groups:
+        raise ValueError(
+            f"expected input with in_channels={c_in_g * groups} channels "
+            f"(weight's {c_in_g} per group × groups={groups}), got {c_in} "
+            f"(input shape {_shape(input)}, weight shape {_shape(weight)})"
+        )
+    if c_out % groups:
+        raise ValueError(f"out_channels={c_out} (weight shape {_shape(weight)}) must be "
+                         f"divisible by groups={groups}")
+    if bias is not None and _shape(bias) != (c_out,):
+        raise ValueError(f"expected bias of shape (out_channels={c_out},), got {_shape(bias)}")
+    (ph, pw), (eh, ew) = conv2d_padding(padding, (kh, kw), stride, dilation)
+    if min(ph, pw) < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    h, w = input.shape[-2] + 2 * ph + eh, input.shape[-1] + 2 * pw + ew
+    span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+    if span[0] > h or span[1] > w:
+        raise ValueError(
+            f"kernel size ({kh}, {kw}) (spanning {span} with dilation {dilation}) is larger "
+            f"than the padded input ({h}, {w}) (input shape {_shape(input)}, padding {padding})"
+        )
+
+
+def pool2d_out_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """torch's pooling output size: ⌊(n + 2p − d(k − 1) − 1)/s⌋ + 1, rounded up with
+    ``ceil_mode`` unless the last window would start in the right padding."""
+    out = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def check_pool2d(input: Tensor, kernel_size: Pair, stride: Pair, padding: Pair = (0, 0),
+                 dilation: Pair = (1, 1), ceil_mode: bool = False) -> None:
+    check_4d("input", input, unbatched=True)
+    if min(kernel_size) < 1 or min(stride) < 1 or min(dilation) < 1:
+        raise ValueError(f"kernel_size, stride and dilation must be >= 1, got "
+                         f"{kernel_size}, {stride}, {dilation}")
+    if min(padding) < 0 or padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        raise ValueError(f"pad should be at most half of kernel size, got padding {padding} "
+                         f"for kernel_size {kernel_size}")
+    out = tuple(pool2d_out_size(input.shape[i - 2], kernel_size[i], stride[i], padding[i],
+                                dilation[i], ceil_mode) for i in (0, 1))
+    if min(out) < 1:
+        raise ValueError(
+            f"pooling window {kernel_size} (dilation {dilation}, padding {padding}) is larger "
+            f"than the input maps {_shape(input)[-2:]}: output size {out} "
+            f"(input shape {_shape(input)})"
+        )
+
+
+def check_dropout_p(p: float) -> float:
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must lie in [0, 1], got {p}")
+    return p
+
+
+def check_pool_input(input: Tensor) -> None:
+    """A floating (N, C, H, W) or unbatched (C, H, W) tensor."""
+    check_floating("input", input)
+    if input.dim() not in (3, 4):
+        raise ValueError(
+            f"expected input of shape (N, C, H, W) or (C, H, W), got shape {_shape(input)}"
+        )
+
+
+def check_avg_pool2d(input: Tensor, kernel_size: Pair, stride: Pair, padding: Pair,
+                     divisor_override: int | None) -> None:
+    check_pool_input(input)
+    if min(kernel_size) < 1 or min(stride) < 1 or min(padding) < 0:
+        raise ValueError(
+            f"kernel_size and stride must be >= 1 and padding >= 0, got kernel_size="
+            f"{kernel_size}, stride={stride}, padding={padding}"
+        )
+    if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        raise ValueError(
+            f"padding must be at most half the kernel size, got padding={padding} for "
+            f"kernel_size={kernel_size}"
+        )
+    if divisor_override is not None and divisor_override == 0:
+        raise ValueError("divisor_override must be non-zero")
+    h, w = input.shape[-2] + 2 * padding[0], input.shape[-1] + 2 * padding[1]
+    if kernel_size[0] > h or kernel_size[1] > w:
+        raise ValueError(
+            f"pooling window {kernel_size} is larger than the padded input ({h}, {w}) "
+            f"(input shape {_shape(input)}, padding {padding})"
+        )
+
+
+def adaptive_output_size(input: Tensor, output_size) -> Pair:
+    """torch's output_size (int, pair, None entries = the input's size) as a pair."""
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size, output_size)
+    if len(output_size) != 2:
+        raise ValueError(f"output_size must be an int or a pair, got {output_size!r}")
+    size = tuple(int(n) if o is None else int(o)
+                 for o, n in zip(output_size, input.shape[-2:]))
+    if min(size) < 1:
+        raise ValueError(f"output_size must be >= 1, got {output_size!r}")
+    return size  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- normalization
+def check_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                     weight: Tensor | None, bias: Tensor | None, training: bool) -> None:
+    """(N, C, *) input whose C matches every per-channel tensor; reads no values."""
+    check_floating("input", input)
+    if input.dim() < 2:
+        raise ValueError(f"expected input of shape (N, C, *), got shape {_shape(input)}")
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        check_same(name, t, "input", input)
+        if _shape(t) != (c,):
+            raise ValueError(
+                f"expected input with num_features={t.numel()} channels (dim 1) to match "
+                f"{name} of shape {_shape(t)}, got input of shape {_shape(input)} "
+                f"with {c} channels"
+            )
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("running_mean and running_var must be given when training=False")
+    if training and input.numel() // max(c, 1) <= 1:
+        raise ValueError(
+            f"expected more than 1 value per channel when training, got input of shape "
+            f"{_shape(input)}"
+        )
+
+
+def check_layer_norm(input: Tensor, normalized_shape: tuple[int, ...],
+                     weight: Tensor | None, bias: Tensor | None) -> None:
+    """input (*, *normalized_shape) and γ, β of shape normalized_shape; reads no values."""
+    check_floating("input", input)
+    k = len(normalized_shape)
+    if k == 0 or input.dim() < k or _shape(input)[input.dim() - k:] != normalized_shape:
+        raise ValueError(
+            f"expected input of shape (*, {', '.join(map(str, normalized_shape))}) "
+            f"(normalized_shape={normalized_shape}), got shape {_shape(input)}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            check_same(name, t, "input", input)
+            if _shape(t) != normalized_shape:
+                raise ValueError(
+                    f"expected {name} of shape normalized_shape={normalized_shape}, "
+                    f"got {_shape(t)}"
+                )
+
+
+# ---------------------------------------------------------------- embedding
+_EMBEDDING_INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+def check_embedding(input: Tensor, weight: Tensor, padding_idx: int | None) -> None:
+    """Integer indices in [0, V) for a (V, D) table; the range check reads the values."""
+    check_floating("weight", weight)
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a torch.Tensor of indices, got {type(input).__name__}")
+    if input.dtype not in _EMBEDDING_INDEX_DTYPES:
+        raise TypeError(
+            f"input must hold integer indices (torch.long or torch.int), got dtype "
+            f"{input.dtype}; convert it with input.long()"
+        )
+    if weight.dim() != 2:
+        raise ValueError(
+            f"expected weight of shape (num_embeddings, embedding_dim), got {_shape(weight)}"
+        )
+    if input.device != weight.device:
+        raise RuntimeError(f"input is on {input.device} but weight is on {weight.device}")
+    v = weight.shape[0]
+    if padding_idx is not None and not 0 <= padding_idx < v:
+        raise ValueError(f"padding_idx must lie in [0, {v}) after wrapping, got {padding_idx}")
+    # reading values: skipped while compiling, under torch.func transforms and on meta
+    if input.numel() and _values_readable(input):
+        lo, hi = (int(v) for v in torch.aminmax(input.reshape(-1)))
+        if lo < 0 or hi >= v:
+            raise IndexError(
+                f"embedding indices must lie in [0, {v - 1}] for num_embeddings={v}, "
+                f"got values in [{lo}, {hi}]"
+            )
+
+
+def wrap_padding_idx(padding_idx: int | None, num_embeddings: int) -> int | None:
+    """torch's rule: a negative padding_idx counts from the end; out of range is an error."""
+    if padding_idx is None:
+        return None
+    if not -num_embeddings <= padding_idx < num_embeddings:
+        raise ValueError(
+            f"padding_idx must lie in [-{num_embeddings}, {num_embeddings}) for "
+            f"num_embeddings={num_embeddings}, got {padding_idx}"
+        )
+    return padding_idx % num_embeddings
+
+
+def check_embedding_unsupported(max_norm: float | None, sparse: bool) -> None:
+    """The arguments bptorch leaves out: max_norm renormalises rows in place during the
+    forward; sparse=True returns a sparse gradient."""
+    if max_norm is not None:
+        raise NotImplementedError("bptorch Embedding does not implement max_norm")
+    if sparse:
+        raise NotImplementedError("bptorch Embedding does not implement sparse=True "
+                                  "(its gradient is dense)")
+
+
+# ---------------------------------------------------------------- attention
+def check_attention(query: Tensor, key: Tensor, value: Tensor,
+                    attn_mask: Tensor | None, is_causal: bool) -> None:
+    """Q (*, L, E), K (*, S, E), V (*, S, Ev), batch dims broadcastable, mask (*, L, S)."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        check_floating(name, t)
+        if t.dim() < 2:
+            raise ValueError(f"expected {name} of shape (*, seq_len, features), got a "
+                             f"{t.dim()}-dim tensor of shape {_shape(t)}")
+        if t is not query:
+            check_same(name, t, "query", query)
+    if key.shape[-1] != query.shape[-1]:
+        raise ValueError(f"expected query (*, L, E) and key (*, S, E) with the same E, got "
+                         f"query {_shape(query)} and key {_shape(key)}")
+    if value.shape[-2] != key.shape[-2]:
+        raise ValueError(f"expected key (*, S, E) and value (*, S, Ev) with the same S, got "
+                         f"key {_shape(key)} and value {_shape(value)}")
+    try:
+        batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"the batch dims of query {_shape(query)}, key {_shape(key)} and "
+                         f"value {_shape(value)} do not broadcast (grouped-query attention "
+                         "needs enable_gqa, which bptorch does not implement)") from None
+    if attn_mask is not None:
+        if is_causal:
+            raise ValueError("pass either attn_mask or is_causal=True, not both (as torch)")
+        if not isinstance(attn_mask, Tensor):
+            raise TypeError(f"attn_mask must be a Tensor, got {type(attn_mask).__name__}")
+        if attn_mask.dtype != torch.bool:
+            check_floating("attn_mask", attn_mask)
+            check_same("attn_mask", attn_mask, "query", query)
+        L, S = query.shape[-2], key.shape[-2]
+        try:
+            torch.broadcast_shapes(attn_mask.shape, (*batch, L, S))
+            ok = attn_mask.dim() <= len(batch) + 2
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"expected attn_mask broadcastable to (*, L, S) = "
+                             f"{(*batch, L, S)}, got shape {_shape(attn_mask)}")

@@ -16,7 +16,7 @@ from torch import nn
 from .activations import Activation
 from .network import Network
 from .nn.activation import _Activation
-from .nn.conv import Conv2d, Dropout, Flatten, MaxPool2d
+from .nn import Conv2d, Dropout, Flatten, MaxPool2d
 from .nn.linear import Dense, Linear
 
 

@@ -29,8 +29,11 @@ and ``update_mini_batch`` (whose δ^l are the per-example ones), so both paths g
 the same numbers. Only these reduced numbers are kept (one 4-vector per layer per
 backward), unless ``keep=True``.
 
-When no recorder is active, the Functions' backward pay one global read per layer
-(``active()``) and keep nothing: ``benchmarks/diagnostics_overhead.py`` times it.
+The Functions report through a hook that ``bptorch.functions`` exposes
+(``functions.base.DELTA_HOOKS``), into which :func:`record` registers this module while a
+recorder is active; ``functions/`` never imports this module. When no recorder is active
+the list is empty and the Functions' backward pay one list read per layer and keep
+nothing: ``benchmarks/diagnostics_overhead.py`` times it.
 """
 from __future__ import annotations
 
@@ -40,6 +43,11 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
+
+from . import feedback
+from .functions.base import DELTA_HOOKS
+from .nn.activation import _Activation
+from .nn.linear import Dense
 
 _recorder = None  # the active (innermost) Recorder, or None
 
@@ -161,10 +169,13 @@ class Recorder:
 
 def _diagnosable(module: nn.Module) -> bool:
     """The bptorch modules whose Function reports a name: Dense and the activations."""
-    from .nn.activation import _Activation
-    from .nn.linear import Dense
-
     return isinstance(module, (Dense, _Activation))
+
+
+def _on_delta(name, activation, delta: Tensor, saved: Tensor | None,
+              a_prev: Tensor | None = None) -> None:
+    """The callback in ``functions.base.DELTA_HOOKS`` while a recorder is active."""
+    record_delta(name, activation, delta, saved, a_prev=a_prev)
 
 
 @contextlib.contextmanager
@@ -192,10 +203,14 @@ def record(model: nn.Module | None = None, *, keep: bool = False) -> Iterator[Re
             if module._diag_name not in rec.names:
                 rec.names.append(module._diag_name)
     previous, _recorder = _recorder, rec
+    if previous is None:
+        DELTA_HOOKS.append(_on_delta)
     try:
         yield rec
     finally:
         _recorder = previous
+        if previous is None:
+            DELTA_HOOKS.remove(_on_delta)
         for module, old in reversed(renamed):
             if old is _MISSING:
                 del module._diag_name
@@ -269,7 +284,6 @@ def alignment(model: nn.Module, x: Tensor, y: Tensor, loss_fn=None) -> dict[str,
     engine. The model runs in eval mode (no dropout: both passes see the same net); its
     ``.grad``, mode and the layers' generators (brsf) are put back afterwards.
     """
-    from . import feedback
 
     def step() -> None:
         if loss_fn is None:

@@ -76,6 +76,8 @@ def setup(module: nn.Module, rule: str, weight: Tensor) -> None:
     module.feedback_scale = None  # set by reset(): c for usf, the magnitude scale of R
     if rule in _BUFFERED:
         module.register_buffer("feedback_weight", torch.empty_like(weight))
+    if rule == "brsf":
+        _eager_brsf()
     if rule in _GENERATED:
         # one draw from the global RNG: torch.manual_seed fixes every later draw
         module._feedback_seed = int(torch.empty((), dtype=torch.int64).random_())
@@ -139,10 +141,29 @@ def matrix(module: nn.Module, weight: Tensor) -> Tensor | None:
     return _brsf_matrix(module, weight)
 
 
-@torch.compiler.disable  # Dynamo cannot trace a draw from a Generator: run it eagerly
-def _brsf_matrix(module: nn.Module, weight: Tensor) -> Tensor:
+def _brsf_draw(module: nn.Module, weight: Tensor) -> Tensor:
     with torch.no_grad():
         return _draw(module, weight).abs_().mul_(torch.sign(weight))  # |R| ⊙ sign(W), R new
+
+
+# _brsf_draw behind torch.compiler.disable (Dynamo cannot trace a draw from a Generator:
+# it runs eagerly). Wrapped when the first brsf layer is built, not at import: the
+# decorator imports torch._dynamo (seconds), which only a brsf layer needs.
+_brsf_matrix = None
+
+
+def _eager_brsf() -> None:
+    global _brsf_matrix
+    if _brsf_matrix is None:
+        _brsf_matrix = torch.compiler.disable(_brsf_draw)
+
+
+def in_backward(module: nn.Module, weight: Tensor) -> Tensor | None:
+    """The matrix a layer's backward passes δ down through in place of W, for this call:
+    :func:`matrix` while autograd tapes under a feedback rule, else None (backprop)."""
+    if module.feedback == "backprop" or not torch.is_grad_enabled():
+        return None
+    return matrix(module, weight)
 
 
 def extra_repr(module: nn.Module) -> str:
@@ -289,4 +310,4 @@ def frozen_generators(model: nn.Module) -> Iterator[None]:
 
 
 __all__ = ["DFA", "NETWORK_RULES", "RULES", "check_rule", "exact", "frozen_generators",
-           "layers", "matrix", "reset", "setup"]
+           "in_backward", "layers", "matrix", "reset", "setup"]

@@ -1,25 +1,42 @@
-"""Lowercase functional forms, as ``torch.nn.functional``: check the input, then apply
-the Function. The Functions themselves live in :mod:`bptorch.functions`."""
+"""Lowercase functional forms, as ``torch.nn.functional``: check the input (``_checks``),
+handle torch's arguments, then apply the Function (``bptorch.functions``). The ``nn``
+modules call these: each argument is handled here once."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 from torch.nn.functional import _get_softmax_dim
 from torch.nn.modules.utils import _pair
 
+from . import _checks as C
 from ._checks import check_cost_inputs, check_floating, check_linear
 from .activations import Activation, get_activation
-from .functions import attention as _attn
-from .functions import conv as _conv
-from .functions import embedding as _emb, normalization as _norm, pooling as _pool
+from .functions.attention import AttentionFunction, bool_to_bias, causal_bias
+from .functions.base import IntPair
+from .functions.conv import Conv2dFunction
 from .functions.costs import CostFunction, get_cost
-from .functions.layers import DenseFunction, LinearFunction
-from .functions.layers import activation as _apply_activation
+from .functions.dropout import DropoutFunction, FlattenFunction, dropout_mask
+from .functions.embedding import EmbeddingFunction
+from .functions.feedback import (
+    Conv2dFeedbackFunction, DenseFeedbackFunction, LinearFeedbackFunction,
+)
+from .functions.linear import ActivationFunction, DenseFunction, LinearFunction
+from .functions.normalization import BatchNormFunction, LayerNormFunction, update_running_stats
+from .functions.pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunction
+from .functions.recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
 
 
-def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """z = a_prev Wᵀ + b for input (*, in_features), weight (out, in), bias (out,)."""
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+           feedback_weight: Tensor | None = None) -> Tensor:
+    """z = a_prev Wᵀ + b for input (*, in_features), weight (out, in), bias (out,).
+
+    ``feedback_weight``: a feedback rule's B (W's shape), passed down in BP2 in place
+    of W (``bptorch.feedback``); None for backprop.
+    """
     check_linear(input, weight, bias)
+    if feedback_weight is not None:
+        return LinearFeedbackFunction.apply(input, weight, bias, feedback_weight)
     return LinearFunction.apply(input, weight, bias)
 
 
@@ -30,17 +47,46 @@ def dense(
     activation: str | Activation = "sigmoid",
     *,
     name: str | None = None,
+    feedback_weight: Tensor | None = None,
 ) -> Tensor:
-    """a = σ(a_prev Wᵀ + b), the fused layer; ``name`` labels it for diagnostics."""
+    """a = σ(a_prev Wᵀ + b), the fused layer; ``name`` labels it for diagnostics,
+    ``feedback_weight`` as :func:`linear`."""
     act = get_activation(activation)
     check_linear(input, weight, bias)
+    if feedback_weight is not None:
+        return DenseFeedbackFunction.apply(input, weight, bias, act, name, feedback_weight)
     return DenseFunction.apply(input, weight, bias, act, name)
 
 
-def _activation(
-    z: Tensor, act: Activation, name: str | None = None, inplace: bool = False
+def activation(
+    input: Tensor, act: Activation, name: str | None = None, inplace: bool = False
 ) -> Tensor:
-    return _apply_activation(z, act, name, inplace)  # checks z, then ActivationFunction
+    """a = σ(z) through :class:`ActivationFunction`, checking the input first.
+
+    ``inplace=True`` behaves as torch's in-place activations: z is overwritten and
+    returned, and a leaf that requires grad is refused with torch's error. Where σ'
+    needs z (SiLU), a copy of z is kept for backward, as torch's ``silu_`` does;
+    leaky_relu with a negative slope keeps none, and its backward raises as torch's.
+    """
+    check_floating("input", input)
+    if not inplace:
+        return ActivationFunction.apply(input, act, name, False, None)
+    if act.fn_ is None:
+        raise ValueError(f"activation {act.name!r} has no in-place form")
+    needs_grad = input.requires_grad and torch.is_grad_enabled()
+    if needs_grad and input.is_leaf:
+        raise RuntimeError(
+            "a leaf Variable that requires grad is being used in an in-place operation."
+        )
+    if not needs_grad and forward_ad.unpack_dual(input).tangent is None:
+        return act.fn_(input)  # nothing to differentiate: the plain in-place op
+    z_before = None
+    if act.saves == "z" and act.name != "leaky_relu":
+        z_before = input.detach().clone()  # σ' needs the z about to be overwritten
+    return ActivationFunction.apply(input, act, name, True, z_before)
+
+
+_activation = activation
 
 
 def apply_activation(
@@ -99,18 +145,18 @@ def identity(input: Tensor) -> Tensor:
     return _activation(input, get_activation("identity"))
 
 
-_REDUCTIONS = ("none", "mean", "sum")
+REDUCTIONS = ("none", "mean", "sum")
 
 
-def _cost(
-    name: str, output: Tensor, target: Tensor, logits: bool, reduction: str
+def cost(
+    name: str, output: Tensor, target: Tensor, logits: bool = False, reduction: str = "mean"
 ) -> Tensor:
     """The cost ``name`` of ``output`` (*, C), classes last, against class indices (*)
     or a float target (*, C). ``reduction``: "none" gives C_x per position, shape (*);
     "mean" the book's (1/n) Σ_x C_x over all n leading positions (N·T for a sequence,
     as torch's cross_entropy); "sum" drops the 1/n."""
     c = get_cost(name, logits)
-    if reduction not in _REDUCTIONS:
+    if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
     y = check_cost_inputs(output, target, "input" if logits else "output",
                           probabilities=c.probabilities)
@@ -118,9 +164,12 @@ def _cost(
     return CostFunction.apply(output, y, c, scale, "none" if reduction == "none" else "sum")
 
 
+_cost, _REDUCTIONS = cost, REDUCTIONS  # the old private names (network.py, one release)
+
+
 def quadratic_cost(output: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """C_x = ½‖a − y‖² summed over the C outputs; ``reduction`` over the positions (*)."""
-    return _cost("quadratic", output, target, False, reduction)
+    return cost("quadratic", output, target, False, reduction)
 
 
 def cross_entropy_cost(
@@ -128,7 +177,7 @@ def cross_entropy_cost(
 ) -> Tensor:
     """C_x = −Σ_j [y_j ln a_j + (1 − y_j) ln(1 − a_j)], a in [0, 1]; with ``logits=True``
     ``output`` is z^L, a = σ(z). Finite at saturation (see bptorch.functions.costs)."""
-    return _cost("cross_entropy", output, target, logits, reduction)
+    return cost("cross_entropy", output, target, logits, reduction)
 
 
 def log_likelihood_cost(
@@ -136,10 +185,11 @@ def log_likelihood_cost(
 ) -> Tensor:
     """C_x = −Σ_j y_j ln a_j (−ln a_y for class indices), a in [0, 1]; with ``logits=True``
     ``output`` is z^L and a = softmax(z). Finite at saturation."""
-    return _cost("log_likelihood", output, target, logits, reduction)
+    return cost("log_likelihood", output, target, logits, reduction)
 
 
-# ---- convolutional layers (Functions in bptorch/functions/conv.py)
+# ---- convolution, pooling, dropout and flatten (bptorch/functions/conv.py, pool.py,
+# dropout.py)
 
 
 def _unbatched(fn, input: Tensor):
@@ -151,48 +201,76 @@ def _unbatched(fn, input: Tensor):
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
-           stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
-           dilation: int | tuple[int, int] = 1, groups: int = 1) -> Tensor:
+           stride: IntPair = 1, padding: IntPair | str = 0, dilation: IntPair = 1,
+           groups: int = 1, *, path: str = "conv",
+           feedback_weight: Tensor | None = None) -> Tensor:
     """z = W ⋆ a_prev + b for input (N, C_in, H, W) or (C_in, H, W), weight
-    (C_out, C_in/groups, k_h, k_w); ``padding`` an int, pair, "valid" or "same"."""
+    (C_out, C_in/groups, k_h, k_w); ``padding`` an int, pair, "valid" or "same".
+
+    bptorch only: ``path`` picks the backward ("conv", the default; "unfold", the
+    reference; "fused", ATen's kernel), ``feedback_weight`` as :func:`linear`.
+    """
     stride, dilation = _pair(stride), _pair(dilation)
     padding = padding if isinstance(padding, str) else _pair(padding)
-    _conv.check_conv2d(input, weight, bias, stride, padding, dilation, groups)
-    return _unbatched(lambda x: _conv.Conv2dFunction.apply(
-        x, weight, bias, stride, padding, dilation, groups, "conv"), input)
+    C.check_conv2d(input, weight, bias, stride, padding, dilation, groups)
+    if feedback_weight is not None:
+        return _unbatched(lambda x: Conv2dFeedbackFunction.apply(
+            x, weight, bias, stride, padding, dilation, groups, path, feedback_weight), input)
+    return _unbatched(lambda x: Conv2dFunction.apply(
+        x, weight, bias, stride, padding, dilation, groups, path), input)
 
 
-def max_pool2d(input: Tensor, kernel_size: int | tuple[int, int],
-               stride: int | tuple[int, int] | None = None,
-               padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
-               ceil_mode: bool = False, return_indices: bool = False):
+def max_pool2d(input: Tensor, kernel_size: IntPair, stride: IntPair | None = None,
+               padding: IntPair = 0, dilation: IntPair = 1, ceil_mode: bool = False,
+               return_indices: bool = False):
     """a_j = max over window j; stride defaults to kernel_size. With ``return_indices``
     returns (a, flat per-map argmax indices), as torch."""
     k = _pair(kernel_size)
     s = _pair(stride) if stride is not None else k
     p, d = _pair(padding), _pair(dilation)
-    _conv.check_pool2d(input, k, s, p, d, ceil_mode)
+    C.check_pool2d(input, k, s, p, d, ceil_mode)
     a, indices = _unbatched(
-        lambda x: _conv.MaxPool2dFunction.apply(x, k, s, p, d, ceil_mode), input)
+        lambda x: MaxPool2dFunction.apply(x, k, s, p, d, ceil_mode), input)
     return (a, indices) if return_indices else a
+
+
+def avg_pool2d(input: Tensor, kernel_size: IntPair, stride: IntPair | None = None,
+               padding: IntPair = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    """a_j = (1/n_j) Σ_{i ∈ window j} z_i; stride defaults to kernel_size."""
+    k = _pair(kernel_size)
+    s = _pair(stride) if stride is not None and stride != [] else k
+    p = _pair(padding)
+    C.check_avg_pool2d(input, k, s, p, divisor_override)
+    return AvgPool2dFunction.apply(input, k, s, p, ceil_mode, count_include_pad,
+                                   divisor_override)
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
+    """Average pooling over the windows that give ``output_size`` (int, pair, None
+    entries keep the input's size)."""
+    C.check_pool_input(input)
+    size = C.adaptive_output_size(input, output_size)
+    return AdaptiveAvgPool2dFunction.apply(input, size)
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True,
             inplace: bool = False) -> Tensor:
     """a = z ⊙ m, m_i ∈ {0, 1/(1 − p)}; the identity when not training."""
-    p = _conv.check_dropout_p(p)
+    p = C.check_dropout_p(p)
+    if not isinstance(input, Tensor) or not input.is_floating_point():
+        raise TypeError("dropout expects a floating-point tensor")
     if not training or p == 0.0:
         return input
-    return _conv.DropoutFunction.apply(input, _conv.dropout_mask(input, p), inplace)
+    return DropoutFunction.apply(input, dropout_mask(input, p), inplace)
 
 
 def flatten(input: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
     """Merge dims start_dim..end_dim; the backward reshapes δ back."""
-    return _conv.FlattenFunction.apply(input, start_dim, end_dim)
+    return FlattenFunction.apply(input, start_dim, end_dim)
 
 
-# ---- normalization, embedding and average pooling (Functions in bptorch/functions/
-# normalization.py, embedding.py and pooling.py)
+# ---- normalization and embedding (bptorch/functions/normalization.py, embedding.py)
 
 
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
@@ -201,12 +279,12 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     """y = γ ⊙ (x − μ)/√(σ² + ε) + β per channel of (N, C, *); batch statistics when
     ``training`` (the running ones, if given, updated in place with ``momentum``),
     else the running statistics."""
-    _norm.check_batch_norm(input, running_mean, running_var, weight, bias, training)
-    y, mean, rstd = _norm.BatchNormFunction.apply(
+    C.check_batch_norm(input, running_mean, running_var, weight, bias, training)
+    y, mean, rstd = BatchNormFunction.apply(
         input, weight, bias, running_mean, running_var, training, eps)
     if training and (running_mean is not None or running_var is not None):
-        _norm.update_running_stats(running_mean, running_var, mean, rstd, eps,
-                                   input.numel() // input.shape[1], momentum)
+        update_running_stats(running_mean, running_var, mean, rstd, eps,
+                             input.numel() // input.shape[1], momentum)
     return y
 
 
@@ -216,8 +294,8 @@ def layer_norm(input: Tensor, normalized_shape: int | tuple[int, ...] | list[int
     """y = γ ⊙ (x − μ)/√(σ² + ε) + β, μ and σ² over the trailing ``normalized_shape``."""
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else \
         tuple(int(n) for n in normalized_shape)
-    _norm.check_layer_norm(input, shape, weight, bias)
-    return _norm.LayerNormFunction.apply(input, shape, weight, bias, eps)[0]
+    C.check_layer_norm(input, shape, weight, bias)
+    return LayerNormFunction.apply(input, shape, weight, bias, eps)[0]
 
 
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
@@ -225,35 +303,31 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
               scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
     """z = weight[input]: row i of the (V, D) table for each index i; the padding row
     gets no gradient. ``max_norm`` and ``sparse=True`` raise NotImplementedError."""
-    _emb.check_unsupported(max_norm, sparse)
+    C.check_embedding_unsupported(max_norm, sparse)
     check_floating("weight", weight)
-    padding_idx = _emb.wrap_padding_idx(padding_idx, weight.shape[0])
-    _emb.check_embedding(input, weight, padding_idx)
-    return _emb.EmbeddingFunction.apply(input, weight, padding_idx, scale_grad_by_freq)
+    padding_idx = C.wrap_padding_idx(padding_idx, weight.shape[0])
+    C.check_embedding(input, weight, padding_idx)
+    return EmbeddingFunction.apply(input, weight, padding_idx, scale_grad_by_freq)
 
 
-def avg_pool2d(input: Tensor, kernel_size: int | tuple[int, int],
-               stride: int | tuple[int, int] | None = None,
-               padding: int | tuple[int, int] = 0, ceil_mode: bool = False,
-               count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
-    """a_j = (1/n_j) Σ_{i ∈ window j} z_i; stride defaults to kernel_size."""
-    k = _pair(kernel_size)
-    s = _pair(stride) if stride is not None and stride != [] else k
-    p = _pair(padding)
-    _pool.check_avg_pool2d(input, k, s, p, divisor_override)
-    return _pool.AvgPool2dFunction.apply(input, k, s, p, ceil_mode, count_include_pad,
-                                         divisor_override)
+# ---- attention (bptorch/functions/attention.py)
 
 
-def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
-    """Average pooling over the windows that give ``output_size`` (int, pair, None
-    entries keep the input's size)."""
-    _pool.check_pool_input(input)
-    size = _pool.adaptive_output_size(input, output_size)
-    return _pool.AdaptiveAvgPool2dFunction.apply(input, size)
-
-
-# ---- attention (Function in bptorch/functions/attention.py)
+def attention(query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None = None,
+              dropout_p: float = 0.0, scale: float | None = None, *,
+              recompute: bool = False) -> tuple[Tensor, Tensor]:
+    """(O, A): O = A V, A = softmax(scale · Q Kᵀ + B) ⊙ M, for query (*, L, E), key
+    (*, S, E), value (*, S, Ev) and an additive ``bias`` B (−∞ where masked; None for
+    none). ``dropout_p`` > 0 draws the mask M with torch's RNG; ``scale`` defaults to
+    1/√E. The attention weights A are what ``MultiheadAttention`` returns."""
+    p = C.check_dropout_p(dropout_p)
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    drop = None
+    if p > 0.0:
+        batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        drop = dropout_mask(query.new_empty((*batch, query.shape[-2], key.shape[-2])), p)
+    o, a, _aux = AttentionFunction.apply(query, key, value, bias, drop, scale, recompute)
+    return o, a
 
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
@@ -273,19 +347,36 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     if enable_gqa:
         raise NotImplementedError("scaled_dot_product_attention: enable_gqa=True (grouped-"
                                   "query attention) is not implemented in bptorch")
-    _attn.check_attention(query, key, value, attn_mask, is_causal)
-    p = _conv.check_dropout_p(dropout_p)
-    L, S = query.shape[-2], key.shape[-2]
+    C.check_attention(query, key, value, attn_mask, is_causal)
     if is_causal:
-        bias = _attn.causal_bias(L, S, query)
+        bias = causal_bias(query.shape[-2], key.shape[-2], query)
     elif attn_mask is not None and attn_mask.dtype == torch.bool:
-        bias = _attn.bool_to_bias(attn_mask, query.dtype)
+        bias = bool_to_bias(attn_mask, query.dtype)
     else:
         bias = attn_mask
-    scale = query.shape[-1] ** -0.5 if scale is None else scale
-    drop = None
-    if p > 0.0:
-        batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
-        like = query.new_empty((*batch, L, S))
-        drop = _conv.dropout_mask(like, p)
-    return _attn.AttentionFunction.apply(query, key, value, bias, drop, scale, recompute)[0]
+    return attention(query, key, value, bias, dropout_p, scale, recompute=recompute)[0]
+
+
+# ---- recurrent layers, one layer and one direction (bptorch/functions/recurrent.py)
+
+
+def rnn_layer(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+              b_hh: Tensor | None, nonlinearity: str = "tanh") -> tuple[Tensor, Tensor]:
+    """(output (T, N, H), h_n) of h_t = σ(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh), input
+    (T, N, H_in) time-first; ``nn.RNN`` checks the shapes."""
+    return RNNLayerFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+
+
+def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+               b_ih: Tensor | None, b_hh: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(output, h_n, c_n) of torch's LSTM for one layer and direction, time-first."""
+    out, h_n, c_n, _gates, _cells = LSTMLayerFunction.apply(input, h0, c0, w_ih, w_hh, b_ih,
+                                                            b_hh)
+    return out, h_n, c_n
+
+
+def gru_layer(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+              b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(output, h_n) of torch's GRU for one layer and direction, time-first."""
+    out, h_n, _gates, _hns = GRULayerFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh)
+    return out, h_n

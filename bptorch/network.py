@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from . import diagnostics
 from . import feedback as _feedback
 from ._checks import check_cost_inputs, check_linear, one_hot
-from .functional import _cost, linear
+from .functional import cost as _cost, linear
 from .functions.costs import get_cost
-from .functions.layers import LinearFeedbackFunction
+from .functions.feedback import LinearFeedbackFunction
 from .nn.linear import Dense
 
 INITS = ("large", "scaled")

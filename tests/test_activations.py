@@ -11,7 +11,7 @@ import torch.nn.functional as TF
 from torch.autograd import gradcheck, gradgradcheck
 
 from bptorch.activations import ACTIVATIONS, get_activation, gelu, leaky_relu, softmax
-from bptorch.functions.layers import ActivationFunction, DenseFunction
+from bptorch.functions.linear import ActivationFunction, DenseFunction
 
 from helpers import away_from_zero, dense_inputs
 

@@ -65,7 +65,7 @@ def test_cost_upcasts_to_float32(name, logits):
     a = z if logits else torch.sigmoid(z)
     a = a.to(torch.bfloat16).requires_grad_()
     y = torch.randint(0, 10, (16,))
-    cost = bptorch.functional._cost
+    cost = bptorch.functional.cost
     with torch.autocast("cpu", dtype=torch.bfloat16):
         c = cost(name, a, y, logits, "mean")
     (ga,) = torch.autograd.grad(c, a)
@@ -156,3 +156,192 @@ def test_diagnostics_under_autocast():
     stats = rec.stats()
     assert set(stats) == {"hidden", "out"}
     assert all(s["weight_grad_norm"] > 0 for s in stats.values())
+
+
+# ---------------------------------------------------------------- every layer against its twin
+# One table: (bptorch module, torch twin, inputs). Under torch.autocast each bptorch layer
+# gives the outputs and gradients (inputs' and parameters') in the dtypes its torch twin
+# gives, and values within REL of each reference's own scale. On the CPU the autocast
+# dtype is bfloat16; on CUDA float16 and bfloat16.
+import torch.nn.functional as TF  # noqa: E402
+from torch import nn  # noqa: E402
+
+
+def _x(*shape):
+    return lambda d: (torch.randn(*shape, device=d),)
+
+
+def _qkv(d):
+    return tuple(torch.randn(5, 2, 8, device=d) for _ in range(3))
+
+
+def _low(factory):  # the same inputs, already in the autocast dtype (a layer's output)
+    return lambda d, dtype: tuple(t.to(dtype) for t in factory(d))
+
+
+class _Seq(nn.Module):  # a torch twin made of two modules: Linear, then an activation
+    def __init__(self, *mods):
+        super().__init__()
+        self.mods = nn.ModuleList(mods)
+
+    def forward(self, x):
+        for m in self.mods:
+            x = m(x)
+        return x
+
+
+class _Cost(nn.Module):
+    """A bptorch cost and its torch twin as modules of (output, target)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, a, y):
+        return self.fn(a, y)
+
+
+def _target(d):
+    return torch.randint(0, 6, (8,), device=d)
+
+
+def _soft(d):
+    return torch.rand(8, 6, device=d)
+
+
+ACTS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU,
+        "softmax": lambda: nn.Softmax(-1), "gelu": nn.GELU, "silu": nn.SiLU,
+        "identity": nn.Identity}
+BACTS = {"sigmoid": bnn.Sigmoid, "tanh": bnn.Tanh, "relu": bnn.ReLU,
+         "leaky_relu": bnn.LeakyReLU, "softmax": lambda: bnn.Softmax(-1), "gelu": bnn.GELU,
+         "silu": bnn.SiLU, "identity": bnn.Identity}
+
+# name: (bptorch factory, torch factory, inputs (device -> tuple), input dtype: "float32"
+# or "low" (the autocast dtype, as a previous layer's output under autocast))
+TWINS = {
+    "Linear": (lambda: bnn.Linear(7, 5), lambda: nn.Linear(7, 5), _x(6, 7)),
+    **{f"Dense-{a}": (lambda a=a: bnn.Dense(7, 5, a),
+                      lambda a=a: _Seq(nn.Linear(7, 5), ACTS[a]()), _x(6, 7))
+       for a in ("sigmoid", "relu", "softmax", "gelu")},
+    **{f"act-{a}": (BACTS[a], ACTS[a], _x(6, 7)) for a in ACTS},
+    **{f"act-{a}-low": (BACTS[a], ACTS[a], _low(_x(6, 7))) for a in ("sigmoid", "softmax")},
+    "Conv2d": (lambda: bnn.Conv2d(3, 4, 3, padding=1), lambda: nn.Conv2d(3, 4, 3, padding=1),
+               _x(2, 3, 6, 5)),
+    "MaxPool2d": (lambda: bnn.MaxPool2d(2), lambda: nn.MaxPool2d(2), _x(2, 3, 6, 4)),
+    "MaxPool2d-low": (lambda: bnn.MaxPool2d(2), lambda: nn.MaxPool2d(2), _low(_x(2, 3, 6, 4))),
+    "AvgPool2d": (lambda: bnn.AvgPool2d(2), lambda: nn.AvgPool2d(2), _x(2, 3, 6, 4)),
+    "AdaptiveAvgPool2d": (lambda: bnn.AdaptiveAvgPool2d((2, 3)),
+                          lambda: nn.AdaptiveAvgPool2d((2, 3)), _x(2, 3, 6, 5)),
+    "Dropout": (lambda: bnn.Dropout(0.3), lambda: nn.Dropout(0.3), _x(6, 7)),
+    "Flatten": (bnn.Flatten, nn.Flatten, _x(2, 3, 4, 2)),
+    "BatchNorm1d": (lambda: bnn.BatchNorm1d(5), lambda: nn.BatchNorm1d(5), _x(6, 5)),
+    "BatchNorm2d": (lambda: bnn.BatchNorm2d(3), lambda: nn.BatchNorm2d(3), _x(4, 3, 5, 4)),
+    "BatchNorm2d-low": (lambda: bnn.BatchNorm2d(3), lambda: nn.BatchNorm2d(3),
+                        _low(_x(4, 3, 5, 4))),
+    "LayerNorm": (lambda: bnn.LayerNorm(7), lambda: nn.LayerNorm(7), _x(3, 4, 7)),
+    "LayerNorm-low": (lambda: bnn.LayerNorm(7), lambda: nn.LayerNorm(7), _low(_x(3, 4, 7))),
+    "Embedding": (lambda: bnn.Embedding(10, 6), lambda: nn.Embedding(10, 6),
+                  lambda d: (torch.randint(0, 10, (3, 4), device=d),)),
+    "MultiheadAttention": (lambda: bnn.MultiheadAttention(8, 2),
+                           lambda: nn.MultiheadAttention(8, 2), _qkv),
+    "RNN": (lambda: bnn.RNN(4, 6), lambda: nn.RNN(4, 6), _x(5, 2, 4)),
+    "LSTM": (lambda: bnn.LSTM(4, 6), lambda: nn.LSTM(4, 6), _x(5, 2, 4)),
+    "GRU": (lambda: bnn.GRU(4, 6), lambda: nn.GRU(4, 6), _x(5, 2, 4)),
+    "QuadraticCost": (
+        lambda: bnn.QuadraticCost(),
+        lambda: _Cost(lambda a, y: 0.5 * TF.mse_loss(a, y, reduction="sum") / a.shape[0]),
+        lambda d: (torch.rand(8, 6, device=d), _soft(d))),
+    "CrossEntropyCost": (
+        lambda: bnn.CrossEntropyCost(),
+        lambda: _Cost(lambda a, y: TF.binary_cross_entropy(a, y, reduction="sum") / a.shape[0]),
+        lambda d: (torch.rand(8, 6, device=d), _soft(d))),
+    "CrossEntropyCost-logits": (
+        lambda: bnn.CrossEntropyCost(logits=True),
+        lambda: _Cost(lambda z, y: TF.binary_cross_entropy_with_logits(z, y, reduction="sum")
+                      / z.shape[0]),
+        lambda d: (torch.randn(8, 6, device=d), _soft(d))),
+    "LogLikelihoodCost-logits": (
+        lambda: bnn.LogLikelihoodCost(logits=True),
+        lambda: _Cost(TF.cross_entropy), lambda d: (torch.randn(8, 6, device=d), _target(d))),
+    "LogLikelihoodCost": (
+        lambda: bnn.LogLikelihoodCost(),
+        lambda: _Cost(lambda a, y: TF.nll_loss(torch.log(a), y)),
+        lambda d: (torch.softmax(torch.randn(8, 6, device=d), -1), _target(d))),
+}
+# costs also take an output already in the autocast dtype (a Linear's output)
+TWINS.update({f"{k}-low": (o, t, (lambda f: lambda d, dtype: (f(d)[0].to(dtype), f(d)[1]))(i))
+              for k, (o, t, i) in list(TWINS.items()) if "Cost" in k})
+# Where torch's twin cannot run under autocast, bptorch's is compared with the twin run
+# without it, and its outputs must come in the dtype given here: torch's LSTM under CPU
+# autocast (oneDNN: "could not create a primitive descriptor for the LSTM forward"),
+# where bptorch's follows torch's CUDA rule (lower precision); torch's BCELoss, which
+# refuses CUDA autocast ("unsafe to autocast"), where bptorch's cost runs in float32 as
+# every other loss.
+NO_TWIN = {("cpu", "LSTM"): "autocast",
+           ("cuda", "CrossEntropyCost"): torch.float32,
+           ("cuda", "CrossEntropyCost-low"): torch.float32}
+# torch's CUDA dropout draws another mask than its CPU one (which bptorch's draws): there
+# only the dtypes are compared
+DTYPES_ONLY = {("cuda", "Dropout")}
+DEVICE_DTYPES = [("cpu", torch.bfloat16)] + [
+    pytest.param("cuda", dt, marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                      reason="CUDA not available"))
+    for dt in (torch.float16, torch.bfloat16)]
+
+
+def _flat(out) -> list:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in out if o is not None for t in _flat(o)]
+
+
+def _copy_params(ours: nn.Module, theirs: nn.Module) -> None:
+    with torch.no_grad():
+        for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+            q.copy_(p)
+
+
+def _run(module, inputs, device, dtype, autocast, seed=0):
+    """Outputs, and the gradients of inputs and parameters under a random upstream
+    gradient (drawn in each output's own dtype)."""
+    inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    torch.manual_seed(seed)  # the same dropout masks for both
+    with torch.autocast(device, dtype=dtype, enabled=autocast):
+        outs = _flat(module(*inputs))
+    gen = torch.Generator(device).manual_seed(1)
+    grads_out = [torch.randn(o.shape, generator=gen, device=device).to(o.dtype) for o in outs]
+    diff = [(o, g) for o, g in zip(outs, grads_out) if o.requires_grad]
+    leaves = [t for t in inputs if t.requires_grad] + list(module.parameters())
+    grads = torch.autograd.grad([o for o, _ in diff], leaves, [g for _, g in diff],
+                                allow_unused=True)
+    return outs, [(t.dtype, g) for t, g in zip(leaves, grads)]
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("name", list(TWINS))
+def test_every_layer_matches_its_torch_twin_under_autocast(name, device, dtype):
+    make_ours, make_theirs, make_inputs = TWINS[name]
+    torch.manual_seed(0)
+    ours, theirs = make_ours().to(device), make_theirs().to(device)
+    _copy_params(ours, theirs)
+    low = name.endswith("-low")
+    inputs = make_inputs(device, dtype) if low else make_inputs(device)
+    rel = REL[dtype] * (2 if name.startswith(("RNN", "LSTM", "GRU", "Multihead")) else 1)
+    got_out, got_grads = _run(ours, inputs, device, dtype, True)
+    no_twin = NO_TWIN.get((device, name))
+    want_out, want_grads = _run(theirs, inputs, device, dtype, no_twin is None)
+    values = (device, name) not in DTYPES_ONLY
+    assert len(got_out) == len(want_out)
+    for g, w in zip(got_out, want_out):
+        want_dtype = w.dtype if no_twin is None else dtype if no_twin == "autocast" else no_twin
+        assert g.dtype == want_dtype, f"{name}: output {g.dtype}, torch's {want_dtype}"
+        if g.is_floating_point() and values:
+            assert_close_to_scale(g, w, rel)
+        elif values:
+            assert torch.equal(g, w)
+    for (t_dtype, g), (_, w) in zip(got_grads, want_grads):
+        assert (g is None) == (w is None), name
+        if g is not None:
+            assert g.dtype == w.dtype == t_dtype  # each gradient in its own input's dtype
+            if values:
+                assert_close_to_scale(g, w, rel)

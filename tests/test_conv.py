@@ -12,9 +12,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import bptorch.functional as BF
 from bptorch import nn as bnn
 from bptorch.convert import to_torch_nn
-from bptorch.functions.conv import (
-    Conv2dFunction, DropoutFunction, FlattenFunction, MaxPool2dFunction,
-)
+from bptorch.functions.conv import Conv2dFunction
+from bptorch.functions.dropout import DropoutFunction, FlattenFunction
+from bptorch.functions.pool import MaxPool2dFunction
 
 F64 = torch.float64
 PATHS = ["conv", "unfold", "fused"]
@@ -169,10 +169,10 @@ def test_broken_conv_backward_is_rejected():
         @staticmethod
         def backward(ctx, grad_output):
             a_prev, weight = ctx.saved_tensors
-            args = (ctx.stride, ctx.padding, ctx.dilation, ctx.groups)
-            gi, _, gb = conv2d_bwd(ctx, grad_output, a_prev, weight, *args)
-            _, gw, _ = conv2d_bwd(ctx, grad_output[:1], a_prev[:1], weight, *args)
-            return gi, gw, gb, None, None, None, None, None
+            args = (ctx.stride, ctx.padding, ctx.dilation, ctx.groups, (True, True, True))
+            gi, _ = conv2d_bwd(grad_output, a_prev, weight, *args)
+            _, gw = conv2d_bwd(grad_output[:1], a_prev[:1], weight, *args)
+            return gi, gw, grad_output.sum((0, 2, 3)), None, None, None, None, None
 
     x, w, b, opts = _conv_args(CONV_CASES[0], "cpu")
     assert x.shape[0] > 1
@@ -586,3 +586,34 @@ def test_conv_and_pool_compose_with_torch_func():
         g = torch.func.grad(
             lambda w: Conv2dFunction.apply(x[0], w, b, *opts, path).pow(2).sum())(w)
         torch.testing.assert_close(g, w2.grad, rtol=1e-4, atol=1e-4, msg=path)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_fast_variants_match_the_reference(device, case):
+    """Every fast variant against the reference pair (unfold + matmul + fold) at every
+    test shape: the default path with each of BP4's two forms, the fused kernel, and each
+    BP4 form alone; BP3 is one function for all."""
+    import bptorch.functions.conv as conv
+
+    x, w, b, (stride, padding, dilation, groups) = _conv_args(case, device)
+    sym, (eh, ew) = conv.conv2d_padding(padding, w.shape[2:], stride, dilation)
+    a_prev = torch.nn.functional.pad(x.detach(), (0, ew, 0, eh))
+    z_ref = conv.conv2d_unfold_fwd(a_prev, w, b, stride, sym, dilation, groups)
+    z = torch.nn.functional.conv2d(a_prev, w, b, stride, sym, dilation, groups)
+    torch.testing.assert_close(z, z_ref)
+    delta = torch.randn_like(z_ref)
+    args = (stride, sym, dilation, groups, (True, True, True))
+    gi_ref, gw_ref, gb_ref = conv.conv2d_unfold_bwd(delta, a_prev, w, *args)
+    torch.testing.assert_close(conv.conv2d_bias_grad(delta), gb_ref)
+    for name, fast in (("default", conv.conv2d_bwd), ("fused", conv.conv2d_fused_bwd)):
+        gi, gw = fast(delta, a_prev, w, *args)
+        torch.testing.assert_close(gi, gi_ref, msg=name)
+        torch.testing.assert_close(gw, gw_ref, msg=name)
+    for bp4 in (conv.conv2d_weight_grad, conv.conv2d_weight_grad_unfold):
+        if bp4 is conv.conv2d_weight_grad and a_prev.shape[0] == 0:
+            continue
+        gw = bp4(delta, a_prev, w.shape[2:], stride, sym, dilation, groups)
+        torch.testing.assert_close(gw, gw_ref, msg=bp4.__name__)
+    # need: only what is asked for is computed
+    assert conv.conv2d_unfold_bwd(delta, a_prev, w, *args[:-1], (False, True, False))[::2] \
+        == (None, None)

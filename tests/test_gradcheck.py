@@ -10,7 +10,7 @@ from bptorch.activations import ACTIVATIONS, get_activation
 from bptorch.functions import (
     ActivationFunction, CostFunction, DenseFunction, LinearFunction, get_cost,
 )
-from bptorch.functions.layers import _linear_backward
+from bptorch.functions.linear import linear_bwd
 
 from helpers import away_from_zero, dense_inputs, probabilities, soft_targets
 
@@ -105,7 +105,7 @@ class BrokenDense(DenseFunction):
     @staticmethod
     def backward(ctx, grad_output):
         a_prev, weight, _bias, _a = ctx.saved_tensors
-        return (*_linear_backward(ctx, grad_output, a_prev, weight), None, None)
+        return (*linear_bwd(grad_output, a_prev, weight, ctx.needs_input_grad), None, None)
 
 
 class TransposedBP4(DenseFunction):
@@ -115,7 +115,7 @@ class TransposedBP4(DenseFunction):
     def backward(ctx, grad_output):
         a_prev, weight, _bias, a = ctx.saved_tensors
         delta = ctx.activation.delta(grad_output, a)
-        gi, gw, gb = _linear_backward(ctx, delta, a_prev, weight)
+        gi, gw, gb = linear_bwd(delta, a_prev, weight, ctx.needs_input_grad)
         return gi, (delta.T @ a_prev).flip(0), gb, None, None
 
 

@@ -296,3 +296,64 @@ def test_signature_and_repr_are_torchs(name):
         [(p.name, p.kind, p.default) for p in theirs]
     for kw in ({}, {"bias": False}):
         assert repr(getattr(bnn, name)(4, **kw)) == repr(getattr(nn, name)(4, **kw))
+
+
+# ---------------------------------------------------------------- fast paths vs the reference
+NEEDS = [(True, True, True), (True, False, False), (False, True, True), (False, False, True)]
+
+
+@pytest.mark.parametrize("block", [None, 7], ids=["one-block", "blocks-of-7"])
+@pytest.mark.parametrize("shape,normalized", LN_CASES, ids=LN_IDS)
+def test_layer_norm_fast_paths_match_the_reference(device, shape, normalized, block,
+                                                   monkeypatch):
+    """The in-place forward and the blocked in-place backward against norm_fwd/norm_bwd,
+    at every LayerNorm test shape, for every combination of gradients asked for."""
+    import bptorch.functions.normalization as norm
+
+    if block is not None:
+        monkeypatch.setattr(norm, "BLOCK_ELEMENTS", block)
+    x = torch.randn(*shape, dtype=F64, device=device) * 2 + 0.5
+    g, b = torch.rand(normalized, dtype=F64, device=device) + 0.5, torch.randn(
+        normalized, dtype=F64, device=device)
+    dims = tuple(range(x.dim() - len(normalized), x.dim()))
+    rows = tuple(range(x.dim() - len(normalized)))
+    mean, rstd = norm.stats(x, dims, 1e-5)
+    y, mean_f, rstd_f = norm.layer_norm_fwd(x, dims, 1e-5, g, b)
+    torch.testing.assert_close(y, norm.norm_fwd(x, mean, rstd, g, b))
+    torch.testing.assert_close((mean_f, rstd_f), (mean, rstd))
+    delta = torch.randn_like(x)
+    for need in NEEDS:
+        ref = norm.norm_bwd(delta, x, mean, rstd, g, dims, rows, need)
+        fast = norm.layer_norm_bwd(delta, x, mean, rstd, g, dims, need)
+        for r, f in zip(ref, fast):
+            assert (r is None) == (f is None), need
+            if r is not None:
+                torch.testing.assert_close(f.reshape(r.shape), r, msg=str(need))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=BN_IDS)
+def test_batch_norm_fast_paths_match_the_reference(device, shape, training):
+    """BatchNorm's one-pass forward and its γ-factored backward against norm_fwd/norm_bwd,
+    at every BatchNorm test shape, batch statistics and running ones."""
+    import bptorch.functions.normalization as norm
+
+    x, w, b, rm, rv = (t.detach() if t is not None else t for t in _bn_args(shape, device))
+    view = (1, -1, *([1] * (x.dim() - 2)))
+    dims = (0, *range(2, x.dim()))
+    if training:
+        mean, rstd = norm.stats(x, dims, 1e-5)
+    else:
+        mean, rstd = rm.reshape(view), torch.rsqrt(rv.reshape(view) + 1e-5)
+    y = BatchNormFunction.apply(x, w, b, rm, rv, training, 1e-5)[0]
+    torch.testing.assert_close(y, norm.norm_fwd(x, mean, rstd, w.reshape(view),
+                                                b.reshape(view)))
+    delta = torch.randn_like(x)
+    for need in NEEDS:
+        ref = norm.norm_bwd(delta, x, mean, rstd, w.reshape(view), dims, dims, need,
+                            fixed_stats=not training)
+        fast = norm.batch_norm_bwd(delta, x, mean, rstd, w.reshape(view), training, need)
+        for r, f in zip(ref, fast):
+            assert (r is None) == (f is None), need
+            if r is not None:
+                torch.testing.assert_close(f, r, msg=str(need))

@@ -12,7 +12,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import bptorch.functional as BF
 from bptorch import nn as bnn
-from bptorch.functions.pooling import AdaptiveAvgPool2dFunction, AvgPool2dFunction
+from bptorch.functions.pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction
 
 F64 = torch.float64
 
@@ -105,7 +105,7 @@ def test_broken_backward_is_rejected():
     class Broken(AvgPool2dFunction):
         @staticmethod
         def backward(ctx, grad_output):
-            from bptorch.functions.pooling import avg_pool2d_bwd
+            from bptorch.functions.pool import avg_pool2d_bwd
 
             g = avg_pool2d_bwd(grad_output, ctx.input_shape, ctx.kernel_size, ctx.stride,
                                ctx.padding, True, None)

@@ -1,16 +1,28 @@
-"""The autograd Functions: each backward is one of the seed's equations (BP1–BP4)."""
-from .costs import COSTS, Cost, CostFunction, get_cost
-from .layers import ActivationFunction, DenseFunction, LinearFunction
-from .embedding import EmbeddingFunction
-from .normalization import BatchNormFunction, LayerNormFunction
-from .pooling import AdaptiveAvgPool2dFunction, AvgPool2dFunction
+"""The autograd Functions: each backward is one of the seed's equations (BP1–BP4).
+
+One file per layer family, each opening with its derivation and its reference
+forward/backward pair: ``linear`` (linear, activation, dense), ``conv``, ``pool``,
+``dropout`` (dropout and flatten), ``normalization``, ``embedding``, ``attention``,
+``recurrent``, ``costs``, ``feedback`` (the feedback rules' Functions). ``base`` holds
+the plumbing they share. Nothing here imports ``bptorch.nn`` or anything above it.
+"""
 from .attention import AttentionFunction
+from .base import BPFunction
+from .conv import Conv2dFunction
+from .costs import COSTS, Cost, CostFunction, get_cost
+from .dropout import DropoutFunction, FlattenFunction
+from .embedding import EmbeddingFunction
+from .feedback import Conv2dFeedbackFunction, DenseFeedbackFunction, LinearFeedbackFunction
+from .linear import ActivationFunction, DenseFunction, LinearFunction
+from .normalization import BatchNormFunction, LayerNormFunction
+from .pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunction
 from .recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
 
 __all__ = [
-    "ActivationFunction", "COSTS", "Cost", "CostFunction", "DenseFunction",
-    "LinearFunction", "get_cost",
-    "AdaptiveAvgPool2dFunction", "AvgPool2dFunction", "BatchNormFunction",
-    "EmbeddingFunction", "LayerNormFunction",
-    "AttentionFunction", "GRULayerFunction", "LSTMLayerFunction", "RNNLayerFunction",
+    "ActivationFunction", "AdaptiveAvgPool2dFunction", "AttentionFunction",
+    "AvgPool2dFunction", "BPFunction", "BatchNormFunction", "COSTS", "Conv2dFeedbackFunction",
+    "Conv2dFunction", "Cost", "CostFunction", "DenseFeedbackFunction", "DenseFunction",
+    "DropoutFunction", "EmbeddingFunction", "FlattenFunction", "GRULayerFunction",
+    "LSTMLayerFunction", "LayerNormFunction", "LinearFeedbackFunction", "LinearFunction",
+    "MaxPool2dFunction", "RNNLayerFunction", "get_cost",
 ]

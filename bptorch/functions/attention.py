@@ -43,11 +43,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import _shape, check_floating, check_same
-from .base import BPFunction
+from .base import LOWER, BPFunction, moved
 
 
-# ---------------------------------------------------------------- the math
+# ---------------------------------------------------------------- the reference pair
 def scores(q: Tensor, k: Tensor, bias: Tensor | None, scale: float) -> Tensor:
     """S = scale · Q Kᵀ + B, (*, L, S)."""
     s = (q * scale) @ k.transpose(-2, -1)
@@ -80,6 +79,8 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None,
     −∞ − (−∞)) are set to 0 and their lse to 0. lse is None unless ``want_lse``.
     """
     s = scores(q, k, bias, scale)
+    if s.is_cuda and s.dtype in (torch.float16, torch.bfloat16):
+        s = s.float()  # the softmax in float32 on CUDA, as torch's autocast puts it
     lse = None
     if want_lse:
         lse = torch.logsumexp(s, -1, keepdim=True)
@@ -91,7 +92,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None,
         if bias is not None:
             p = p.nan_to_num_(0.0)
     a = p * drop if drop is not None else p
-    return a @ v, a, p, lse
+    return a.to(v.dtype) @ v, a, p, lse
 
 
 def attention_bwd(grad_o: Tensor | None, grad_a: Tensor | None, q: Tensor, k: Tensor,
@@ -99,25 +100,29 @@ def attention_bwd(grad_o: Tensor | None, grad_a: Tensor | None, q: Tensor, k: Te
                   need: tuple[bool, bool, bool, bool]) -> tuple[Tensor | None, ...]:
     """(dQ, dK, dV, dB) from dO = ∂C/∂O and dA = ∂C/∂A (either may be None: no gradient)."""
     need_q, need_k, need_v, need_b = need
+    p = p.to(q.dtype)  # P in float32 on CUDA under autocast: back to the matmuls' dtype
+    if grad_a is not None:
+        grad_a = grad_a.to(q.dtype)
     a = p * drop if drop is not None else p
     dq = dk = dv = db = None
     if need_v and grad_o is not None:
-        dv = a.transpose(-2, -1) @ grad_o  # dV = Aᵀ dO
+        dv = a.transpose(-2, -1) @ grad_o  # O = A V  →  dV = Aᵀ dO
     if not (need_q or need_k or need_b):
         return dq, dk, dv, db
-    da = grad_o @ v.transpose(-2, -1) if grad_o is not None else None  # dA = dO Vᵀ
+    da = grad_o @ v.transpose(-2, -1) if grad_o is not None else None  # O = A V  →  dA = dO Vᵀ
     if grad_a is not None:
         da = grad_a if da is None else da + grad_a
     if da is None:
         return dq, dk, dv, db
-    dp = da * drop if drop is not None else da  # dP = dA ⊙ M
-    ds = p * (dp - (dp * p).sum(-1, keepdim=True))  # dS = P ⊙ (dP − rowsum(dP ⊙ P))
+    dp = da * drop if drop is not None else da  # A = P ⊙ M  →  dP = dA ⊙ M
+    # P = softmax(S)  →  dS = P ⊙ (dP − rowsum(dP ⊙ P)), the softmax's BP1
+    ds = p * (dp - (dp * p).sum(-1, keepdim=True))
     if need_q:
-        dq = (ds @ k) * scale  # dQ = dS K · scale
+        dq = (ds @ k) * scale  # S = scale · Q Kᵀ + B  →  dQ = dS K · scale
     if need_k:
-        dk = (ds.transpose(-2, -1) @ q) * scale  # dK = dSᵀ Q · scale
+        dk = (ds.transpose(-2, -1) @ q) * scale  # S = scale · Q Kᵀ + B  →  dK = dSᵀ Q · scale
     if need_b:
-        db = ds  # dB = dS
+        db = ds  # S = scale · Q Kᵀ + B  →  dB = dS
     return dq, dk, dv, db
 
 
@@ -139,7 +144,11 @@ class AttentionFunction(BPFunction):
     broadcastable to (*, L, S), −∞ where masked) or None, drop M (*, L, S) or None; the
     leading dims of the three broadcast as in matmul. ``recompute=True`` saves the row
     log-sum-exp instead of P and recomputes P in backward (see the module docstring).
+    Under ``torch.autocast`` the matmuls run in the autocast dtype (the softmax in float32
+    on CUDA), as torch's.
     """
+
+    autocast = LOWER
 
     @staticmethod
     def forward(query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None,
@@ -180,7 +189,7 @@ class AttentionFunction(BPFunction):
             None, None, None
 
 
-# ---------------------------------------------------------------- masks and checks
+# ---------------------------------------------------------------- masks as additive biases
 def causal_bias(L: int, S: int, like: Tensor) -> Tensor:
     """(L, S) additive mask of torch's is_causal: query i sees keys j ≤ i (top-left)."""
     keep = torch.ones(L, S, dtype=torch.bool, device=like.device).tril()
@@ -193,46 +202,8 @@ def bool_to_bias(keep: Tensor, dtype: torch.dtype) -> Tensor:
         ~keep, float("-inf"))
 
 
-def check_attention(query: Tensor, key: Tensor, value: Tensor,
-                    attn_mask: Tensor | None, is_causal: bool) -> None:
-    """Q (*, L, E), K (*, S, E), V (*, S, Ev), batch dims broadcastable, mask (*, L, S)."""
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        check_floating(name, t)
-        if t.dim() < 2:
-            raise ValueError(f"expected {name} of shape (*, seq_len, features), got a "
-                             f"{t.dim()}-dim tensor of shape {_shape(t)}")
-        if t is not query:
-            check_same(name, t, "query", query)
-    if key.shape[-1] != query.shape[-1]:
-        raise ValueError(f"expected query (*, L, E) and key (*, S, E) with the same E, got "
-                         f"query {_shape(query)} and key {_shape(key)}")
-    if value.shape[-2] != key.shape[-2]:
-        raise ValueError(f"expected key (*, S, E) and value (*, S, Ev) with the same S, got "
-                         f"key {_shape(key)} and value {_shape(value)}")
-    try:
-        batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
-    except RuntimeError:
-        raise ValueError(f"the batch dims of query {_shape(query)}, key {_shape(key)} and "
-                         f"value {_shape(value)} do not broadcast (grouped-query attention "
-                         "needs enable_gqa, which bptorch does not implement)") from None
-    if attn_mask is not None:
-        if is_causal:
-            raise ValueError("pass either attn_mask or is_causal=True, not both (as torch)")
-        if not isinstance(attn_mask, Tensor):
-            raise TypeError(f"attn_mask must be a Tensor, got {type(attn_mask).__name__}")
-        if attn_mask.dtype != torch.bool:
-            check_floating("attn_mask", attn_mask)
-            check_same("attn_mask", attn_mask, "query", query)
-        L, S = query.shape[-2], key.shape[-2]
-        try:
-            torch.broadcast_shapes(attn_mask.shape, (*batch, L, S))
-            ok = attn_mask.dim() <= len(batch) + 2
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"expected attn_mask broadcastable to (*, L, S) = "
-                             f"{(*batch, L, S)}, got shape {_shape(attn_mask)}")
-
-
 __all__ = ["AttentionFunction", "attention_bwd", "attention_fwd", "bool_to_bias",
-           "causal_bias", "check_attention", "safe_softmax", "scores"]
+           "causal_bias", "safe_softmax", "scores"]
+
+# moved out of this file (one release): the input checks
+__getattr__ = moved(__name__, {"check_attention": "bptorch._checks"})

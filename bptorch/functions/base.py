@@ -19,14 +19,37 @@ runs it in one of three forms of the same class, chosen per call:
   keeps working in eager mode.
 
 Each twin carries the class's ``__name__``, so ``grad_fn`` reads ``LinearFunctionBackward``.
+
+The rest of the plumbing every Function shares lives here too, once:
+
+* **autocast** (:meth:`BPFunction.autocast_policy`, :func:`policy_dtype`): under ``torch.autocast`` a Function casts its
+  floating inputs as torch's own op lists say for its op on that device, runs forward
+  and backward with autocast off (its ops see exactly the dtypes the policy chose), and
+  gives each gradient back in its input's own dtype (float32 parameters get float32
+  grads), as torch's casts do.
+* **needs_input_grad**: ``backward`` unpacks ``ctx.saved_tensors``, then hands
+  ``ctx.needs_input_grad`` (sliced to the differentiable inputs) to the family's pure
+  ``*_bwd`` function as ``need``; that function computes a gradient only where
+  ``need[i]`` and returns None elsewhere (``setup_context`` may read it too, to save less).
+* **the diagnostics hook** (:data:`DELTA_HOOKS`): a layer that computes δ^l = ∂C/∂a ⊙ σ'(z)
+  hands it to every callback in the list; ``bptorch.diagnostics`` registers one while it
+  records. ``functions/`` imports nothing above itself.
 """
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import Tensor
 from torch.autograd import Function
+
+# the argument types of the 2-d layers, defined once: a (height, width) pair, a conv's
+# padding (a pair or "valid"/"same"), and torch's int-or-pair arguments
+Pair = tuple[int, int]
+Padding = Pair | str
+IntPair = int | Pair
 
 _base_apply = torch._C._FunctionBase.__dict__["apply"]  # Function.apply, unbound
 _functorch_active = torch._C._are_functorch_transforms_active
@@ -34,7 +57,8 @@ _functorch_active = torch._C._are_functorch_transforms_active
 
 def _combined_form(cls: type, jvp: Any) -> type:
     """The eager twin: ``forward(ctx, *args)`` = ``cls.forward`` then ``cls.setup_context``."""
-    fwd, setup = cls.forward, cls.setup_context
+    # the unwrapped forward and setup_context: autocast is handled here, casting once
+    fwd, setup = inspect.unwrap(cls.forward), inspect.unwrap(cls.setup_context)
     params = list(inspect.signature(fwd).parameters.values())
     n_args = len(params)
     defaults = tuple(p.default for p in params if p.default is not p.empty)
@@ -43,7 +67,19 @@ def _combined_form(cls: type, jvp: Any) -> type:
     def forward(ctx: Any, *args: Any) -> Any:
         if len(args) < n_args:  # fill trailing defaults, as Function.apply's bind does
             args = args + defaults[len(args) - n_required:]
-        output = fwd(*args)
+        t = _first_tensor(args)
+        if t is None or not autocast_on(t.device.type):
+            ctx.autocast_device = None
+            output = fwd(*args)
+            setup(ctx, args, output)
+            return output
+        device = ctx.autocast_device = t.device.type
+        ctx.input_dtypes = tuple(a.dtype if isinstance(a, Tensor) else None for a in args)
+        dtype = policy_dtype(cls.autocast_policy(device, args), device)
+        if dtype is not None:
+            args = _cast_args(dtype, args)
+        with torch.autocast(device, enabled=False):
+            output = fwd(*args)
         setup(ctx, args, output)
         return output
 
@@ -63,20 +99,155 @@ def _combined_form(cls: type, jvp: Any) -> type:
         namespace["jvp"] = staticmethod(jvp_all)
     return type(cls.__name__, (Function,), namespace)
 
+# ---------------------------------------------------------------- diagnostics hook
+# Callbacks ``hook(name, activation, delta, saved, a_prev)`` called by every backward that
+# computes δ^l = ∂C/∂a^l ⊙ σ'(z^l) (Dense and the activations). Empty unless a recorder of
+# ``bptorch.diagnostics`` is active: the backward then pays one list read.
+DELTA_HOOKS: list[Callable[..., None]] = []
+
+
+def report_delta(name: str | None, activation: Any, delta: Tensor, saved: Tensor | None,
+                 a_prev: Tensor | None = None) -> None:
+    """Hand one layer's δ^l (and the tensor σ' came from, and a^{l−1}) to every hook."""
+    for hook in DELTA_HOOKS:
+        hook(name, activation, delta, saved, a_prev=a_prev)
+
+
+# ---------------------------------------------------------------- autocast
+# The policies, after torch's own autocast op lists (torch.amp, "Autocast Op Reference"):
+#   "lower"    the op is on the lower-precision list (linear, matmul, conv, bmm, attention,
+#              the RNNs): floating inputs go to the autocast dtype;
+#   "float32"  the op is on the float32 list (layer_norm and group_norm on CUDA,
+#              softmax on CUDA, the losses): floating inputs go to float32;
+#   None       the op is on neither list: it runs in its inputs' dtypes, uncast.
+# A Function's ``autocast`` is one policy or a dict {device type: policy} (missing: None).
+# float64 inputs are never cast, as torch's autocast leaves them alone.
+LOWER, FLOAT32 = "lower", "float32"
+_LOW = (torch.float16, torch.bfloat16)
+
+# device type -> whether torch has autocast for it, asked once per type (a dict read
+# after that; functools.cache would also work in eager, but Dynamo breaks the graph on it).
+# CPU and CUDA are known: Dynamo before torch 2.12 cannot trace the question itself.
+_HAS_AUTOCAST: dict[str, bool] = {"cpu": True, "cuda": True}
+
+
+def autocast_on(device_type: str) -> bool:
+    """Whether torch.autocast is on for ``device_type`` (devices with no autocast at all,
+    such as ``meta``, never: asking torch about them raises)."""
+    has = _HAS_AUTOCAST.get(device_type)
+    if has is None:
+        has = _HAS_AUTOCAST[device_type] = torch.amp.is_autocast_available(device_type)
+    return has and torch.is_autocast_enabled(device_type)
+
+
+def policy_dtype(policy: str | None, device_type: str) -> torch.dtype | None:
+    """The dtype a Function of ``policy`` casts its floating inputs to while autocast is
+    on for ``device_type``, or None (no cast)."""
+    if policy == LOWER:
+        return torch.get_autocast_dtype(device_type)
+    if policy == FLOAT32:
+        return torch.float32
+    return None
+
+
+def _first_tensor(args: tuple) -> Tensor | None:
+    for a in args:
+        if isinstance(a, Tensor):
+            return a
+    return None
+
+
+def _cast_args(dtype: torch.dtype, args: tuple) -> tuple:
+    """Floating tensors other than float64 in ``dtype``; everything else as it is."""
+    return tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point()
+                 and a.dtype != torch.float64 else a for a in args)
+
+
+def narrow(grad: Tensor, dtype: torch.dtype) -> Tensor:
+    """``grad`` in ``dtype``; cast down to float16, clamped to its finite range first
+    (±65504), since ±inf · σ'(z) = ±inf · 0 would be NaN further down."""
+    if dtype == torch.float16 and grad.dtype != dtype:
+        big = torch.finfo(dtype).max
+        grad = grad.clamp(-big, big)
+    return grad.to(dtype)
+
+
+def _autocast_wrapped(cls: type) -> None:
+    """Give ``cls``'s own forward, setup_context and backward the autocast plumbing."""
+    fwd, setup, bwd = (cls.__dict__.get(k) for k in ("forward", "setup_context", "backward"))
+    if fwd is not None and not hasattr(fwd.__func__, "__wrapped__"):
+        raw_fwd = fwd.__func__
+
+        @functools.wraps(raw_fwd)
+        def forward(*args: Any) -> Any:
+            t = _first_tensor(args)
+            if t is None or not autocast_on(t.device.type):
+                return raw_fwd(*args)
+            dtype = policy_dtype(cls.autocast_policy(t.device.type, args), t.device.type)
+            with torch.autocast(t.device.type, enabled=False):
+                return raw_fwd(*(args if dtype is None else _cast_args(dtype, args)))
+
+        cls.forward = staticmethod(forward)
+    if setup is not None and not hasattr(setup.__func__, "__wrapped__"):
+        raw_setup = setup.__func__
+
+        @functools.wraps(raw_setup)
+        def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+            t = _first_tensor(inputs)
+            ctx.autocast_device = None
+            if t is not None and autocast_on(t.device.type):
+                dtype = policy_dtype(cls.autocast_policy(t.device.type, inputs), t.device.type)
+                ctx.autocast_device = t.device.type
+                ctx.input_dtypes = tuple(a.dtype if isinstance(a, Tensor) else None
+                                         for a in inputs)
+                if dtype is not None:
+                    inputs = _cast_args(dtype, inputs)
+            raw_setup(ctx, inputs, output)
+
+        cls.setup_context = staticmethod(setup_context)
+    if bwd is not None and not hasattr(bwd.__func__, "__wrapped__"):
+        raw_bwd = bwd.__func__
+
+        @functools.wraps(raw_bwd)
+        def backward(ctx: Any, *grad_outputs: Any) -> Any:
+            device = ctx.autocast_device
+            if device is None:
+                return raw_bwd(ctx, *grad_outputs)
+            with torch.autocast(device, enabled=False):
+                grads = raw_bwd(ctx, *grad_outputs)
+            # as torch's casts do: each gradient in its own input's dtype
+            return tuple(g if g is None or d is None or g.dtype == d else narrow(g, d)
+                         for g, d in zip(grads, ctx.input_dtypes))
+
+        cls.backward = staticmethod(backward)
+
 
 class BPFunction(Function):
     """Base of every bptorch Function: write ``forward`` + ``setup_context`` + ``backward``
     (+ ``jvp``); ``apply`` picks the eager, torch.func or traced form (module docstring).
 
     Callers pass arguments positionally (no keywords); trailing defaults are filled in.
+
+    ``autocast``: the Function's policy under ``torch.autocast`` ("lower", "float32" or
+    None, or a dict by device type; see :func:`policy_dtype`), after the op list torch
+    puts its twin's op on. A subclass whose policy depends on its arguments overrides
+    :meth:`autocast_policy`.
     """
 
     _twin = False
+    autocast: str | dict[str, str | None] | None = None
+
+    @classmethod
+    def autocast_policy(cls, device_type: str, args: tuple) -> str | None:
+        """The policy for one call on ``device_type`` (by default the ``autocast`` attribute)."""
+        policy = cls.autocast
+        return policy.get(device_type) if isinstance(policy, dict) else policy
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("_twin"):
             return
+        _autocast_wrapped(cls)
         jvp = cls.__dict__.get("jvp")
         cls._eager = _combined_form(cls, jvp)
         # the torch.func form: cls itself with its jvp and Function's own apply
@@ -89,10 +260,28 @@ class BPFunction(Function):
             cls.jvp = Function.jvp  # what Dynamo sees: no custom jvp, no graph break
         # the setup_context form binds each call's arguments to forward's signature;
         # precomputed, inspect.signature becomes a read (~10 µs a call saved there)
-        cls.forward.__signature__ = inspect.signature(cls.forward)
+        cls.forward.__signature__ = inspect.signature(inspect.unwrap(cls.forward))
 
     @classmethod
     def apply(cls, *args: Any) -> Any:  # type: ignore[override]
         if _functorch_active():
             return cls._functorch.apply(*args)
         return cls._eager.apply(*args)
+
+
+# ---------------------------------------------------------------- moved names
+def moved(old: str, new: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for names that moved out of module ``old``: ``new`` maps
+    each name to the module that holds it now. Each use warns (DeprecationWarning) and
+    returns the new object. The aliases stay for one release."""
+    def __getattr__(name: str) -> Any:
+        if name not in new:
+            raise AttributeError(f"module {old!r} has no attribute {name!r}")
+        import importlib
+        import warnings
+
+        warnings.warn(f"{old}.{name} has moved to {new[name]}.{name}; {old} keeps it for one "
+                      "release", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(new[name]), name)
+
+    return __getattr__

@@ -1,8 +1,7 @@
-"""The convolutional layer Functions: conv2d, max-pool, dropout and flatten.
+"""The convolutional layer: the linear layer applied to every patch.
 
-A convolution is the linear layer applied to patches. Unfold the input a^{l-1}
-(N, C, H, W) into its k_h·k_w patches, one column per output position p:
-a_col (C·k_h·k_w, P) for each example. With the kernels as rows,
+Unfold the input a^{l-1} (N, C, H, W) into its k_h·k_w patches, one column per output
+position p: a_col (C·k_h·k_w, P) for each example. With the kernels as rows,
 W_col = W.view(C_out, C·k_h·k_w), the forward and the seed's equations read
 
     seed, one example, feature maps      code, per example (batch-first)
@@ -12,9 +11,15 @@ W_col = W.view(C_out, C·k_h·k_w), the forward and the seed's equations read
     W_colᵀ δ, folded back     (BP2)      grad_input = fold(W_col.T @ delta_col)
 
 The weights are shared across positions, so BP3 and BP4 sum over positions as well
-as over examples. ``unfold=True`` runs these lines literally (``unfold``/``fold`` and
-matmuls), the reference the tests compare with. The default path writes the same two
-sums as convolutions, which is what they are:
+as over examples. The reference pair below runs these lines literally (``unfold``/``fold``
+and matmuls); ``Conv2d(unfold=True)`` runs it, and the tests compare every other path
+with it. With groups, input channels and kernels split into ``groups`` independent
+convolutions; with dilation d the kernel taps sit d pixels apart. torch's
+``padding="same"`` pads (k−1)·d in all, the odd one at the bottom/right; that extra
+row/column is padded explicitly.
+
+The fast variants (after the Function) write the same two sums as convolutions, which
+is what they are, and are the default:
 
 * BP2: fold(W_colᵀ δ) is the *transposed* convolution of δ with W (δ spread back over
   the pixels each output position read, weighted by the kernel): ``conv_transpose2d``,
@@ -22,14 +27,11 @@ sums as convolutions, which is what they are:
 * BP4: Σ_{n,p} δ_{n,o,p} a_{n,c,p·s + t·d} is a correlation of a^{l-1} with δ: a
   ``conv2d`` with the roles swapped (channels as the batch, examples as the channels,
   δ's maps as the kernels), the forward's dilation as its stride and its stride as
-  the dilation.
+  the dilation; or, where faster (``bp4_unfolded``), the unfolded matmul as one einsum.
+* ``fused_backward=True`` opts into ATen's ``convolution_backward`` (autograd's own
+  kernel, BP2 and BP4 in one call): faster on a one-channel first layer.
 
-Both are built from differentiable ops, so double backward works. ``fused_backward=True``
-opts into ATen's ``convolution_backward`` instead (autograd's own kernel, both sums in
-one call): faster on a one-channel first layer, see the README. With groups, input
-channels and kernels split into ``groups`` independent convolutions; with dilation
-d the kernel taps sit d pixels apart. torch's ``padding="same"`` pads (k−1)·d in all,
-the odd one at the bottom/right; that extra row/column is padded explicitly.
+All are built from differentiable ops, so double backward works.
 """
 from __future__ import annotations
 
@@ -37,27 +39,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn.functional import conv2d, conv_transpose2d, fold, max_pool2d, pad, unfold
+from torch.nn.functional import conv2d, conv_transpose2d, fold, pad, unfold
 
-from .._checks import _shape, check_floating, check_same
-from .base import BPFunction
-from .layers import _autocast_backward, _autocast_dtype, _cast, _record_autocast
+from .base import LOWER, BPFunction, Padding, Pair, moved
 
 aten = torch.ops.aten
-Pair = tuple[int, int]
-Padding = Pair | str
-
-
-# ---------------------------------------------------------------- input checks
-def check_4d(name: str, input: Tensor, unbatched: bool = False) -> None:
-    """``input`` must be a floating-point (N, C, H, W) (or, if allowed, (C, H, W)) tensor."""
-    check_floating(name, input)
-    if input.dim() != 4 and not (unbatched and input.dim() == 3):
-        want = "(N, C, H, W) or (C, H, W)" if unbatched else "(N, C, H, W)"
-        raise ValueError(
-            f"expected {name} of shape {want}, got shape {_shape(input)} "
-            f"({input.dim()} dims); reshape flat MNIST rows with {name}.view(-1, 1, 28, 28)"
-        )
+Need = tuple[bool, ...]
 
 
 def conv2d_padding(padding: Padding, kernel_size: Pair, stride: Pair,
@@ -82,82 +69,7 @@ def conv2d_padding(padding: Padding, kernel_size: Pair, stride: Pair,
     return sym, (total[0] - 2 * sym[0], total[1] - 2 * sym[1])
 
 
-def check_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair,
-                 padding: Padding, dilation: Pair = (1, 1), groups: int = 1) -> None:
-    """Shapes, dtypes and devices for z = conv(a_prev, W) + b; reads no values.
-
-    ``input`` may be (N, C_in, H, W) or unbatched (C_in, H, W), as torch.
-    """
-    check_4d("input", input, unbatched=True)
-    check_same("input", input, "weight", weight)
-    if weight.dim() != 4:
-        raise ValueError(f"expected weight of shape (C_out, C_in / groups, k_h, k_w), "
-                         f"got {_shape(weight)}")
-    c_out, c_in_g, kh, kw = weight.shape
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive integer, got {groups!r}")
-    if min(stride) < 1 or min(dilation) < 1:
-        raise ValueError(f"stride and dilation must be >= 1, got {stride}, {dilation}")
-    c_in = input.shape[-3]
-    if c_in != c_in_g * groups:
-        raise ValueError(
-            f"expected input with in_channels={c_in_g * groups} channels "
-            f"(weight's {c_in_g} per group × groups={groups}), got {c_in} "
-            f"(input shape {_shape(input)}, weight shape {_shape(weight)})"
-        )
-    if c_out % groups:
-        raise ValueError(f"out_channels={c_out} (weight shape {_shape(weight)}) must be "
-                         f"divisible by groups={groups}")
-    if bias is not None and _shape(bias) != (c_out,):
-        raise ValueError(f"expected bias of shape (out_channels={c_out},), got {_shape(bias)}")
-    (ph, pw), (eh, ew) = conv2d_padding(padding, (kh, kw), stride, dilation)
-    if min(ph, pw) < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
-    h, w = input.shape[-2] + 2 * ph + eh, input.shape[-1] + 2 * pw + ew
-    span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
-    if span[0] > h or span[1] > w:
-        raise ValueError(
-            f"kernel size ({kh}, {kw}) (spanning {span} with dilation {dilation}) is larger "
-            f"than the padded input ({h}, {w}) (input shape {_shape(input)}, padding {padding})"
-        )
-
-
-def pool2d_out_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
-    """torch's pooling output size: ⌊(n + 2p − d(k − 1) − 1)/s⌋ + 1, rounded up with
-    ``ceil_mode`` unless the last window would start in the right padding."""
-    out = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= n + p:
-        out -= 1
-    return out
-
-
-def check_pool2d(input: Tensor, kernel_size: Pair, stride: Pair, padding: Pair = (0, 0),
-                 dilation: Pair = (1, 1), ceil_mode: bool = False) -> None:
-    check_4d("input", input, unbatched=True)
-    if min(kernel_size) < 1 or min(stride) < 1 or min(dilation) < 1:
-        raise ValueError(f"kernel_size, stride and dilation must be >= 1, got "
-                         f"{kernel_size}, {stride}, {dilation}")
-    if min(padding) < 0 or padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
-        raise ValueError(f"pad should be at most half of kernel size, got padding {padding} "
-                         f"for kernel_size {kernel_size}")
-    out = tuple(pool2d_out_size(input.shape[i - 2], kernel_size[i], stride[i], padding[i],
-                                dilation[i], ceil_mode) for i in (0, 1))
-    if min(out) < 1:
-        raise ValueError(
-            f"pooling window {kernel_size} (dilation {dilation}, padding {padding}) is larger "
-            f"than the input maps {_shape(input)[-2:]}: output size {out} "
-            f"(input shape {_shape(input)})"
-        )
-
-
-def check_dropout_p(p: float) -> float:
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability p must lie in [0, 1], got {p}")
-    return p
-
-
-# ---------------------------------------------------------------- conv2d
+# ---------------------------------------------------------------- the reference pair
 def conv2d_unfold_fwd(a_prev: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair,
                       padding: Pair, dilation: Pair, groups: int) -> Tensor:
     """z_col = W_col @ a_col + b: the linear layer on the unfolded patches, per group."""
@@ -174,30 +86,118 @@ def conv2d_unfold_fwd(a_prev: Tensor, weight: Tensor, bias: Tensor | None, strid
     return z_col.reshape(n, c_out, oh, ow)
 
 
-def conv2d_unfold_bwd(ctx: Any, delta: Tensor, a_prev: Tensor, weight: Tensor,
-                      stride: Pair, padding: Pair, dilation: Pair, groups: int):
-    """BP3, BP4 and the W_colᵀ δ factor of BP2, literally, on the unfolded patches.
+def conv2d_bias_grad(delta: Tensor) -> Tensor:
+    """z_col = W_col @ a_col + b[:, None]  →  BP3: db = Σ_p δ_p, over positions and
+    examples. The one BP3 of every path."""
+    return delta.sum((0, 2, 3))
 
-    a_col is recomputed from a_prev rather than saved: it is k_h·k_w times larger.
-    """
+
+def conv2d_unfold_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair,
+                      padding: Pair, dilation: Pair, groups: int,
+                      need: Need) -> tuple[Tensor | None, ...]:
+    """(∂C/∂a_prev, ∂C/∂W, ∂C/∂b) of :func:`conv2d_unfold_fwd`, literally, on the
+    unfolded patches. a_col is recomputed from a_prev rather than saved: it is k_h·k_w
+    times larger."""
     n, _, h, w = a_prev.shape
     c_out, _, kh, kw = weight.shape
     delta_col = delta.reshape(n, groups, c_out // groups, -1)  # (N, g, C_out/g, P)
     w_col = weight.reshape(groups, c_out // groups, -1)  # (g, C_out/g, C/g·kh·kw)
     grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        # W_colᵀ δ per patch, then fold (col2im) sums each patch back onto its pixels (BP2)
+    if need[0]:
+        # z_col = W_col @ a_col  →  BP2's factor: W_colᵀ δ per patch, then fold (col2im)
+        # sums each patch back onto its pixels
         g_col = (w_col.transpose(1, 2) @ delta_col).flatten(1, 2)  # (N, C·kh·kw, P)
         grad_input = fold(g_col, (h, w), (kh, kw), dilation, padding, stride)
-    if ctx.needs_input_grad[1]:
-        # BP4: ∂C/∂W = Σ_p δ_p a_col,pᵀ, summed over positions and examples
-        grad_weight = conv2d_weight_grad_unfold(delta, a_prev, (kh, kw), stride, padding,
-                                                dilation, groups)
-    if ctx.needs_input_grad[2]:
-        grad_bias = delta.sum((0, 2, 3))  # BP3: ∂C/∂b = Σ_p δ_p, over positions and examples
+    if need[1]:
+        # z_col = W_col @ a_col  →  BP4: dW = Σ_{n,p} δ_p a_col,pᵀ
+        a_col = unfold(a_prev, (kh, kw), dilation, padding, stride)  # (N, C·kh·kw, P)
+        a_col = a_col.unflatten(1, (groups, -1))  # (N, g, K, P)
+        grad_weight = (delta_col @ a_col.transpose(-2, -1)).sum(0)  # (g, C_out/g, K)
+        grad_weight = grad_weight.reshape(weight.shape)
+    if need[2]:
+        grad_bias = conv2d_bias_grad(delta)  # BP3
     return grad_input, grad_weight, grad_bias
 
 
+# ---------------------------------------------------------------- the Function
+class Conv2dFunction(BPFunction):
+    """z^l = W^l ⋆ a^{l-1} + b^l: the linear layer on every k_h × k_w patch.
+
+    Backward, given grad_output = ∂C/∂z^l = δ^l (one value per map and position p):
+    BP3 ∂C/∂b^l = Σ_p δ^l_p, BP4 ∂C/∂W^l = Σ_p δ^l_p (a_col,p)ᵀ, and (W_col)ᵀ δ^l folded
+    back onto the input pixels (the first factor of BP2) passed down.
+
+    Batch-first: input (N, C_in, H, W), weight (C_out, C_in/groups, k_h, k_w), bias
+    (C_out,), output (N, C_out, H_out, W_out); BP3 and BP4 also sum over the N examples.
+    ``padding`` is an int pair or "valid"/"same". ``path`` picks the backward: "conv"
+    (default; BP2 as a transposed convolution, BP4 as a correlation), "unfold" (the
+    reference: unfold + matmul + fold, in forward too) or "fused" (opt-in: ATen's
+    ``convolution_backward``). Saves the input and the weights, the two factors of BP4
+    and BP2.
+    """
+
+    generate_vmap_rule = True
+    autocast = LOWER
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair = (1, 1),
+                padding: Padding = (0, 0), dilation: Pair = (1, 1), groups: int = 1,
+                path: str = "conv") -> Tensor:
+        return conv2d_forward(input, weight, bias, stride, padding, dilation, groups, path)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        conv2d_setup(ctx, inputs)
+        ctx.save_for_backward(inputs[0], inputs[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        a_prev, weight = ctx.saved_tensors
+        return (*conv2d_backward(ctx, grad_output, a_prev, weight),
+                None, None, None, None, None)
+
+
+def conv2d_forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair,
+                   padding: Padding, dilation: Pair, groups: int, path: str) -> Tensor:
+    """ATen's convolution, or the reference (``path="unfold"``)."""
+    if path != "unfold":
+        return conv2d(input, weight, bias, stride, padding, dilation, groups)
+    sym, (eh, ew) = conv2d_padding(padding, weight.shape[2:], stride, dilation)
+    return conv2d_unfold_fwd(pad(input, (0, ew, 0, eh)), weight, bias, stride, sym,
+                             dilation, groups)
+
+
+def conv2d_setup(ctx: Any, inputs: tuple) -> None:
+    """What every conv backward reads besides the saved tensors."""
+    _input, weight, _bias, stride, padding, dilation, groups, path = inputs
+    ctx.padding, ctx.extra = conv2d_padding(padding, weight.shape[2:], stride, dilation)
+    ctx.stride, ctx.dilation, ctx.groups, ctx.path = stride, dilation, groups, path
+
+
+def conv2d_backward(ctx: Any, delta: Tensor, a_prev: Tensor,
+                    weight: Tensor) -> tuple[Tensor | None, ...]:
+    """(∂C/∂a_prev, ∂C/∂W, ∂C/∂b) on ``ctx.path``. ``weight``: the matrix BP2 passes δ
+    down through (W, or a feedback rule's B: BP3 and BP4 read only its shape)."""
+    need = ctx.needs_input_grad[:3]
+    (eh, ew), (h, w) = ctx.extra, a_prev.shape[2:]
+    # "same" with an even kernel: the odd bottom/right padding row is part of the input
+    # the backward sees; its error is cropped off below
+    a_prev = pad(a_prev, (0, ew, 0, eh)) if eh or ew else a_prev
+    args = (ctx.stride, ctx.padding, ctx.dilation, ctx.groups, need)
+    if ctx.path == "unfold":
+        grad_input, grad_weight, grad_bias = conv2d_unfold_bwd(delta, a_prev, weight, *args)
+    else:
+        fast = conv2d_fused_bwd if ctx.path == "fused" else conv2d_bwd
+        grad_input, grad_weight = fast(delta, a_prev, weight, *args)
+        grad_bias = conv2d_bias_grad(delta) if need[2] else None  # BP3
+    if grad_input is not None and (eh or ew):
+        grad_input = grad_input[:, :, :h, :w]
+    return grad_input, grad_weight, grad_bias
+
+
+# ---------------------------------------------------------------- fast variants
+# The default path ("conv") and the opt-in fused one. Each gives BP2's factor and BP4;
+# BP3 is conv2d_bias_grad for all. tests/test_conv.py compares each with the reference.
 def conv2d_input_grad(delta: Tensor, weight: Tensor, input_hw: Pair, stride: Pair,
                       padding: Pair, dilation: Pair, groups: int) -> Tensor:
     """(W_col)ᵀ δ folded back onto the pixels: the transposed convolution of δ with W.
@@ -216,9 +216,9 @@ def conv2d_input_grad(delta: Tensor, weight: Tensor, input_hw: Pair, stride: Pai
 
 def conv2d_weight_grad_unfold(delta: Tensor, a_prev: Tensor, kernel_size: Pair, stride: Pair,
                               padding: Pair, dilation: Pair, groups: int) -> Tensor:
-    """∂C/∂W = Σ_{n,p} δ_{n,p} a_col,n,pᵀ (BP4) literally: one matmul per group over the
-    unfolded patches, summing over examples and positions at once. A 1×1 kernel's patches
-    are single pixels, so a_col is then the (padded) input read at the stride, no unfold.
+    """BP4's unfolded form as one einsum over examples and positions at once (no
+    N × |W| temporary). A 1×1 kernel's patches are single pixels, so a_col is then the
+    (padded) input read at the stride, no unfold.
     """
     n, c_in, c_out = a_prev.shape[0], a_prev.shape[1], delta.shape[1]
     if tuple(kernel_size) == (1, 1):
@@ -250,44 +250,6 @@ def conv2d_weight_grad(delta: Tensor, a_prev: Tensor, kernel_size: Pair, stride:
     return grad[:, :, : kernel_size[0], : kernel_size[1]].transpose(0, 1)
 
 
-def conv2d_bwd(ctx: Any, delta: Tensor, a_prev: Tensor, weight: Tensor,
-               stride: Pair, padding: Pair, dilation: Pair, groups: int):
-    """BP2's factor, BP4 and BP3 as a transposed convolution, a correlation and a sum."""
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        # (W^l)ᵀ δ^l, passed down to the input pixels (BP2)
-        grad_input = conv2d_input_grad(delta, weight, a_prev.shape[2:], stride, padding,
-                                       dilation, groups)
-    if ctx.needs_input_grad[1]:
-        # BP4: ∂C/∂W = Σ_p δ_p a_col,pᵀ, summed over positions and examples: a correlation,
-        # or the unfolded matmul where that is faster (bp4_unfolded)
-        bp4 = (conv2d_weight_grad_unfold if bp4_unfolded(a_prev, weight)
-               else conv2d_weight_grad)
-        grad_weight = bp4(delta, a_prev, weight.shape[2:], stride, padding, dilation, groups)
-    if ctx.needs_input_grad[2]:
-        grad_bias = delta.sum((0, 2, 3))  # BP3: ∂C/∂b = Σ_p δ_p, over positions and examples
-    return grad_input, grad_weight, grad_bias
-
-
-def conv2d_fused_bwd(ctx: Any, delta: Tensor, a_prev: Tensor, weight: Tensor,
-                     stride: Pair, padding: Pair, dilation: Pair, groups: int):
-    """The opt-in fused path (``fused_backward=True``): BP2's factor and BP4 in one call
-    to ``aten.convolution_backward``, autograd's own kernel for torch.nn.Conv2d, which
-    has its own derivative (double backward works). Faster on a one-channel first
-    layer (see the README's measurements); the tests compare it with the written-out path.
-    """
-    need_in, need_w, need_b = ctx.needs_input_grad[:3]
-    grad_input = grad_weight = grad_bias = None
-    if need_in or need_w:
-        grad_input, grad_weight, _ = aten.convolution_backward(
-            delta, a_prev, weight, None, stride, padding, dilation, False, (0, 0), groups,
-            (need_in, need_w, False),
-        )  # grad_input: (W_col)ᵀ δ folded (BP2); grad_weight: BP4
-    if need_b:
-        grad_bias = delta.sum((0, 2, 3))  # BP3: ∂C/∂b = Σ_p δ_p, over positions and examples
-    return grad_input, grad_weight, grad_bias
-
-
 # Device types on which the default path computes BP4 as the unfolded matmul rather than
 # the correlation, for every kernel. None by default: on an H200 (benchmarks/bp4_forms.py,
 # batch 128) the unfolded form won only at the two stride-1 3×3 convolutions on 28×28 maps
@@ -309,205 +271,54 @@ def bp4_unfolded(a_prev: Tensor, weight: Tensor) -> bool:
             or (device == "cpu" and tuple(weight.shape[2:]) == (1, 1)))
 
 
-_BACKWARDS = {"conv": conv2d_bwd, "unfold": conv2d_unfold_bwd, "fused": conv2d_fused_bwd}
+def conv2d_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair, padding: Pair,
+               dilation: Pair, groups: int, need: Need) -> tuple[Tensor | None, Tensor | None]:
+    """The default path: BP2's factor as a transposed convolution, BP4 as a correlation
+    (or the unfolded einsum where :func:`bp4_unfolded`)."""
+    grad_input = grad_weight = None
+    if need[0]:
+        # z = W ⋆ a_prev + b  →  BP2's factor: (W^l)ᵀ δ^l, passed down to the input pixels
+        grad_input = conv2d_input_grad(delta, weight, a_prev.shape[2:], stride, padding,
+                                       dilation, groups)
+    if need[1]:
+        # z = W ⋆ a_prev + b  →  BP4: dW = Σ_p δ_p a_col,pᵀ, over positions and examples
+        bp4 = (conv2d_weight_grad_unfold if bp4_unfolded(a_prev, weight)
+               else conv2d_weight_grad)
+        grad_weight = bp4(delta, a_prev, weight.shape[2:], stride, padding, dilation, groups)
+    return grad_input, grad_weight
 
 
-class Conv2dFunction(BPFunction):
-    """z^l = W^l ⋆ a^{l-1} + b^l: the linear layer on every k_h × k_w patch.
-
-    Backward, given grad_output = ∂C/∂z^l = δ^l (one value per map and position p):
-    BP3 ∂C/∂b^l = Σ_p δ^l_p, BP4 ∂C/∂W^l = Σ_p δ^l_p (a_col,p)ᵀ, and (W_col)ᵀ δ^l folded
-    back onto the input pixels (the first factor of BP2) passed down.
-
-    Batch-first: input (N, C_in, H, W), weight (C_out, C_in/groups, k_h, k_w), bias
-    (C_out,), output (N, C_out, H_out, W_out); BP3 and BP4 also sum over the N examples.
-    ``padding`` is an int pair or "valid"/"same". ``path`` picks the backward: "conv"
-    (default; BP2 as a transposed convolution, BP4 as a correlation), "unfold" (the
-    reference: unfold + matmul + fold, in forward too) or "fused" (opt-in: ATen's
-    ``convolution_backward``). Saves the input and the weights, the two factors of BP4
-    and BP2.
+def conv2d_fused_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair,
+                     padding: Pair, dilation: Pair, groups: int,
+                     need: Need) -> tuple[Tensor | None, Tensor | None]:
+    """The opt-in fused path (``fused_backward=True``): BP2's factor and BP4 in one call
+    to ``aten.convolution_backward``, autograd's own kernel for torch.nn.Conv2d, which
+    has its own derivative (double backward works). Faster on a one-channel first
+    layer (see the README's measurements).
     """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair = (1, 1),
-                padding: Padding = (0, 0), dilation: Pair = (1, 1), groups: int = 1,
-                path: str = "conv") -> Tensor:
-        # under torch.autocast the convolution runs in the autocast dtype, as torch's does
-        input, weight, bias = _cast(_autocast_dtype(input), input, weight, bias)
-        if path != "unfold":
-            return conv2d(input, weight, bias, stride, padding, dilation, groups)
-        sym, (eh, ew) = conv2d_padding(padding, weight.shape[2:], stride, dilation)
-        return conv2d_unfold_fwd(pad(input, (0, ew, 0, eh)), weight, bias, stride, sym,
-                                 dilation, groups)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        input, weight, bias, stride, padding, dilation, groups, path = inputs
-        ctx.padding, ctx.extra = conv2d_padding(padding, weight.shape[2:], stride, dilation)
-        ctx.stride, ctx.dilation, ctx.groups = stride, dilation, groups
-        ctx.backward_path = _BACKWARDS[path]
-        _record_autocast(ctx, input, weight, bias)
-        ctx.save_for_backward(input, weight)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor):
-        a_prev, weight = ctx.saved_tensors
-        bwd = ctx.backward_path
-        (eh, ew), (h, w) = ctx.extra, a_prev.shape[2:]
-
-        def gradients(ctx, delta, a_prev, weight):
-            # "same" with an even kernel: the odd bottom/right padding row is part of the
-            # input the backward sees; its error is cropped off below
-            a_prev = pad(a_prev, (0, ew, 0, eh)) if eh or ew else a_prev
-            grads = bwd(ctx, delta, a_prev, weight, ctx.stride, ctx.padding, ctx.dilation,
-                        ctx.groups)
-            if grads[0] is not None and (eh or ew):
-                grads = (grads[0][:, :, :h, :w], *grads[1:])
-            return grads
-
-        grads = _autocast_backward(ctx, gradients, grad_output, a_prev, weight)
-        return (*grads, None, None, None, None, None)
-
-
-class Conv2dFeedbackFunction(Conv2dFunction):
-    """z^l = W^l ⋆ a^{l-1} + b^l, passing down B's transposed convolution with δ^l instead
-    of W's (a feedback rule's stand-in for W, ``bptorch.feedback``).
-
-    ``feedback_weight`` is B (W's shape, no gradient). BP3 and BP4 are
-    :class:`Conv2dFunction`'s: they read W's shape only, never its values, so the
-    backward is Conv2dFunction's with B saved in W's place (on every ``path``).
-    """
-
-    @staticmethod
-    def forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair,
-                padding: Padding, dilation: Pair, groups: int, path: str,
-                feedback_weight: Tensor) -> Tensor:
-        return Conv2dFunction.forward(input, weight, bias, stride, padding, dilation, groups,
-                                      path)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        Conv2dFunction.setup_context(ctx, inputs[:-1], output)
-        ctx.save_for_backward(inputs[0], inputs[-1])  # a^{l-1}, and B where W was
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor):
-        return (*Conv2dFunction.backward(ctx, grad_output), None)
-
-
-# ---------------------------------------------------------------- max-pool
-class MaxPool2dFunction(BPFunction):
-    """a_j = max_{i ∈ window j} z_i.
-
-    Backward: ∂a_j/∂z_i is 1 for the input that won window j and 0 for the others, so
-    ∂C/∂z_i = Σ_{j : i won j} ∂C/∂a_j: δ is routed to the winners, summed where
-    overlapping windows share a winner. On ties torch's kernel picks one winner; that
-    one gets δ. Padding never wins (torch pads with −∞).
-
-    Batch-first: (N, C, H, W) -> (N, C, H_out, W_out). Saves the flat per-map argmax
-    indices (int64, the size of the output), not the input. Returns (output, indices).
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(input: Tensor, kernel_size: Pair, stride: Pair, padding: Pair = (0, 0),
-                dilation: Pair = (1, 1), ceil_mode: bool = False) -> tuple[Tensor, Tensor]:
-        return max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
-                          return_indices=True)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
-        input = inputs[0]
-        _a, indices = output
-        ctx.mark_non_differentiable(indices)
-        ctx.input_shape = input.shape
-        ctx.save_for_backward(indices)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor, _grad_indices: Tensor | None):
-        (indices,) = ctx.saved_tensors
-        delta = grad_output
-        n, c, h, w = ctx.input_shape
-        # Route each window's δ to the pixel that won it (indices are flat per map, h·w);
-        # scatter_add, not scatter: a pixel that wins several overlapping windows
-        # receives the sum of their δs. Differentiable in δ (its derivative is a gather).
-        # Half-precision δs are summed in float32 and rounded once, as torch's kernel does.
-        acc = delta.float() if delta.dtype in (torch.float16, torch.bfloat16) else delta
-        grad_input = acc.new_zeros(n, c, h * w).scatter_add(2, indices.flatten(2), acc.flatten(2))
-        return grad_input.view(n, c, h, w).to(delta.dtype), None, None, None, None, None
-
-
-# ---------------------------------------------------------------- dropout
-class DropoutFunction(BPFunction):
-    """a = z ⊙ m, with m_i = 1/(1 − p) for kept units and 0 for dropped ones.
-
-    Backward: ∂C/∂z = ∂C/∂a ⊙ m, the same mask (a dropped unit passes no error down).
-    The mask is an input, drawn by the caller with torch's RNG, so the Function is
-    deterministic and ``torch.manual_seed`` controls the draw. ``inplace=True``
-    overwrites z with a (``mark_dirty``); the mask then gets no gradient, since z is gone.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(input: Tensor, mask: Tensor, inplace: bool = False) -> Tensor:
-        return input.mul_(mask) if inplace else input * mask
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        input, mask, inplace = inputs
-        if inplace:
-            if ctx.needs_input_grad[1]:
-                raise RuntimeError("in-place dropout overwrites the input, so the mask "
-                                   "cannot get a gradient; use inplace=False")
-            ctx.mark_dirty(input)
-        keep_input = ctx.needs_input_grad[1] and not inplace
-        ctx.save_for_backward(input if keep_input else None, mask)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor):
-        input, mask = ctx.saved_tensors
-        grad_input = grad_mask = None
-        if ctx.needs_input_grad[0]:
-            grad_input = grad_output * mask  # δ ⊙ m
-        if ctx.needs_input_grad[1]:
-            grad_mask = grad_output * input
-        return grad_input, grad_mask, None
-
-
-def dropout_mask(input: Tensor, p: float) -> Tensor:
-    """m = Bernoulli(1 − p) / (1 − p), drawn as torch's CPU dropout draws it; for p = 1
-    all zeros, drawing nothing (as torch, which multiplies by zero)."""
-    if p == 1.0:
-        return torch.zeros_like(input)
-    return torch.empty_like(input).bernoulli_(1 - p).div_(1 - p)
-
-
-# ---------------------------------------------------------------- flatten
-class FlattenFunction(BPFunction):
-    """a = z reshaped to (N, C·H·W) (dims start_dim..end_dim merged); δ reshaped back."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(input: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
-        return input.flatten(start_dim, end_dim)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        ctx.input_shape = inputs[0].shape
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor):
-        return grad_output.reshape(ctx.input_shape), None, None
+    if not (need[0] or need[1]):
+        return None, None
+    grad_input, grad_weight, _ = aten.convolution_backward(
+        delta, a_prev, weight, None, stride, padding, dilation, False, (0, 0), groups,
+        (need[0], need[1], False),
+    )  # grad_input: (W_col)ᵀ δ folded (BP2); grad_weight: BP4
+    return grad_input, grad_weight
 
 
 __all__ = [
-    "Conv2dFeedbackFunction", "Conv2dFunction", "DropoutFunction", "FlattenFunction",
-    "MaxPool2dFunction",
-    "check_4d", "check_conv2d", "check_dropout_p", "check_pool2d", "conv2d_padding",
-    "dropout_mask", "pool2d_out_size",
+    "BP4_UNFOLD_DEVICES", "Conv2dFunction", "bp4_unfolded", "conv2d_bias_grad",
+    "conv2d_bwd", "conv2d_fused_bwd", "conv2d_input_grad", "conv2d_padding",
+    "conv2d_unfold_bwd", "conv2d_unfold_fwd", "conv2d_weight_grad",
+    "conv2d_weight_grad_unfold",
 ]
+
+# moved out of this file (one release): the pool, dropout and flatten Functions, the checks
+__getattr__ = moved(__name__, {
+    "MaxPool2dFunction": "bptorch.functions.pool",
+    "DropoutFunction": "bptorch.functions.dropout",
+    "FlattenFunction": "bptorch.functions.dropout",
+    "dropout_mask": "bptorch.functions.dropout",
+    "Conv2dFeedbackFunction": "bptorch.functions.feedback",
+    **{name: "bptorch._checks" for name in ("check_4d", "check_conv2d", "check_dropout_p",
+                                            "check_pool2d", "pool2d_out_size")},
+})

@@ -36,8 +36,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import softplus
 
-from .._checks import one_hot
-from .base import BPFunction
+from .base import FLOAT32, BPFunction, narrow
 
 # torch's BCELoss safeguards (aten binary_cross_entropy and its backward): the floor
 # on ln a and ln(1 − a), and the floor on the denominator of the gradient.
@@ -123,6 +122,17 @@ COSTS: dict[str, tuple[Cost, Cost | None]] = {  # name -> (on a^L, on z^L)
 }
 
 
+def one_hot(target: Tensor, n_out: int, dtype: torch.dtype) -> Tensor:
+    """Class indices (*) as one-hot rows (*, n_out) of ``dtype``; a float target as it is.
+
+    Built by comparison with arange, not F.one_hot, which reads the values (vmap cannot).
+    """
+    if target.is_floating_point():
+        return target
+    classes = torch.arange(n_out, device=target.device)
+    return (target.long().unsqueeze(-1) == classes).to(dtype)
+
+
 def get_cost(name: str | Cost, logits: bool = False) -> Cost:
     """Look up a cost by name; ``logits=True`` picks the form that takes z^L."""
     if isinstance(name, Cost):
@@ -155,12 +165,14 @@ class CostFunction(BPFunction):
 
     Precision: a float16/bfloat16 output is upcast and the cost runs in float32, as
     torch's losses compute in float32 for them (ε = 1e-12 is 0 in float16). Under
-    ``torch.autocast`` the cost comes back in float32, otherwise in the output's dtype;
-    the gradient comes back in the output's dtype, clamped to float16's finite range
-    (±65504) where it overflows, since ±inf · σ'(z) = ±inf · 0 would be NaN.
+    ``torch.autocast`` the cost comes back in float32 (torch's losses are on its float32
+    list), otherwise in the output's dtype; the gradient comes back in the output's
+    dtype, clamped to float16's finite range (±65504) where it overflows, since
+    ±inf · σ'(z) = ±inf · 0 would be NaN.
     """
 
     generate_vmap_rule = True
+    autocast = FLOAT32
 
     @staticmethod
     def forward(
@@ -169,7 +181,7 @@ class CostFunction(BPFunction):
         y = one_hot(target, output.shape[-1], output.dtype)
         terms = cost.fn(*_upcast(output, y))  # (*, C)
         c = (terms.sum() if reduction == "sum" else terms.sum(-1)) * scale
-        return c if _autocast_on(output) else c.to(output.dtype)
+        return c.to(output.dtype)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -189,10 +201,10 @@ class CostFunction(BPFunction):
         a32, y32 = _upcast(a, y)  # a, y themselves unless float16/bfloat16
         grad_a = grad_y = None
         if ctx.needs_input_grad[0]:
-            # ∇_a C (BP1's first factor), or δ^L for logits
-            grad_a = _narrow(g * cost.grad(a32, y32), a.dtype)
+            # C = scale · Σ_x C_x(a_x, y)  →  ∇_a C, BP1's first factor (δ^L for logits)
+            grad_a = narrow(g * cost.grad(a32, y32), a.dtype)
         if ctx.needs_input_grad[1]:
-            grad_y = _narrow(g * cost.grad_target(a32, y32), y.dtype)
+            grad_y = narrow(g * cost.grad_target(a32, y32), y.dtype)
         return grad_a, grad_y, None, None, None
 
     @staticmethod
@@ -211,22 +223,13 @@ class CostFunction(BPFunction):
 _LOW = (torch.float16, torch.bfloat16)
 
 
-def _autocast_on(a: Tensor) -> bool:
-    """True under torch.autocast for a float16/bfloat16 ``a``: the cost stays in float32."""
-    return a.dtype in _LOW and torch.is_autocast_enabled(a.device.type)
-
-
 def _upcast(a: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """(a, y) in float32 when ``a`` is float16/bfloat16: the cost's math runs there."""
     return (a.float(), y.float()) if a.dtype in _LOW else (a, y)
 
 
-def _narrow(grad: Tensor, dtype: torch.dtype) -> Tensor:
-    """``grad`` in ``dtype``; for float16, clamped to its finite range first."""
-    if dtype == torch.float16 and grad.dtype != dtype:
-        big = torch.finfo(dtype).max
-        grad = grad.clamp(-big, big)
-    return grad.to(dtype)
-
-
 cost = CostFunction.apply
+
+__all__ = ["COSTS", "CROSS_ENTROPY", "CROSS_ENTROPY_LOGITS", "Cost", "CostFunction", "EPS",
+           "LOG_FLOOR", "LOG_LIKELIHOOD", "LOG_LIKELIHOOD_LOGITS", "QUADRATIC", "cost",
+           "get_cost", "one_hot"]

@@ -9,7 +9,8 @@ looked up (rows used twice get the sum):
     z = W e_i                            z = weight[input]                (*, D)
     ∂C/∂W = δ e_iᵀ          (BP4)        grad_weight.index_add_(0, input.flatten(), δ)
 
-No error is passed down: the indices are not differentiable. The row ``padding_idx``
+No error is passed down: the indices are not differentiable. Under ``torch.autocast``
+the lookup runs in the table's dtype, as torch's (embedding is on neither of its lists). The row ``padding_idx``
 gets no gradient (it stays fixed, usually at zero); ``scale_grad_by_freq`` divides each
 δ by the number of times its index occurs in the batch.
 """
@@ -20,61 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import _shape, _values_readable, check_floating
-from .base import BPFunction
-
-_INDEX_DTYPES = (torch.int64, torch.int32)
-
-
-def check_embedding(input: Tensor, weight: Tensor, padding_idx: int | None) -> None:
-    """Integer indices in [0, V) for a (V, D) table; the range check reads the values."""
-    check_floating("weight", weight)
-    if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a torch.Tensor of indices, got {type(input).__name__}")
-    if input.dtype not in _INDEX_DTYPES:
-        raise TypeError(
-            f"input must hold integer indices (torch.long or torch.int), got dtype "
-            f"{input.dtype}; convert it with input.long()"
-        )
-    if weight.dim() != 2:
-        raise ValueError(
-            f"expected weight of shape (num_embeddings, embedding_dim), got {_shape(weight)}"
-        )
-    if input.device != weight.device:
-        raise RuntimeError(f"input is on {input.device} but weight is on {weight.device}")
-    v = weight.shape[0]
-    if padding_idx is not None and not 0 <= padding_idx < v:
-        raise ValueError(f"padding_idx must lie in [0, {v}) after wrapping, got {padding_idx}")
-    # reading values: skipped while compiling, under torch.func transforms and on meta
-    if input.numel() and _values_readable(input):
-        lo, hi = (int(v) for v in torch.aminmax(input.reshape(-1)))
-        if lo < 0 or hi >= v:
-            raise IndexError(
-                f"embedding indices must lie in [0, {v - 1}] for num_embeddings={v}, "
-                f"got values in [{lo}, {hi}]"
-            )
-
-
-def wrap_padding_idx(padding_idx: int | None, num_embeddings: int) -> int | None:
-    """torch's rule: a negative padding_idx counts from the end; out of range is an error."""
-    if padding_idx is None:
-        return None
-    if not -num_embeddings <= padding_idx < num_embeddings:
-        raise ValueError(
-            f"padding_idx must lie in [-{num_embeddings}, {num_embeddings}) for "
-            f"num_embeddings={num_embeddings}, got {padding_idx}"
-        )
-    return padding_idx % num_embeddings
-
-
-def check_unsupported(max_norm: float | None, sparse: bool) -> None:
-    """The arguments bptorch leaves out: max_norm renormalises rows in place during the
-    forward; sparse=True returns a sparse gradient."""
-    if max_norm is not None:
-        raise NotImplementedError("bptorch Embedding does not implement max_norm")
-    if sparse:
-        raise NotImplementedError("bptorch Embedding does not implement sparse=True "
-                                  "(its gradient is dense)")
+from .base import BPFunction, moved
 
 
 def embedding_fwd(input: Tensor, weight: Tensor) -> Tensor:
@@ -93,7 +40,8 @@ def embedding_bwd(delta: Tensor, input: Tensor, num_embeddings: int,
     if padding_idx is not None:
         delta = delta * (index != padding_idx).unsqueeze(1).to(delta.dtype)  # padding row: 0
     grad_weight = delta.new_zeros(num_embeddings, delta.shape[1])
-    # BP4: Σ δ e_iᵀ, a scatter-add into rows; in place on the fresh zeros (no second table)
+    # z = W e_i  →  BP4: dW = Σ δ e_iᵀ, a scatter-add into rows; in place on the fresh
+    # zeros (no second table)
     return grad_weight.index_add_(0, index, delta)
 
 
@@ -131,5 +79,8 @@ class EmbeddingFunction(BPFunction):
         return None, grad_weight, None, None
 
 
-__all__ = ["EmbeddingFunction", "check_embedding", "check_unsupported", "embedding_bwd",
-           "embedding_fwd", "wrap_padding_idx"]
+__all__ = ["EmbeddingFunction", "embedding_bwd", "embedding_fwd"]
+
+# moved out of this file (one release): the input checks
+__getattr__ = moved(__name__, {"check_embedding": "bptorch._checks",
+                               "wrap_padding_idx": "bptorch._checks"})

@@ -34,62 +34,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import _shape, check_floating, check_same
-from .base import BPFunction
+from .base import FLOAT32, BPFunction, moved
 
 Dims = tuple[int, ...]
+_LOW = (torch.float16, torch.bfloat16)
 
 
-# ---------------------------------------------------------------- input checks
-def check_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-                     weight: Tensor | None, bias: Tensor | None, training: bool) -> None:
-    """(N, C, *) input whose C matches every per-channel tensor; reads no values."""
-    check_floating("input", input)
-    if input.dim() < 2:
-        raise ValueError(f"expected input of shape (N, C, *), got shape {_shape(input)}")
-    c = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        if t is None:
-            continue
-        check_same(name, t, "input", input)
-        if _shape(t) != (c,):
-            raise ValueError(
-                f"expected input with num_features={t.numel()} channels (dim 1) to match "
-                f"{name} of shape {_shape(t)}, got input of shape {_shape(input)} "
-                f"with {c} channels"
-            )
-    if not training and (running_mean is None or running_var is None):
-        raise ValueError("running_mean and running_var must be given when training=False")
-    if training and input.numel() // max(c, 1) <= 1:
-        raise ValueError(
-            f"expected more than 1 value per channel when training, got input of shape "
-            f"{_shape(input)}"
-        )
+def _float32(*tensors: Tensor | None) -> tuple:
+    """bfloat16/half tensors in float32: the statistics and reductions run there and the
+    result is rounded once, as torch's kernels do."""
+    return tuple(t.float() if t is not None and t.dtype in _LOW else t for t in tensors)
 
 
-def check_layer_norm(input: Tensor, normalized_shape: tuple[int, ...],
-                     weight: Tensor | None, bias: Tensor | None) -> None:
-    """input (*, *normalized_shape) and γ, β of shape normalized_shape; reads no values."""
-    check_floating("input", input)
-    k = len(normalized_shape)
-    if k == 0 or input.dim() < k or _shape(input)[input.dim() - k:] != normalized_shape:
-        raise ValueError(
-            f"expected input of shape (*, {', '.join(map(str, normalized_shape))}) "
-            f"(normalized_shape={normalized_shape}), got shape {_shape(input)}"
-        )
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None:
-            check_same(name, t, "input", input)
-            if _shape(t) != normalized_shape:
-                raise ValueError(
-                    f"expected {name} of shape normalized_shape={normalized_shape}, "
-                    f"got {_shape(t)}"
-                )
-
-
-# ---------------------------------------------------------------- the shared math
-def _stats(x: Tensor, dims: Dims, eps: float) -> tuple[Tensor, Tensor]:
+# ---------------------------------------------------------------- the reference pair
+def stats(x: Tensor, dims: Dims, eps: float) -> tuple[Tensor, Tensor]:
     """μ and rstd = 1/√(σ² + ε) over ``dims`` (biased σ², as the forward uses), kept as
     broadcastable (keepdim) tensors."""
     mean = x.mean(dims, keepdim=True)
@@ -115,30 +73,200 @@ def norm_fwd(x: Tensor, mean: Tensor, rstd: Tensor, gamma: Tensor | None,
 
 
 def norm_bwd(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, gamma: Tensor | None,
-             reduce_dims: Dims, param_dims: Dims,
-             need: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
-    """∂C/∂x, ∂C/∂γ, ∂C/∂β of y = γ ⊙ x̂ + β from δ = ∂C/∂y, μ and σ² from x itself.
+             reduce_dims: Dims, param_dims: Dims, need: tuple[bool, bool, bool],
+             fixed_stats: bool = False) -> tuple[Tensor | None, ...]:
+    """∂C/∂x, ∂C/∂γ, ∂C/∂β of y = γ ⊙ x̂ + β from δ = ∂C/∂y, μ and σ² from x itself
+    (``fixed_stats``: μ and rstd are constants, BatchNorm's running statistics).
 
     ``reduce_dims``: the axes μ and σ² are taken over; ``param_dims``: the axes γ and β
     are shared across (summed in BP3/BP4). γ is shaped to broadcast against x; the
     parameter gradients come back in that shape (keepdim).
     """
     need_x, need_gamma, need_beta = need
-    x_hat = (x - mean) * rstd  # recomputed, not saved: one elementwise pass
+    x_hat = (x - mean) * rstd  # x̂ = (x − μ)·rstd, recomputed, not saved: one pass
     grad_input = grad_gamma = grad_beta = None
     if need_gamma:
-        grad_gamma = _sum(delta * x_hat, param_dims)  # BP4: Σ δ ⊙ x̂
+        grad_gamma = _sum(delta * x_hat, param_dims)  # y = γ ⊙ x̂ + β  →  BP4: dγ = Σ δ ⊙ x̂
     if need_beta:
-        grad_beta = _sum(delta, param_dims)  # BP3: Σ δ
+        grad_beta = _sum(delta, param_dims)  # y = γ ⊙ x̂ + β  →  BP3: dβ = Σ δ
     if need_x:
-        dx_hat = delta * gamma if gamma is not None else delta  # ∂C/∂x̂ = δ ⊙ γ
-        # the two reductions: what is left of the paths through μ and σ²
+        # y = γ ⊙ x̂ + β  →  ∂C/∂x̂ = δ ⊙ γ
+        dx_hat = delta * gamma if gamma is not None else delta
+        if fixed_stats:  # x̂ = (x − μ)·rstd, μ and rstd constants  →  ∂C/∂x = ∂C/∂x̂ · rstd
+            return dx_hat * rstd, grad_gamma, grad_beta
+        # x̂ = (x − μ(x))·rstd(x)  →  the two reductions, what is left of the paths
+        # through μ and σ², then ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂))
         dx_hat_mean = dx_hat.mean(reduce_dims, keepdim=True)
         dx_hat_x_hat_mean = (dx_hat * x_hat).mean(reduce_dims, keepdim=True)
-        grad_input = (dx_hat - dx_hat_mean - x_hat * dx_hat_x_hat_mean) * rstd  # ∂C/∂x
+        grad_input = (dx_hat - dx_hat_mean - x_hat * dx_hat_x_hat_mean) * rstd
     return grad_input, grad_gamma, grad_beta
 
 
+# ---------------------------------------------------------------- batch norm
+def _channel_view(t: Tensor | None, ndim: int) -> Tensor | None:
+    """A per-channel (C,) tensor as (1, C, 1, ...) to broadcast against (N, C, *)."""
+    return None if t is None else t.reshape(1, -1, *([1] * (ndim - 2)))
+
+
+class BatchNormFunction(BPFunction):
+    """y = γ ⊙ (x − μ_B)/√(σ²_B + ε) + β, per channel, statistics over the batch.
+
+    Training (``training=True``): μ_B and σ²_B (biased) are the batch's, over every axis
+    but the channel axis; backward, with x̂ the standardised input and δ = ∂C/∂y:
+    ∂C/∂β = Σ δ (BP3), ∂C/∂γ = Σ δ ⊙ x̂ (BP4), and
+    ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂)), ∂C/∂x̂ = δ ⊙ γ, passed down;
+    with γ constant per channel this is γ·rstd·(δ − ∂C/∂β/M − x̂ ⊙ ∂C/∂γ/M), M values
+    per channel (:func:`batch_norm_bwd`).
+    Eval (``training=False``): μ, σ² are the given running statistics, constants, and
+    ∂C/∂x = δ ⊙ γ · rstd.
+
+    Batch-first: input (N, C, *), weight, bias, running_mean, running_var (C,); sums and
+    means over (0, 2, 3, ...). Returns (output, mean, rstd), the last two (C,) and not
+    differentiable: the caller updates running statistics from them. Saves x, mean and
+    rstd (torch's batch norm saves the same).
+    """
+
+    generate_vmap_rule = True  # autocast: runs in its input's dtype, as torch's batch_norm
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None,
+                running_mean: Tensor | None, running_var: Tensor | None,
+                training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        if input.dtype in _LOW:  # statistics and the affine map in float32, y rounded once
+            y, mean, rstd = BatchNormFunction.forward(
+                *_float32(input, weight, bias, running_mean, running_var), training, eps)
+            return y.to(input.dtype), mean, rstd
+        nd = input.dim()
+        if training:
+            dims = (0, *range(2, nd))
+            mean, rstd = stats(input, dims, eps)
+        else:
+            mean = _channel_view(running_mean, nd)
+            rstd = torch.rsqrt(_channel_view(running_var, nd) + eps)
+        # one pass over x: y = x · (γ rstd) + (β − μ γ rstd), the scale and shift per channel
+        gamma, beta = _channel_view(weight, nd), _channel_view(bias, nd)
+        scale = rstd * gamma if gamma is not None else rstd
+        shift = -mean * scale
+        if beta is not None:
+            shift = shift + beta
+        if not training:  # fresh tensors, not views of the running statistics
+            mean = mean.clone()
+        return torch.addcmul(shift, input, scale), mean.flatten(), rstd.flatten()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        input, weight, bias, _rm, _rv, training, eps = inputs
+        _y, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.training, ctx.eps = training, eps
+        ctx.save_for_backward(input, weight, mean, rstd)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor, _grad_mean: Tensor, _grad_rstd: Tensor):
+        x, weight, mean, rstd = ctx.saved_tensors
+        delta = grad_output
+        nd = x.dim()
+        if ctx.training and torch.is_grad_enabled():  # differentiable, for double backward
+            mean, rstd = stats(x, (0, *range(2, nd)), ctx.eps)
+        else:
+            mean, rstd = _channel_view(mean, nd), _channel_view(rstd, nd)
+        need = ctx.needs_input_grad[:3]
+        grad_input, grad_weight, grad_bias = batch_norm_bwd(
+            *_float32(delta, x, mean, rstd, _channel_view(weight, nd)), ctx.training,
+            (need[0], need[1] and weight is not None, need[2]))
+        if grad_input is not None:
+            grad_input = grad_input.to(x.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight.flatten().to(weight.dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.flatten()
+        return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+# ---------------------------------------------------------------- layer norm
+class LayerNormFunction(BPFunction):
+    """y = γ ⊙ (x − μ)/√(σ² + ε) + β, statistics over each example's last k axes.
+
+    μ and σ² (biased) are taken over the trailing ``normalized_shape`` axes, one pair per
+    example (row); γ and β have shape ``normalized_shape``. Backward, with x̂ the
+    standardised input and δ = ∂C/∂y: ∂C/∂β = Σ_rows δ (BP3), ∂C/∂γ = Σ_rows δ ⊙ x̂ (BP4),
+    and ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂)), ∂C/∂x̂ = δ ⊙ γ, the
+    means over each row's normalized axes.
+
+    Batch-first: input (*, *normalized_shape). Returns (output, mean, rstd), mean and
+    rstd of shape (*, 1, ..., 1) and not differentiable. Saves x, mean and rstd, as torch.
+    """
+
+    generate_vmap_rule = True
+    autocast = {"cuda": FLOAT32}  # torch's lists: layer_norm is a float32 op on CUDA
+
+    @staticmethod
+    def forward(input: Tensor, normalized_shape: tuple[int, ...], weight: Tensor | None,
+                bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        dims = tuple(range(input.dim() - len(normalized_shape), input.dim()))
+        if input.dtype in (torch.float32, torch.float64):  # in place (speed)
+            return layer_norm_fwd(input, dims, eps, weight, bias)
+        # bfloat16/half: statistics and the affine map in float32 (μ and rstd kept in float32),
+        # y rounded once, as torch's kernels do
+        y, mean, rstd = layer_norm_fwd(*_float32(input), dims, eps, *_float32(weight, bias))
+        return y.to(input.dtype), mean, rstd
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        input, normalized_shape, weight, bias, eps = inputs
+        _y, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.normalized_shape, ctx.eps = normalized_shape, eps
+        ctx.save_for_backward(input, weight, mean, rstd)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor, _grad_mean: Tensor, _grad_rstd: Tensor):
+        x, weight, mean, rstd = ctx.saved_tensors
+        delta = grad_output
+        k = len(ctx.normalized_shape)
+        reduce_dims = tuple(range(x.dim() - k, x.dim()))  # each row's normalized axes
+        row_dims = tuple(range(x.dim() - k))  # γ and β are shared across rows
+        if torch.is_grad_enabled():
+            mean, rstd = stats(x, reduce_dims, ctx.eps)  # differentiable, for double backward
+        need = ctx.needs_input_grad
+        need = (need[0], need[2] and weight is not None, need[3])
+        if torch.is_grad_enabled():  # double backward: the out-of-place reference form
+            grad_input, grad_weight, grad_bias = norm_bwd(
+                delta, x, mean, rstd, weight, reduce_dims, row_dims, need)
+        elif x.dtype in (torch.float32, torch.float64):  # the in-place form (speed)
+            grad_input, grad_weight, grad_bias = layer_norm_bwd(
+                delta, x, mean, rstd, weight, reduce_dims, need)
+        else:  # bfloat16/half: the reductions in float32, rounded once at the end, as torch
+            grads = layer_norm_bwd(*_float32(delta, x, mean, rstd, weight), reduce_dims, need)
+            grad_input, grad_weight, grad_bias = (
+                None if g is None else g.to(t.dtype)
+                for g, t in zip(grads, (x, weight if weight is not None else x, x)))
+        if grad_weight is not None:
+            grad_weight = grad_weight.reshape(weight.shape)
+        if grad_bias is not None:
+            grad_bias = grad_bias.reshape(ctx.normalized_shape)
+        return grad_input, None, grad_weight, grad_bias, None
+
+
+# ---------------------------------------------------------------- running statistics
+@torch.no_grad()
+def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None,
+                         mean: Tensor, rstd: Tensor, eps: float, n: int,
+                         momentum: float) -> None:
+    """r ← (1 − m) r + m s, with the batch's μ and its *unbiased* variance σ²·n/(n − 1)
+    (n values per channel), as torch; in place, outside autograd."""
+    if running_mean is not None:
+        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+    if running_var is not None:
+        var = rstd.double().pow(-2) - eps  # the biased σ²_B the forward used
+        unbiased = var * (n / (n - 1))
+        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+
+
+# ---------------------------------------------------------------- fast variants
+# The default paths. Each computes what norm_fwd/norm_bwd compute, in fewer passes over
+# memory; tests/test_normalization.py compares each with the reference at every test
+# shape. Double backward (create_graph=True) takes the reference instead.
 def batch_norm_bwd(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
                    gamma: Tensor | None, batch_stats: bool,
                    need: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
@@ -183,7 +311,7 @@ def layer_norm_fwd(x: Tensor, dims: Dims, eps: float, gamma: Tensor | None,
     One full-size buffer, x − μ, then x̂, then y, updated in place: on the CPU a fresh
     large tensor costs about as much as a pass over it (torch.profiler, 1 thread). The
     2-norm has a kink at a constant row, so the backward's double-differentiable
-    recomputation of μ and rstd uses :func:`_stats`.
+    recomputation of μ and rstd uses :func:`stats`.
     """
     d = 1
     for k in dims:
@@ -274,163 +402,10 @@ def _layer_norm_bwd_rows(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
     return dx_hat.mul_(rstd)  # ∂C/∂x
 
 
-# ---------------------------------------------------------------- batch norm
-def _channel_view(t: Tensor | None, ndim: int) -> Tensor | None:
-    """A per-channel (C,) tensor as (1, C, 1, ...) to broadcast against (N, C, *)."""
-    return None if t is None else t.reshape(1, -1, *([1] * (ndim - 2)))
-
-
-class BatchNormFunction(BPFunction):
-    """y = γ ⊙ (x − μ_B)/√(σ²_B + ε) + β, per channel, statistics over the batch.
-
-    Training (``training=True``): μ_B and σ²_B (biased) are the batch's, over every axis
-    but the channel axis; backward, with x̂ the standardised input and δ = ∂C/∂y:
-    ∂C/∂β = Σ δ (BP3), ∂C/∂γ = Σ δ ⊙ x̂ (BP4), and
-    ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂)), ∂C/∂x̂ = δ ⊙ γ, passed down;
-    with γ constant per channel this is γ·rstd·(δ − ∂C/∂β/M − x̂ ⊙ ∂C/∂γ/M), M values
-    per channel (:func:`batch_norm_bwd`).
-    Eval (``training=False``): μ, σ² are the given running statistics, constants, and
-    ∂C/∂x = δ ⊙ γ · rstd.
-
-    Batch-first: input (N, C, *), weight, bias, running_mean, running_var (C,); sums and
-    means over (0, 2, 3, ...). Returns (output, mean, rstd), the last two (C,) and not
-    differentiable: the caller updates running statistics from them. Saves x, mean and
-    rstd (torch's batch norm saves the same).
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None,
-                running_mean: Tensor | None, running_var: Tensor | None,
-                training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-        nd = input.dim()
-        if training:
-            dims = (0, *range(2, nd))
-            mean, rstd = _stats(input, dims, eps)
-        else:
-            mean = _channel_view(running_mean, nd)
-            rstd = torch.rsqrt(_channel_view(running_var, nd) + eps)
-        # one pass over x: y = x · (γ rstd) + (β − μ γ rstd), the scale and shift per channel
-        gamma, beta = _channel_view(weight, nd), _channel_view(bias, nd)
-        scale = rstd * gamma if gamma is not None else rstd
-        shift = -mean * scale
-        if beta is not None:
-            shift = shift + beta
-        if not training:  # fresh tensors, not views of the running statistics
-            mean = mean.clone()
-        return torch.addcmul(shift, input, scale), mean.flatten(), rstd.flatten()
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        input, weight, bias, _rm, _rv, training, eps = inputs
-        _y, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
-        ctx.training, ctx.eps = training, eps
-        ctx.save_for_backward(input, weight, mean, rstd)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor, _grad_mean: Tensor, _grad_rstd: Tensor):
-        x, weight, mean, rstd = ctx.saved_tensors
-        delta = grad_output
-        nd = x.dim()
-        if ctx.training and torch.is_grad_enabled():  # differentiable, for double backward
-            mean, rstd = _stats(x, (0, *range(2, nd)), ctx.eps)
-        else:
-            mean, rstd = _channel_view(mean, nd), _channel_view(rstd, nd)
-        need = ctx.needs_input_grad[:3]
-        grad_input, grad_weight, grad_bias = batch_norm_bwd(
-            delta, x, mean, rstd, _channel_view(weight, nd), ctx.training,
-            (need[0], need[1] and weight is not None, need[2]))
-        if grad_weight is not None:
-            grad_weight = grad_weight.flatten()
-        if grad_bias is not None:
-            grad_bias = grad_bias.flatten()
-        return grad_input, grad_weight, grad_bias, None, None, None, None
-
-
-# ---------------------------------------------------------------- layer norm
-class LayerNormFunction(BPFunction):
-    """y = γ ⊙ (x − μ)/√(σ² + ε) + β, statistics over each example's last k axes.
-
-    μ and σ² (biased) are taken over the trailing ``normalized_shape`` axes, one pair per
-    example (row); γ and β have shape ``normalized_shape``. Backward, with x̂ the
-    standardised input and δ = ∂C/∂y: ∂C/∂β = Σ_rows δ (BP3), ∂C/∂γ = Σ_rows δ ⊙ x̂ (BP4),
-    and ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂)), ∂C/∂x̂ = δ ⊙ γ, the
-    means over each row's normalized axes.
-
-    Batch-first: input (*, *normalized_shape). Returns (output, mean, rstd), mean and
-    rstd of shape (*, 1, ..., 1) and not differentiable. Saves x, mean and rstd, as torch.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(input: Tensor, normalized_shape: tuple[int, ...], weight: Tensor | None,
-                bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-        dims = tuple(range(input.dim() - len(normalized_shape), input.dim()))
-        if input.dtype in (torch.float32, torch.float64):  # in place (speed)
-            return layer_norm_fwd(input, dims, eps, weight, bias)
-        # bfloat16/half: statistics and the affine map in float32 (μ and rstd kept in float32),
-        # y rounded once, as torch's kernels do
-        x32, w32, b32 = (None if t is None else t.float() for t in (input, weight, bias))
-        y, mean, rstd = layer_norm_fwd(x32, dims, eps, w32, b32)
-        return y.to(input.dtype), mean, rstd
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        input, normalized_shape, weight, bias, eps = inputs
-        _y, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
-        ctx.normalized_shape, ctx.eps = normalized_shape, eps
-        ctx.save_for_backward(input, weight, mean, rstd)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor, _grad_mean: Tensor, _grad_rstd: Tensor):
-        x, weight, mean, rstd = ctx.saved_tensors
-        delta = grad_output
-        k = len(ctx.normalized_shape)
-        reduce_dims = tuple(range(x.dim() - k, x.dim()))  # each row's normalized axes
-        row_dims = tuple(range(x.dim() - k))  # γ and β are shared across rows
-        if torch.is_grad_enabled():
-            mean, rstd = _stats(x, reduce_dims, ctx.eps)  # differentiable, for double backward
-        need = ctx.needs_input_grad
-        need = (need[0], need[2] and weight is not None, need[3])
-        if torch.is_grad_enabled():  # double backward: the out-of-place reference form
-            grad_input, grad_weight, grad_bias = norm_bwd(
-                delta, x, mean, rstd, weight, reduce_dims, row_dims, need)
-        elif x.dtype in (torch.float32, torch.float64):  # the in-place form (speed)
-            grad_input, grad_weight, grad_bias = layer_norm_bwd(
-                delta, x, mean, rstd, weight, reduce_dims, need)
-        else:  # bfloat16/half: the reductions in float32, rounded once at the end, as torch
-            grads = layer_norm_bwd(*(None if t is None else t.float()
-                                     for t in (delta, x, mean, rstd, weight)),
-                                   reduce_dims, need)
-            grad_input, grad_weight, grad_bias = (
-                None if g is None else g.to(t.dtype)
-                for g, t in zip(grads, (x, weight if weight is not None else x, x)))
-        if grad_weight is not None:
-            grad_weight = grad_weight.reshape(weight.shape)
-        if grad_bias is not None:
-            grad_bias = grad_bias.reshape(ctx.normalized_shape)
-        return grad_input, None, grad_weight, grad_bias, None
-
-
-# ---------------------------------------------------------------- running statistics
-@torch.no_grad()
-def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None,
-                         mean: Tensor, rstd: Tensor, eps: float, n: int,
-                         momentum: float) -> None:
-    """r ← (1 − m) r + m s, with the batch's μ and its *unbiased* variance σ²·n/(n − 1)
-    (n values per channel), as torch; in place, outside autograd."""
-    if running_mean is not None:
-        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-    if running_var is not None:
-        var = rstd.double().pow(-2) - eps  # the biased σ²_B the forward used
-        unbiased = var * (n / (n - 1))
-        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
-
-
-__all__ = ["BatchNormFunction", "LayerNormFunction", "check_batch_norm", "check_layer_norm",
-           "batch_norm_bwd", "layer_norm_bwd", "layer_norm_fwd", "norm_bwd", "norm_fwd",
+__all__ = ["BLOCK_ELEMENTS", "BatchNormFunction", "LayerNormFunction", "batch_norm_bwd",
+           "layer_norm_bwd", "layer_norm_fwd", "norm_bwd", "norm_fwd", "stats",
            "update_running_stats"]
+
+# moved out of this file (one release): the input checks
+__getattr__ = moved(__name__, {"check_batch_norm": "bptorch._checks",
+                               "check_layer_norm": "bptorch._checks"})

@@ -43,7 +43,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd import Function
+
+from .base import LOWER, BPFunction
 
 
 # ---------------------------------------------------------------- shared BP3 / BP4
@@ -68,16 +69,17 @@ def _weight_grads(delta_ih: Tensor, delta_hh: Tensor, x: Tensor, h_prev: Tensor,
     d_ih = delta_ih.reshape(-1, delta_ih.shape[-1])  # (T·N, G·H): every step's rows
     d_hh = delta_hh.reshape(-1, delta_hh.shape[-1])
     grad_x = grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = None
+    # z_t = x_t @ W_ih.T + b_ih + h_{t−1} @ W_hh.T + b_hh, summed over the steps:
     if need_x:
-        grad_x = delta_ih @ w_ih  # (W_ih)ᵀ δ_t, to the layer below (BP2)
+        grad_x = delta_ih @ w_ih  # →  BP2's factor: (W_ih)ᵀ δ_t, to the layer below
     if need_w_ih:
-        grad_w_ih = d_ih.t() @ x.reshape(-1, x.shape[-1])  # BP4: Σ_t δ_t x_tᵀ
+        grad_w_ih = d_ih.t() @ x.reshape(-1, x.shape[-1])  # →  BP4: Σ_t δ_t x_tᵀ
     if need_w_hh:
-        grad_w_hh = d_hh.t() @ h_prev.reshape(-1, h_prev.shape[-1])  # BP4: Σ_t δ_t h_{t−1}ᵀ
+        grad_w_hh = d_hh.t() @ h_prev.reshape(-1, h_prev.shape[-1])  # →  BP4: Σ_t δ_t h_{t−1}ᵀ
     if need_b_ih:
-        grad_b_ih = d_ih.sum(0)  # BP3: Σ_t δ_t
+        grad_b_ih = d_ih.sum(0)  # →  BP3: Σ_t δ_t
     if need_b_hh:
-        grad_b_hh = d_hh.sum(0)  # BP3: Σ_t δ_t
+        grad_b_hh = d_hh.sum(0)  # →  BP3: Σ_t δ_t
     return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
@@ -107,9 +109,11 @@ def rnn_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, x: Tensor, h0: 
     dh = grad_h_n if grad_h_n is not None else _zeros_like_state(h0)
     deltas: list[Tensor] = [dh] * x.shape[0]
     for t in reversed(range(x.shape[0])):
-        delta = _upstream(grad_output, t, dh) * sp[t]  # δ_t = ((W_hh)ᵀ δ_{t+1} + ∂C/∂h_t) ⊙ σ'(z_t)
+        # h_t = σ(z_t)  →  δ_t = ((W_hh)ᵀ δ_{t+1} + ∂C/∂h_t) ⊙ σ'(z_t)
+        delta = _upstream(grad_output, t, dh) * sp[t]
         deltas[t] = delta
-        dh = delta @ w_hh  # (W_hh)ᵀ δ_t, sent back to step t−1: BP2 through time
+        # z_t = … + W_hh h_{t−1}  →  BP2 through time: (W_hh)ᵀ δ_t, sent back to step t−1
+        dh = delta @ w_hh
     delta = torch.stack(deltas)  # (T, N, H)
     need_x, need_h0, *need_params = need
     grad_x, *grads = _weight_grads(delta, delta, x, _h_prev(h0, output), w_ih,
@@ -117,7 +121,7 @@ def rnn_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, x: Tensor, h0: 
     return (grad_x, dh if need_h0 else None, *grads)
 
 
-class RNNLayerFunction(Function):
+class RNNLayerFunction(BPFunction):
     """One layer, one direction of the Elman RNN: h_t = σ(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh).
 
     Backward through time, δ_t = ∂C/∂z_t:
@@ -129,6 +133,8 @@ class RNNLayerFunction(Function):
     Time-first: input (T, N, H_in), h0 (N, H); returns (output (T, N, H), h_n (N, H)).
     ``nonlinearity``: "tanh" or "relu". Saves x, h0, the weights and the output.
     """
+
+    autocast = LOWER  # as torch's RNN: its steps are linear layers
 
     @staticmethod
     def forward(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
@@ -197,7 +203,7 @@ def lstm_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tens
     return (grad_x, dh if need_h0 else None, dc if need_c0 else None, *grads)
 
 
-class LSTMLayerFunction(Function):
+class LSTMLayerFunction(BPFunction):
     """One layer, one direction of torch's LSTM: with
     (z_i; z_f; z_g; z_o) = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh,
     i, f, o = σ(z_i, z_f, z_o), g = tanh(z_g), c_t = f_t ⊙ c_{t−1} + i_t ⊙ g_t,
@@ -213,6 +219,8 @@ class LSTMLayerFunction(Function):
     Time-first: input (T, N, H_in), h0, c0 (N, H); returns (output (T, N, H), h_n, c_n,
     gates, cells), the last two kept for backward and not differentiable.
     """
+
+    autocast = LOWER  # torch's LSTM is on the lower-precision list
 
     @staticmethod
     def forward(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -279,7 +287,7 @@ def gru_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, x: Tensor, h0: 
     return (grad_x, dh if need_h0 else None, *grads)
 
 
-class GRULayerFunction(Function):
+class GRULayerFunction(BPFunction):
     """One layer, one direction of torch's GRU (equations in :func:`gru_fwd`).
 
     Backward through time, with dh_t = ∂C/∂h_t from the output at step t and from step t+1:
@@ -292,6 +300,8 @@ class GRULayerFunction(Function):
     Time-first: input (T, N, H_in), h0 (N, H); returns (output (T, N, H), h_n, gates,
     W_hn h + b_hn), the last two kept for backward and not differentiable.
     """
+
+    autocast = {"cuda": LOWER}  # torch's GRU: lower precision on CUDA, input dtype on the CPU
 
     @staticmethod
     def forward(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,

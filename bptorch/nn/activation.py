@@ -12,8 +12,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn.functional import _get_softmax_dim
 
+from .. import functional as F
 from ..activations import Activation, get_activation, gelu
-from ..functions.layers import activation
 
 
 class _Activation(nn.Module):
@@ -28,7 +28,8 @@ class _Activation(nn.Module):
         # by diagnostics. Read from __dict__: a missing attribute would cost nn.Module's
         # __getattr__ an exception (µs) on every call.
         attrs = self.__dict__
-        return activation(input, self._act, attrs.get("_diag_name"), attrs.get("inplace", False))
+        return F.activation(input, self._act, attrs.get("_diag_name"),
+                            attrs.get("inplace", False))
 
 
 class Sigmoid(_Activation):
@@ -121,7 +122,7 @@ class Softmax(_Activation):
         if dim is None:  # stacklevel 5: the warning points at the caller of the module
             dim = _get_softmax_dim("softmax", input.dim(), 5)
         act = get_activation("softmax", dim=dim)
-        return activation(input, act, self.__dict__.get("_diag_name"))
+        return F.activation(input, act, self.__dict__.get("_diag_name"))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

@@ -9,9 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as BF
-from .._checks import _shape, check_floating, check_same
-from ..functions.attention import AttentionFunction, bool_to_bias, causal_bias
-from ..functions.conv import check_dropout_p, dropout_mask
+from .._checks import _shape, check_dropout_p, check_floating, check_same
+from ..functions.attention import bool_to_bias, causal_bias
 from .linear import Linear
 
 
@@ -163,11 +162,8 @@ class MultiheadAttention(nn.Module):
         q, k, v = self._in_projection(query, key, value)
         # (N, L, E) -> (N, h, L, d): each head attends over its own d columns
         q, k, v = (t.unflatten(-1, (h, d)).transpose(1, 2) for t in (q, k, v))
-        drop = None
-        if self.training and self.dropout > 0.0:
-            drop = dropout_mask(q.new_empty(n, h, L, S), self.dropout)  # torch's draw
-        o, a, _aux = AttentionFunction.apply(q, k, v, bias, drop, 1 / math.sqrt(d),
-                                             self.recompute)
+        p = self.dropout if self.training else 0.0  # the mask drawn with torch's RNG
+        o, a = BF.attention(q, k, v, bias, p, 1 / math.sqrt(d), recompute=self.recompute)
         out = self.out_proj(o.transpose(1, 2).reshape(n, L, E))  # concat heads, then W^O
 
         weights = None

@@ -1,4 +1,5 @@
-"""Conv2d, MaxPool2d, Dropout and Flatten: ``torch.nn``'s names, shapes and state_dict keys."""
+"""Conv2d: ``torch.nn.Conv2d``'s names, shapes and state_dict keys, over the backward of
+:mod:`bptorch.functions.conv`."""
 from __future__ import annotations
 
 import math
@@ -8,20 +9,10 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .. import feedback as _feedback
-from ..functions.conv import (
-    Conv2dFeedbackFunction, Conv2dFunction, DropoutFunction, FlattenFunction, MaxPool2dFunction,
-    check_conv2d, check_dropout_p, check_pool2d, conv2d_padding, dropout_mask,
-)
-
-IntPair = int | tuple[int, int]
-
-
-def _unbatched(fn, input: Tensor):
-    """Apply a (N, C, H, W) function to an unbatched (C, H, W) input, as torch accepts."""
-    if input.dim() == 3:
-        out = fn(input.unsqueeze(0))
-        return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
-    return fn(input)
+from .. import functional as F
+from ..functional import IntPair
+from ..functions.base import moved
+from ..functions.conv import conv2d_padding
 
 
 class Conv2d(nn.Module):
@@ -135,17 +126,9 @@ class Conv2d(nn.Module):
         _feedback.reset(self, self.weight)  # fa's B, frsf's |R|: W's distribution
 
     def forward(self, input: Tensor) -> Tensor:
-        check_conv2d(input, self.weight, self.bias, self.stride, self.padding,
-                     self.dilation, self.groups)
-        if self.feedback != "backprop" and torch.is_grad_enabled():
-            b = _feedback.matrix(self, self.weight)  # B in place of W in BP2
-            if b is not None:
-                return _unbatched(lambda x: Conv2dFeedbackFunction.apply(
-                    x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                    self.groups, self._path, b), input)
-        return _unbatched(lambda x: Conv2dFunction.apply(
-            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-            self._path), input)
+        b = _feedback.in_backward(self, self.weight)  # B in place of W in BP2, or None
+        return F.conv2d(input, self.weight, self.bias, self.stride, self.padding,
+                        self.dilation, self.groups, path=self._path, feedback_weight=b)
 
     @property
     def _path(self) -> str:
@@ -168,80 +151,8 @@ class Conv2d(nn.Module):
             ", fused_backward=True" if self.fused_backward else "") + _feedback.extra_repr(self)
 
 
-class MaxPool2d(nn.Module):
-    """a_j = max over window j; backward routes δ_j to the window's winner.
+__all__ = ["Conv2d"]
 
-    Args, as torch.nn.MaxPool2d (and stored as given, as torch does):
-        kernel_size: window k or (k_h, k_w).
-        stride: step between windows; defaults to ``kernel_size`` (no overlap).
-        padding: −∞ padding on each side, at most half the kernel.
-        dilation: spacing between window taps.
-        return_indices: also return the flat per-map argmax indices, as torch.
-        ceil_mode: round the output size up (a last, partial window).
-
-    Shape:
-        (N, C, H, W) or (C, H, W) -> (N, C, H_out, W_out) or (C, H_out, W_out),
-        H_out = ⌊(H + 2p − d(k_h − 1) − 1)/s⌋ + 1 (⌈·⌉ with ceil_mode), W_out likewise.
-    """
-
-    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None,
-                 padding: IntPair = 0, dilation: IntPair = 1, return_indices: bool = False,
-                 ceil_mode: bool = False) -> None:
-        super().__init__()
-        self.kernel_size = kernel_size
-        self.stride = stride if stride is not None else kernel_size
-        self.padding, self.dilation = padding, dilation
-        self.return_indices, self.ceil_mode = return_indices, ceil_mode
-
-    def forward(self, input: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        k, s, p, d = map(_pair, (self.kernel_size, self.stride, self.padding, self.dilation))
-        check_pool2d(input, k, s, p, d, self.ceil_mode)
-        a, indices = _unbatched(
-            lambda x: MaxPool2dFunction.apply(x, k, s, p, d, self.ceil_mode), input)
-        return (a, indices) if self.return_indices else a
-
-    def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
-                f", dilation={self.dilation}, ceil_mode={self.ceil_mode}")
-
-
-class Dropout(nn.Module):
-    """Inverted dropout: in training a = z ⊙ m, m_i ∈ {0, 1/(1 − p)} with P(0) = p; in
-    eval mode a = z. Backward multiplies δ by the same m. p = 1 drops everything.
-
-    The mask is drawn from torch's global RNG (``torch.manual_seed`` fixes it); on the
-    CPU it is the mask ``torch.nn.Dropout`` draws from the same seed. ``inplace=True``
-    writes a over z, as torch.
-    """
-
-    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        super().__init__()
-        self.p = check_dropout_p(p)
-        self.inplace = inplace
-
-    def forward(self, input: Tensor) -> Tensor:
-        if not isinstance(input, Tensor) or not input.is_floating_point():
-            raise TypeError("Dropout expects a floating-point tensor")
-        if not self.training or self.p == 0.0:
-            return input
-        return DropoutFunction.apply(input, dropout_mask(input, self.p), self.inplace)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, inplace={self.inplace}"
-
-
-class Flatten(nn.Module):
-    """Merge dims ``start_dim``..``end_dim`` (default: all but the batch dim), as torch."""
-
-    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
-        super().__init__()
-        self.start_dim, self.end_dim = start_dim, end_dim
-
-    def forward(self, input: Tensor) -> Tensor:
-        return FlattenFunction.apply(input, self.start_dim, self.end_dim)
-
-    def extra_repr(self) -> str:
-        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
-
-
-__all__ = ["Conv2d", "Dropout", "Flatten", "MaxPool2d"]
+# moved out of this file (one release)
+__getattr__ = moved(__name__, {"MaxPool2d": "bptorch.nn.pool", "Dropout": "bptorch.nn.dropout",
+                               "Flatten": "bptorch.nn.dropout"})

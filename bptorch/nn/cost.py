@@ -21,12 +21,12 @@ class _Cost(nn.Module):
         super().__init__()
         if logits and not self.has_logits:
             raise ValueError(f"{type(self).__name__} has no logits form")
-        if reduction not in F._REDUCTIONS:
+        if reduction not in F.REDUCTIONS:
             raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
         self.logits, self.reduction = logits, reduction
 
     def forward(self, output: Tensor, target: Tensor) -> Tensor:
-        return F._cost(self.name, output, target, self.logits, self.reduction)
+        return F.cost(self.name, output, target, self.logits, self.reduction)
 
     def extra_repr(self) -> str:
         return f"logits={self.logits}, reduction={self.reduction!r}"

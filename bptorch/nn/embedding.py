@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..functions.embedding import (
-    EmbeddingFunction, check_embedding, check_unsupported, wrap_padding_idx,
-)
+from .. import functional as F
+from .._checks import check_embedding_unsupported, wrap_padding_idx
 
 
 class Embedding(nn.Module):
@@ -49,7 +48,7 @@ class Embedding(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_unsupported(max_norm, sparse)
+        check_embedding_unsupported(max_norm, sparse)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = wrap_padding_idx(padding_idx, num_embeddings)
         self.max_norm, self.norm_type = max_norm, norm_type
@@ -75,9 +74,8 @@ class Embedding(nn.Module):
                 self.weight[self.padding_idx].fill_(0)
 
     def forward(self, input: Tensor) -> Tensor:
-        check_embedding(input, self.weight, self.padding_idx)
-        return EmbeddingFunction.apply(input, self.weight, self.padding_idx,
-                                       self.scale_grad_by_freq)
+        return F.embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"

@@ -7,11 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import feedback as _feedback
-from .._checks import check_linear
+from .. import functional as F
 from ..activations import Activation, get_activation
-from ..functions.layers import (
-    DenseFeedbackFunction, DenseFunction, LinearFeedbackFunction, LinearFunction,
-)
 
 
 class Linear(nn.Module):
@@ -67,12 +64,8 @@ class Linear(nn.Module):
         _feedback.reset(self, self.weight)  # fa's B, frsf's |R|: W's distribution
 
     def forward(self, input: Tensor) -> Tensor:
-        check_linear(input, self.weight, self.bias)
-        if self.feedback != "backprop" and torch.is_grad_enabled():
-            b = _feedback.matrix(self, self.weight)  # B in place of W in BP2
-            if b is not None:
-                return LinearFeedbackFunction.apply(input, self.weight, self.bias, b)
-        return LinearFunction.apply(input, self.weight, self.bias)
+        b = _feedback.in_backward(self, self.weight)  # B in place of W in BP2, or None
+        return F.linear(input, self.weight, self.bias, feedback_weight=b)
 
     def extra_repr(self) -> str:
         return (
@@ -117,16 +110,10 @@ class Dense(Linear):
         super().__init__(in_features, out_features, bias, device, dtype, feedback=feedback)
 
     def forward(self, input: Tensor) -> Tensor:
-        check_linear(input, self.weight, self.bias)
-        if self.feedback != "backprop" and torch.is_grad_enabled():
-            b = _feedback.matrix(self, self.weight)  # B in place of W in BP2
-            if b is not None:
-                return DenseFeedbackFunction.apply(
-                    input, self.weight, self.bias, self.activation,
-                    getattr(self, "_diag_name", None), b)
-        return DenseFunction.apply(
-            input, self.weight, self.bias, self.activation, getattr(self, "_diag_name", None)
-        )
+        b = _feedback.in_backward(self, self.weight)  # B in place of W in BP2, or None
+        # `_diag_name` is set by diagnostics.record and Network
+        return F.dense(input, self.weight, self.bias, self.activation,
+                       name=self.__dict__.get("_diag_name"), feedback_weight=b)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation.name!r}"

@@ -7,10 +7,7 @@ import numbers
 import torch
 from torch import Tensor, nn
 
-from ..functions.normalization import (
-    BatchNormFunction, LayerNormFunction, check_batch_norm, check_layer_norm,
-    update_running_stats,
-)
+from .. import functional as F
 
 
 class _BatchNorm(nn.Module):
@@ -97,13 +94,8 @@ class _BatchNorm(nn.Module):
         use_running = not self.training or self.track_running_stats
         running_mean = self.running_mean if use_running else None
         running_var = self.running_var if use_running else None
-        check_batch_norm(input, running_mean, running_var, self.weight, self.bias, batch_stats)
-        y, mean, rstd = BatchNormFunction.apply(
-            input, self.weight, self.bias, running_mean, running_var, batch_stats, self.eps)
-        if batch_stats and running_mean is not None:
-            update_running_stats(running_mean, running_var, mean, rstd, self.eps,
-                                 input.numel() // input.shape[1], momentum)
-        return y
+        return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                            batch_stats, momentum, self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -210,9 +202,7 @@ class LayerNorm(nn.Module):
                 nn.init.zeros_(self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
-        check_layer_norm(input, self.normalized_shape, self.weight, self.bias)
-        return LayerNormFunction.apply(
-            input, self.normalized_shape, self.weight, self.bias, self.eps)[0]
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, "

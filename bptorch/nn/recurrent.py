@@ -13,7 +13,6 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import functional as BF
 from .._checks import _shape, check_floating, check_same
-from ..functions.recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
@@ -216,12 +215,13 @@ class RNN(_RNNBase):
         x, states, batched = self._prepare(input, (hx,))
 
         def step(seq, hk, params):
-            out, h_n = RNNLayerFunction.apply(seq, hk[0], *params, self.nonlinearity)
+            out, h_n = BF.rnn_layer(seq, hk[0], *params, self.nonlinearity)
             return out, [h_n]
 
         output, finals = self._run(x, states, step)
         output, (h_n,) = self._finish(output, finals, batched)
         return output, h_n
+
 
 class LSTM(_RNNBase):
     r"""(i, f, g, o) = (σ, σ, tanh, σ)(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh),
@@ -256,7 +256,7 @@ class LSTM(_RNNBase):
         x, states, batched = self._prepare(input, tuple(hx) if hx is not None else (None, None))
 
         def step(seq, hc, params):
-            out, h_n, c_n, _gates, _cells = LSTMLayerFunction.apply(seq, hc[0], hc[1], *params)
+            out, h_n, c_n = BF.lstm_layer(seq, hc[0], hc[1], *params)
             return out, [h_n, c_n]
 
         output, finals = self._run(x, states, step)
@@ -286,7 +286,7 @@ class GRU(_RNNBase):
         x, states, batched = self._prepare(input, (hx,))
 
         def step(seq, hk, params):
-            out, h_n, _gates, _hns = GRULayerFunction.apply(seq, hk[0], *params)
+            out, h_n = BF.gru_layer(seq, hk[0], *params)
             return out, [h_n]
 
         output, finals = self._run(x, states, step)

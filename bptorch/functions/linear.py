@@ -1,0 +1,296 @@
+"""The linear layer, the activation and the fused dense layer: the seed's four equations.
+
+Rows are examples (batch-first), so the seed's column vectors become rows:
+
+    seed (one example, columns)          code (N examples, rows)
+    z^l = W^l a^{l-1} + b^l              z = a_prev @ W.T + b
+    a^l = σ(z^l)                         a = σ(z)
+    δ^l = ∇_a C ⊙ σ'(z^l)   (BP1/BP2)    delta = grad_output * sp
+    (W^{l+1})ᵀ δ^{l+1}      (BP2)        grad_input = delta @ W
+    ∂C/∂b^l = δ^l           (BP3)        grad_bias = delta.sum(0)
+    ∂C/∂W^l = δ^l (a^{l-1})ᵀ (BP4)       grad_weight = delta.T @ a_prev
+
+BP3 and BP4 sum over the rows: the cost of a batch is a sum (or mean) of per-example
+costs, and its gradient the same sum of per-example gradients. Inputs of shape
+(*, in_features) are flattened to rows for BP3 and BP4.
+
+The backward lines are written with differentiable torch ops, so double backward works.
+Under ``torch.autocast`` the matmuls run in the autocast dtype, as ``torch.nn.Linear``'s
+do (``functions.base``); an activation runs in its input's dtype (softmax in float32 on
+CUDA, as torch's).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..activations import Activation
+from .base import DELTA_HOOKS, FLOAT32, LOWER, BPFunction, report_delta
+
+Need = tuple[bool, ...]
+
+
+# ---------------------------------------------------------------- the reference pair
+def linear_fwd(a_prev: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """z = a_prev @ W.T + b, (*, n_in) -> (*, n_out)."""
+    return torch.nn.functional.linear(a_prev, weight, bias)
+
+
+def linear_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor,
+               need: Need) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(∂C/∂a_prev, ∂C/∂W, ∂C/∂b) of z = a_prev Wᵀ + b, given δ = ∂C/∂z.
+
+    ``weight`` is the matrix BP2 passes δ down through: W for backprop, a feedback rule's
+    B otherwise (BP3 and BP4 never read it).
+    """
+    need_input, need_weight, need_bias = need[:3]
+    grad_input = grad_weight = grad_bias = None
+    if need_input:
+        # z = a_prev @ W.T + b  →  BP2's first factor: (W^l)ᵀ δ^l, passed down to layer l−1
+        grad_input = delta @ weight
+    if need_weight or need_bias:
+        delta2d = delta.reshape(-1, delta.shape[-1])  # (*, n_out) -> (N, n_out)
+        if need_weight:
+            # z = a_prev @ W.T + b  →  BP4: dW = delta.T @ a_prev, summed over rows
+            grad_weight = delta2d.t() @ a_prev.reshape(-1, a_prev.shape[-1])
+        if need_bias:
+            # z = a_prev @ W.T + b  →  BP3: db = delta.sum(0), summed over rows
+            grad_bias = delta2d.sum(0)
+    return grad_input, grad_weight, grad_bias
+
+
+def dense_fwd(a_prev: Tensor, weight: Tensor, bias: Tensor | None,
+              activation: Activation) -> Tensor:
+    """a = σ(a_prev @ W.T + b)."""
+    z = linear_fwd(a_prev, weight, bias)
+    if activation.name == "softmax" and z.is_cuda and z.dtype in (torch.float16,
+                                                                   torch.bfloat16):
+        z = z.float()  # softmax in float32 on CUDA, as torch's autocast puts it
+    return activation.fn(z)
+
+
+def sigma_from(activation: Activation, a_prev: Tensor, weight: Tensor, bias: Tensor | None,
+               a: Tensor | None) -> Tensor | None:
+    """The tensor σ'(z^l) is computed from: a^l as saved, z^l recomputed from a^{l-1}
+    (gelu, silu, negative-slope leaky_relu: cheaper than keeping z), or none (identity)."""
+    if activation.saves == "z":
+        return linear_fwd(a_prev, weight, bias)
+    return a if activation.saves == "a" else None
+
+
+def dense_bwd(grad_output: Tensor, a_prev: Tensor, weight: Tensor, saved: Tensor | None,
+              activation: Activation, need: Need) -> tuple[Tensor, tuple]:
+    """(δ^l, (∂C/∂a_prev, ∂C/∂W, ∂C/∂b)) of a = σ(a_prev Wᵀ + b), given ∂C/∂a^l and the
+    tensor σ' comes from (:func:`sigma_from`). ``weight`` as in :func:`linear_bwd`."""
+    # a = σ(z)  →  BP1/BP2: δ^l = ∂C/∂a^l ⊙ σ'(z^l)
+    delta = activation.delta(grad_output, saved)
+    # (softmax in float32 on CUDA under autocast: δ back to the matmuls' dtype)
+    return delta, linear_bwd(delta.to(a_prev.dtype), a_prev, weight, need)
+
+
+def linear_jvp(a_prev: Tensor, weight: Tensor, da_prev, dweight, dbias) -> Tensor:
+    """Forward mode of z = a_prev Wᵀ + b: dz = da_prev Wᵀ + a_prev dWᵀ + db."""
+    dz = torch.zeros((), dtype=a_prev.dtype, device=a_prev.device)
+    if da_prev is not None:
+        dz = dz + da_prev @ weight.t()
+    if dweight is not None:
+        dz = dz + a_prev @ dweight.t()
+    if dbias is not None:
+        dz = dz + dbias
+    return dz.expand(*a_prev.shape[:-1], weight.shape[0])
+
+
+# ---------------------------------------------------------------- the Functions
+class LinearFunction(BPFunction):
+    """z^l = W^l a^{l-1} + b^l.
+
+    Backward, given grad_output = ∂C/∂z^l = δ^l:
+    BP3 ∂C/∂b^l = δ^l, BP4 ∂C/∂W^l = δ^l (a^{l-1})ᵀ, and (W^l)ᵀ δ^l, the first
+    factor of BP2, passed down (:func:`linear_bwd`).
+
+    Batch-first: ``z = a_prev @ W.T + b``; ``grad_weight = delta.T @ a_prev``,
+    ``grad_bias = delta.sum(0)``, ``grad_input = delta @ W``. Saves a_prev and W, the
+    two factors of BP4 and BP2. Forward mode (``jvp``): dz = da_prev Wᵀ + a_prev dWᵀ + db.
+    """
+
+    generate_vmap_rule = True
+    autocast = LOWER
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return linear_fwd(input, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        input, weight, _bias = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        a_prev, weight = ctx.saved_tensors
+        return linear_bwd(grad_output, a_prev, weight, ctx.needs_input_grad)
+
+    @staticmethod
+    def jvp(ctx: Any, da_prev, dweight, dbias) -> Tensor:
+        a_prev, weight = ctx.saved_tensors
+        return linear_jvp(a_prev, weight, da_prev, dweight, dbias)
+
+
+class ActivationFunction(BPFunction):
+    """a^l = σ(z^l).
+
+    Backward: ∂C/∂z^l = ∂C/∂a^l ⊙ σ'(z^l), the ``⊙ σ'(z)`` factor of BP1 and BP2.
+    σ' comes from what the activation saves (sigmoid and tanh keep a, since
+    σ'(z) = a(1 − a) and 1 − a²; GELU and SiLU keep z). Softmax, whose Jacobian is
+    not diagonal, gives δ = a ⊙ (grad_output − Σ_k grad_output_k a_k).
+
+    Batch-first: elementwise, so the same formulas on (N, n) tensors.
+
+    ``inplace=True`` overwrites z with a and returns it (``ctx.mark_dirty``), as
+    torch's ``relu_``. Where σ' needs z, ``z_before`` is a copy of z taken before the
+    overwrite (what torch's ``silu_`` keeps too); ``bptorch.functional.activation``
+    makes it.
+
+    Forward mode (``jvp``): da = σ'(z) ⊙ dz. The Jacobian of σ is symmetric (diagonal,
+    or diag(a) − a aᵀ for softmax), so this is ``activation.delta`` applied to dz.
+    """
+
+    generate_vmap_rule = True
+
+    @classmethod
+    def autocast_policy(cls, device_type: str, args: tuple) -> str | None:
+        # torch's lists: softmax is a float32 op on CUDA; every other σ runs as it is
+        return FLOAT32 if device_type == "cuda" and args[1].name == "softmax" else None
+
+    @staticmethod
+    def forward(
+        z: Tensor,
+        activation: Activation,
+        name: str | None = None,
+        inplace: bool = False,
+        z_before: Tensor | None = None,
+    ) -> Tensor:
+        if inplace:
+            return activation.fn_(z)
+        a = activation.fn(z)
+        # identity gives back z itself; a Function that returns its input must return
+        # views from jvp too, which vmap(jvp) cannot do: copy (Identity only)
+        return a.clone() if a is z else a
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        z, activation, name, inplace, z_before = inputs
+        ctx.activation, ctx.name, ctx.inplace = activation, name, inplace
+        if inplace:
+            ctx.mark_dirty(z)  # z now holds a: autograd bumps its version
+            z = z_before  # the z that was overwritten, or None
+        saved = {"a": output, "z": z}.get(activation.saves)
+        ctx.save_for_backward(saved)
+        ctx.save_for_forward(saved)
+
+    @staticmethod
+    def jvp(ctx: Any, dz: Tensor, _dactivation, _dname, _dinplace, _dz_before) -> Tensor:
+        (saved,) = ctx.saved_tensors
+        if saved is None and ctx.activation.saves == "z":  # z was overwritten, not kept
+            raise RuntimeError(NO_Z_MESSAGE)
+        da = ctx.activation.delta(dz, saved)  # da = σ'(z) ⊙ dz
+        return dz.copy_(da) if ctx.inplace else da  # an in-place op updates its tangent
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        (saved,) = ctx.saved_tensors
+        act = ctx.activation
+        if saved is None and act.saves == "z":  # z was overwritten and not kept
+            raise RuntimeError(NO_Z_MESSAGE)
+        # a = σ(z)  →  BP1/BP2's factor: ∂C/∂z = ∂C/∂a ⊙ σ'(z)
+        delta = act.delta(grad_output, saved)
+        if DELTA_HOOKS:
+            report_delta(ctx.name, act, delta, saved)
+        return delta, None, None, None, None
+
+
+# torch's own words for leaky_relu_ with a negative slope, whose backward it refuses:
+# a no longer says where z > 0 and torch keeps no copy of z. bptorch refuses alike.
+NO_Z_MESSAGE = (
+    "In-place leakyReLu backward calculation is triggered with a negative slope which is "
+    "not supported. This is caused by calling in-place forward function with a negative "
+    "slope, please call out-of-place version instead. File an issue at "
+    "https://github.com/pytorch/pytorch if you do require supporting in-place leakRelu "
+    "backward calculation with negative slope"
+)
+
+
+def dense_saved(activation: Activation, input: Tensor, weight: Tensor, bias: Tensor | None,
+                output: Tensor) -> tuple:
+    """What a dense layer keeps for backward: a_prev, W, and b where z is recomputed
+    (σ' needs z), else a (σ' from a) or nothing (identity, σ' = 1)."""
+    if activation.saves == "z":  # recompute z in backward rather than keep it
+        return input, weight, bias, None
+    return input, weight, None, output if activation.saves == "a" else None
+
+
+class DenseFunction(BPFunction):
+    """a^l = σ(W^l a^{l-1} + b^l), the fused linear + activation layer.
+
+    Backward, given grad_output = ∂C/∂a^l:
+
+    * δ^l = ∂C/∂a^l ⊙ σ'(z^l), computed once. When layer l+1 handed down
+      (W^{l+1})ᵀ δ^{l+1}, this is BP2; when a cost handed down ∇_a C, it is BP1;
+    * BP3 ∂C/∂b^l = δ^l and BP4 ∂C/∂W^l = δ^l (a^{l-1})ᵀ;
+    * (W^l)ᵀ δ^l, passed down to layer l−1.
+
+    Batch-first: ``z = a_prev @ W.T + b``, ``a = σ(z)``; ``delta = grad_output * sp``,
+    ``grad_weight = delta.T @ a_prev``, ``grad_bias = delta.sum(0)``,
+    ``grad_input = delta @ W``. Saves a_prev, W and what σ' needs (a for sigmoid),
+    the same bytes as ``nn.Linear`` followed by ``nn.Sigmoid``.
+
+    Forward mode (``jvp``): dz = da_prev Wᵀ + a_prev dWᵀ + db, then da = σ'(z) ⊙ dz.
+    """
+
+    generate_vmap_rule = True
+    autocast = LOWER
+
+    @staticmethod
+    def forward(
+        input: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        activation: Activation,
+        name: str | None = None,
+    ) -> Tensor:
+        return dense_fwd(input, weight, bias, activation)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        input, weight, bias, activation, name = inputs
+        ctx.activation, ctx.name = activation, name
+        saved = dense_saved(activation, input, weight, bias, output)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+
+    @staticmethod
+    def jvp(ctx: Any, da_prev, dweight, dbias, _dactivation, _dname) -> Tensor:
+        a_prev, weight, bias, a = ctx.saved_tensors
+        dz = linear_jvp(a_prev, weight, da_prev, dweight, dbias)
+        return ctx.activation.delta(dz, sigma_from(ctx.activation, a_prev, weight, bias, a))
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        a_prev, weight, bias, a = ctx.saved_tensors
+        saved = sigma_from(ctx.activation, a_prev, weight, bias, a)
+        delta, grads = dense_bwd(grad_output, a_prev, weight, saved, ctx.activation,
+                                 ctx.needs_input_grad)
+        if DELTA_HOOKS:
+            report_delta(ctx.name, ctx.activation, delta, saved, a_prev=a_prev)
+        return (*grads, None, None)
+
+
+linear = LinearFunction.apply
+dense = DenseFunction.apply
+
+__all__ = ["ActivationFunction", "DenseFunction", "LinearFunction", "NO_Z_MESSAGE", "dense",
+           "dense_bwd", "dense_fwd", "dense_saved", "linear", "linear_bwd", "linear_fwd",
+           "linear_jvp", "sigma_from"]
