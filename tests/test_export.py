@@ -363,3 +363,44 @@ def test_costs_with_a_torch_loss_convert(cost, loss, target):
     g = torch.randn_like(want)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(torch.autograd.grad(got, out, g), torch.autograd.grad(want, out, g))
+
+
+@pytest.mark.parametrize("cost,act", [("quadratic", "sigmoid"), ("cross_entropy", "relu"),
+                                      ("log_likelihood", "leaky_relu")])
+def test_network_to_sequential_is_the_copy_the_scripts_made(cost, act):
+    """The one plain-torch copy of a Network gives what experiments/mnist.py's and
+    benchmarks/run.py's copies gave: the same layers and weights, the same outputs, and
+    the same state of torch's generator afterwards (each nn.Linear draws its init before
+    taking the Network's weights, so later shuffles are unchanged)."""
+    from bptorch.convert import network_to_sequential
+
+    def the_scripts_copy(net):  # experiments/mnist.py's native_model before the merge
+        acts = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU}
+        mods = []
+        for l, (n_in, n_out) in enumerate(zip(net.sizes[:-1], net.sizes[1:])):
+            last = l == len(net.sizes) - 2
+            out = (nn.Softmax(-1) if net.cost == "log_likelihood" else nn.Sigmoid()) if last \
+                else acts[net.activation]()
+            mods += [nn.Linear(n_in, n_out), out]
+        model = nn.Sequential(*mods).to(next(net.parameters()))
+        model.load_state_dict(network_state_dict_to_sequential(net.state_dict()))
+        return model
+
+    copies, draws = [], []
+    for make in (the_scripts_copy, network_to_sequential):
+        torch.manual_seed(3)
+        net = bptorch.Network([7, 6, 5, 4], act, cost)
+        copies.append(make(net))
+        draws.append(torch.rand(3))
+    ours, theirs = copies[1], copies[0]
+    assert [type(m) for m in ours] == [type(m) for m in theirs]
+    assert [m.negative_slope for m in ours if isinstance(m, nn.LeakyReLU)] == \
+        [m.negative_slope for m in theirs if isinstance(m, nn.LeakyReLU)]
+    for (k, v), (k2, v2) in zip(ours.state_dict().items(), theirs.state_dict().items(),
+                                strict=True):
+        assert k == k2
+        torch.testing.assert_close(v, v2, rtol=0, atol=0)
+    torch.testing.assert_close(draws[1], draws[0], rtol=0, atol=0)
+    x = torch.randn(5, 7)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+    torch.testing.assert_close(ours(x), net(x).detach(), rtol=0, atol=0)
