@@ -116,6 +116,14 @@ def _where(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _class_name(module: nn.Module) -> str:
+    """``bptorch.nn.X`` for a class bptorch.nn exports, else its module and qualified name."""
+    cls = type(module)
+    if getattr(bnn, cls.__name__, None) is cls:
+        return f"bptorch.nn.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 # ---- bptorch -> torch.nn
 
 
@@ -205,9 +213,8 @@ def _torch_layer(module: nn.Module, copy: bool) -> tuple[nn.Module | None, str |
     accepts = inspect.signature(cls).parameters
     ours = inspect.signature(type(module)).parameters
     for arg, param in ours.items():  # bptorch-only arguments: none may change the forward
-        if arg in arguments or arg in accepts or arg in _BACKWARD_ONLY or arg in ("feedback", *_CARRIED):
-            continue
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        if arg in (*arguments, *accepts, *_BACKWARD_ONLY, *_CARRIED, "feedback") or \
+                param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         value = getattr(module, arg, param.default)
         if not _is_default(value, param.default):
@@ -308,11 +315,12 @@ def to_torch_nn(model: nn.Module, copy: bool = True) -> nn.Module:
         if twin is not None:
             if rule != "backprop" and not isinstance(module, Network):  # that one warns
                 rules.setdefault(rule, []).append(where or "<root>")
+            if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
+                warnings.warn(f"to_torch_nn: the hooks on {where or 'the model'} "
+                              f"({type(module).__name__}) are not carried over", stacklevel=3)
             out = twin
         elif why is not None:
-            cls = type(module)
-            missing.setdefault(f"{cls.__module__}.{cls.__qualname__} ({why})",
-                               []).append(where or "<root>")
+            missing.setdefault(f"{_class_name(module)} ({why})", []).append(where or "<root>")
             out = module
         else:
             out = _copy.copy(module)  # shallow: a fresh _modules dict below, the rest shared

@@ -37,7 +37,8 @@ import bptorch
 from bptorch import Network
 from bptorch.convert import network_to_sequential, sequential_state_dict_to_network
 from bptorch.distributed import all_reduce_grads, average_parameters, init_from_env, shard
-from bptorch.presets import BOOK_ACCURACY, PRESETS  # the book's configurations
+# the book's configurations (BOOK_ACCURACY: read from here by experiments.summarize)
+from bptorch.presets import BOOK_ACCURACY, PRESETS  # noqa: F401
 from bptorch.threads import keep_threads, mlp_step_flops, set_threads, threads_arg
 
 # network.py's defaults: Network([784, 30, 10]).SGD(training_data, 30, 10, 3.0, test_data).

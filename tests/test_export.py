@@ -172,7 +172,8 @@ ROUND_TRIP_CASES = {
          lambda: (_x(3, 2, 6), _x(4, 2, 6), _x(4, 2, 6)))],
     "RNN": [(lambda: nn.RNN(5, 7, 2, nonlinearity="relu", bias=False, batch_first=True,
                             dropout=0.25, bidirectional=True).eval(), lambda: (_x(3, 4, 5),))],
-    "LSTM": [(lambda: nn.LSTM(5, 6, 2, batch_first=True, bidirectional=True), lambda: (_x(3, 4, 5),)),
+    "LSTM": [(lambda: nn.LSTM(5, 6, 2, batch_first=True, bidirectional=True),
+              lambda: (_x(3, 4, 5),)),
              (lambda: nn.LSTM(5, 6, bias=False), lambda: (_x(4, 3, 5),))],
     "GRU": [(lambda: nn.GRU(5, 6, 2, dropout=0.5).eval(), lambda: (_x(4, 3, 5),)),
             (lambda: nn.GRU(5, 6, batch_first=True, bias=False), lambda: (_x(3, 4, 5),))],
@@ -295,9 +296,9 @@ def test_a_bptorch_module_without_a_twin_is_named():
     with pytest.raises(NotImplementedError) as info:
         to_torch_nn(model)
     msg = str(info.value)
-    assert "bptorch.nn.cost.QuadraticCost" in msg and "'1.cost'" in msg
-    assert "MyDense" in msg and "'1.mine'" in msg
-    assert "bptorch.nn.linear.Linear" not in msg  # that one has a twin
+    assert "bptorch.nn.QuadraticCost (torch has no ½‖a − y‖² loss" in msg and "'1.cost'" in msg
+    assert "test_a_bptorch_module_without_a_twin_is_named.<locals>.MyDense" in msg
+    assert "'1.mine'" in msg and "Linear " not in msg  # that one has a twin
     with pytest.raises(NotImplementedError, match="'<root>'"):
         to_torch_nn(bnn.CrossEntropyCost())  # reduction="mean": no torch loss
 
@@ -341,6 +342,9 @@ def test_copy_false_shares_and_shared_modules_stay_shared():
     assert plain[3].running_mean.data_ptr() == model[3].running_mean.data_ptr()
     copied = to_torch_nn(model)
     assert copied[0].weight.data_ptr() != lin.weight.data_ptr()
+    lin.register_forward_hook(lambda *args: None)
+    with pytest.warns(UserWarning, match=r"hooks on 0 \(Linear\) are not carried over"):
+        to_torch_nn(model)
 
 
 @pytest.mark.parametrize("cost,loss,target", [
@@ -404,3 +408,18 @@ def test_network_to_sequential_is_the_copy_the_scripts_made(cost, act):
     x = torch.randn(5, 7)
     torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
     torch.testing.assert_close(ours(x), net(x).detach(), rtol=0, atol=0)
+
+
+def test_twin_with_an_argument_torch_lacks(monkeypatch):
+    """A bptorch twin's own argument converts while it is at its default and is named as
+    the reason otherwise (its forward would differ from torch's)."""
+
+    class Flatten(bnn.Flatten):  # a twin with an argument torch.nn.Flatten lacks
+        def __init__(self, start_dim: int = 1, end_dim: int = -1, scale: float = 1.0):
+            super().__init__(start_dim, end_dim)
+            self.scale = scale
+
+    monkeypatch.setattr(bnn, "Flatten", Flatten)
+    assert type(to_torch_nn(Flatten(2))) is nn.Flatten
+    with pytest.raises(NotImplementedError, match=r"no argument 'scale' \(here scale=2.0\)"):
+        to_torch_nn(nn.Sequential(Flatten(scale=2.0)))
