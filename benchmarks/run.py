@@ -33,6 +33,8 @@ from torch import nn
 import bptorch
 from bptorch import Network, cli
 from bptorch import nn as bnn
+from bptorch.convert import network_to_sequential
+from bptorch.presets import PRESETS as BOOK_PRESETS
 from bptorch.threads import mlp_step_flops, using_threads
 
 from .reference_numpy import ReferenceNetwork
@@ -51,19 +53,6 @@ def quadratic(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((a - y) ** 2).sum() / a.shape[0]
 
 
-def native_model(net: Network) -> nn.Sequential:
-    """nn.Linear + nn.Sigmoid layers holding a copy of ``net``'s weights."""
-    mods: list[nn.Module] = []
-    for layer in net.layers:
-        lin = nn.Linear(layer.in_features, layer.out_features,
-                        device=layer.weight.device, dtype=layer.weight.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(layer.weight)
-            lin.bias.copy_(layer.bias)
-        mods += [lin, nn.Sigmoid()]
-    return nn.Sequential(*mods)
-
-
 def step_fns(sizes, batch, device="cpu", eta=3.0):
     """The four one-step contenders on the same batch and initial weights."""
     torch.manual_seed(0)
@@ -73,7 +62,7 @@ def step_fns(sizes, batch, device="cpu", eta=3.0):
     mod = Network(sizes, device=device)  # autograd path through bnn.Dense
     exp = Network(sizes, device=device)  # explicit engine
     fused = Network(sizes, device=device)  # update_mini_batch
-    nat = native_model(mod)
+    nat = network_to_sequential(mod)
     cost = bnn.QuadraticCost()
     opt_m = torch.optim.SGD(mod.parameters(), lr=eta)
     opt_e = torch.optim.SGD(exp.parameters(), lr=eta)
@@ -159,7 +148,7 @@ def section_compile(quick: bool, targets: list[Target], threads: int | str = "au
             y = torch.nn.functional.one_hot(torch.randint(0, sizes[-1], (batch,)),
                                             sizes[-1]).float()
             mod = Network(sizes)
-            nat = native_model(mod)
+            nat = network_to_sequential(mod)
             cost = bnn.QuadraticCost()
             loss_b = torch.compile(lambda x, y: cost(mod(x), y), fullgraph=True)
             loss_n = torch.compile(lambda x, y: quadratic(nat(x), y), fullgraph=True)
@@ -187,11 +176,7 @@ def section_compile(quick: bool, targets: list[Target], threads: int | str = "au
 
 
 # -- epochs --------------------------------------------------------------------
-PRESETS = {  # the book's settings: chapter 1 and chapter 3
-    "ch1": dict(sizes=[784, 30, 10], cost="quadratic", init="large", eta=3.0, lmbda=0.0),
-    "ch3": dict(sizes=[784, 100, 10], cost="cross_entropy", init="scaled", eta=0.5,
-                lmbda=5.0),
-}
+PRESETS = {name: BOOK_PRESETS[name] for name in ("ch1", "ch3")}  # chapter 1 and chapter 3
 
 
 def epoch_fns(preset: str, x: torch.Tensor, y: torch.Tensor, batch: int = 10,
@@ -201,7 +186,7 @@ def epoch_fns(preset: str, x: torch.Tensor, y: torch.Tensor, batch: int = 10,
     n = x.shape[0]
     torch.manual_seed(0)
     net = Network(p["sizes"], cost=p["cost"], init=p["init"])
-    nat = native_model(net)
+    nat = network_to_sequential(net)
     eta, lmbda = p["eta"], p["lmbda"]
     # the book's L2: W decays by ηλ/n per step, b does not
     opt = torch.optim.SGD([{"params": [m.weight for m in nat if isinstance(m, nn.Linear)],

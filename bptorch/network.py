@@ -23,11 +23,10 @@ from torch import Tensor, nn
 
 from . import diagnostics
 from . import feedback as _feedback
+from . import functional as F
 from ._checks import check_cost_inputs, check_linear, one_hot
-from .functional import cost as _cost, linear
 from .functions.costs import get_cost
-from .functions.feedback import LinearFeedbackFunction
-from .nn.linear import Dense
+from .nn import Dense, Linear
 
 INITS = ("large", "scaled")
 
@@ -132,19 +131,15 @@ class Network(nn.Module):
         sees only the hidden layers on this path; ``backprop`` reports them all.)
         """
         if self.cost == "quadratic":
-            return _cost("quadratic", self(x), y, False, "mean")
+            return F.quadratic_cost(self(x), y)
         if self.feedback == "dfa":
             self(x)  # raises: DFA is the explicit engine's
         for layer in self.layers[:-1]:
             x = layer(x)
-        last = self.layers[-1]
-        if last.feedback != "backprop" and torch.is_grad_enabled():
-            # the output layer's rule passes δ^L down through its B
-            b = _feedback.matrix(last, last.weight)
-            z = LinearFeedbackFunction.apply(x, last.weight, last.bias, b)
-        else:
-            z = linear(x, last.weight, last.bias)
-        return _cost(self.cost, z, y, True, "mean")
+        # z^L through Linear's forward: the one dispatch to the output layer's feedback
+        # rule (bptorch.nn.Linear); Dense's own forward would apply σ on top
+        z = Linear.forward(self.layers[-1], x)
+        return _LOGITS_COSTS[self.cost](z, y, logits=True)
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, labels: Tensor) -> int:
@@ -327,6 +322,8 @@ class Network(nn.Module):
         return deltas
 
 
+# the costs of z^L (the public functional forms), BP1 in closed form: δ^L = a − y
+_LOGITS_COSTS = {"cross_entropy": F.cross_entropy_cost, "log_likelihood": F.log_likelihood_cost}
 _IN_PLACE = {"sigmoid": torch.sigmoid_, "tanh": torch.tanh_, "relu": torch.relu_}
 
 

@@ -36,24 +36,11 @@ from torch import Tensor, nn
 
 import bptorch
 from bptorch import Network, cli
+from bptorch.convert import network_to_sequential, sequential_state_dict_to_network
 from bptorch.distributed import all_reduce_grads, average_parameters, init_from_env, shard
+# the book's configurations (BOOK_ACCURACY: read from here by experiments.summarize)
+from bptorch.presets import BOOK_ACCURACY, PRESETS  # noqa: F401
 from bptorch.threads import keep_threads, mlp_step_flops, set_threads
-
-# The book's configurations, and the accuracy it reports for each (None: not given). Chapter 1
-# gives peak test accuracy; chapter 3's 97.92% is the final *validation* accuracy, of a run
-# started with large_weight_initializer (the scaled init comes later in that chapter).
-PRESETS: dict[str, dict[str, Any]] = {
-    "ch1": dict(sizes=[784, 30, 10], cost="quadratic", init="large", eta=3.0, lmbda=0.0,
-                batch_size=10, epochs=30),
-    "ch1-100": dict(sizes=[784, 100, 10], cost="quadratic", init="large", eta=3.0,
-                    lmbda=0.0, batch_size=10, epochs=30),
-    "ch3": dict(sizes=[784, 100, 10], cost="cross_entropy", init="scaled", eta=0.5,
-                lmbda=5.0, batch_size=10, epochs=30),
-    "ch3-softmax": dict(sizes=[784, 100, 10], cost="log_likelihood", init="scaled", eta=0.5,
-                        lmbda=5.0, batch_size=10, epochs=30),
-}
-BOOK_ACCURACY: dict[str, float | None] = {
-    "ch1": 0.9542, "ch1-100": 0.9659, "ch3": 0.9792, "ch3-softmax": None}
 
 # network.py's defaults: Network([784, 30, 10]).SGD(training_data, 30, 10, 3.0, test_data).
 DEFAULTS: dict[str, Any] = dict(
@@ -74,30 +61,16 @@ DIAGNOSTIC_SUBSET = 1_000
 
 # -- the three engines -----------------------------------------------------------------
 def native_model(net: Network) -> nn.Sequential:
-    """Plain torch.nn layers holding a copy of ``net``'s weights (keys mapped).
+    """Plain torch.nn layers holding a copy of ``net``'s weights (keys mapped), and its cost.
 
     ``nn.Sequential(Linear, act, ..., Linear, out)``: ``layers.{l}.*`` → ``{2l}.*``.
     """
-    acts = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU,
-            "leaky_relu": nn.LeakyReLU, "identity": nn.Identity}
-    mods: list[nn.Module] = []
-    for l, (n_in, n_out) in enumerate(zip(net.sizes[:-1], net.sizes[1:])):
-        last = l == len(net.sizes) - 2
-        out = (nn.Softmax(-1) if net.cost == "log_likelihood" else nn.Sigmoid()) if last \
-            else acts[net.activation]()
-        mods += [nn.Linear(n_in, n_out), out]
-    model = nn.Sequential(*mods).to(next(net.parameters()))
-    model.load_state_dict(_to_native_keys(net.state_dict()))
+    model = network_to_sequential(net)
     model.cost = net.cost  # type: ignore[assignment]
     return model
 
 
-def _to_native_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {f"{2 * int(k.split('.')[1])}.{k.split('.')[2]}": v for k, v in state.items()}
-
-
-def _from_native_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {f"layers.{int(k.split('.')[0]) // 2}.{k.split('.')[1]}": v for k, v in state.items()}
+_from_native_keys = sequential_state_dict_to_network  # the inverse key map, by its old name
 
 
 def native_loss(model: nn.Sequential, x: Tensor, y: Tensor) -> Tensor:
@@ -441,7 +414,7 @@ def _main(argv: Sequence[str] | None) -> dict:
     if args.save:
         state = model.state_dict()
         if c["engine"] == "native":
-            state = _from_native_keys(state)
+            state = sequential_state_dict_to_network(state)
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)  # as --json's folder
         torch.save({"model": {k: v.cpu() for k, v in state.items()}, "config": config}, args.save)
     save_results(results, args.json, args.plot)

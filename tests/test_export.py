@@ -115,3 +115,311 @@ def test_to_torch_nn_converts_conv_nets():
     assert list(plain[0].state_dict()) == ["weight", "bias"]
     x = torch.randn(2, 1, 11, 12)
     torch.testing.assert_close(plain(x), model(x))
+
+
+# ---------------------------------------------------- the round trip of every twin
+# One torch.nn layer per name in convert.TWIN_NAMES, with options away from torch's
+# defaults where the twin takes them, and its inputs (float64). A name added to the table
+# without a case here fails test_every_twin_has_a_round_trip_case.
+def _ints(*shape, high=10):
+    return torch.randint(0, high, shape)
+
+
+def _x(*shape):
+    return torch.randn(*shape, dtype=torch.float64)
+
+
+ROUND_TRIP_CASES = {
+    "Linear": [(lambda: nn.Linear(5, 4), lambda: (_x(3, 2, 5),)),
+               (lambda: nn.Linear(5, 4, bias=False), lambda: (_x(3, 5),))],
+    "Conv2d": [(lambda: nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2),
+                                  groups=2), lambda: (_x(2, 4, 9, 8),)),
+               (lambda: nn.Conv2d(3, 5, 3, padding="same", bias=False), lambda: (_x(2, 3, 6, 7),))],
+    "MaxPool2d": [(lambda: nn.MaxPool2d((3, 2), stride=(2, 1), padding=1, dilation=(1, 2),
+                                        return_indices=True, ceil_mode=True),
+                   lambda: (_x(2, 3, 9, 8),))],
+    "AvgPool2d": [(lambda: nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True,
+                                        count_include_pad=False), lambda: (_x(2, 3, 8, 7),)),
+                  (lambda: nn.AvgPool2d((2, 3), divisor_override=5), lambda: (_x(2, 3, 8, 7),))],
+    "AdaptiveAvgPool2d": [(lambda: nn.AdaptiveAvgPool2d((3, None)), lambda: (_x(2, 3, 7, 5),))],
+    "BatchNorm1d": [(lambda: nn.BatchNorm1d(4, eps=1e-3, momentum=0.3), lambda: (_x(6, 4, 5),)),
+                    (lambda: nn.BatchNorm1d(4, affine=False, track_running_stats=False),
+                     lambda: (_x(6, 4),))],
+    "BatchNorm2d": [(lambda: nn.BatchNorm2d(3, momentum=None), lambda: (_x(4, 3, 5, 2),)),
+                    (lambda: nn.BatchNorm2d(3, bias=False).eval(), lambda: (_x(4, 3, 5, 2),))],
+    "LayerNorm": [(lambda: nn.LayerNorm((4, 5), eps=1e-3, bias=False), lambda: (_x(2, 3, 4, 5),)),
+                  (lambda: nn.LayerNorm(5, elementwise_affine=False), lambda: (_x(3, 5),))],
+    "Embedding": [(lambda: nn.Embedding(10, 4, padding_idx=-2, scale_grad_by_freq=True),
+                   lambda: (torch.tensor([[1, 8, 3], [3, 3, 0]]),))],
+    "Dropout": [(lambda: nn.Dropout(0.3).eval(), lambda: (_x(4, 5),)),
+                (lambda: nn.Dropout(0.0, inplace=True), lambda: (_x(4, 5),))],
+    "Flatten": [(lambda: nn.Flatten(0, 2), lambda: (_x(2, 3, 4, 5),))],
+    "ReLU": [(lambda: nn.ReLU(inplace=True), lambda: (_x(4, 5),))],
+    "Sigmoid": [(lambda: nn.Sigmoid(), lambda: (_x(4, 5),))],
+    "Tanh": [(lambda: nn.Tanh(), lambda: (_x(4, 5),))],
+    "LeakyReLU": [(lambda: nn.LeakyReLU(0.2, inplace=True), lambda: (_x(4, 5),)),
+                  (lambda: nn.LeakyReLU(-0.5), lambda: (_x(4, 5),))],
+    "Softmax": [(lambda: nn.Softmax(0), lambda: (_x(4, 5),)),
+                (lambda: nn.Softmax(dim=-2), lambda: (_x(2, 4, 5),))],
+    "Identity": [(lambda: nn.Identity(3, unused="ignored"), lambda: (_x(4, 5),))],
+    "GELU": [(lambda: nn.GELU("tanh"), lambda: (_x(4, 5),)),
+             (lambda: nn.GELU(), lambda: (_x(4, 5),))],
+    "SiLU": [(lambda: nn.SiLU(inplace=True), lambda: (_x(4, 5),))],
+    "MultiheadAttention": [
+        (lambda: nn.MultiheadAttention(8, 2, bias=False, batch_first=True),
+         lambda: (_x(2, 3, 8), _x(2, 5, 8), _x(2, 5, 8))),
+        (lambda: nn.MultiheadAttention(6, 3, dropout=0.2).eval(),
+         lambda: (_x(3, 2, 6), _x(4, 2, 6), _x(4, 2, 6)))],
+    "RNN": [(lambda: nn.RNN(5, 7, 2, nonlinearity="relu", bias=False, batch_first=True,
+                            dropout=0.25, bidirectional=True).eval(), lambda: (_x(3, 4, 5),))],
+    "LSTM": [(lambda: nn.LSTM(5, 6, 2, batch_first=True, bidirectional=True),
+              lambda: (_x(3, 4, 5),)),
+             (lambda: nn.LSTM(5, 6, bias=False), lambda: (_x(4, 3, 5),))],
+    "GRU": [(lambda: nn.GRU(5, 6, 2, dropout=0.5).eval(), lambda: (_x(4, 3, 5),)),
+            (lambda: nn.GRU(5, 6, batch_first=True, bias=False), lambda: (_x(3, 4, 5),))],
+}
+
+
+def _round_trip_cases():
+    from bptorch.convert import TWIN_NAMES
+
+    return [pytest.param(name, i, id=f"{name}-{i}") for name in TWIN_NAMES
+            for i in range(len(ROUND_TRIP_CASES.get(name, [None])))]
+
+
+def test_every_twin_has_a_round_trip_case():
+    from bptorch.convert import TWIN_NAMES
+
+    assert set(ROUND_TRIP_CASES) == set(TWIN_NAMES)
+
+
+def _outputs_and_grads(module, inputs, gs=None):
+    """The module's outputs (every tensor of a nested result) and the gradients of the
+    floating inputs and every parameter under a random upstream gradient ``gs``."""
+    leaves = [x.clone().requires_grad_(x.is_floating_point()) for x in inputs]
+    # a non-leaf copy: inplace=True layers may write into their input
+    out = torch.utils._pytree.tree_leaves(module(*[x * 1 if x.is_floating_point() else x
+                                                   for x in leaves]))
+    floating = [o for o in out if o.is_floating_point() and o.requires_grad]
+    if gs is None:
+        gs = [torch.randn_like(o) for o in floating]
+    wrt = [x for x in leaves if x.requires_grad] + [p for p in module.parameters()
+                                                     if p.requires_grad]
+    grads = torch.autograd.grad(floating, wrt, gs, allow_unused=True)
+    return [o.detach() for o in out], grads, gs
+
+
+@pytest.mark.parametrize("name,case", _round_trip_cases())
+def test_round_trip_of_every_twin(name, case):
+    """torch.nn.X → from_torch_nn → bptorch.nn.X → to_torch_nn → torch.nn.X: the same
+    type, constructor arguments, state_dict (keys and values), requires_grad flags and
+    mode, and the original's outputs and gradients (float64, random upstream gradient),
+    exactly, since both sides run torch's own layer on the same tensors."""
+    from bptorch.convert import _torch_arguments, from_torch_nn
+
+    make, inputs = ROUND_TRIP_CASES[name][case]
+    torch.manual_seed(0)
+    original = make().double()
+    with torch.no_grad():  # values a fresh layer would not have: zero biases, unit stats
+        for t in (*original.parameters(), *original.buffers()):
+            t.uniform_(0.5, 1.5) if t.is_floating_point() else t.fill_(3)
+    ps = list(original.parameters())
+    if len(ps) > 1:
+        ps[-1].requires_grad_(False)  # a frozen parameter stays frozen
+    ours = from_torch_nn(original)
+    assert type(ours) is getattr(bnn, name)
+    back = to_torch_nn(ours)
+    assert type(back) is type(original)
+    assert _torch_arguments(back) == _torch_arguments(original)
+    assert back.training == original.training
+    s_back, s_orig = back.state_dict(), original.state_dict()
+    assert list(s_back) == list(s_orig)
+    for k in s_orig:
+        assert s_back[k].dtype == s_orig[k].dtype, k
+        torch.testing.assert_close(s_back[k], s_orig[k], rtol=0, atol=0, msg=k)
+    assert [(n, p.requires_grad) for n, p in back.named_parameters()] == \
+        [(n, p.requires_grad) for n, p in original.named_parameters()]
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(back.parameters(), ps))
+    xs = inputs()
+    out_o, grads_o, gs = _outputs_and_grads(original, xs)
+    out_b, grads_b, _ = _outputs_and_grads(back, xs, gs)
+    assert len(out_b) == len(out_o) and len(grads_b) == len(grads_o)
+    for a, b in zip(out_b, out_o):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(grads_b, grads_o):
+        assert (a is None) == (b is None)
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for k, v in back.state_dict().items():  # running statistics after a training step
+        torch.testing.assert_close(v, original.state_dict()[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_round_trip_of_a_transformer_encoder(activation):
+    """A composite that from_torch_nn converts by recursing comes back whole: torch's
+    layers, torch's activation function and its fused fast path, the same outputs and
+    gradients in training, and in eval mode under no_grad (the fast path)."""
+    from bptorch.convert import from_torch_nn
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, 0.0, activation, batch_first=True,
+                                       dtype=torch.float64)
+    original = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+    back = to_torch_nn(from_torch_nn(original))
+    assert [type(m) for m in back.modules()] == [type(m) for m in original.modules()]
+    for a, b in zip(back.layers, original.layers):
+        assert a.activation is b.activation and a.activation_relu_or_gelu == \
+            b.activation_relu_or_gelu > 0
+    assert back.use_nested_tensor == original.use_nested_tensor
+    assert list(back.state_dict()) == list(original.state_dict())
+    for k, v in original.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[k], v, rtol=0, atol=0)
+    x = _x(3, 5, 8)
+    out_o, grads_o, gs = _outputs_and_grads(original, (x,))
+    out_b, grads_b, _ = _outputs_and_grads(back, (x,), gs)
+    for a, b in zip([*out_b, *grads_b], [*out_o, *grads_o], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    back.eval(), original.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), original(x), rtol=0, atol=0)
+
+
+def test_a_bptorch_module_without_a_twin_is_named():
+    """Every bptorch module that cannot be converted is named, with its place in the model,
+    and nothing of bptorch comes back."""
+
+    class MyDense(bnn.Linear):  # a subclass: its forward may be anything
+        pass
+
+    model = nn.Sequential(bnn.Linear(3, 4), nn.ModuleDict({"cost": bnn.QuadraticCost(),
+                                                           "mine": MyDense(4, 2)}))
+    with pytest.raises(NotImplementedError) as info:
+        to_torch_nn(model)
+    msg = str(info.value)
+    assert "bptorch.nn.QuadraticCost (torch has no ½‖a − y‖² loss" in msg and "'1.cost'" in msg
+    assert "test_a_bptorch_module_without_a_twin_is_named.<locals>.MyDense" in msg
+    assert "'1.mine'" in msg and "Linear " not in msg  # that one has a twin
+    with pytest.raises(NotImplementedError, match="'<root>'"):
+        to_torch_nn(bnn.CrossEntropyCost())  # reduction="mean": no torch loss
+
+
+def test_to_torch_nn_carries_options_it_once_dropped():
+    """The modules to_torch_nn once passed through (LayerNorm, BatchNorm, Embedding, the
+    recurrent layers, attention, average pooling) come back as torch's in a model."""
+    torch.manual_seed(0)
+    model = nn.Sequential(bnn.Embedding(10, 6), bnn.LayerNorm(6), bnn.LSTM(6, 4, batch_first=True))
+    plain = to_torch_nn(model)
+    assert {type(m).__module__.split(".")[0] for m in plain.modules()} == {"torch"}
+    tokens = torch.tensor([[1, 2, 3], [4, 5, 9]])
+    torch.testing.assert_close(plain(tokens)[0], model(tokens)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["fa", "usf"])
+def test_feedback_layers_convert_with_a_warning(rule):
+    """A feedback rule changes only the backward: the twin gives the same outputs, and
+    a warning says where the rule was dropped."""
+    torch.manual_seed(0)
+    model = nn.Sequential(bnn.Conv2d(1, 2, 3, feedback=rule), bnn.Flatten(),
+                          bnn.Dense(16, 3, "tanh", feedback=rule))
+    with pytest.warns(UserWarning, match=rf"'{rule}' at '0', '2'"):
+        plain = to_torch_nn(model)
+    assert list(plain[0].state_dict()) == ["weight", "bias"]  # no feedback_weight
+    x = torch.randn(2, 1, 4, 6)
+    torch.testing.assert_close(plain(x), model(x))
+    net = bptorch.Network([4, 3, 2], feedback="dfa")
+    with pytest.warns(UserWarning, match="'dfa'"):
+        seq = to_torch_nn(net)
+    with torch.no_grad():
+        torch.testing.assert_close(seq(x.view(-1, 4)), net(x.view(-1, 4)))
+
+
+def test_copy_false_shares_and_shared_modules_stay_shared():
+    lin = bnn.Linear(3, 3)
+    model = nn.Sequential(lin, bnn.ReLU(), lin, bnn.BatchNorm1d(3))
+    plain = to_torch_nn(model, copy=False)
+    assert plain[0] is plain[2] and type(plain[0]) is nn.Linear
+    assert plain[0].weight.data_ptr() == lin.weight.data_ptr()
+    assert plain[3].running_mean.data_ptr() == model[3].running_mean.data_ptr()
+    copied = to_torch_nn(model)
+    assert copied[0].weight.data_ptr() != lin.weight.data_ptr()
+    lin.register_forward_hook(lambda *args: None)
+    with pytest.warns(UserWarning, match=r"hooks on 0 \(Linear\) are not carried over"):
+        to_torch_nn(model)
+
+
+@pytest.mark.parametrize("cost,loss,target", [
+    (bnn.LogLikelihoodCost(logits=True), nn.CrossEntropyLoss, "index"),
+    (bnn.LogLikelihoodCost(logits=True, reduction="none"), nn.CrossEntropyLoss, "soft"),
+    (bnn.LogLikelihoodCost(logits=True, reduction="sum"), nn.CrossEntropyLoss, "soft"),
+    (bnn.CrossEntropyCost(logits=True, reduction="sum"), nn.BCEWithLogitsLoss, "soft"),
+    (bnn.CrossEntropyCost(reduction="sum"), nn.BCELoss, "soft"),
+])
+def test_costs_with_a_torch_loss_convert(cost, loss, target):
+    """Where a torch loss computes the book's cost ((N, C) rows), the cost converts to it:
+    the same value and gradient (float64, random upstream gradient for reduction='none')."""
+    plain = to_torch_nn(cost)
+    assert type(plain) is loss and plain.reduction == cost.reduction
+    z = _x(5, 4)
+    out = z.sigmoid() if type(plain) is nn.BCELoss else z
+    y = _ints(5, high=4) if target == "index" else torch.rand(5, 4, dtype=torch.float64)
+    got = plain(out.requires_grad_(), y)
+    want = cost(out, y)
+    g = torch.randn_like(want)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, out, g), torch.autograd.grad(want, out, g))
+
+
+@pytest.mark.parametrize("cost,act", [("quadratic", "sigmoid"), ("cross_entropy", "relu"),
+                                      ("log_likelihood", "leaky_relu")])
+def test_network_to_sequential_is_the_copy_the_scripts_made(cost, act):
+    """The one plain-torch copy of a Network gives what experiments/mnist.py's and
+    benchmarks/run.py's copies gave: the same layers and weights, the same outputs, and
+    the same state of torch's generator afterwards (each nn.Linear draws its init before
+    taking the Network's weights, so later shuffles are unchanged)."""
+    from bptorch.convert import network_to_sequential
+
+    def the_scripts_copy(net):  # experiments/mnist.py's native_model before the merge
+        acts = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU}
+        mods = []
+        for l, (n_in, n_out) in enumerate(zip(net.sizes[:-1], net.sizes[1:])):
+            last = l == len(net.sizes) - 2
+            out = (nn.Softmax(-1) if net.cost == "log_likelihood" else nn.Sigmoid()) if last \
+                else acts[net.activation]()
+            mods += [nn.Linear(n_in, n_out), out]
+        model = nn.Sequential(*mods).to(next(net.parameters()))
+        model.load_state_dict(network_state_dict_to_sequential(net.state_dict()))
+        return model
+
+    copies, draws = [], []
+    for make in (the_scripts_copy, network_to_sequential):
+        torch.manual_seed(3)
+        net = bptorch.Network([7, 6, 5, 4], act, cost)
+        copies.append(make(net))
+        draws.append(torch.rand(3))
+    ours, theirs = copies[1], copies[0]
+    assert [type(m) for m in ours] == [type(m) for m in theirs]
+    assert [m.negative_slope for m in ours if isinstance(m, nn.LeakyReLU)] == \
+        [m.negative_slope for m in theirs if isinstance(m, nn.LeakyReLU)]
+    for (k, v), (k2, v2) in zip(ours.state_dict().items(), theirs.state_dict().items(),
+                                strict=True):
+        assert k == k2
+        torch.testing.assert_close(v, v2, rtol=0, atol=0)
+    torch.testing.assert_close(draws[1], draws[0], rtol=0, atol=0)
+    x = torch.randn(5, 7)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+    torch.testing.assert_close(ours(x), net(x).detach(), rtol=0, atol=0)
+
+
+def test_twin_with_an_argument_torch_lacks(monkeypatch):
+    """A bptorch twin's own argument converts while it is at its default and is named as
+    the reason otherwise (its forward would differ from torch's)."""
+
+    class Flatten(bnn.Flatten):  # a twin with an argument torch.nn.Flatten lacks
+        def __init__(self, start_dim: int = 1, end_dim: int = -1, scale: float = 1.0):
+            super().__init__(start_dim, end_dim)
+            self.scale = scale
+
+    monkeypatch.setattr(bnn, "Flatten", Flatten)
+    assert type(to_torch_nn(Flatten(2))) is nn.Flatten
+    with pytest.raises(NotImplementedError, match=r"no argument 'scale' \(here scale=2.0\)"):
+        to_torch_nn(nn.Sequential(Flatten(scale=2.0)))

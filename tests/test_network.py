@@ -165,3 +165,18 @@ def test_network_bad_arguments():
         net.backprop(torch.randn(5, 3), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match=r"class indices must lie in \[0, 1\]"):
         net.backprop(torch.randn(5, 4), torch.full((5,), 2))
+
+
+def test_presets_are_one_table():
+    """experiments/mnist.py and benchmarks/run.py read the book's presets from
+    bptorch.presets: the same objects, not copies that could drift apart."""
+    pytest.importorskip("numpy")
+    from benchmarks import run
+    from experiments import mnist
+
+    from bptorch.presets import BOOK_ACCURACY, PRESETS
+
+    assert mnist.PRESETS is PRESETS and mnist.BOOK_ACCURACY is BOOK_ACCURACY
+    assert list(run.PRESETS) == ["ch1", "ch3"]
+    assert all(run.PRESETS[k] is PRESETS[k] for k in run.PRESETS)
+    assert PRESETS["ch1"]["sizes"] == [784, 30, 10] and PRESETS["ch3"]["lmbda"] == 5.0
