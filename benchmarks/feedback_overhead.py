@@ -15,7 +15,7 @@ import torch
 from bptorch import cli
 from bptorch import nn as bnn
 from bptorch._checks import check_linear
-from bptorch.functions.layers import DenseFunction
+from bptorch.functions.linear import DenseFunction
 
 from .timing import interleaved, ratio
 
