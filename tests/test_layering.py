@@ -202,3 +202,23 @@ def test_current_paths_do_not_warn():
         subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c",
                         "import bptorch, bptorch.convert, bptorch.compile"],
                        check=True, cwd=ROOT.parent)
+
+
+def test_no_private_names_of_functional_outside_it():
+    """nn and the whole-model tools use functional's public names only."""
+    for path in ROOT.rglob("*.py"):
+        if path.name == "functional.py":
+            continue
+        tree = ast.parse(path.read_text())
+        aliases = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                   for a in n.names if a.name == "functional"}
+        aliases |= {a.asname for n in ast.walk(tree) if isinstance(n, ast.Import)
+                    for a in n.names if a.name == "bptorch.functional" and a.asname}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("functional") \
+                    and not (node.module or "").startswith("torch"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from functional"
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id in aliases and node.attr.startswith("_"):
+                raise AssertionError(f"{path.name} uses functional.{node.attr}")

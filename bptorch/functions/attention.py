@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import LOWER, BPFunction, moved
+from .base import LOW_PRECISION, LOWER, BPFunction, moved
 
 
 # ---------------------------------------------------------------- the reference pair
@@ -79,7 +79,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None,
     −∞ − (−∞)) are set to 0 and their lse to 0. lse is None unless ``want_lse``.
     """
     s = scores(q, k, bias, scale)
-    if s.is_cuda and s.dtype in (torch.float16, torch.bfloat16):
+    if s.is_cuda and s.dtype in LOW_PRECISION:
         s = s.float()  # the softmax in float32 on CUDA, as torch's autocast puts it
     lse = None
     if want_lse:

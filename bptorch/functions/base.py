@@ -123,7 +123,7 @@ def report_delta(name: str | None, activation: Any, delta: Tensor, saved: Tensor
 # A Function's ``autocast`` is one policy or a dict {device type: policy} (missing: None).
 # float64 inputs are never cast, as torch's autocast leaves them alone.
 LOWER, FLOAT32 = "lower", "float32"
-_LOW = (torch.float16, torch.bfloat16)
+LOW_PRECISION = (torch.float16, torch.bfloat16)  # the dtypes autocast runs "lower" ops in
 
 # device type -> whether torch has autocast for it, asked once per type (a dict read
 # after that; functools.cache would also work in eager, but Dynamo breaks the graph on it).

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import softplus
 
-from .base import FLOAT32, BPFunction, narrow
+from .base import FLOAT32, LOW_PRECISION, BPFunction, narrow
 
 # torch's BCELoss safeguards (aten binary_cross_entropy and its backward): the floor
 # on ln a and ln(1 − a), and the floor on the denominator of the gradient.
@@ -220,12 +220,9 @@ class CostFunction(BPFunction):
         return dC.to(ctx.out_dtype)
 
 
-_LOW = (torch.float16, torch.bfloat16)
-
-
 def _upcast(a: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """(a, y) in float32 when ``a`` is float16/bfloat16: the cost's math runs there."""
-    return (a.float(), y.float()) if a.dtype in _LOW else (a, y)
+    return (a.float(), y.float()) if a.dtype in LOW_PRECISION else (a, y)
 
 
 cost = CostFunction.apply

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..activations import Activation
-from .base import DELTA_HOOKS, FLOAT32, LOWER, BPFunction, report_delta
+from .base import DELTA_HOOKS, FLOAT32, LOW_PRECISION, LOWER, BPFunction, report_delta
 
 Need = tuple[bool, ...]
 
@@ -65,8 +65,7 @@ def dense_fwd(a_prev: Tensor, weight: Tensor, bias: Tensor | None,
               activation: Activation) -> Tensor:
     """a = σ(a_prev @ W.T + b)."""
     z = linear_fwd(a_prev, weight, bias)
-    if activation.name == "softmax" and z.is_cuda and z.dtype in (torch.float16,
-                                                                   torch.bfloat16):
+    if activation.name == "softmax" and z.is_cuda and z.dtype in LOW_PRECISION:
         z = z.float()  # softmax in float32 on CUDA, as torch's autocast puts it
     return activation.fn(z)
 

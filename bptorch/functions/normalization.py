@@ -34,16 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import FLOAT32, BPFunction, moved
+from .base import FLOAT32, LOW_PRECISION, BPFunction, moved
 
 Dims = tuple[int, ...]
-_LOW = (torch.float16, torch.bfloat16)
-
-
-def _float32(*tensors: Tensor | None) -> tuple:
-    """bfloat16/half tensors in float32: the statistics and reductions run there and the
-    result is rounded once, as torch's kernels do."""
-    return tuple(t.float() if t is not None and t.dtype in _LOW else t for t in tensors)
 
 
 # ---------------------------------------------------------------- the reference pair
@@ -103,6 +96,13 @@ def norm_bwd(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, gamma: Tensor
 
 
 # ---------------------------------------------------------------- batch norm
+def _float32(*tensors: Tensor | None) -> tuple:
+    """bfloat16/half tensors in float32: the statistics and reductions run there and the
+    result is rounded once, as torch's kernels do."""
+    return tuple(t.float() if t is not None and t.dtype in LOW_PRECISION else t
+                 for t in tensors)
+
+
 def _channel_view(t: Tensor | None, ndim: int) -> Tensor | None:
     """A per-channel (C,) tensor as (1, C, 1, ...) to broadcast against (N, C, *)."""
     return None if t is None else t.reshape(1, -1, *([1] * (ndim - 2)))
@@ -132,7 +132,7 @@ class BatchNormFunction(BPFunction):
     def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None,
                 running_mean: Tensor | None, running_var: Tensor | None,
                 training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-        if input.dtype in _LOW:  # statistics and the affine map in float32, y rounded once
+        if input.dtype in LOW_PRECISION:  # statistics and the affine map in float32, y rounded once
             y, mean, rstd = BatchNormFunction.forward(
                 *_float32(input, weight, bias, running_mean, running_var), training, eps)
             return y.to(input.dtype), mean, rstd

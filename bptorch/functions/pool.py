@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import adaptive_avg_pool2d, avg_pool2d, fold, max_pool2d
 
-from .base import BPFunction, Pair
+from .base import LOW_PRECISION, BPFunction, Pair
 
 
 # ---------------------------------------------------------------- max: the reference pair
@@ -46,7 +46,7 @@ def max_pool2d_bwd(delta: Tensor, indices: Tensor, input_shape: torch.Size) -> T
     are summed in float32 and rounded once, as torch's kernel does.
     """
     n, c, h, w = input_shape
-    acc = delta.float() if delta.dtype in (torch.float16, torch.bfloat16) else delta
+    acc = delta.float() if delta.dtype in LOW_PRECISION else delta
     # a_j = z[indices_j]  →  BP2's factor: dz[indices_j] += δ_j
     grad = acc.new_zeros(n, c, h * w).scatter_add(2, indices.flatten(2), acc.flatten(2))
     return grad.view(n, c, h, w).to(delta.dtype)
