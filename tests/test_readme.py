@@ -33,17 +33,6 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 CODE_SPAN = re.compile(r"`[^`\n]*`")
 EMPTY_LINK = re.compile(r"\]\(\s*\)")
 
-# Files that issue 20's reorganisation of bptorch/functions and bptorch/nn creates. Until the
-# first of them exists (the reorganisation not merged yet), a link to one of them makes the
-# link test an expected failure (xfail, shown as such), never a pass; once any of them
-# exists, every link must resolve and this set can be deleted.
-NEW_LAYOUT = {
-    "bptorch/functions/linear.py", "bptorch/functions/pool.py",
-    "bptorch/functions/dropout.py", "bptorch/functions/feedback.py",
-    "bptorch/nn/pool.py", "bptorch/nn/dropout.py",
-}
-
-
 def name_of(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 
@@ -175,10 +164,8 @@ def test_readme_python_block_runs(name, heading, code, line):
 
 def link_problems(path: Path, text: str) -> dict[str, list[str]]:
     """The links of page ``path`` (holding ``text``) that leave the repository, name a file
-    that does not exist, or name a heading its target lacks; "pending": links to a file of
-    NEW_LAYOUT while none of those exists yet."""
-    problems = {"outside": [], "missing": [], "pending": [], "dangling": []}
-    new_layout_merged = any((ROOT / p).exists() for p in NEW_LAYOUT)
+    that does not exist, or name a heading its target lacks."""
+    problems = {"outside": [], "missing": [], "dangling": []}
     problems["missing"] += ["(empty)"] * len(EMPTY_LINK.findall(prose(text)))
     for target in LINK.findall(prose(text)):
         if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
@@ -188,9 +175,7 @@ def link_problems(path: Path, text: str) -> dict[str, list[str]]:
         if resolved != ROOT and ROOT not in resolved.parents:
             problems["outside"].append(target)
         elif not resolved.exists() and resolved != path:
-            relative = resolved.relative_to(ROOT).as_posix()
-            pending = relative in NEW_LAYOUT and not new_layout_merged
-            problems["pending" if pending else "missing"].append(target)
+            problems["missing"].append(target)
         elif anchor and (resolved.suffix != ".md" or anchor not in anchors(
                 text if resolved == path else resolved.read_text("utf-8"))):
             problems["dangling"].append(target)
@@ -207,9 +192,6 @@ def test_links_resolve(path):
         f"{name} links to files that do not exist: {problems['missing']}")
     assert not problems["dangling"], (
         f"{name} links to headings that do not exist: {problems['dangling']}")
-    if problems["pending"]:
-        pytest.xfail(f"{name} links to files of issue 20's new layout, not merged yet: "
-                     f"{problems['pending']}")
 
 
 def test_the_link_check_rejects_broken_links():
@@ -230,9 +212,6 @@ def test_the_link_check_rejects_broken_links():
             "```text\n[fenced](not/a/link/either.md)\n```\n")
     assert link_problems(page, text) == {
         "outside": ["../../etc/passwd"], "missing": ["(empty)", "../no/such/file.md"],
-        "pending": [], "dangling": ["../README.md#no-such-heading", "#nope"]}
-    merged = any((ROOT / p).exists() for p in NEW_LAYOUT)
-    future = "[new](../bptorch/functions/linear.py) [typo](../bptorch/functions/lineer.py)\n"
-    problems = link_problems(page, future)
-    assert problems["missing"] == ["../bptorch/functions/lineer.py"]
-    assert problems["pending"] == ([] if merged else ["../bptorch/functions/linear.py"])
+        "dangling": ["../README.md#no-such-heading", "#nope"]}
+    family = "[new](../bptorch/functions/linear.py) [typo](../bptorch/functions/lineer.py)\n"
+    assert link_problems(page, family)["missing"] == ["../bptorch/functions/lineer.py"]
