@@ -28,11 +28,18 @@ GEMM has m·24² rows, enough to split, so ``auto`` uses every core (capped by
 Without ``--preset`` the first preset runs. Each epoch prints the book's line
 ``Epoch j: k / 10000`` (test images right), then validation accuracy, training cost
 (first 10,000 training images, with the L2 term) and training seconds.
+
+With ``--json PATH`` every epoch ends by writing a checkpoint ``PATH.ckpt.pt`` (model,
+optimizer, both RNG states, history, config) and the JSON so far (``"complete": false``
+until the last epoch); ``--resume`` continues from it, bit for bit the run that was never
+stopped, and refuses a checkpoint trained with other flags. ``--ensemble`` is the book's
+five-net vote over runs saved with ``--save-test-probs``.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -244,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", metavar="PATH", nargs="+",
                    help="evaluate the mean of saved test probabilities and exit")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint next to --json (PATH.ckpt.pt), if any, "
+                        "with the same config; --epochs may grow")
     return p
 
 
@@ -258,18 +268,63 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return config
 
 
+def vote(probs: Tensor) -> Tensor:
+    """The book's ensemble: each net votes for its argmax class, the most votes win.
+
+    ``probs`` is (nets, N, classes) of softmax outputs. A tie between classes (five nets
+    can split 2-2-1) goes to the tied class with the larger mean probability; the book
+    does not say how it breaks ties. Returns (N,) class indices.
+    """
+    votes = F.one_hot(probs.argmax(2), probs.shape[2]).sum(0)  # (N, classes)
+    tied = votes == votes.max(1, keepdim=True).values
+    return torch.where(tied, probs.mean(0), -1.0).argmax(1)
+
+
 def ensemble(paths: Sequence[str], data_dir: str | None) -> dict:
-    """Majority of the averaged softmax outputs of several runs on the test set."""
+    """Majority vote (:func:`vote`) of several runs' saved test probabilities; the mean of
+    their probabilities is recorded beside it for comparison."""
     from bptorch.data import load_mnist
 
     labels = load_mnist(data_dir=data_dir).test[1]
-    probs = [torch.load(p, weights_only=True) for p in paths]
+    probs = torch.stack([torch.load(p, weights_only=True) for p in paths])
     single = [float((q.argmax(1) == labels).float().mean()) for q in probs]
-    acc = float((torch.stack(probs).mean(0).argmax(1) == labels).float().mean())
-    print(f"Ensemble of {len(paths)}: {round(acc * len(labels))} / {len(labels)} "
-          f"(single runs {', '.join(f'{a:.4f}' for a in single)})")
-    return {"ensemble_test_accuracy": acc, "single_test_accuracy": single,
+    acc = float((vote(probs) == labels).float().mean())
+    mean_acc = float((probs.mean(0).argmax(1) == labels).float().mean())
+    votes = F.one_hot(probs.argmax(2), probs.shape[2]).sum(0)
+    ties = int(((votes == votes.max(1, keepdim=True).values).sum(1) > 1).sum())
+    print(f"Ensemble of {len(paths)} by vote: {round(acc * len(labels))} / {len(labels)} "
+          f"(mean probability {mean_acc:.4f}; single runs "
+          f"{', '.join(f'{a:.4f}' for a in single)}; {ties} ties)")
+    return {"ensemble_test_accuracy": acc, "rule": "majority vote of the nets' argmax, "
+            "ties to the larger mean probability", "ties": ties,
+            "mean_probability_test_accuracy": mean_acc, "single_test_accuracy": single,
             "runs": [Path(p).name for p in paths]}
+
+
+# -- checkpoints -------------------------------------------------------------------------
+# Flags a resumed run may change: where the data is, how many threads, how far to train
+# (the η schedule depends on the epoch index only, so more epochs extend the same run).
+RESUMABLE_CHANGES = ("threads", "data_dir", "epochs")
+
+
+def checkpoint_path(json_path: str | Path) -> Path:
+    """The checkpoint sits next to the JSON: ``run.json`` -> ``run.ckpt.pt``."""
+    return Path(json_path).with_suffix(".ckpt.pt")
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a kill mid-write leaves the old one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def config_differences(saved: dict, config: dict, parser: argparse.ArgumentParser) -> list[str]:
+    """The flags whose values differ between a checkpoint's config and this run's; keys
+    that no flag sets (conv, fc, ...) come from ``--preset``."""
+    dests = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    return sorted({dests.get(k, "--preset") for k in DEFAULTS
+                   if k not in RESUMABLE_CHANGES and saved.get(k) != config[k]})
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -322,7 +377,27 @@ def _main(argv: Sequence[str] | None) -> dict:
 
     history: dict[str, list] = {"test_accuracy": [], "validation_accuracy": [],
                                 "training_cost": [], "epoch_seconds": []}
-    for j in range(c["epochs"]):
+    ckpt = checkpoint_path(args.json) if args.json else None
+    if args.resume and ckpt is None:
+        parser.error("--resume needs --json (the checkpoint sits next to it)")
+    if args.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        if differ := config_differences(state["config"], config, parser):
+            parser.error(f"--resume: {ckpt} was trained with other values of "
+                         f"{', '.join(differ)}")
+        if state["epoch"] > c["epochs"]:
+            parser.error(f"--resume: {ckpt} has {state['epoch']} epochs, more than --epochs "
+                         f"{c['epochs']}")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout masks
+        history = state["history"]
+        config["resumed_at"] = state["config"].get("resumed_at", []) + [state["epoch"]]
+        print(f"Resuming {ckpt} after epoch {state['epoch'] - 1}", flush=True)
+    first = len(history["test_accuracy"])
+
+    for j in range(first, c["epochs"]):
         for group in opt.param_groups:
             group["lr"] = c["eta"] * c["eta_decay"] ** j
         start = time.perf_counter()
@@ -338,14 +413,22 @@ def _main(argv: Sequence[str] | None) -> dict:
         history["epoch_seconds"].append(seconds)
         print(f"Epoch {j}: {k_test} / {len(y_test)}  (validation {k_val} / {len(y_val)}, "
               f"training cost {tc:.4f}, {seconds:.1f} s)", flush=True)
+        if ckpt is not None:  # checkpoint first: a JSON never claims more than it holds
+            save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                         "history": history, "epoch": j + 1, "config": config}, ckpt)
+            save_results({"config": config, "history": history,
+                          "final": {"test_accuracy": k_test / len(y_test),
+                                    "validation_accuracy": k_val / len(y_val)},
+                          "complete": j + 1 == c["epochs"]}, args.json, None)
 
-    if not c["epochs"]:
+    if first == c["epochs"]:  # nothing trained here: no epoch's z_test
         z_test = logits(net, x_test)
     probs = torch.softmax(z_test, 1)
     final = {"test_accuracy": float((probs.argmax(1) == y_test).float().mean()),
              "validation_accuracy": history["validation_accuracy"][-1] if c["epochs"] else
              float((logits(net, x_val).argmax(1) == y_val).float().mean())}
-    results = {"config": config, "history": history, "final": final}
+    results = {"config": config, "history": history, "final": final, "complete": True}
     if args.save_test_probs:
         torch.save(probs, args.save_test_probs)
     save_results(results, args.json, args.plot)

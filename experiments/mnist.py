@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -427,8 +428,11 @@ def save_results(results: dict, json_path: str | None, plot_path: str | None,
     """Write ``results`` as JSON and draw ``plot_fn(results, plot_path)`` (default
     :func:`plot`), creating missing folders; a None path skips that output."""
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(results, indent=1) + "\n")
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")  # then rename: a kill mid-write keeps the old
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+        os.replace(tmp, path)
     if plot_path:
         Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
         (plot_fn or plot)(results, plot_path)
