@@ -15,10 +15,11 @@ The book's network3 conventions kept here: a conv-pool layer is conv, 2×2 max-p
 σ (pooling commutes with the per-map bias and with a monotone σ, so this equals σ then
 pool); the output is softmax with the log-likelihood cost, averaged over the mini-batch;
 the L2 term is (λ/2)·Σ‖W‖² / (number of mini-batches), so its gradient is λ·m/n·W (m
-times network2's); initial weights N(0, 1/n_out) with n_out = maps·k²/pool² for a conv
-layer, biases N(0, 1), the softmax layer zeros. network3 drops out a layer's *input*
-and scales weights by (1 − p) at test time; we use inverted dropout (scale by 1/(1 − p)
-while training), the same in expectation.
+times network2's), and ``--l1``'s term (not in the book's chapter 6) likewise λ₁·Σ|W| /
+(number of mini-batches), gradient λ₁·m/n·sgn(W); initial weights N(0, 1/n_out) with
+n_out = maps·k²/pool² for a conv layer, biases N(0, 1), the softmax layer zeros.
+network3 drops out a layer's *input* and scales weights by (1 − p) at test time; we use
+inverted dropout (scale by 1/(1 − p) while training), the same in expectation.
 
 ``--threads`` (default ``auto``) sets torch's intra-op thread count through
 ``bptorch.threads`` from the work of one step (``step_work``): a convolution's im2col
@@ -54,7 +55,7 @@ from bptorch import nn as bnn
 from bptorch.threads import (
     conv_step_flops, keep_threads, mlp_step_flops, set_threads, threads_arg,
 )
-from experiments.mnist import replot, save_results
+from experiments.mnist import add_l1_grad, replot, save_results
 
 # conv: [(maps, kernel)], each followed by a 2×2 max-pool; fc: hidden FC sizes; dropout:
 # p on the input of each FC and the softmax layer; expand: the book's 250k shifted images;
@@ -77,7 +78,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 BOOK_ACCURACY = {"simple": 0.9878, "two-conv": 0.9906, "relu-l2": 0.9923, "expanded": 0.9937,
                  "dropout": 0.9960, "modern": None}
 DEFAULTS: dict[str, Any] = dict(
-    preset="simple", conv=[(20, 5)], fc=[100], activation="sigmoid", eta=0.1, lmbda=0.0,
+    preset="simple", conv=[(20, 5)], fc=[100], activation="sigmoid", eta=0.1, lmbda=0.0, l1=0.0,
     epochs=60, batch_size=10, dropout=0.0, expand=False, shift=0, optimizer="sgd",
     eta_decay=1.0, init="book", seed=0, engine="bptorch", train_size=None, data_dir=None,
     threads="auto")
@@ -205,6 +206,8 @@ def train_epoch(net, cost, opt, x: Tensor, y: Tensor, c: dict, gen: torch.Genera
             xb = random_shift(xb, c["shift"], gen)
         opt.zero_grad(set_to_none=True)
         cost(net(xb), yb).backward()
+        if c["l1"]:  # λ₁·m/n·sgn(W), network3's scaling of its L2 term
+            add_l1_grad(net, c["l1"] * m, n)
         opt.step()
 
 
@@ -217,11 +220,12 @@ def logits(net: nn.Module, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def training_cost(net, cost, x: Tensor, y: Tensor, c: dict, n: int) -> float:
-    """Mean cost on x plus network3's L2 term (λ/2)·Σ‖W‖²·m/n."""
+    """Mean cost on x plus network3's L2 term (λ/2)·Σ‖W‖²·m/n and the L1 term λ₁·Σ|W|·m/n."""
     value = float(cost(logits(net, x), y))
     weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
-    return value + 0.5 * c["lmbda"] * c["batch_size"] / n * sum(
-        float(w.pow(2).sum()) for w in weights)
+    m = c["batch_size"]
+    return (value + 0.5 * c["lmbda"] * m / n * sum(float(w.pow(2).sum()) for w in weights)
+            + c["l1"] * m / n * sum(float(w.abs().sum()) for w in weights))
 
 
 # -- command line ----------------------------------------------------------------------
@@ -233,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="mini-batch size m (book: 10)")
     p.add_argument("--eta", type=float, help="learning rate η")
     p.add_argument("--lmbda", type=float, help="L2 regularisation λ")
+    p.add_argument("--l1", type=float, help="L1 regularisation λ₁ (default 0)")
     p.add_argument("--eta-decay", type=float,
                    help="multiply η by this after every epoch (modern preset: 0.8)")
     p.add_argument("--seed", type=int, help="weights, shuffles, dropout masks (default 0)")
@@ -324,7 +329,7 @@ def config_differences(saved: dict, config: dict, parser: argparse.ArgumentParse
     that no flag sets (conv, fc, ...) come from ``--preset``."""
     dests = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
     return sorted({dests.get(k, "--preset") for k in DEFAULTS
-                   if k not in RESUMABLE_CHANGES and saved.get(k) != config[k]})
+                   if k not in RESUMABLE_CHANGES and saved.get(k, DEFAULTS[k]) != config[k]})
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
