@@ -250,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the work per step (default auto)")
     p.add_argument("--json", metavar="PATH", help="write config and history here")
     p.add_argument("--plot", metavar="PATH", help="draw the learning curves here (PNG)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", help="plot saved runs (needs --plot)")
+    p.add_argument("--from-json", metavar="PATH", nargs="+",
+                   help="saved runs: plot them (with --plot) or tabulate them (with --table)")
+    p.add_argument("--table", action="store_true",
+                   help="with --from-json: a markdown table of the runs against the book")
     p.add_argument("--save-test-probs", metavar="PATH",
                    help="save softmax(z^L) on the test set (.pt), for --ensemble")
     p.add_argument("--ensemble", metavar="PATH", nargs="+",
@@ -306,6 +309,26 @@ def ensemble(paths: Sequence[str], data_dir: str | None) -> dict:
             "runs": [Path(p).name for p in paths]}
 
 
+def table(json_paths: Sequence[str]) -> str:
+    """Markdown, a row per run: preset, the book's accuracy, the last and the best epoch's
+    test accuracy, epochs run of the config's, and the training seconds summed and per
+    epoch (runs still going say so)."""
+    import json
+
+    rows = ["| preset | book | last epoch | best epoch | epochs | train s | s/epoch |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for path in json_paths:
+        run = json.loads(Path(path).read_text())
+        c, h = run["config"], run["history"]
+        done, acc, secs = len(h["test_accuracy"]), h["test_accuracy"], h["epoch_seconds"]
+        book = c.get("book_test_accuracy")
+        status = "" if run.get("complete", True) else ", running"
+        rows.append(f"| `{c['preset']}` | {'—' if book is None else f'{book:.2%}'} | "
+                    f"{acc[-1]:.2%} | {max(acc):.2%} | {done} of {c['epochs']}{status} | "
+                    f"{sum(secs):.0f} | {sum(secs) / max(done, 1):.0f} |")
+    return "\n".join(rows)
+
+
 # -- checkpoints -------------------------------------------------------------------------
 # Flags a resumed run may change: where the data is, how many threads, how far to train
 # (the η schedule depends on the epoch index only, so more epochs extend the same run).
@@ -349,9 +372,11 @@ def _main(argv: Sequence[str] | None) -> dict:
         save_results(result, args.json, None)
         return result
     if args.from_json:
-        if not args.plot:
-            parser.error("--from-json needs --plot")
-        return replot(args.from_json, args.plot)
+        if not (args.plot or args.table):
+            parser.error("--from-json needs --plot or --table")
+        if args.table:
+            print(table(args.from_json))
+        return replot(args.from_json, args.plot) if args.plot else {}
 
     c = config = resolve_config(args)
     set_threads(c["threads"], *step_work(c))

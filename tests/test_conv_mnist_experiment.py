@@ -67,11 +67,14 @@ def test_an_interrupted_run_leaves_a_partial_json(small, tmp_path, monkeypatch):
     assert partial["complete"] is False
     assert len(partial["history"]["test_accuracy"]) == 1
     assert partial["final"]["test_accuracy"] == partial["history"]["test_accuracy"][0]
+    row = exp.table([str(out)]).splitlines()[2]
+    assert "| 1 of 3, running |" in row and row.startswith("| `dropout` | 99.60% |")
     monkeypatch.setattr(exp, "train_epoch", real)
     resumed = exp.main(TINY + ["--epochs", "3", "--json", str(out), "--resume"])
     whole = exp.main(TINY + ["--epochs", "3", "--json", str(tmp_path / "w.json")])
     assert _without_seconds(resumed["history"]) == _without_seconds(whole["history"])
     assert json.loads(out.read_text())["complete"] is True
+    assert "| 3 of 3 |" in exp.table([str(out)])
 
 
 def test_resume_refuses_other_flags(small, tmp_path, capsys):
