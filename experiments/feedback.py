@@ -15,7 +15,7 @@ The models, of bptorch layers:
 
 * ``lenet``: BioTorch's LeNetMNIST, conv 6@5×5, ReLU, max-pool 2, conv 16@5×5, ReLU,
   max-pool 2, conv 120@5×5, ReLU, FC 120→84 (ReLU), 84→10, on 32×32 inputs (MNIST
-  zero-padded by 2). DFA feeds δ^L to the outputs of pool1, pool2, the flattened conv3
+  zero-padded by 2, or resized as BioTorch does: ``--lenet-input``). DFA feeds δ^L to the outputs of pool1, pool2, the flattened conv3
   and fc1: the inputs of every layer but the first, where BioTorch's DFA layers put it.
 * ``mlp``: 784→800→800→10, tanh hidden layers, dropout p=0.25 after each (``--dropout``);
   DFA feeds δ^L to each dropout's output, so a dropped unit gets no error.
@@ -84,6 +84,7 @@ BIOTORCH_SHARED = dict(optimizer="sgd",   # Benchmarks.md:5 "Stochastic Gradient
                        epochs=100,         # Benchmarks.md:5 "for 100 epochs"
                        milestones=[0.5, 0.75], gamma=0.1,  # :5 "factor of 10 at the 50th and
                        init="xavier",      # the 75th epoch"; le_net/sgd/*.yaml:23
+                       lenet_input="resize",  # :5 "Images were resized to 32x32"
                        select="validation")  # the issue's protocol, not BioTorch's (see above)
 BIOTORCH_LR = {"bp": 0.1,     # le_net/sgd/backprop.yaml:39  lr: 0.1
                "fa": 1e-3,    # le_net/sgd/fa.yaml:39        lr: 0.001
@@ -98,7 +99,7 @@ DEFAULTS: dict[str, Any] = dict(
     rule="bp", model="lenet", dataset="mnist", epochs=20, batch_size=128, seed=0,
     optimizer=None, lr=None, weight_decay=None, milestones=None, gamma=None, dropout=0.25,
     train_size=None, data_dir=None, diagnostics=False, threads="auto", recipe="adam",
-    init="torch", select="test")
+    init="torch", select="test", lenet_input="pad")
 MLP_SIZES = [784, 800, 800, 10]
 PROBE = 1_000  # training images the alignment angle is measured on
 EVAL_CHUNK = 2_000
@@ -185,13 +186,23 @@ def load(c: dict) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor
     x_test, y_test = data.test
     if c["train_size"] is not None:
         x, y = x[:c["train_size"]], y[:c["train_size"]]
-    if c["model"] == "lenet":  # zero-pad 28×28 to 32×32: background, as BioTorch's Pad(2)
-        pad = lambda t: torch.nn.functional.pad(t.view(-1, 1, 28, 28), (2, 2, 2, 2))  # noqa: E731
-        x, x_test = pad(x), pad(x_test)
-        x_val = pad(x_val) if x_val is not None else None
+    if c["model"] == "lenet":  # 28×28 to LeNet's 32×32
+        x, x_test = to_32(x, c["lenet_input"]), to_32(x_test, c["lenet_input"])
+        x_val = to_32(x_val, c["lenet_input"]) if x_val is not None else None
     mean, std = x.mean(), x.std()
     x_val = (x_val - mean) / std if x_val is not None else None
     return (x - mean) / std, y, (x_test - mean) / std, y_test, x_val, y_val, data.source
+
+
+def to_32(x: Tensor, how: str) -> Tensor:
+    """(N, 784) images as (N, 1, 32, 32): "pad" adds two rows and columns of background on
+    each side (the digit keeps its size); "resize" scales 28 → 32 bilinearly, as BioTorch's
+    ``transforms.Resize((32, 32))`` (datasets/dataset.py:25; upsampling, so no antialias)."""
+    x = x.view(-1, 1, 28, 28)
+    if how == "pad":
+        return torch.nn.functional.pad(x, (2, 2, 2, 2))
+    return torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear",
+                                           align_corners=False)
 
 
 def select_epoch(history: dict, select: str) -> dict:
@@ -290,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each rule's optimizer, schedule, init and epoch selection: adam "
                         "(RULE_CONFIGS, default) or biotorch (BIOTORCH_RECIPES, cited)")
     p.add_argument("--init", choices=["torch", "xavier"], help="default: the recipe's")
+    p.add_argument("--lenet-input", choices=["pad", "resize"],
+                   help="28×28 to 32×32 by padding or by bilinear resizing (default: the "
+                        "recipe's; BioTorch resizes)")
     p.add_argument("--select", choices=["test", "validation"],
                    help="report the epoch of least test error, or of least error on 10,000 "
                         "validation images held out of training (default: the recipe's)")

@@ -27,6 +27,7 @@ def test_biotorch_recipe_is_its_published_settings(rule):
     assert (c["optimizer"], c["weight_decay"], c["batch_size"], c["epochs"]) == \
         ("sgd", 1e-3, 64, 100)
     assert c["init"] == "xavier" and c["select"] == "validation"
+    assert c["lenet_input"] == "resize"
     net, _ = exp.build(c, torch.zeros(1, 1, 32, 32))
     opt, schedule = exp.make_optimizer(net, c)
     assert opt.param_groups[0]["momentum"] == 0.9
@@ -89,3 +90,15 @@ def test_seeds_select_on_held_out_validation(mnist, tmp_path):
     rows = exp.table([str(path)]).splitlines()
     assert len(rows) == 4 and all("| validation |" in r for r in rows[2:])
     assert out["summary"] == saved["summary"]
+
+
+def test_lenet_input_pads_or_resizes():
+    x = torch.rand(3, 784)
+    padded = exp.to_32(x, "pad")
+    assert padded.shape == (3, 1, 32, 32) and torch.equal(padded[:, :, 2:30, 2:30],
+                                                          x.view(3, 1, 28, 28))
+    assert padded[:, :, :2].abs().sum() == 0
+    resized = exp.to_32(x, "resize")
+    assert resized.shape == (3, 1, 32, 32) and resized[:, :, :2].abs().sum() > 0
+    ones = exp.to_32(torch.ones(1, 784), "resize")  # bilinear keeps a constant image
+    torch.testing.assert_close(ones, torch.ones(1, 1, 32, 32))
