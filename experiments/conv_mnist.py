@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-test-probs", metavar="PATH",
                    help="save softmax(z^L) on the test set (.pt), for --ensemble")
     p.add_argument("--ensemble", metavar="PATH", nargs="+",
-                   help="evaluate the mean of saved test probabilities and exit")
+                   help="the book's majority vote of saved test probabilities, then exit")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint next to --json (PATH.ckpt.pt), if any, "
@@ -423,8 +423,10 @@ def _main(argv: Sequence[str] | None) -> dict:
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])  # dropout masks
         history = state["history"]
-        config["resumed_at"] = state["config"].get("resumed_at", []) + [state["epoch"]]
-        print(f"Resuming {ckpt} after epoch {state['epoch'] - 1}", flush=True)
+        config["resumed_at"] = state["config"].get("resumed_at", [])
+        if state["epoch"] < c["epochs"]:  # not a finished run read back
+            config["resumed_at"].append(state["epoch"])
+            print(f"Resuming {ckpt} after epoch {state['epoch'] - 1}", flush=True)
     first = len(history["test_accuracy"])
 
     for j in range(first, c["epochs"]):

@@ -75,6 +75,8 @@ def test_an_interrupted_run_leaves_a_partial_json(small, tmp_path, monkeypatch):
     assert _without_seconds(resumed["history"]) == _without_seconds(whole["history"])
     assert json.loads(out.read_text())["complete"] is True
     assert "| 3 of 3 |" in exp.table([str(out)])
+    again = exp.main(TINY + ["--epochs", "3", "--json", str(out), "--resume"])  # finished
+    assert again["config"]["resumed_at"] == [1] and again["history"] == resumed["history"]
 
 
 def test_resume_refuses_other_flags(small, tmp_path, capsys):
