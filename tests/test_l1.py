@@ -146,3 +146,19 @@ def test_mnist_cli_records_l1(mnist, tmp_path):
     assert out["config"]["l1"] == 2.0
     with pytest.raises(SystemExit):
         exp.main(["--l1", "2.0", "--compile", "2", "--epochs", "0"])
+
+
+def test_summarize_keeps_l1_runs_apart_from_their_preset():
+    from experiments.summarize import summarize
+
+    def run(l1):
+        return {"config": {"preset": "ch3", "engine": "explicit", "seed": 1, "l1": l1,
+                           "lmbda": 0.0 if l1 else 5.0},
+                "history": {"test_accuracy": [0.97], "validation_accuracy": [0.97],
+                            "training_cost": [0.5], "epoch_seconds": [2.0]}}
+
+    rows = summarize([run(0.5), run(0.0)]).splitlines()
+    assert len(rows) == 4
+    assert rows[2].startswith("| ch3 | explicit | 1 |") and rows[2].endswith("| 97.92% |")
+    assert rows[3].startswith("| ch3 + L1 λ₁ = 0.5, λ = 0 | explicit | 1 |")
+    assert rows[3].endswith("| — |")  # the book gives no L1 figure
