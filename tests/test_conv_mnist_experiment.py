@@ -130,3 +130,16 @@ def test_ensemble_votes_on_saved_runs(small, tmp_path):
     assert out["ensemble_test_accuracy"] == 1.0
     assert out["mean_probability_test_accuracy"] == 0.0
     assert "vote" in json.loads((tmp_path / "e.json").read_text())["rule"]
+
+
+def test_table_reports_test_accuracy_at_networks3_best_validation_epoch(tmp_path):
+    run = {"config": {"preset": "simple", "epochs": 4, "book_test_accuracy": 0.9878},
+           "history": {"test_accuracy": [0.90, 0.95, 0.93, 0.92],
+                       "validation_accuracy": [0.91, 0.96, 0.94, 0.96],
+                       "epoch_seconds": [10.0, 10.0, 10.0, 10.0]}, "complete": False}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(run))
+    row = exp.table([str(path)]).splitlines()[2]
+    # validation ties at epochs 1 and 3: network3's >= keeps the later one
+    assert row == ("| `simple` | 98.78% | 92.00% (epoch 3) | 92.00% | 95.00% | "
+                   "4 of 4, running | 40 | 10 |")
