@@ -167,27 +167,32 @@ class Network(nn.Module):
 
     @torch.no_grad()
     def update_mini_batch(
-        self, x: Tensor, y: Tensor, eta: float, lmbda: float = 0.0, n: int | None = None
+        self, x: Tensor, y: Tensor, eta: float, lmbda: float = 0.0, n: int | None = None,
+        l1: float = 0.0,
     ) -> None:
         """One step of the book's SGD, fused into the backward pass:
 
-            W ← (1 − ηλ/n) W − (η/m) Σ_x ∂C_x/∂W,    b ← b − (η/m) Σ_x ∂C_x/∂b
+            W ← (1 − ηλ/n) W − (ηλ₁/n) sgn(W) − (η/m) Σ_x ∂C_x/∂W,
+            b ← b − (η/m) Σ_x ∂C_x/∂b
 
-        for a mini-batch of m rows out of n training examples (L2 decays W, not b).
-        Each layer is updated as soon as its δ has been passed down, with no .grad
-        buffers and no optimizer: the fastest engine. ``n`` is required when λ ≠ 0.
+        for a mini-batch of m rows out of n training examples. ``lmbda`` is the L2 λ
+        and ``l1`` the L1 λ₁ of chapter 3 (the book calls both λ); neither touches b.
+        sgn(W) is of W before the step, with sgn(0) = 0 (``torch.sign``), the
+        subgradient of |w| at its kink. Each layer is updated as soon as its δ has been
+        passed down, with no .grad buffers and no optimizer: the fastest engine. ``n``
+        is required when λ or λ₁ ≠ 0.
         """
         if n is None:
-            if lmbda:
-                raise ValueError("update_mini_batch with lmbda != 0 needs n, the training-set "
-                                 "size, for the weight decay 1 − ηλ/n")
+            if lmbda or l1:
+                raise ValueError("update_mini_batch with lmbda or l1 != 0 needs n, the "
+                                 "training-set size, for the terms ηλ/n and ηλ₁/n")
             n = 1
         plan = self._plan()
         y = self._check(x, y, plan[0])
         activations, _, sp_from = self._feedforward(x, plan)
         delta, _ = self._output_error(None, activations[-1], y, plan[-1][3])  # BP1
         self.__dict__["deltas"] = self._backward(delta, activations, sp_from, plan,
-                                                 (eta, 1 - eta * lmbda / n),
+                                                 (eta, 1 - eta * lmbda / n, eta * l1 / n),
                                                  self._feedback_plan(plan))
 
     def _plan(self) -> list[tuple]:
@@ -313,9 +318,12 @@ class Network(nn.Module):
                 _accumulate_mm(weight, delta.t(), a_prev, 1 / m)  # BP4, mean over rows
                 _accumulate_sum(bias, delta, 1 / m)  # BP3, mean over rows
             else:
-                eta, decay = update
+                eta, decay, l1_step = update
+                sgn_w = torch.sign(weight) if l1_step else None  # sgn of W before the step
                 # BP4 and the update in one GEMM: W ← decay·W − (η/m) δᵀ a_prev
                 weight.addmm_(delta.t(), a_prev, beta=decay, alpha=-eta / m)
+                if sgn_w is not None:
+                    weight.sub_(sgn_w, alpha=l1_step)  # L1: W ← W − (ηλ₁/n) sgn(W)
                 bias.add_(delta.sum(0), alpha=-eta / m)  # BP3
             if l > 0:
                 delta = delta_below

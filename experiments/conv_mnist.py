@@ -15,10 +15,11 @@ The book's network3 conventions kept here: a conv-pool layer is conv, 2×2 max-p
 σ (pooling commutes with the per-map bias and with a monotone σ, so this equals σ then
 pool); the output is softmax with the log-likelihood cost, averaged over the mini-batch;
 the L2 term is (λ/2)·Σ‖W‖² / (number of mini-batches), so its gradient is λ·m/n·W (m
-times network2's); initial weights N(0, 1/n_out) with n_out = maps·k²/pool² for a conv
-layer, biases N(0, 1), the softmax layer zeros. network3 drops out a layer's *input*
-and scales weights by (1 − p) at test time; we use inverted dropout (scale by 1/(1 − p)
-while training), the same in expectation.
+times network2's), and ``--l1``'s term (not in the book's chapter 6) likewise λ₁·Σ|W| /
+(number of mini-batches), gradient λ₁·m/n·sgn(W); initial weights N(0, 1/n_out) with
+n_out = maps·k²/pool² for a conv layer, biases N(0, 1), the softmax layer zeros.
+network3 drops out a layer's *input* and scales weights by (1 − p) at test time; we use
+inverted dropout (scale by 1/(1 − p) while training), the same in expectation.
 
 ``--threads`` (default ``auto``) sets torch's intra-op thread count through
 ``bptorch.threads`` from the work of one step (``step_work``): a convolution's im2col
@@ -28,11 +29,18 @@ GEMM has m·24² rows, enough to split, so ``auto`` uses every core (capped by
 Without ``--preset`` the first preset runs. Each epoch prints the book's line
 ``Epoch j: k / 10000`` (test images right), then validation accuracy, training cost
 (first 10,000 training images, with the L2 term) and training seconds.
+
+With ``--json PATH`` every epoch ends by writing a checkpoint ``PATH.ckpt.pt`` (model,
+optimizer, both RNG states, history, config) and the JSON so far (``"complete": false``
+until the last epoch); ``--resume`` continues from it, bit for bit the run that was never
+stopped, and refuses a checkpoint trained with other flags. ``--ensemble`` is the book's
+five-net vote over runs saved with ``--save-test-probs``.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +56,7 @@ from bptorch import nn as bnn
 from bptorch.threads import (
     conv_step_flops, keep_threads, mlp_step_flops, set_threads,
 )
-from experiments.mnist import replot, save_results
+from experiments.mnist import add_l1_grad, replot, save_results
 
 # conv: [(maps, kernel)], each followed by a 2×2 max-pool; fc: hidden FC sizes; dropout:
 # p on the input of each FC and the softmax layer; expand: the book's 250k shifted images;
@@ -71,7 +79,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 BOOK_ACCURACY = {"simple": 0.9878, "two-conv": 0.9906, "relu-l2": 0.9923, "expanded": 0.9937,
                  "dropout": 0.9960, "modern": None}
 DEFAULTS: dict[str, Any] = dict(
-    preset="simple", conv=[(20, 5)], fc=[100], activation="sigmoid", eta=0.1, lmbda=0.0,
+    preset="simple", conv=[(20, 5)], fc=[100], activation="sigmoid", eta=0.1, lmbda=0.0, l1=0.0,
     epochs=60, batch_size=10, dropout=0.0, expand=False, shift=0, optimizer="sgd",
     eta_decay=1.0, init="book", seed=0, engine="bptorch", train_size=None, data_dir=None,
     threads="auto")
@@ -199,6 +207,8 @@ def train_epoch(net, cost, opt, x: Tensor, y: Tensor, c: dict, gen: torch.Genera
             xb = random_shift(xb, c["shift"], gen)
         opt.zero_grad(set_to_none=True)
         cost(net(xb), yb).backward()
+        if c["l1"]:  # λ₁·m/n·sgn(W), network3's scaling of its L2 term
+            add_l1_grad(net, c["l1"] * m, n)
         opt.step()
 
 
@@ -211,11 +221,12 @@ def logits(net: nn.Module, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def training_cost(net, cost, x: Tensor, y: Tensor, c: dict, n: int) -> float:
-    """Mean cost on x plus network3's L2 term (λ/2)·Σ‖W‖²·m/n."""
+    """Mean cost on x plus network3's L2 term (λ/2)·Σ‖W‖²·m/n and the L1 term λ₁·Σ|W|·m/n."""
     value = float(cost(logits(net, x), y))
     weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
-    return value + 0.5 * c["lmbda"] * c["batch_size"] / n * sum(
-        float(w.pow(2).sum()) for w in weights)
+    m = c["batch_size"]
+    return (value + 0.5 * c["lmbda"] * m / n * sum(float(w.pow(2).sum()) for w in weights)
+            + c["l1"] * m / n * sum(float(w.abs().sum()) for w in weights))
 
 
 # -- command line ----------------------------------------------------------------------
@@ -227,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=cli.positive_int, help="mini-batch size m (book: 10)")
     p.add_argument("--eta", type=cli.positive_float, help="learning rate η")
     p.add_argument("--lmbda", type=cli.non_negative_float, help="L2 regularisation λ")
+    p.add_argument("--l1", type=cli.non_negative_float, help="L1 regularisation λ₁ (default 0)")
     p.add_argument("--eta-decay", type=cli.positive_float,
                    help="multiply η by this after every epoch (modern preset: 0.8)")
     p.add_argument("--seed", type=cli.non_negative_int,
@@ -244,12 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
                    help="draw the learning curves here (.png, .pdf, .svg, ...)")
     p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
-                   help="plot saved runs (needs --plot)")
+                   help="saved runs: plot them (with --plot) or tabulate them (with --table)")
+    p.add_argument("--table", action="store_true",
+                   help="with --from-json: a markdown table of the runs against the book")
     p.add_argument("--save-test-probs", metavar="PATH",
                    help="save softmax(z^L) on the test set (.pt), for --ensemble")
     p.add_argument("--ensemble", metavar="PATH", nargs="+", type=cli.existing_file,
-                   help="evaluate the mean of saved test probabilities and exit")
+                   help="the book's majority vote of saved test probabilities, then exit")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint next to --json (PATH.ckpt.pt), if any, "
+                        "with the same config; --epochs may grow")
     return p
 
 
@@ -264,18 +281,88 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return config
 
 
+def vote(probs: Tensor) -> Tensor:
+    """The book's ensemble: each net votes for its argmax class, the most votes win.
+
+    ``probs`` is (nets, N, classes) of softmax outputs. A tie between classes (five nets
+    can split 2-2-1) goes to the tied class with the larger mean probability; the book
+    does not say how it breaks ties. Returns (N,) class indices.
+    """
+    votes = F.one_hot(probs.argmax(2), probs.shape[2]).sum(0)  # (N, classes)
+    tied = votes == votes.max(1, keepdim=True).values
+    return torch.where(tied, probs.mean(0), -1.0).argmax(1)
+
+
 def ensemble(paths: Sequence[str], data_dir: str | None) -> dict:
-    """Majority of the averaged softmax outputs of several runs on the test set."""
+    """Majority vote (:func:`vote`) of several runs' saved test probabilities; the mean of
+    their probabilities is recorded beside it for comparison."""
     from bptorch.data import load_mnist
 
     labels = load_mnist(data_dir=data_dir).test[1]
-    probs = [torch.load(p, weights_only=True) for p in paths]
+    probs = torch.stack([torch.load(p, weights_only=True) for p in paths])
     single = [float((q.argmax(1) == labels).float().mean()) for q in probs]
-    acc = float((torch.stack(probs).mean(0).argmax(1) == labels).float().mean())
-    print(f"Ensemble of {len(paths)}: {round(acc * len(labels))} / {len(labels)} "
-          f"(single runs {', '.join(f'{a:.4f}' for a in single)})")
-    return {"ensemble_test_accuracy": acc, "single_test_accuracy": single,
+    acc = float((vote(probs) == labels).float().mean())
+    mean_acc = float((probs.mean(0).argmax(1) == labels).float().mean())
+    votes = F.one_hot(probs.argmax(2), probs.shape[2]).sum(0)
+    ties = int(((votes == votes.max(1, keepdim=True).values).sum(1) > 1).sum())
+    print(f"Ensemble of {len(paths)} by vote: {round(acc * len(labels))} / {len(labels)} "
+          f"(mean probability {mean_acc:.4f}; single runs "
+          f"{', '.join(f'{a:.4f}' for a in single)}; {ties} ties)")
+    return {"ensemble_test_accuracy": acc, "rule": "majority vote of the nets' argmax, "
+            "ties to the larger mean probability", "ties": ties,
+            "mean_probability_test_accuracy": mean_acc, "single_test_accuracy": single,
             "runs": [Path(p).name for p in paths]}
+
+
+def table(json_paths: Sequence[str]) -> str:
+    """Markdown, a row per run: preset, the book's accuracy, the test accuracy at the epoch
+    of best validation accuracy (network3's "corresponding test accuracy", the figure the
+    book quotes), at the last epoch and at the best, epochs run of the config's, and the
+    training seconds summed and per epoch (runs still going say so)."""
+    import json
+
+    rows = ["| preset | book | at best validation | last epoch | best epoch | epochs | "
+            "train s | s/epoch |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for path in json_paths:
+        run = json.loads(Path(path).read_text())
+        c, h = run["config"], run["history"]
+        done, acc, secs = len(h["test_accuracy"]), h["test_accuracy"], h["epoch_seconds"]
+        val = h["validation_accuracy"]
+        # the last of equal bests: network3 updates on validation_accuracy >= best
+        chosen = max(range(done), key=lambda j: (val[j], j))
+        book = c.get("book_test_accuracy")
+        status = "" if run.get("complete", True) else ", running"
+        rows.append(f"| `{c['preset']}` | {'—' if book is None else f'{book:.2%}'} | "
+                    f"{acc[chosen]:.2%} (epoch {chosen}) | {acc[-1]:.2%} | {max(acc):.2%} | "
+                    f"{done} of {c['epochs']}{status} | {sum(secs):.0f} | "
+                    f"{sum(secs) / done:.0f} |")
+    return "\n".join(rows)
+
+
+# -- checkpoints -------------------------------------------------------------------------
+# Flags a resumed run may change: where the data is, how many threads, how far to train
+# (the η schedule depends on the epoch index only, so more epochs extend the same run).
+RESUMABLE_CHANGES = ("threads", "data_dir", "epochs")
+
+
+def checkpoint_path(json_path: str | Path) -> Path:
+    """The checkpoint sits next to the JSON: ``run.json`` -> ``run.ckpt.pt``."""
+    return Path(json_path).with_suffix(".ckpt.pt")
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a kill mid-write leaves the old one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def config_differences(saved: dict, config: dict, parser: argparse.ArgumentParser) -> list[str]:
+    """The flags whose values differ between a checkpoint's config and this run's; keys
+    that no flag sets (conv, fc, ...) come from ``--preset``."""
+    dests = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    return sorted({dests.get(k, "--preset") for k in DEFAULTS
+                   if k not in RESUMABLE_CHANGES and saved.get(k, DEFAULTS[k]) != config[k]})
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -295,9 +382,11 @@ def _main(argv: Sequence[str] | None) -> dict:
         save_results(result, args.json, None)
         return result
     if args.from_json:
-        if not args.plot:
-            parser.error("--from-json needs --plot")
-        return replot(args.from_json, args.plot)
+        if not (args.plot or args.table):
+            parser.error("--from-json needs --plot or --table")
+        if args.table:
+            print(table(args.from_json))
+        return replot(args.from_json, args.plot) if args.plot else {}
 
     c = config = resolve_config(args)
     set_threads(c["threads"], *step_work(c))
@@ -328,7 +417,29 @@ def _main(argv: Sequence[str] | None) -> dict:
 
     history: dict[str, list] = {"test_accuracy": [], "validation_accuracy": [],
                                 "training_cost": [], "epoch_seconds": []}
-    for j in range(c["epochs"]):
+    ckpt = checkpoint_path(args.json) if args.json else None
+    if args.resume and ckpt is None:
+        parser.error("--resume needs --json (the checkpoint sits next to it)")
+    if args.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        if differ := config_differences(state["config"], config, parser):
+            parser.error(f"--resume: {ckpt} was trained with other values of "
+                         f"{', '.join(differ)}")
+        if state["epoch"] > c["epochs"]:
+            parser.error(f"--resume: {ckpt} has {state['epoch']} epochs, more than --epochs "
+                         f"{c['epochs']}")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout masks
+        history = state["history"]
+        config["resumed_at"] = state["config"].get("resumed_at", [])
+        if state["epoch"] < c["epochs"]:  # not a finished run read back
+            config["resumed_at"].append(state["epoch"])
+            print(f"Resuming {ckpt} after epoch {state['epoch'] - 1}", flush=True)
+    first = len(history["test_accuracy"])
+
+    for j in range(first, c["epochs"]):
         for group in opt.param_groups:
             group["lr"] = c["eta"] * c["eta_decay"] ** j
         start = time.perf_counter()
@@ -344,14 +455,22 @@ def _main(argv: Sequence[str] | None) -> dict:
         history["epoch_seconds"].append(seconds)
         print(f"Epoch {j}: {k_test} / {len(y_test)}  (validation {k_val} / {len(y_val)}, "
               f"training cost {tc:.4f}, {seconds:.1f} s)", flush=True)
+        if ckpt is not None:  # checkpoint first: a JSON never claims more than it holds
+            save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                         "history": history, "epoch": j + 1, "config": config}, ckpt)
+            save_results({"config": config, "history": history,
+                          "final": {"test_accuracy": k_test / len(y_test),
+                                    "validation_accuracy": k_val / len(y_val)},
+                          "complete": j + 1 == c["epochs"]}, args.json, None)
 
-    if not c["epochs"]:
+    if first == c["epochs"]:  # nothing trained here: no epoch's z_test
         z_test = logits(net, x_test)
     probs = torch.softmax(z_test, 1)
     final = {"test_accuracy": float((probs.argmax(1) == y_test).float().mean()),
              "validation_accuracy": history["validation_accuracy"][-1] if c["epochs"] else
              float((logits(net, x_val).argmax(1) == y_val).float().mean())}
-    results = {"config": config, "history": history, "final": final}
+    results = {"config": config, "history": history, "final": final, "complete": True}
     if args.save_test_probs:
         Path(args.save_test_probs).parent.mkdir(parents=True, exist_ok=True)
         torch.save(probs, args.save_test_probs)

@@ -17,6 +17,10 @@ Three engines train on the same shuffled mini-batches from the same initial weig
   only: the same update);
 * ``native``: plain ``torch.nn`` layers and torch's own costs and autograd.
 
+``--l1 λ₁`` adds chapter 3's L1 term (λ₁/n) Σ|w| to the cost: the explicit engine's update
+gains − (ηλ₁/n) sgn(W) (``Network.update_mini_batch``'s ``l1``), the other two add
+(λ₁/n) sgn(W) to the weights' gradients before the optimizer's step.
+
 ``--threads`` (default ``auto``) sets torch's intra-op thread count through
 ``bptorch.threads.set_threads``: one thread at the book's batch 10, where more only wait
 on each other; the JSON config records it as ``torch_threads``.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,7 +49,8 @@ from bptorch.threads import keep_threads, mlp_step_flops, set_threads
 
 # network.py's defaults: Network([784, 30, 10]).SGD(training_data, 30, 10, 3.0, test_data).
 DEFAULTS: dict[str, Any] = dict(
-    sizes=[784, 30, 10], epochs=30, batch_size=10, eta=3.0, lmbda=0.0, cost="quadratic",
+    sizes=[784, 30, 10], epochs=30, batch_size=10, eta=3.0, lmbda=0.0, l1=0.0,
+    cost="quadratic",
     activation="sigmoid", init="large", seed=0, dataset="mnist", data_dir=None,
     train_size=None, device="cpu", engine="explicit", preset=None, diagnostics=False,
     threads="auto", compile=0)
@@ -95,10 +101,18 @@ def sgd(model: nn.Module, eta: float, lmbda: float, n: int) -> torch.optim.SGD:
                             {"params": biases, "weight_decay": 0.0}], lr=eta)
 
 
+def add_l1_grad(model: nn.Module, l1: float, n: int) -> None:
+    """The L1 term's gradient, (λ₁/n) sgn(W), added to each weight's .grad (not the biases');
+    sgn(0) = 0, as ``Network.update_mini_batch`` takes it."""
+    for name, p in model.named_parameters():
+        if name.endswith("weight"):
+            p.grad.add_(torch.sign(p), alpha=l1 / n)
+
+
 def train_epoch(model: nn.Module, engine: str, x: Tensor, y: Tensor, batch_size: int,
                 eta: float, lmbda: float, gen: torch.Generator, optimizer=None,
                 progress: bool = False, desc: str = "", rank: int = 0, world: int = 1,
-                compiled=None, steps: int = 0) -> None:
+                compiled=None, steps: int = 0, l1: float = 0.0) -> None:
     """One pass over a fresh shuffle of (x, y), in mini-batches (the last may be short).
 
     ``compiled`` (``bptorch.compile.sgd_steps(model, steps)``) takes the explicit engine's
@@ -131,7 +145,7 @@ def train_epoch(model: nn.Module, engine: str, x: Tensor, y: Tensor, batch_size:
     for k in starts:
         xb, yb = x[k:k + batch_size], y[k:k + batch_size]
         if engine == "explicit":
-            model.update_mini_batch(xb, yb, eta, lmbda, n)
+            model.update_mini_batch(xb, yb, eta, lmbda, n, l1)
             if world > 1:
                 average_parameters(model)
         else:
@@ -139,6 +153,8 @@ def train_epoch(model: nn.Module, engine: str, x: Tensor, y: Tensor, batch_size:
             loss_of(model, xb, yb).backward()
             if world > 1:
                 all_reduce_grads(model)
+            if l1:
+                add_l1_grad(model, l1, n)
             optimizer.step()
 
 
@@ -149,11 +165,14 @@ def correct(model: nn.Module, x: Tensor, labels: Tensor) -> int:
 
 
 @torch.no_grad()
-def training_cost(model: nn.Module, x: Tensor, y: Tensor, lmbda: float, n: int) -> float:
-    """Mean cost on x plus the book's L2 term (λ/2n) Σ‖W‖², as network2's total_cost."""
+def training_cost(model: nn.Module, x: Tensor, y: Tensor, lmbda: float, n: int,
+                  l1: float = 0.0) -> float:
+    """Mean cost on x plus the book's L2 term (λ/2n) Σ‖W‖², as network2's total_cost, and
+    the L1 term (λ₁/n) Σ|W|."""
     cost = float(loss_of(model, x, y))
     weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
-    return cost + 0.5 * (lmbda / n) * sum(float(w.pow(2).sum()) for w in weights)
+    return (cost + 0.5 * (lmbda / n) * sum(float(w.pow(2).sum()) for w in weights)
+            + (l1 / n) * sum(float(w.abs().sum()) for w in weights))
 
 
 # -- command line -----------------------------------------------------------------------
@@ -172,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lmbda", type=cli.non_negative_float,
                    help="L2 λ: W ← (1 − ηλ/n) W, n = training-set size; biases not decayed "
                         f"(default {d['lmbda']})")
+    p.add_argument("--l1", type=cli.non_negative_float,
+                   help="L1 λ₁: W ← W − (ηλ₁/n) sgn(W), sgn(0) = 0; biases not touched "
+                        f"(default {d['l1']})")
     p.add_argument("--cost", choices=["quadratic", "cross_entropy", "log_likelihood"],
                    help=f"default {d['cost']}; log_likelihood puts softmax on the output")
     p.add_argument("--activation", choices=HIDDEN_ACTIVATIONS,
@@ -318,6 +340,8 @@ def _main(argv: Sequence[str] | None) -> dict:
                          f"Network({c['sizes']}): {e}")
     if c["engine"] == "native" and c["diagnostics"]:
         parser.error("--diagnostics needs a bptorch net (engine explicit or bptorch)")
+    if c["compile"] and c["l1"]:
+        parser.error("--compile's steps have no L1 term: drop --compile or --l1")
     if c["compile"] and (c["engine"] != "explicit" or args.distributed):
         parser.error("--compile compiles the explicit engine's steps: use --engine explicit, "
                      "without --distributed")
@@ -385,12 +409,13 @@ def _main(argv: Sequence[str] | None) -> dict:
         start = time.perf_counter()
         train_epoch(model, c["engine"], x_train, y_train, c["batch_size"], c["eta"], c["lmbda"],
                     gen, optimizer, progress, desc=f"Epoch {j}", rank=rank, world=world,
-                    compiled=compiled, steps=c["compile"])
+                    compiled=compiled, steps=c["compile"], l1=c["l1"])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         k_test, k_val = correct(model, x_test, labels_test), correct(model, x_val, labels_val)
-        cost = training_cost(model, x_train[:COST_SUBSET], y_train[:COST_SUBSET], c["lmbda"], n)
+        cost = training_cost(model, x_train[:COST_SUBSET], y_train[:COST_SUBSET], c["lmbda"], n,
+                             c["l1"])
         history["test_accuracy"].append(k_test / n_test)
         history["validation_accuracy"].append(k_val / n_val)
         history["training_cost"].append(cost)
@@ -451,8 +476,11 @@ def save_results(results: dict, json_path: str | None, plot_path: str | None,
     """Write ``results`` as JSON and draw ``plot_fn(results, plot_path)`` (default
     :func:`plot`), creating missing folders; a None path skips that output."""
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(results, indent=1) + "\n")
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")  # then rename: a kill mid-write keeps the old
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+        os.replace(tmp, path)
     if plot_path:
         Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
         (plot_fn or plot)(results, plot_path)

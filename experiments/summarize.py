@@ -35,12 +35,15 @@ def summarize(runs: Sequence[dict]) -> str:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in runs:
         c = run["config"]
+        name = c.get("preset") or "custom"
+        if c.get("l1"):  # an L1 run is not its preset's (the book's ch3 uses L2 alone)
+            name += f" + L1 λ₁ = {c['l1']:g}, λ = {c['lmbda']:g}"
         engine = OLD_ENGINE_NAMES.get(c["engine"], c["engine"])  # autograd: now bptorch
-        groups[(c.get("preset") or "custom", engine)].append(run)
+        groups[(name, engine)].append(run)
     order = {name: i for i, name in enumerate([*PRESETS, "custom"])}
     rows = [HEADER]
-    for (preset, engine), group in sorted(groups.items(),
-                                          key=lambda kv: (order.get(kv[0][0], 99), kv[0])):
+    for (preset, engine), group in sorted(
+            groups.items(), key=lambda kv: (order.get(kv[0][0].split(" ")[0], 99), kv[0])):
         best = [max(r["history"]["test_accuracy"]) for r in group]
         last = [r["history"]["test_accuracy"][-1] for r in group]
         val = [r["history"]["validation_accuracy"][-1] for r in group]
