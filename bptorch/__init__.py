@@ -7,9 +7,9 @@ BP3 ∂C/∂b^l = δ^l; BP4 ∂C/∂W^l = δ^l (a^{l-1})ᵀ).
 ``import bptorch`` loads the math and the modules: ``activations``, ``functions``,
 ``functional``, ``nn``, ``feedback``, ``diagnostics`` and ``Network``. The rest loads on
 first use (``bptorch.compile``, ``bptorch.convert``, ``bptorch.data``,
-``bptorch.distributed``, ``bptorch.threads``): ``compile`` brings torch._dynamo, ``data``
-numpy's and torchvision's loaders, each seconds that a script which never uses them
-should not pay.
+``bptorch.distributed``, ``bptorch.threads``, and the scripts' plumbing ``bptorch.cli`` and
+``bptorch.presets``): ``compile`` brings torch._dynamo, ``data`` numpy's and torchvision's
+loaders, each seconds that a script which never uses them should not pay.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .network import Network
 
 __version__ = "0.1.0"
 
-_LAZY = ("compile", "convert", "data", "distributed", "threads")
+_LAZY = ("cli", "compile", "convert", "data", "distributed", "presets", "threads")
 
 
 def __getattr__(name: str) -> Any:
@@ -39,6 +39,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "Network", "activations", "compile", "convert", "data",
-    "diagnostics", "distributed", "feedback", "functional", "functions", "get_activation", "nn", "threads",
+    "ACTIVATIONS", "Activation", "Network", "activations", "cli", "compile", "convert", "data",
+    "diagnostics", "distributed", "feedback", "functional", "functions", "get_activation", "nn",
+    "presets", "threads",
 ]

@@ -112,6 +112,12 @@ def _factory(module: nn.Module, accepts) -> dict[str, object]:
     return {arg: getattr(tensors[0], arg) for arg in ("device", "dtype") if arg in accepts}
 
 
+def _places(found: dict[str, list[str]]) -> str:
+    """"kind at 'a', 'b'; kind2 at 'c'": what a conversion left out, and where."""
+    return "; ".join(f"{kind} at {', '.join(repr(w) for w in where)}"
+                     for kind, where in found.items())
+
+
 def _where(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -338,12 +344,10 @@ def to_torch_nn(model: nn.Module, copy: bool = True) -> nn.Module:
 
     out = convert(model, "")
     if missing:
-        found = "; ".join(f"{kind} at {', '.join(repr(w) for w in where)}"
-                          for kind, where in missing.items())
+        found = _places(missing)
         raise NotImplementedError(f"to_torch_nn: cannot convert {found}")
     if rules:
-        found = "; ".join(f"{rule!r} at {', '.join(repr(w) for w in where)}"
-                          for rule, where in rules.items())
+        found = _places({repr(rule): where for rule, where in rules.items()})
         warnings.warn(f"to_torch_nn: feedback rules dropped, the torch.nn twins learn by "
                       f"backprop: {found}", stacklevel=2)
     return out
@@ -472,7 +476,7 @@ def from_torch_nn(model: nn.Module, strict: bool = True, *,
               and getattr(nn, type(module).__name__, None) is type(module)):
             for name, child in module._modules.items():
                 if child is not None:
-                    module._modules[name] = convert(child, f"{where}.{name}" if where else name)
+                    module._modules[name] = convert(child, _where(where, name))
             _fix_composite(module)
             out = module
         elif why is not None or _computes(module):
@@ -485,15 +489,14 @@ def from_torch_nn(model: nn.Module, strict: bool = True, *,
         else:
             for name, child in module._modules.items():
                 if child is not None:
-                    module._modules[name] = convert(child, f"{where}.{name}" if where else name)
+                    module._modules[name] = convert(child, _where(where, name))
             out = module
         memo[id(module)] = out
         return out
 
     model = convert(model, "")
     if missing:
-        found = "; ".join(f"{kind} at {', '.join(repr(w) for w in where)}"
-                          for kind, where in missing.items())
+        found = _places(missing)
         if strict:
             raise NotImplementedError(
                 f"from_torch_nn: cannot convert {found}. Pass strict=False to keep "

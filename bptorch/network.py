@@ -26,7 +26,7 @@ from . import feedback as _feedback
 from . import functional as F
 from ._checks import check_cost_inputs, check_linear, one_hot
 from .functions.costs import get_cost
-from .nn import Dense, Linear
+from .nn import Dense
 
 INITS = ("large", "scaled")
 
@@ -136,9 +136,10 @@ class Network(nn.Module):
             self(x)  # raises: DFA is the explicit engine's
         for layer in self.layers[:-1]:
             x = layer(x)
-        # z^L through Linear's forward: the one dispatch to the output layer's feedback
-        # rule (bptorch.nn.Linear); Dense's own forward would apply σ on top
-        z = Linear.forward(self.layers[-1], x)
+        # z^L through the public linear with the output layer's feedback B (its
+        # bp2_weight, the one dispatch); the Dense's own forward would apply σ on top
+        out = self.layers[-1]
+        z = F.linear(x, out.weight, out.bias, feedback_weight=out.bp2_weight())
         return _LOGITS_COSTS[self.cost](z, y, logits=True)
 
     @torch.no_grad()

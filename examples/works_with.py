@@ -1,4 +1,4 @@
-"""The figures of the README's "Works with" table that no test prints, measured here.
+"""The figures of the "Works with" table (docs/works-with.md) that no test prints, measured here.
 
     BPTORCH_OFFLINE=1 python -m examples.works_with            # all three, ~30 s
     BPTORCH_OFFLINE=1 python -m examples.works_with --only vmap jacfwd

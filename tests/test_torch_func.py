@@ -160,3 +160,60 @@ def test_hvp_example(cost, activation):
     assert errs["max_abs_hv"] > 1e-3  # a non-trivial H v
     assert errs["vs_torch_func_hvp"] < 1e-12
     assert errs["vs_finite_difference"] < 1e-7
+
+
+# -- first-order gradients taken with create_graph=True --------------------------------------
+# Several backwards take another path when the backward itself is taped (LayerNorm's and
+# BatchNorm's out-of-place reference, attention's recomputed P, the recurrent layers'
+# rerun forward). gradgradcheck only checks that path against its own derivative, so a
+# wrong first-order gradient there (an x̂ term dropped, a mask forgotten) would pass it:
+# compare the gradient itself with torch's, through autograd.grad(create_graph=True) and
+# through torch.func.grad (which tapes the backward too). BatchNorm without running
+# statistics: torch.func refuses a forward that updates a buffer in place.
+def _mha_forward(m, x):
+    causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).triu(1)  # True: masked
+    pad = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool)
+    pad[0, -2:] = True
+    return m(x, x, x, attn_mask=causal, key_padding_mask=pad, need_weights=False)[0]
+
+
+CREATE_GRAPH_LAYERS = {
+    "linear": (lambda: torch.nn.Linear(5, 4), (3, 2, 5), None),
+    "dense_gelu": (lambda: torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.GELU()),
+                   (3, 5), None),
+    "conv2d": (lambda: torch.nn.Conv2d(2, 3, 3, stride=(2, 1), padding=1), (2, 2, 7, 6), None),
+    "max_pool2d": (lambda: torch.nn.MaxPool2d(2, stride=(2, 1)), (2, 3, 6, 5), None),
+    "avg_pool2d": (lambda: torch.nn.AvgPool2d(3, stride=2, padding=1,
+                                              count_include_pad=False), (2, 3, 7, 6), None),
+    "batch_norm1d": (lambda: torch.nn.BatchNorm1d(4, track_running_stats=False), (6, 4),
+                     None),
+    "batch_norm2d": (lambda: torch.nn.BatchNorm2d(3, track_running_stats=False),
+                     (2, 3, 4, 5), None),
+    "layer_norm": (lambda: torch.nn.LayerNorm(6), (3, 4, 6), None),
+    "layer_norm_2d": (lambda: torch.nn.LayerNorm((4, 6)), (3, 4, 6), None),
+    "mha_masked": (lambda: torch.nn.MultiheadAttention(8, 2, batch_first=True), (2, 5, 8),
+                   _mha_forward),
+    "rnn": (lambda: torch.nn.RNN(4, 5), (6, 3, 4), lambda m, x: m(x)[0]),
+    "lstm": (lambda: torch.nn.LSTM(4, 5), (6, 3, 4), lambda m, x: m(x)[0]),
+    "gru": (lambda: torch.nn.GRU(4, 5), (6, 3, 4), lambda m, x: m(x)[0]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CREATE_GRAPH_LAYERS))
+def test_first_order_grad_with_create_graph_matches_torch(name):
+    make, shape, forward = CREATE_GRAPH_LAYERS[name]
+    forward = forward or (lambda m, x: m(x))
+    torch.manual_seed(0)
+    theirs = make().to(D)
+    ours = bptorch.convert.from_torch_nn(theirs)
+    assert all(type(m).__module__.startswith("bptorch") for m in ours.modules()
+               if not list(m.children())), f"{name} was not converted"
+    x = torch.randn(*shape, dtype=D, requires_grad=True)
+    g = torch.randn_like(forward(theirs, x))  # a random upstream gradient
+    want = torch.autograd.grad(forward(theirs, x), (x, *theirs.parameters()), g)
+    got = torch.autograd.grad(forward(ours, x), (x, *ours.parameters()), g, create_graph=True)
+    for w, o, what in zip(want, got, ("input", *(n for n, _ in ours.named_parameters()))):
+        torch.testing.assert_close(o, w, rtol=1e-10, atol=1e-10, msg=f"{name}: {what}")
+    # torch.func.grad w.r.t. the input, which tapes the backward as create_graph does
+    got_x = grad(lambda x: (forward(ours, x) * g).sum())(x.detach())
+    torch.testing.assert_close(got_x, want[0], rtol=1e-10, atol=1e-10)

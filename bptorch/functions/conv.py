@@ -294,7 +294,7 @@ def conv2d_fused_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair
     """The opt-in fused path (``fused_backward=True``): BP2's factor and BP4 in one call
     to ``aten.convolution_backward``, autograd's own kernel for torch.nn.Conv2d, which
     has its own derivative (double backward works). Faster on a one-channel first
-    layer (see the README's measurements).
+    layer (docs/benchmarks.md, "What writing a convolution's BP2/BP4 out costs").
     """
     if not (need[0] or need[1]):
         return None, None

@@ -148,6 +148,25 @@ def get_cost(name: str | Cost, logits: bool = False) -> Cost:
     return on_z if logits else on_a
 
 
+def cost_bwd(grad_output: Tensor, a: Tensor, target: Tensor, cost: Cost, scale: float,
+             reduction: str, need: tuple[bool, ...]) -> tuple[Tensor | None, Tensor | None]:
+    """(∂C/∂a, ∂C/∂y) of C = scale · Σ_x C_x(a_x, y_x), given ∂(loss)/∂C = grad_output
+    (one per position for ``reduction="none"``); ``target`` as saved (indices or rows)."""
+    y = one_hot(target, a.shape[-1], a.dtype)
+    g = grad_output * scale
+    if reduction == "none":  # one upstream gradient per position: (*) -> (*, 1)
+        g = g.unsqueeze(-1)
+    a32, y32 = _upcast(a, y)  # a, y themselves unless float16/bfloat16
+    grad_a = grad_y = None
+    if need[0]:
+        # C = scale · Σ_x C_x(a_x, y)  →  ∇_a C, BP1's first factor (δ^L for logits)
+        grad_a = narrow(g * cost.grad(a32, y32), a.dtype)
+    if need[1]:
+        # C = scale · Σ_x C_x(a, y_x)  →  ∇_y C (soft targets)
+        grad_y = narrow(g * cost.grad_target(a32, y32), y.dtype)
+    return grad_a, grad_y
+
+
 class CostFunction(BPFunction):
     """C = scale · Σ_x C_x(a_x, y_x) (``reduction="sum"``), or the per-position
     scale · C_x (``reduction="none"``); scale = 1/n gives the book's mean.
@@ -194,18 +213,8 @@ class CostFunction(BPFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a, target = ctx.saved_tensors
-        y = one_hot(target, a.shape[-1], a.dtype)
-        cost, g = ctx.cost, grad_output * ctx.scale
-        if ctx.reduction == "none":  # one upstream gradient per position: (*) -> (*, 1)
-            g = g.unsqueeze(-1)
-        a32, y32 = _upcast(a, y)  # a, y themselves unless float16/bfloat16
-        grad_a = grad_y = None
-        if ctx.needs_input_grad[0]:
-            # C = scale · Σ_x C_x(a_x, y)  →  ∇_a C, BP1's first factor (δ^L for logits)
-            grad_a = narrow(g * cost.grad(a32, y32), a.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_y = narrow(g * cost.grad_target(a32, y32), y.dtype)
-        return grad_a, grad_y, None, None, None
+        return (*cost_bwd(grad_output, a, target, ctx.cost, ctx.scale, ctx.reduction,
+                          ctx.needs_input_grad), None, None, None)
 
     @staticmethod
     def jvp(ctx: Any, da, dy, _dcost, _dscale, _dreduction) -> Tensor:

@@ -30,8 +30,12 @@ def embedding_fwd(input: Tensor, weight: Tensor) -> Tensor:
 
 
 def embedding_bwd(delta: Tensor, input: Tensor, num_embeddings: int,
-                  padding_idx: int | None, scale_grad_by_freq: bool) -> Tensor:
-    """∂C/∂W: each δ added into the row its index looked up (BP4 on one-hot inputs)."""
+                  padding_idx: int | None, scale_grad_by_freq: bool,
+                  need: tuple[bool, ...]) -> tuple[None, Tensor | None]:
+    """(None, ∂C/∂W) of :func:`embedding_fwd`: each δ added into the row its index looked
+    up (BP4 on one-hot inputs); the indices get no gradient."""
+    if not need[1]:
+        return None, None
     index = input.reshape(-1)
     delta = delta.reshape(-1, delta.shape[-1])  # (*, D) -> (rows, D)
     if scale_grad_by_freq:
@@ -42,7 +46,7 @@ def embedding_bwd(delta: Tensor, input: Tensor, num_embeddings: int,
     grad_weight = delta.new_zeros(num_embeddings, delta.shape[1])
     # z = W e_i  →  BP4: dW = Σ δ e_iᵀ, a scatter-add into rows; in place on the fresh
     # zeros (no second table)
-    return grad_weight.index_add_(0, index, delta)
+    return None, grad_weight.index_add_(0, index, delta)
 
 
 class EmbeddingFunction(BPFunction):
@@ -72,11 +76,8 @@ class EmbeddingFunction(BPFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         (input,) = ctx.saved_tensors
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = embedding_bwd(grad_output, input, ctx.num_embeddings,
-                                        ctx.padding_idx, ctx.scale_grad_by_freq)
-        return None, grad_weight, None, None
+        return (*embedding_bwd(grad_output, input, ctx.num_embeddings, ctx.padding_idx,
+                               ctx.scale_grad_by_freq, ctx.needs_input_grad), None, None)
 
 
 __all__ = ["EmbeddingFunction", "embedding_bwd", "embedding_fwd"]

@@ -186,16 +186,23 @@ def lstm_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tens
         dh = _upstream(grad_output, t, dh)  # ∂C/∂h_t
         i, f, g, o = gates[t].chunk(4, -1)
         tanh_c = torch.tanh(cs[t])
-        # the cell path: dc_t = dh_t ⊙ o_t ⊙ (1 − tanh² c_t) + dc_{t+1} ⊙ f_{t+1}
+        # h_t = o ⊙ tanh(c_t)  →  the cell path: dc_t = dh_t ⊙ o_t ⊙ (1 − tanh² c_t)
+        # + dc_{t+1} ⊙ f_{t+1}
         dc = dc + dh * o * (1 - tanh_c * tanh_c)
-        delta_i = dc * g * i * (1 - i)  # δ_i = dc_t ⊙ g_t ⊙ σ'(z_i)
-        delta_f = dc * c_prev[t] * f * (1 - f)  # δ_f = dc_t ⊙ c_{t−1} ⊙ σ'(z_f)
-        delta_g = dc * i * (1 - g * g)  # δ_g = dc_t ⊙ i_t ⊙ tanh'(z_g)
-        delta_o = dh * tanh_c * o * (1 - o)  # δ_o = dh_t ⊙ tanh(c_t) ⊙ σ'(z_o)
+        # c_t = f ⊙ c_{t−1} + i ⊙ g, i = σ(z_i)  →  δ_i = dc_t ⊙ g_t ⊙ σ'(z_i)
+        delta_i = dc * g * i * (1 - i)
+        # c_t = f ⊙ c_{t−1} + i ⊙ g, f = σ(z_f)  →  δ_f = dc_t ⊙ c_{t−1} ⊙ σ'(z_f)
+        delta_f = dc * c_prev[t] * f * (1 - f)
+        # c_t = f ⊙ c_{t−1} + i ⊙ g, g = tanh(z_g)  →  δ_g = dc_t ⊙ i_t ⊙ tanh'(z_g)
+        delta_g = dc * i * (1 - g * g)
+        # h_t = o ⊙ tanh(c_t), o = σ(z_o)  →  δ_o = dh_t ⊙ tanh(c_t) ⊙ σ'(z_o)
+        delta_o = dh * tanh_c * o * (1 - o)
         delta = torch.cat([delta_i, delta_f, delta_g, delta_o], -1)
         deltas[t] = delta
-        dh = delta @ w_hh  # (W_hh)ᵀ δ_t, to step t−1: BP2 through time
-        dc = dc * f  # dc_{t}⊙f_t, the cell path to step t−1: no weight, no σ'
+        # z_t = … + W_hh h_{t−1}  →  BP2 through time: (W_hh)ᵀ δ_t, sent back to step t−1
+        dh = delta @ w_hh
+        # c_t = f ⊙ c_{t−1} + …  →  dc_{t−1} = dc_t ⊙ f_t, the cell path: no weight, no σ'
+        dc = dc * f
     delta = torch.stack(deltas)  # (T, N, 4H)
     need_x, need_h0, need_c0, *need_params = need
     grad_x, *grads = _weight_grads(delta, delta, x, _h_prev(h0, output), w_ih,
@@ -274,13 +281,19 @@ def gru_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, x: Tensor, h0: 
     for t in reversed(range(x.shape[0])):
         dh = _upstream(grad_output, t, dh)  # ∂C/∂h_t
         r, z, n = gates[t].chunk(3, -1)
-        delta_n = dh * (1 - z) * (1 - n * n)  # δ_n = dh_t ⊙ (1 − z) ⊙ tanh'(·)
-        delta_z = dh * (h_prev[t] - n) * z * (1 - z)  # δ_z = dh_t ⊙ (h_{t−1} − n) ⊙ σ'(z_z)
-        delta_r = delta_n * hns[t] * r * (1 - r)  # δ_r = δ_n ⊙ (W_hn h + b_hn) ⊙ σ'(z_r)
+        # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}, n = tanh(z_n)  →  δ_n = dh_t ⊙ (1 − z) ⊙ tanh'(z_n)
+        delta_n = dh * (1 - z) * (1 - n * n)
+        # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}, z = σ(z_z)  →  δ_z = dh_t ⊙ (h_{t−1} − n) ⊙ σ'(z_z)
+        delta_z = dh * (h_prev[t] - n) * z * (1 - z)
+        # z_n = W_in x + b_in + r ⊙ (W_hn h + b_hn), r = σ(z_r)  →  δ_r = δ_n ⊙ (W_hn h + b_hn)
+        # ⊙ σ'(z_r)
+        delta_r = delta_n * hns[t] * r * (1 - r)
         deltas_ih[t] = torch.cat([delta_r, delta_z, delta_n], -1)  # δ of W_ih x + b_ih
         # δ of W_hh h + b_hh: r gates n's hidden part
         deltas_hh[t] = torch.cat([delta_r, delta_z, delta_n * r], -1)
-        dh = dh * z + deltas_hh[t] @ w_hh  # the z ⊙ h_{t−1} path, plus BP2 through time
+        # h_t = … + z ⊙ h_{t−1} and z_t = … + W_hh h_{t−1}  →  the z ⊙ h_{t−1} path, plus BP2
+        # through time: dh_{t−1} = dh_t ⊙ z + (W_hh)ᵀ δ_t
+        dh = dh * z + deltas_hh[t] @ w_hh
     need_x, need_h0, *need_params = need
     grad_x, *grads = _weight_grads(torch.stack(deltas_ih), torch.stack(deltas_hh), x, h_prev,
                                    w_ih, (need_x, *need_params))

@@ -64,8 +64,13 @@ class Linear(nn.Module):
         _feedback.reset(self, self.weight)  # fa's B, frsf's |R|: W's distribution
 
     def forward(self, input: Tensor) -> Tensor:
-        b = _feedback.in_backward(self, self.weight)  # B in place of W in BP2, or None
-        return F.linear(input, self.weight, self.bias, feedback_weight=b)
+        return F.linear(input, self.weight, self.bias, feedback_weight=self.bp2_weight())
+
+    def bp2_weight(self) -> Tensor | None:
+        """The feedback rule's B that BP2 passes δ down through in place of W, for this
+        call, or None for backprop (``bptorch.feedback.in_backward``): the one dispatch
+        of Linear, Dense and a Network's output layer."""
+        return _feedback.in_backward(self, self.weight)
 
     def extra_repr(self) -> str:
         return (
@@ -110,10 +115,9 @@ class Dense(Linear):
         super().__init__(in_features, out_features, bias, device, dtype, feedback=feedback)
 
     def forward(self, input: Tensor) -> Tensor:
-        b = _feedback.in_backward(self, self.weight)  # B in place of W in BP2, or None
         # `_diag_name` is set by diagnostics.record and Network
         return F.dense(input, self.weight, self.bias, self.activation,
-                       name=self.__dict__.get("_diag_name"), feedback_weight=b)
+                       name=self.__dict__.get("_diag_name"), feedback_weight=self.bp2_weight())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation.name!r}"
