@@ -22,6 +22,7 @@ from torch import nn
 
 from . import functional as F
 from . import nn as bnn
+from . import routing
 from .activations import Activation
 from .feedback import check_rule
 from .network import Network
@@ -321,7 +322,7 @@ def to_torch_nn(model: nn.Module, copy: bool = True) -> nn.Module:
         if twin is not None:
             if rule != "backprop" and not isinstance(module, Network):  # that one warns
                 rules.setdefault(rule, []).append(where or "<root>")
-            if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
+            if routing.other_hooks(module):
                 warnings.warn(f"to_torch_nn: the hooks on {where or 'the model'} "
                               f"({type(module).__name__}) are not carried over", stacklevel=3)
             out = twin
@@ -330,6 +331,7 @@ def to_torch_nn(model: nn.Module, copy: bool = True) -> nn.Module:
             out = module
         else:
             out = _copy.copy(module)  # shallow: a fresh _modules dict below, the rest shared
+            routing.uninstall(out)  # torch's own forward, not routed to bptorch
             out._modules = {name: None if child is None else convert(child, _where(where, name))
                             for name, child in module._modules.items()}
             if copy:
@@ -430,6 +432,19 @@ def _fix_composite(module: nn.Module) -> None:
         module.use_nested_tensor = False
 
 
+def _torch_layer_base(module: nn.Module) -> type | None:
+    """The torch.nn layer a user module subclasses with a forward of its own
+    (convnext's LayerNorm2d(nn.LayerNorm)), or None."""
+    cls = type(module)
+    if cls.__module__.startswith(("torch.", "bptorch.")):
+        return None
+    for base in cls.__mro__[1:]:
+        if (base.__module__.startswith("torch.nn.modules") and base is not nn.Module
+                and not issubclass(base, _CONTAINERS)):
+            return base if cls.forward is not base.forward else None
+    return None
+
+
 def _computes(module: nn.Module) -> bool:
     """A torch.nn module with parameters or a forward of its own (not a container)."""
     if not type(module).__module__.startswith("torch.nn") or isinstance(module, _CONTAINERS):
@@ -468,7 +483,7 @@ def from_torch_nn(model: nn.Module, strict: bool = True, *,
             return memo[id(module)]
         twin, why = _twin(module, feedback)
         if twin is not None:
-            if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
+            if routing.other_hooks(module):
                 warnings.warn(f"from_torch_nn: the hooks on {where or 'the model'} "
                               f"({type(module).__name__}) are not carried over", stacklevel=3)
             out = twin
@@ -487,6 +502,13 @@ def from_torch_nn(model: nn.Module, strict: bool = True, *,
                                []).append(where or "<root>")
             out = module
         else:
+            base = _torch_layer_base(module)
+            calls = routing.unroutable_calls(type(module).forward) if base else []
+            if calls:  # a torch layer's subclass whose own forward computes in torch
+                missing.setdefault(
+                    f"{_class_name(module)} (a subclass of torch.nn.{base.__name__} whose "
+                    f"forward calls {', '.join(calls)}, which bptorch does not route)",
+                    []).append(where or "<root>")
             for name, child in module._modules.items():
                 if child is not None:
                     module._modules[name] = convert(child, _where(where, name))
@@ -495,6 +517,11 @@ def from_torch_nn(model: nn.Module, strict: bool = True, *,
         return out
 
     model = convert(model, "")
+    if not type(model).__module__.startswith("bptorch."):
+        # the model's own forward (and its modules' that are not twins) calls functions:
+        # route them to bptorch's (routing.RouteMode); strict=False warns, on the first
+        # forward, about what still computes in torch
+        routing.install(model, warn=not strict)
     if missing:
         found = _places(missing)
         if strict:

@@ -69,7 +69,7 @@ def activation(
     leaky_relu with a negative slope keeps none, and its backward raises as torch's.
     """
     check_floating("input", input)
-    if not inplace:
+    if not _can_overwrite(input, inplace):
         return ActivationFunction.apply(input, act, name, False, None)
     if act.fn_ is None:
         raise ValueError(f"activation {act.name!r} has no in-place form")
@@ -87,6 +87,14 @@ def activation(
 
 
 _activation = activation
+
+
+def _can_overwrite(input: Tensor, inplace: bool) -> bool:
+    """``inplace=True`` overwrites its input as torch's does, except a view that requires
+    grad: autograd forbids overwriting a view a custom Function returned (Flatten's,
+    say, before torchvision's ``Dropout(inplace=True)``), so a view gets the same values
+    out of place; the model's forward uses the returned tensor either way."""
+    return inplace and not (input._is_view() and input.requires_grad and torch.is_grad_enabled())
 
 
 def apply_activation(
@@ -262,7 +270,7 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True,
         raise TypeError("dropout expects a floating-point tensor")
     if not training or p == 0.0:
         return input
-    return DropoutFunction.apply(input, dropout_mask(input, p), inplace)
+    return DropoutFunction.apply(input, dropout_mask(input, p), _can_overwrite(input, inplace))
 
 
 def flatten(input: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:

@@ -115,7 +115,7 @@ def test_no_import_circles():
 
 ABOVE_FUNCTIONS = ("bptorch.nn", "bptorch.diagnostics", "bptorch.network", "bptorch.convert",
                    "bptorch.functional", "bptorch._checks", "bptorch.compile", "bptorch.data",
-                   "bptorch.distributed", "bptorch.feedback", "bptorch.threads")
+                   "bptorch.distributed", "bptorch.feedback", "bptorch.threads", "bptorch.routing")
 
 
 def test_functions_import_nothing_above_them():
@@ -129,7 +129,8 @@ def test_functions_import_nothing_above_them():
 def test_nn_imports_neither_functions_directly_nor_model_tools():
     """nn → functional → functions/: the modules call functional, which checks."""
     graph = _graph()
-    tools = ("bptorch.diagnostics", "bptorch.network", "bptorch.convert", "bptorch.compile")
+    tools = ("bptorch.diagnostics", "bptorch.network", "bptorch.convert", "bptorch.compile",
+             "bptorch.routing")
     for module, deps in graph.items():
         if module.startswith("bptorch.nn"):
             assert not [d for d in deps if d.startswith(tools)], module
@@ -162,7 +163,8 @@ def test_every_function_derives_from_bpfunction():
 def test_import_loads_neither_dynamo_nor_the_lazy_modules():
     code = ("import sys, bptorch\n"
             "bad = [m for m in ('torch._dynamo', 'bptorch.data', 'bptorch.compile', "
-            "'bptorch.convert', 'bptorch.distributed', 'bptorch.threads', 'torchvision', "
+            "'bptorch.convert', 'bptorch.distributed', 'bptorch.threads', 'bptorch.routing', "
+            "'torchvision', "
             "'matplotlib') if m in sys.modules]\n"
             "assert not bad, bad\n"
             "bptorch.nn.Linear(3, 2)(__import__('torch').randn(4, 3)).sum().backward()\n"
