@@ -274,6 +274,7 @@ class Coverage:
     params_torch: list[str] = field(default_factory=list)  # part of the gradient is torch's
     params_unused: list[str] = field(default_factory=list)  # no gradient at all
     fallbacks: Counter = field(default_factory=Counter)
+    output: Any = field(default=None, repr=False)  # what the model returned
 
     @property
     def complete(self) -> bool:
@@ -365,12 +366,14 @@ def _walk(model: nn.Module, roots: list[Tensor]) -> Coverage:
 
 
 def coverage(model: nn.Module, *inputs: Any, loss_fn: Callable | None = None,
-             verbose: bool = True, **kwargs: Any) -> Coverage:
+             grad_outputs: list[Tensor] | None = None, verbose: bool = True,
+             **kwargs: Any) -> Coverage:
     """Run one forward and backward of ``model(*inputs, **kwargs)`` and say, per operation,
     whether its gradient came from a bptorch Function or from torch (module doc).
 
     The backward starts from ``loss_fn(output)`` if given, else from every floating output
-    with a random upstream gradient (no extra node). Prints the report unless
+    that has a graph, with ``grad_outputs`` (one per such output, in order) or a random
+    upstream gradient (no extra node either way). Prints the report unless
     ``verbose=False``; returns a :class:`Coverage` (``.complete``, ``.share``, the counts).
     Parameters' ``.grad`` are left as the backward leaves them.
     """
@@ -384,7 +387,10 @@ def coverage(model: nn.Module, *inputs: Any, loss_fn: Callable | None = None,
                              "parameter or input require grad?)")
         found = _walk(model, roots)
         found.fallbacks = model.__dict__.pop("_bptorch_fallbacks", Counter())
-        torch.autograd.backward(roots, [torch.randn_like(r) for r in roots])
+        found.output = output
+        if grad_outputs is None or loss_fn is not None:
+            grad_outputs = [torch.randn_like(r) for r in roots]
+        torch.autograd.backward(roots, list(grad_outputs))
     if verbose:
         print(found)
     return found

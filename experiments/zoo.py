@@ -1,0 +1,286 @@
+"""torchvision's model zoo through bptorch: convert, compare with torch, check coverage.
+
+For every model of torchvision's classification, segmentation, video, optical-flow and
+detection zoos (``weights=None``), one row:
+
+1. **converts**: ``bptorch.convert.from_torch_nn(model, strict=True)`` succeeds (else the
+   error, and the model is converted with ``strict=False`` for the next two columns);
+2. **equals torch**: one forward and backward of the converted model and of torch's, from
+   the same weights, input, seed and random upstream gradient, in float64 (float32 for the
+   models too large for this machine's memory in float64, and raft, which casts to float32
+   itself): the worst relative error over the
+   outputs and over every parameter gradient, ``max|a − b| / max|b|``;
+3. **whole backward in bptorch**: ``bptorch.coverage``: no torch node that computes, and
+   every parameter's whole gradient from bptorch Functions.
+
+Each model runs in its own process (memory, and a crash stays one row). Results go to a
+JSON that records every flag, rewritten after each model; ``--resume`` skips the models
+already in it. ``--table`` prints the markdown table from the JSON.
+
+    python -m experiments.zoo --json results/zoo/zoo.json --resume      # hours on 2 cores
+    python -m experiments.zoo --models resnet18 googlenet --json /tmp/z.json
+    python -m experiments.zoo --from-json results/zoo/zoo.json --table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ZOOS = ("classification", "segmentation", "video", "optical_flow", "detection")
+# models whose parameters in float64 (twice, with gradients) would not fit in 24 GB
+FLOAT32_ABOVE = 150_000_000
+TOLERANCE = {"float64": 1e-6, "float32": 2e-3}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--zoos", nargs="+", choices=ZOOS, default=list(ZOOS))
+    p.add_argument("--models", nargs="+", default=None,
+                   help="only these torchvision model names (default: every model of --zoos)")
+    p.add_argument("--json", type=Path, default=Path("results/zoo/zoo.json"))
+    p.add_argument("--resume", action="store_true", help="skip models already in --json")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per model")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--from-json", type=Path, default=None, help="read results, run nothing")
+    p.add_argument("--table", action="store_true", help="print the markdown table")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one model
+    return p
+
+
+def zoo_of(name: str) -> str:
+    from torchvision import models
+    for zoo in ZOOS[1:]:
+        if name in models.list_models(module=getattr(models, zoo)):
+            return zoo
+    return "classification"
+
+
+def model_names(zoos: list[str]) -> list[str]:
+    from torchvision import models
+    names = []
+    for zoo in zoos:
+        module = models if zoo == "classification" else getattr(models, zoo)
+        names += models.list_models(module=module)
+    return names
+
+
+# ---------------------------------------------------------------- one model (child)
+def _inputs(name: str, zoo: str, dtype):
+    """(args, kwargs, forward kwargs) for one forward of ``name``."""
+    import torch
+    g = torch.Generator().manual_seed(1)
+    rand = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    if zoo == "classification":
+        size = 224 if name.startswith(("vit_", "maxvit", "swin_v2")) else (
+            96 if name.startswith("inception") else 64)
+        return (rand(2, 3, size, size),), {}
+    if zoo == "segmentation":
+        return (rand(2, 3, 64, 64),), {}
+    if zoo == "video":
+        if name.startswith("mvit"):
+            return (rand(1, 3, 16, 224, 224),), {}
+        return (rand(2, 3, 8, 64, 64),), {}
+    if zoo == "optical_flow":
+        return (rand(1, 3, 128, 128), rand(1, 3, 128, 128)), {"num_flow_updates": 2}
+    # detection, train mode: images and targets; the output is the dict of losses
+    images = [rand(3, 96, 128), rand(3, 112, 96)]
+    targets = []
+    for img in images:
+        h, w = img.shape[1:]
+        xy = torch.tensor([[8.0, 10.0, 60.0, 70.0], [20.0, 5.0, 90.0, 50.0]], dtype=dtype)
+        xy[:, 0::2].clamp_(max=w - 1)
+        xy[:, 1::2].clamp_(max=h - 1)
+        t = {"boxes": xy, "labels": torch.tensor([1, 2])}
+        if "mask" in name:
+            t["masks"] = torch.zeros(2, h, w, dtype=torch.uint8)
+            t["masks"][:, 10:40, 10:50] = 1
+        if "keypoint" in name:
+            t["keypoints"] = torch.tensor([[[20.0, 30.0, 1.0]] * 17] * 2, dtype=dtype)
+        targets.append(t)
+    return (images, targets), {}
+
+
+def _tensors(x):
+    import torch
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict):
+        return [t for k in sorted(x) for t in _tensors(x[k])]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _tensors(v)]
+    return []
+
+
+def _rel(a, b, floor: float = 0.0) -> float:
+    scale = max(float(b.abs().max()) if b.numel() else 0.0, floor)
+    err = float((a - b).abs().max()) if b.numel() else 0.0
+    return err / scale if scale > 0 else err
+
+
+def run_one(name: str, seed: int) -> dict:
+    import torch
+    from torchvision import models
+
+    import bptorch
+    from bptorch.convert import from_torch_nn
+
+    zoo = zoo_of(name)
+    row: dict = {"model": name, "zoo": zoo}
+    torch.manual_seed(seed)
+    kwargs = {"weights": None}
+    if name in ("googlenet", "inception_v3"):
+        kwargs["init_weights"] = True
+    if zoo in ("detection", "segmentation"):
+        kwargs["weights_backbone"] = None
+    model = models.get_model(name, **kwargs)
+    n_params = sum(p.numel() for p in model.parameters())
+    # float32 for the models too large for float64 here, and for raft, whose forward casts
+    # its inputs to float32 itself
+    dtype = (torch.float64 if n_params <= FLOAT32_ABOVE and zoo != "optical_flow"
+             else torch.float32)
+    model = model.to(dtype).train()
+    torch.set_default_dtype(dtype)  # tensors a model makes in its forward (raft's grids)
+    row.update(params=n_params, dtype=str(dtype).removeprefix("torch."))
+    t0 = time.perf_counter()
+    try:
+        ours = from_torch_nn(model, strict=True)
+        row["converts"] = True
+    except NotImplementedError as e:
+        row.update(converts=False, convert_error=str(e)[:2000])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours = from_torch_nn(model, strict=False)
+    args, fwd_kwargs = _inputs(name, zoo, dtype)
+
+    torch.manual_seed(seed)
+    out_t = model(*args, **fwd_kwargs)
+    outs_t = [t for t in _tensors(out_t) if t.grad_fn is not None and t.is_floating_point()]
+    g = torch.Generator().manual_seed(2)
+    grads_out = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in outs_t]
+    torch.autograd.backward(outs_t, grads_out)
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = bptorch.coverage(ours, *args, grad_outputs=grads_out, verbose=False,
+                                 **fwd_kwargs)
+    outs_b = [t for t in _tensors(found.output) if t.grad_fn is not None
+              and t.is_floating_point()]
+    row["output_rel_err"] = max((_rel(a.detach(), b.detach()) for a, b in zip(outs_b, outs_t)),
+                                default=0.0)
+    if len(outs_b) != len(outs_t):
+        row["output_rel_err"] = float("inf")
+    # a gradient that is zero in exact arithmetic (a norm's bias that reaches the loss only
+    # through a linear map and another train-mode norm) is roundoff in both engines: each
+    # parameter's error is measured against a floor of 1e-6 of the largest gradient
+    floor = 1e-6 * max((float(p.grad.abs().max()) for p in model.parameters()
+                        if p.grad is not None and p.grad.numel()), default=0.0)
+    worst, where = 0.0, None
+    for (k, p_t), p_b in zip(model.named_parameters(), ours.parameters()):
+        if p_t.grad is None and p_b.grad is None:
+            continue
+        if (p_t.grad is None) != (p_b.grad is None):
+            worst, where = float("inf"), k
+            break
+        r = _rel(p_b.grad, p_t.grad, floor)
+        if r > worst:
+            worst, where = r, k
+    row.update(grad_rel_err=worst, worst_param=where)
+    tol = TOLERANCE[row["dtype"]]
+    row["equal"] = row["output_rel_err"] <= tol and worst <= tol
+    row.update(complete=found.complete, share=found.share,
+               torch_nodes=dict(found.torch), moves=dict(found.moves),
+               bptorch_nodes=dict(found.bptorch), params_torch=found.params_torch[:20],
+               fallbacks=dict(found.fallbacks), seconds=round(time.perf_counter() - t0, 1))
+    return row
+
+
+# ---------------------------------------------------------------- the driver
+def _save(path: Path, config: dict, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"config": config, "rows": rows}, indent=1))
+    tmp.replace(path)
+
+
+def table(rows: list[dict]) -> str:
+    def mark(ok):
+        return "✓" if ok else "✗"
+    lines = ["| zoo | model | converts (strict) | equals torch (worst rel. err, dtype) | "
+             "whole backward in bptorch (params) | torch nodes that compute |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (ZOOS.index(r["zoo"]), r["model"])):
+        if "error" in r:
+            lines.append(f"| {r['zoo']} | {r['model']} | error: {r['error'][:80]} | | | |")
+            continue
+        err = max(r["output_rel_err"], r["grad_rel_err"])
+        nodes = ", ".join(f"{k} ×{v}" for k, v in sorted(r["torch_nodes"].items()))
+        lines.append(f"| {r['zoo']} | {r['model']} | {mark(r['converts'])} | "
+                     f"{mark(r['equal'])} {err:.1e} {r['dtype']} | "
+                     f"{mark(r['complete'])} {100 * r['share']:.0f}% | {nodes} |")
+    for zoo in ZOOS:
+        zr = [r for r in rows if r["zoo"] == zoo and "error" not in r]
+        n = len([r for r in rows if r["zoo"] == zoo])
+        if n:
+            all3 = sum(r["converts"] and r["equal"] and r["complete"] for r in zr)
+            lines.append(f"\n{zoo}: {all3}/{n} models do all three "
+                         f"(convert {sum(r['converts'] for r in zr)}, "
+                         f"equal {sum(r['equal'] for r in zr)}, "
+                         f"whole backward {sum(r['complete'] for r in zr)})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.one:
+        import torch
+        torch.set_num_threads(args.threads)
+        print(json.dumps(run_one(args.one, args.seed)))
+        return 0
+    if args.from_json:
+        rows = json.loads(args.from_json.read_text())["rows"]
+        print(table(rows))
+        return 0
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    names = args.models or model_names(args.zoos)
+    rows = []
+    if args.resume and args.json.exists():
+        rows = json.loads(args.json.read_text())["rows"]
+    done = {r["model"] for r in rows}
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    for i, name in enumerate(names):
+        if name in done:
+            continue
+        t0 = time.perf_counter()
+        try:
+            res = subprocess.run([sys.executable, "-m", "experiments.zoo", "--one", name,
+                                  "--seed", str(args.seed), "--threads", str(args.threads)],
+                                 capture_output=True, text=True, timeout=args.timeout, env=env)
+            if res.returncode == 0:
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+            else:
+                row = {"model": name, "zoo": zoo_of(name),
+                       "error": res.stderr.strip().splitlines()[-1][:500]}
+        except subprocess.TimeoutExpired:
+            row = {"model": name, "zoo": zoo_of(name), "error": f"timeout {args.timeout} s"}
+        rows = [r for r in rows if r["model"] != name] + [row]
+        _save(args.json, config, rows)
+        status = row.get("error") or (f"converts={row['converts']} equal={row['equal']} "
+                                      f"complete={row['complete']} share={row['share']:.2f}")
+        print(f"[{i + 1}/{len(names)}] {name}: {status} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
+    if args.table:
+        print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
