@@ -329,7 +329,9 @@ class ClassCostFunction(BPFunction):
         if ctx.reduction == "none":
             g = g.unsqueeze(1)  # (N, d1, ...) -> (N, 1, d1, ...): over the classes
         elif ctx.reduction == "mean":
-            g = g / denom  # loss.sum() / D → ∂/∂ℓ_n = g / D
+            # loss.sum() / D → ∂/∂ℓ_n = g / D; every target ignored (D = 0): the loss is
+            # 0/0 = NaN, and its gradient 0, as torch's (q = 0 there, so δ is 0 anyway)
+            g = torch.where(denom > 0, g / denom, torch.zeros_like(g))
         log_p = torch.log_softmax(z, 1) if ctx.from_logits else z
         grad_z = grad_q = None
         if ctx.needs_input_grad[0]:
