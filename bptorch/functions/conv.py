@@ -411,7 +411,8 @@ def conv_unfold(a_prev: Tensor, kernel_size: Sizes, stride: Sizes, padding: Size
         out = conv_out_size(size, kernel_size, stride, padding, dilation)
     a_pad = pad(a_prev, [v for p in reversed(padding) for v in (p, p)])
     idx = patch_index(a_pad.shape[2:], kernel_size, stride, dilation, out, a_prev.device)
-    return a_pad.flatten(2).index_select(2, idx).reshape(n, -1, math.prod(out))
+    return a_pad.flatten(2).index_select(2, idx).reshape(n, c * math.prod(kernel_size),
+                                                         math.prod(out))
 
 
 def conv_fold(col: Tensor, size: Sizes, kernel_size: Sizes, stride: Sizes, padding: Sizes,
@@ -421,8 +422,9 @@ def conv_fold(col: Tensor, size: Sizes, kernel_size: Sizes, stride: Sizes, paddi
     n = col.shape[0]
     padded = tuple(m + 2 * p for m, p in zip(size, padding))
     idx = patch_index(padded, kernel_size, stride, dilation, out, col.device)
-    col = col.reshape(n, -1, idx.numel())  # (N, C, K·P)
-    g = col.new_zeros(n, col.shape[1], math.prod(padded)).index_add(2, idx, col)
+    c = col.shape[1] // math.prod(kernel_size)
+    col = col.reshape(n, c, idx.numel())  # (N, C, K·P)
+    g = col.new_zeros(n, c, math.prod(padded)).index_add(2, idx, col)
     g = g.unflatten(2, padded)
     return g[(..., *(slice(p, p + m) for m, p in zip(size, padding)))]
 
@@ -446,7 +448,8 @@ def conv_ref_input_grad(delta: Tensor, weight: Tensor, size: Sizes, stride: Size
     """fold(W_colᵀ δ_col) onto maps of ``size``: BP2's factor (and the transposed
     convolution's forward)."""
     n, c_out = delta.shape[:2]
-    delta_col = delta.reshape(n, groups, c_out // groups, -1)  # (N, g, C_out/g, P)
+    positions = math.prod(delta.shape[2:])
+    delta_col = delta.reshape(n, groups, c_out // groups, positions)  # (N, g, C_out/g, P)
     w_col = weight.reshape(groups, c_out // groups, -1)  # (g, C_out/g, C/g·K)
     g_col = (w_col.transpose(1, 2) @ delta_col).flatten(1, 2)  # (N, C·K, P)
     return conv_fold(g_col, size, weight.shape[2:], stride, padding, dilation,
@@ -459,7 +462,8 @@ def conv_ref_weight_grad(delta: Tensor, a_prev: Tensor, kernel_size: Sizes, stri
     n, c_in, c_out = a_prev.shape[0], a_prev.shape[1], delta.shape[1]
     a_col = conv_unfold(a_prev, kernel_size, stride, padding, dilation, delta.shape[2:])
     a_col = a_col.unflatten(1, (groups, -1))  # (N, g, C/g·K, P)
-    delta_col = delta.reshape(n, groups, c_out // groups, -1)  # (N, g, C_out/g, P)
+    positions = math.prod(delta.shape[2:])
+    delta_col = delta.reshape(n, groups, c_out // groups, positions)  # (N, g, C_out/g, P)
     grad = torch.einsum("ngop,ngkp->gok", delta_col, a_col)  # Σ_{n,p} δ a_colᵀ
     return grad.reshape(c_out, c_in // groups, *kernel_size)
 
