@@ -435,3 +435,27 @@ def test_bad_inputs_raise_clear_errors():
         bnn.Conv1d(2, 4, 3, padding_mode="mirror")
     with pytest.raises(ValueError, match="Invalid padding string"):
         bnn.Conv1d(2, 4, 3, padding="full")
+
+
+@pytest.mark.parametrize("unfold", [False, True])
+def test_vmap_grad_per_example_equals_loop(unfold):
+    """Per-example gradients with torch.func.vmap(grad) through a padded Conv1d and a
+    ConvTranspose1d equal a loop over the examples; the meta device runs too."""
+    from torch.func import functional_call, vmap
+
+    model = nn.Sequential(bnn.Conv1d(2, 3, 3, padding=1, padding_mode="reflect", unfold=unfold),
+                          bnn.Tanh(), bnn.ConvTranspose1d(3, 2, 3, stride=2, unfold=unfold))
+    model = model.to(F64)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x = torch.randn(3, 2, 6, dtype=F64)
+
+    def loss(p, xi):
+        return (functional_call(model, p, (xi[None],)) ** 2).sum()
+
+    per_example = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(x.shape[0]):
+        for k, g in grad(loss)(params, x[i]).items():
+            torch.testing.assert_close(per_example[k][i], g, rtol=1e-10, atol=1e-10)
+    meta = bnn.Conv3d(2, 3, 2, padding="same", padding_mode="circular", device="meta",
+                      unfold=unfold)
+    assert meta(torch.empty(1, 2, 3, 4, 5, device="meta")).shape == (1, 3, 3, 4, 5)

@@ -353,8 +353,8 @@ class _ConvTransposeNd(_ConvNd):
                               output_padding, self.groups, self.dilation, path=self._path)
 
 
-_TRANSPOSED_DOC = r"""z = Wᵀ ⋆ a_prev + b over {d} spatial dim(s): the adjoint of Conv{d}d with the same
-    W, with BP2 (the convolution of δ with W), BP3 and BP4 (the convolution's BP4 with a and
+_TRANSPOSED_DOC = r"""z = Wᵀ ⋆ a_prev + b over {d} spatial dim(s): the adjoint of Conv{d}d with the
+    same W, with BP2 (the convolution of δ with W), BP3 and BP4 (the convolution's BP4 with a and
     δ swapped) written out (:class:`ConvTransposeNdFunction`, derivation in
     ``bptorch/functions/conv.py``). A drop-in for ``torch.nn.ConvTranspose{d}d``.
 
