@@ -324,6 +324,7 @@ def test_output_size_picks_output_padding(name):
         size = [n + extra for n in smallest]
         _check_parity(ours, theirs, shape, output_size=size)
         _check_parity(ours, theirs, shape, output_size=[2, 3, *size])  # with (N, C)
+        _check_parity(ours, theirs, shape[1:], output_size=[3, *size])  # unbatched, with C
     with pytest.raises(ValueError, match="valid sizes range"):
         ours(torch.randn(*shape, dtype=F64), output_size=[7] * d)
     with pytest.raises(ValueError, match="output_size must have"):
