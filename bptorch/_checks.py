@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .functions.base import Padding, Pair
 from .functions.conv import conv2d_padding
+from .functions.conv import Sizes, conv_padding, conv_transpose_out_size
 from .functions.costs import one_hot  # noqa: F401  (network.py imports it from here)
 
 
@@ -215,6 +216,131 @@ def check_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Pai
             f"kernel size ({kh}, {kw}) (spanning {span} with dilation {dilation}) is larger "
             f"than the padded input ({h}, {w}) (input shape {_shape(input)}, padding {padding})"
         )
+
+
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+
+def _check_conv_common(fn: str, input: Tensor, weight: Tensor, bias: Tensor | None,
+                       d: int, options: dict[str, tuple], groups: int) -> None:
+    """What conv{d}d and conv_transpose{d}d share: dtypes, devices, ranks, option lengths."""
+    check_floating("input", input)
+    check_floating("weight", weight)
+    check_same("input", input, "weight", weight)
+    if bias is not None:
+        check_same("bias", bias, "weight", weight)
+    if input.dim() not in (d + 1, d + 2):
+        raise ValueError(
+            f"{fn}: expected input of shape (N, C_in, {_SPATIAL[d]}) or unbatched "
+            f"(C_in, {_SPATIAL[d]}), got shape {_shape(input)} ({input.dim()} dims)")
+    if weight.dim() != d + 2:
+        raise ValueError(f"{fn}: expected a {d + 2}-dim weight (channels, channels, "
+                         f"{_SPATIAL[d]} of the kernel), got shape {_shape(weight)}")
+    for name, value in options.items():
+        if len(value) != d:
+            raise ValueError(f"{fn}: expected {name} with {d} value(s), one per spatial "
+                             f"dim, got {value}")
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{fn}: groups must be a positive integer, got {groups!r}")
+    if min(options["stride"]) < 1 or min(options["dilation"]) < 1:
+        raise ValueError(f"{fn}: stride and dilation must be >= 1, got "
+                         f"{options['stride']}, {options['dilation']}")
+
+
+def check_conv(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Sizes,
+               padding: Sizes | str, dilation: Sizes, groups: int, d: int) -> None:
+    """conv{d}d: input (N, C_in, *S) or (C_in, *S), weight (C_out, C_in/groups, *k)."""
+    fn = f"conv{d}d"
+    options = {"stride": stride, "dilation": dilation}
+    if not isinstance(padding, str):
+        options["padding"] = padding
+    _check_conv_common(fn, input, weight, bias, d, options, groups)
+    c_out, c_in_g, *k = weight.shape
+    c_in = input.shape[-d - 1]
+    if c_in != c_in_g * groups:
+        raise ValueError(
+            f"{fn}: expected input with in_channels={c_in_g * groups} channels (weight's "
+            f"{c_in_g} per group × groups={groups}), got {c_in} (input shape "
+            f"{_shape(input)}, weight shape {_shape(weight)})")
+    if c_out % groups:
+        raise ValueError(f"{fn}: out_channels={c_out} (weight shape {_shape(weight)}) must "
+                         f"be divisible by groups={groups}")
+    if bias is not None and _shape(bias) != (c_out,):
+        raise ValueError(f"{fn}: expected bias of shape (out_channels={c_out},), got "
+                         f"{_shape(bias)}")
+    sym, extra = conv_padding(padding, k, stride, dilation)
+    if min(sym) < 0:
+        raise ValueError(f"{fn}: padding must be >= 0, got {padding}")
+    size = tuple(n + 2 * p + e for n, p, e in zip(input.shape[-d:], sym, extra))
+    span = tuple(dl * (kk - 1) + 1 for kk, dl in zip(k, dilation))
+    if any(s > n for s, n in zip(span, size)):
+        raise ValueError(
+            f"{fn}: kernel size {tuple(k)} (spanning {span} with dilation {dilation}) is "
+            f"larger than the padded input {size} (input shape {_shape(input)}, padding "
+            f"{padding})")
+
+
+def check_conv_transpose(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Sizes,
+                         padding: Sizes, output_padding: Sizes, groups: int, dilation: Sizes,
+                         d: int) -> None:
+    """conv_transpose{d}d: input (N, C_in, *S) or (C_in, *S), weight
+    (C_in, C_out/groups, *k); output_padding below stride or dilation, as torch."""
+    fn = f"conv_transpose{d}d"
+    if isinstance(padding, str):
+        raise ValueError(f"{fn}: padding must be int(s), got {padding!r} (the transposed "
+                         "convolution has no 'same'/'valid')")
+    _check_conv_common(fn, input, weight, bias, d, {
+        "stride": stride, "padding": padding, "output_padding": output_padding,
+        "dilation": dilation}, groups)
+    c_in, c_out_g, *k = weight.shape
+    if input.shape[-d - 1] != c_in:
+        raise ValueError(
+            f"{fn}: expected input with in_channels={c_in} channels (weight's dim 0, "
+            f"weight shape {_shape(weight)}), got {input.shape[-d - 1]} (input shape "
+            f"{_shape(input)})")
+    if c_in % groups:
+        raise ValueError(f"{fn}: in_channels={c_in} (weight shape {_shape(weight)}) must "
+                         f"be divisible by groups={groups}")
+    if bias is not None and _shape(bias) != (c_out_g * groups,):
+        raise ValueError(f"{fn}: expected bias of shape (out_channels={c_out_g * groups},), "
+                         f"got {_shape(bias)}")
+    if min(padding) < 0 or min(output_padding) < 0:
+        raise ValueError(f"{fn}: padding and output_padding must be >= 0, got {padding}, "
+                         f"{output_padding}")
+    if any(op >= s and op >= dl for op, s, dl in zip(output_padding, stride, dilation)):
+        raise ValueError(f"{fn}: output_padding must be smaller than either stride or "
+                         f"dilation, got output_padding={output_padding}, stride={stride}, "
+                         f"dilation={dilation}")
+    out = conv_transpose_out_size(input.shape[-d:], k, stride, padding, output_padding,
+                                  dilation)
+    if min(out) < 1:
+        raise ValueError(f"{fn}: the output size {out} is too small (input shape "
+                         f"{_shape(input)}, kernel {tuple(k)}, stride {stride}, padding "
+                         f"{padding}); use less padding")
+
+
+def check_mode_pad(input: Tensor, pad: Sizes, mode: str) -> None:
+    """Conv's padding_mode: ``pad`` (F.pad's order) at most the size for "circular" and
+    below it for "reflect", as torch."""
+    check_floating("input", input)
+    if mode not in ("reflect", "replicate", "circular"):
+        raise ValueError(f"padding mode must be 'reflect', 'replicate' or 'circular', got "
+                         f"{mode!r}")
+    if len(pad) % 2 or len(pad) // 2 > input.dim() - 1:
+        raise ValueError(f"pad must hold (left, right) pairs for at most {input.dim() - 1} "
+                         f"dims, got {tuple(pad)}")
+    for j in range(len(pad) // 2):
+        n, (left, right) = input.shape[-1 - j], pad[2 * j: 2 * j + 2]
+        if min(left, right) < 0:
+            raise ValueError(f"{mode} padding must be >= 0, got {tuple(pad)}")
+        if mode == "reflect" and max(left, right) >= n:
+            raise ValueError(f"reflect padding {(left, right)} must be smaller than the "
+                             f"size {n} of dim {input.dim() - 1 - j} (input shape "
+                             f"{_shape(input)})")
+        if mode == "circular" and max(left, right) > n:
+            raise ValueError(f"circular padding {(left, right)} must be at most the size "
+                             f"{n} of dim {input.dim() - 1 - j} (input shape "
+                             f"{_shape(input)})")
 
 
 def pool2d_out_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:

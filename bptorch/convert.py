@@ -35,6 +35,7 @@ TWIN_NAMES = (
     "BatchNorm2d", "LayerNorm", "Embedding", "Dropout", "Flatten", "ReLU", "Sigmoid", "Tanh",
     "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "MultiheadAttention", "RNN", "LSTM",
     "GRU",
+    "Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
 )
 # torch.nn modules whose forward only composes their children (and a few functions): the
 # children are converted, then _fix_composite (or, back to torch, _unfix_composite) makes

@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 from torch.nn.functional import _get_softmax_dim
 from torch.nn.modules.utils import _pair
+from torch.nn.modules.utils import _ntuple
 
 from . import _checks as C
 from ._checks import check_cost_inputs, check_floating, check_linear
@@ -15,6 +16,7 @@ from .activations import Activation, get_activation
 from .functions.attention import AttentionFunction, bool_to_bias, causal_bias
 from .functions.base import IntPair
 from .functions.conv import Conv2dFunction
+from .functions.conv import ConvNdFunction, ConvTransposeNdFunction, ModePadFunction
 from .functions.costs import CostFunction, get_cost
 from .functions.dropout import DropoutFunction, FlattenFunction, dropout_mask
 from .functions.embedding import EmbeddingFunction
@@ -226,6 +228,88 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
             x, weight, bias, stride, padding, dilation, groups, path, feedback_weight), input)
     return _unbatched(lambda x: Conv2dFunction.apply(
         x, weight, bias, stride, padding, dilation, groups, path), input)
+
+
+# ---- conv1d, conv3d and the transposed convolutions, any d (bptorch/functions/conv.py)
+def _unbatched_nd(fn, input: Tensor, d: int) -> Tensor:
+    """Apply a (N, C, *S) function to an unbatched (C, *S) input of d spatial dims."""
+    if input.dim() == d + 1:
+        return fn(input.unsqueeze(0)).squeeze(0)
+    return fn(input)
+
+
+def _conv_nd(d: int, input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding,
+             dilation, groups: int, path: str) -> Tensor:
+    ntuple = _ntuple(d)
+    stride, dilation = ntuple(stride), ntuple(dilation)
+    padding = padding if isinstance(padding, str) else ntuple(padding)
+    C.check_conv(input, weight, bias, stride, padding, dilation, groups, d)
+    return _unbatched_nd(lambda x: ConvNdFunction.apply(
+        x, weight, bias, stride, padding, dilation, groups, path), input, d)
+
+
+def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+           padding: int | tuple[int] | str = 0, dilation=1, groups: int = 1, *,
+           path: str = "conv") -> Tensor:
+    """z = W ⋆ a_prev + b for input (N, C_in, L) or (C_in, L), weight (C_out, C_in/groups,
+    k); ``padding`` an int, "valid" or "same". ``path`` (bptorch only): "conv" (default)
+    or "unfold" (the reference)."""
+    return _conv_nd(1, input, weight, bias, stride, padding, dilation, groups, path)
+
+
+def conv3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+           padding: int | tuple[int, int, int] | str = 0, dilation=1, groups: int = 1, *,
+           path: str = "conv") -> Tensor:
+    """z = W ⋆ a_prev + b for input (N, C_in, D, H, W) or (C_in, D, H, W), weight
+    (C_out, C_in/groups, k_d, k_h, k_w); ``padding`` ints, "valid" or "same"."""
+    return _conv_nd(3, input, weight, bias, stride, padding, dilation, groups, path)
+
+
+def _conv_transpose_nd(d: int, input: Tensor, weight: Tensor, bias: Tensor | None, stride,
+                       padding, output_padding, groups: int, dilation, path: str) -> Tensor:
+    ntuple = _ntuple(d)
+    stride, dilation, output_padding = ntuple(stride), ntuple(dilation), ntuple(output_padding)
+    padding = padding if isinstance(padding, str) else ntuple(padding)
+    C.check_conv_transpose(input, weight, bias, stride, padding, output_padding, groups,
+                           dilation, d)
+    return _unbatched_nd(lambda x: ConvTransposeNdFunction.apply(
+        x, weight, bias, stride, padding, output_padding, groups, dilation, path), input, d)
+
+
+def conv_transpose1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+                     padding=0, output_padding=0, groups: int = 1, dilation=1, *,
+                     path: str = "conv") -> Tensor:
+    """z = Wᵀ ⋆ a_prev + b, the adjoint of conv1d, for input (N, C_in, L) or (C_in, L),
+    weight (C_in, C_out/groups, k); L_out = (L − 1)s − 2p + dil(k − 1) + output_padding + 1."""
+    return _conv_transpose_nd(1, input, weight, bias, stride, padding, output_padding, groups,
+                              dilation, path)
+
+
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+                     padding=0, output_padding=0, groups: int = 1, dilation=1, *,
+                     path: str = "conv") -> Tensor:
+    """z = Wᵀ ⋆ a_prev + b, the adjoint of conv2d, for input (N, C_in, H, W) or
+    (C_in, H, W), weight (C_in, C_out/groups, k_h, k_w)."""
+    return _conv_transpose_nd(2, input, weight, bias, stride, padding, output_padding, groups,
+                              dilation, path)
+
+
+def conv_transpose3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+                     padding=0, output_padding=0, groups: int = 1, dilation=1, *,
+                     path: str = "conv") -> Tensor:
+    """z = Wᵀ ⋆ a_prev + b, the adjoint of conv3d, for input (N, C_in, D, H, W) or
+    (C_in, D, H, W), weight (C_in, C_out/groups, k_d, k_h, k_w)."""
+    return _conv_transpose_nd(3, input, weight, bias, stride, padding, output_padding, groups,
+                              dilation, path)
+
+
+def mode_pad(input: Tensor, pad: tuple[int, ...] | list[int], mode: str) -> Tensor:
+    """torch's F.pad(input, pad, mode) for mode "reflect", "replicate" or "circular" (the
+    padding modes of Conv), with its backward written out: the scatter-add of δ onto the
+    pixels each padded one copies. ``pad``: (left, right) of the last dim first."""
+    pad = tuple(int(p) for p in pad)
+    C.check_mode_pad(input, pad, mode)
+    return ModePadFunction.apply(input, pad, mode)
 
 
 def max_pool2d(input: Tensor, kernel_size: IntPair, stride: IntPair | None = None,

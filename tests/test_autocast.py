@@ -268,6 +268,22 @@ TWINS = {
         lambda: _Cost(lambda a, y: TF.nll_loss(torch.log(a), y)),
         lambda d: (torch.softmax(torch.randn(8, 6, device=d), -1), _target(d))),
 }
+# the convolutions of any d (bptorch/functions/conv.py, last section)
+TWINS.update({
+    "Conv1d": (lambda: bnn.Conv1d(3, 4, 3, stride=2, padding=1, padding_mode="reflect"),
+               lambda: nn.Conv1d(3, 4, 3, stride=2, padding=1, padding_mode="reflect"),
+               _x(2, 3, 9)),
+    "Conv3d": (lambda: bnn.Conv3d(2, 4, (2, 3, 2), padding=1),
+               lambda: nn.Conv3d(2, 4, (2, 3, 2), padding=1), _x(2, 2, 4, 5, 3)),
+    "ConvTranspose1d": (lambda: bnn.ConvTranspose1d(3, 4, 3, stride=2, output_padding=1),
+                        lambda: nn.ConvTranspose1d(3, 4, 3, stride=2, output_padding=1),
+                        _x(2, 3, 6)),
+    "ConvTranspose2d": (lambda: bnn.ConvTranspose2d(3, 4, (3, 2), stride=(2, 1), padding=1),
+                        lambda: nn.ConvTranspose2d(3, 4, (3, 2), stride=(2, 1), padding=1),
+                        _x(2, 3, 5, 4)),
+    "ConvTranspose3d": (lambda: bnn.ConvTranspose3d(2, 3, 2, stride=2),
+                        lambda: nn.ConvTranspose3d(2, 3, 2, stride=2), _x(2, 2, 3, 2, 3)),
+})
 # costs also take an output already in the autocast dtype (a Linear's output)
 TWINS.update({f"{k}-low": (o, t, (lambda f: lambda d, dtype: (f(d)[0].to(dtype), f(d)[1]))(i))
               for k, (o, t, i) in list(TWINS.items()) if "Cost" in k})

@@ -22,12 +22,13 @@ def test_containers_are_torchs_own_objects(name):
 
 def test_computing_layers_are_bptorchs():
     for name in ["Identity", "Linear", "Conv2d", "ReLU", "Dropout", "Flatten", "LayerNorm",
-                 "CrossEntropyLoss", "NLLLoss", "LogSoftmax", "MSELoss"]:
+                 "CrossEntropyLoss", "NLLLoss", "LogSoftmax", "MSELoss",
+                 "Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]:
         assert getattr(bnn, name) is not getattr(torch.nn, name)
         assert getattr(bnn, name).__module__.startswith("bptorch.nn.")
 
 
-@pytest.mark.parametrize("name", ["Conv3d", "GroupNorm", "ConvTranspose2d", "Hardswish"])
+@pytest.mark.parametrize("name", ["Fold", "GroupNorm", "PixelShuffle", "Hardswish"])
 def test_a_torch_layer_with_no_twin_is_an_attribute_error_naming_the_way_out(name):
     with pytest.raises(AttributeError, match=rf"no written-out twin for torch\.nn\.{name}.*"
                                              r"from_torch_nn\(model, strict=False\)"):

@@ -177,6 +177,19 @@ ROUND_TRIP_CASES = {
              (lambda: nn.LSTM(5, 6, bias=False), lambda: (_x(4, 3, 5),))],
     "GRU": [(lambda: nn.GRU(5, 6, 2, dropout=0.5).eval(), lambda: (_x(4, 3, 5),)),
             (lambda: nn.GRU(5, 6, batch_first=True, bias=False), lambda: (_x(3, 4, 5),))],
+    "Conv1d": [(lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2,
+                                  padding_mode="reflect"), lambda: (_x(2, 4, 9),)),
+               (lambda: nn.Conv1d(3, 5, 2, padding="same", bias=False), lambda: (_x(3, 7),))],
+    "Conv3d": [(lambda: nn.Conv3d(2, 4, (2, 3, 1), stride=(1, 2, 1), padding=(1, 0, 1),
+                                  padding_mode="circular"), lambda: (_x(2, 2, 4, 5, 3),))],
+    "ConvTranspose1d": [(lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1,
+                                                    output_padding=1, groups=2),
+                         lambda: (_x(2, 4, 5),))],
+    "ConvTranspose2d": [(lambda: nn.ConvTranspose2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 0),
+                                                    dilation=(1, 2), bias=False),
+                         lambda: (_x(2, 3, 4, 5),))],
+    "ConvTranspose3d": [(lambda: nn.ConvTranspose3d(2, 4, 2, stride=2, output_padding=(1, 0, 1)),
+                         lambda: (_x(1, 2, 2, 3, 2),))],
 }
 
 

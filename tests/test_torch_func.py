@@ -196,6 +196,17 @@ CREATE_GRAPH_LAYERS = {
     "rnn": (lambda: torch.nn.RNN(4, 5), (6, 3, 4), lambda m, x: m(x)[0]),
     "lstm": (lambda: torch.nn.LSTM(4, 5), (6, 3, 4), lambda m, x: m(x)[0]),
     "gru": (lambda: torch.nn.GRU(4, 5), (6, 3, 4), lambda m, x: m(x)[0]),
+    "conv1d_reflect": (lambda: torch.nn.Conv1d(2, 3, 3, stride=2, padding=1,
+                                               padding_mode="reflect"), (2, 2, 7), None),
+    "conv3d": (lambda: torch.nn.Conv3d(2, 3, (2, 3, 2), padding=(1, 0, 1)), (2, 2, 3, 4, 3),
+               None),
+    "conv_transpose1d": (lambda: torch.nn.ConvTranspose1d(2, 3, 3, stride=2, output_padding=1),
+                         (2, 2, 5), None),
+    "conv_transpose2d": (lambda: torch.nn.ConvTranspose2d(2, 4, (3, 2), stride=(2, 1),
+                                                          padding=1, groups=2),
+                         (2, 2, 4, 5), None),
+    "conv_transpose3d": (lambda: torch.nn.ConvTranspose3d(2, 3, 2, stride=(2, 1, 2)),
+                         (1, 2, 2, 3, 2), None),
 }
 
 

@@ -32,41 +32,59 @@ is what they are, and are the default:
   kernel, BP2 and BP4 in one call): faster on a one-channel first layer.
 
 All are built from differentiable ops, so double backward works.
+
+The last section writes the same layer once for any number of spatial dims (Conv1d,
+Conv3d) and its adjoint, the transposed convolution (ConvTranspose1d/2d/3d), whose forward
+is the convolution's BP2 and whose BP2 is the convolution's forward; then the padding
+modes ("reflect", "replicate", "circular") as a gather and its scatter-add.
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.nn.functional import conv2d, conv_transpose2d, fold, pad, unfold
+from torch.nn.functional import (
+    conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d, conv_transpose3d, fold, pad,
+    unfold,
+)
 
 from .base import LOWER, BPFunction, Padding, Pair, moved
+
+Sizes = tuple[int, ...]  # one int per spatial dim: (L,), (H, W) or (D, H, W)
 
 aten = torch.ops.aten
 Need = tuple[bool, ...]
 
 
-def conv2d_padding(padding: Padding, kernel_size: Pair, stride: Pair,
-                   dilation: Pair) -> tuple[Pair, Pair]:
-    """(symmetric padding, extra bottom/right padding) for an int pair or "valid"/"same".
+def conv_padding(padding: Sizes | str, kernel_size: Sizes, stride: Sizes,
+                 dilation: Sizes) -> tuple[Sizes, Sizes]:
+    """(symmetric padding, extra end padding) per spatial dim, for ints or "valid"/"same".
 
-    "same" pads d·(k − 1) in all, as torch: half on each side, the odd one at the
-    bottom/right (torch's rule for even kernels); it needs stride 1.
+    "same" pads d·(k − 1) in all, as torch: half on each side, the odd one at the end
+    (bottom/right; torch's rule for even kernels); it needs stride 1.
     """
+    n = len(kernel_size)
     if not isinstance(padding, str):
-        return padding, (0, 0)
+        return padding, (0,) * n
     if padding == "valid":
-        return (0, 0), (0, 0)
+        return (0,) * n, (0,) * n
     if padding != "same":
         raise ValueError(f"Invalid padding string {padding!r}, should be one of "
                          f"{{'valid', 'same'}}")
-    if stride != (1, 1):
+    if any(s != 1 for s in stride):
         raise ValueError(f"padding='same' is not supported for strided convolutions "
                          f"(got stride {stride})")
     total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
-    sym = (total[0] // 2, total[1] // 2)
-    return sym, (total[0] - 2 * sym[0], total[1] - 2 * sym[1])
+    sym = tuple(t // 2 for t in total)
+    return sym, tuple(t - 2 * p for t, p in zip(total, sym))
+
+
+def conv2d_padding(padding: Padding, kernel_size: Pair, stride: Pair,
+                   dilation: Pair) -> tuple[Pair, Pair]:
+    """:func:`conv_padding` for the (height, width) pairs of Conv2d."""
+    return conv_padding(padding, kernel_size, stride, dilation)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- the reference pair
@@ -305,8 +323,378 @@ def conv2d_fused_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair
     return grad_input, grad_weight
 
 
+# ================================================================ any number of spatial dims
+# Conv1d, Conv3d and the transposed convolutions ConvTranspose1d/2d/3d, written once for
+# d = 1, 2 or 3 spatial dims (Conv2d keeps its own paths above; at d = 2 the tests hold
+# these equal to it).
+#
+# The convolution. Read a^{l-1} (N, C, *S) zero-padded, at the positions of tap t
+# (t_i < k_i) for output position p: q = p·s + t·dil − pad, per dim. Gathering those values
+# for every tap and position gives a_col (N, C·K, P), K = Π k_i taps, P = Π out_i
+# positions; with W_col = W.view(C_out, C·K) (per group) the layer is Conv2d's, any d:
+#
+#     z_col = W_col @ a_col + b              (the linear layer on every patch)
+#     BP3   ∂C/∂b = Σ_{n,p} δ_p
+#     BP4   ∂C/∂W = Σ_{n,p} δ_p a_col,pᵀ     (a correlation of a^{l-1} with δ)
+#     BP2   ∂C/∂a^{l-1} = fold(W_colᵀ δ_col) (W's transposed convolution of δ)
+#
+# fold is the adjoint of the gather: it scatter-adds every (tap, position) entry back
+# onto the pixel it was read from, so both use one index map (:func:`patch_index`).
+#
+# The transposed convolution (ConvTranspose, weight (C_in, C_out/g, *k)) is the adjoint
+# of the convolution with the same W, taken as a map from C_out to C_in channels: its
+# forward is the convolution's BP2, z = fold(W_colᵀ a_col) + b, the size (n − 1)s − 2p +
+# dil(k − 1) + output_padding + 1 (output_padding puts back the end rows a stride-s
+# convolution of that size would skip). Differentiate z = Tᵀ a + b, T the convolution's
+# linear map:
+#
+#     BP2   ∂C/∂a = T δ                      the convolution's forward, of δ (no bias)
+#     BP4   ∂C/∂W: ⟨δ, T_Wᵀ a⟩ = ⟨T_W δ, a⟩, so the convolution's BP4 with the roles of
+#           a and δ swapped: Σ_{n,p} a_p δ_col,pᵀ, δ's patches gathered at a's positions
+#     BP3   ∂C/∂b = Σ_{n,q} δ_q
+#
+# Each is written twice: the reference (path "unfold": the gather, the matmuls and the
+# scatter-add above, literally) and the default (path "conv": torch's forward ops
+# conv{d}d and conv_transpose{d}d, which compute exactly these maps: BP2 of one is the
+# forward of the other, BP4 the correlation as a convolution with roles swapped, as
+# Conv2d's default). No backward calls an ATen derivative kernel; all are differentiable
+# ops, so double backward works.
+_CONV = {1: conv1d, 2: conv2d, 3: conv3d}
+_CONV_TRANSPOSE = {1: conv_transpose1d, 2: conv_transpose2d, 3: conv_transpose3d}
+
+
+def conv_out_size(size: Sizes, kernel_size: Sizes, stride: Sizes, padding: Sizes,
+                  dilation: Sizes) -> Sizes:
+    """⌊(n + 2p − dil(k − 1) − 1)/s⌋ + 1 per dim: the convolution's output size."""
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                 for n, k, s, p, d in zip(size, kernel_size, stride, padding, dilation))
+
+
+def conv_transpose_out_size(size: Sizes, kernel_size: Sizes, stride: Sizes, padding: Sizes,
+                            output_padding: Sizes, dilation: Sizes) -> Sizes:
+    """(n − 1)s − 2p + dil(k − 1) + output_padding + 1 per dim: the transposed size."""
+    return tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, k, s, p, op, d in
+                 zip(size, kernel_size, stride, padding, output_padding, dilation))
+
+
+def pad_end(x: Tensor, extra: Sizes) -> Tensor:
+    """Zero-pad the end of each spatial dim by ``extra`` ("same" with an even kernel)."""
+    if not any(extra):
+        return x
+    return pad(x, [v for e in reversed(extra) for v in (0, e)])
+
+
+# ---------------------------------------------------------------- the reference, any d
+def patch_index(padded: Sizes, kernel_size: Sizes, stride: Sizes, dilation: Sizes,
+                out: Sizes, device: torch.device) -> Tensor:
+    """(K·P,) flat indices into the padded maps ``padded``: entry (t, p) is the pixel
+    p·s + t·dil that tap t reads at output position p (taps, then positions, row-major)."""
+    d = len(padded)
+    idx = torch.zeros((), dtype=torch.long, device=device)
+    step = 1
+    for i in reversed(range(d)):  # the last dim is the fastest
+        tap = torch.arange(kernel_size[i], device=device) * dilation[i]
+        pos = torch.arange(out[i], device=device) * stride[i]
+        at_tap, at_pos = [1] * (2 * d), [1] * (2 * d)
+        at_tap[i], at_pos[d + i] = -1, -1
+        idx = idx + (tap.view(at_tap) + pos.view(at_pos)) * step
+        step *= padded[i]
+    return idx.reshape(-1)
+
+
+def conv_unfold(a_prev: Tensor, kernel_size: Sizes, stride: Sizes, padding: Sizes,
+                dilation: Sizes, out: Sizes | None = None) -> Tensor:
+    """a_col (N, C·K, P): the zero-padded a_prev gathered at every tap of every position
+    (``out`` positions; by default the convolution's output size)."""
+    n, c, *size = a_prev.shape
+    if out is None:
+        out = conv_out_size(size, kernel_size, stride, padding, dilation)
+    a_pad = pad(a_prev, [v for p in reversed(padding) for v in (p, p)])
+    idx = patch_index(a_pad.shape[2:], kernel_size, stride, dilation, out, a_prev.device)
+    return a_pad.flatten(2).index_select(2, idx).reshape(n, c * math.prod(kernel_size),
+                                                         math.prod(out))
+
+
+def conv_fold(col: Tensor, size: Sizes, kernel_size: Sizes, stride: Sizes, padding: Sizes,
+              dilation: Sizes, out: Sizes) -> Tensor:
+    """The adjoint of :func:`conv_unfold`: scatter-add col (N, C·K, P) back onto the
+    pixels (N, C, *size) each entry was read from; the padding's share is dropped."""
+    n = col.shape[0]
+    padded = tuple(m + 2 * p for m, p in zip(size, padding))
+    idx = patch_index(padded, kernel_size, stride, dilation, out, col.device)
+    c = col.shape[1] // math.prod(kernel_size)
+    col = col.reshape(n, c, idx.numel())  # (N, C, K·P)
+    g = col.new_zeros(n, c, math.prod(padded)).index_add(2, idx, col)
+    g = g.unflatten(2, padded)
+    return g[(..., *(slice(p, p + m) for m, p in zip(size, padding)))]
+
+
+def conv_ref_fwd(a_prev: Tensor, weight: Tensor, bias: Tensor | None, stride: Sizes,
+                 padding: Sizes, dilation: Sizes, groups: int) -> Tensor:
+    """z_col = W_col @ a_col + b per group, reshaped to (N, C_out, *out)."""
+    n, c_out, k = a_prev.shape[0], weight.shape[0], weight.shape[2:]
+    out = conv_out_size(a_prev.shape[2:], k, stride, padding, dilation)
+    a_col = conv_unfold(a_prev, k, stride, padding, dilation, out)  # (N, C·K, P)
+    a_col = a_col.unflatten(1, (groups, -1))  # (N, g, C/g·K, P)
+    w_col = weight.reshape(groups, c_out // groups, -1)  # (g, C_out/g, C/g·K)
+    z_col = (w_col @ a_col).flatten(1, 2)  # (N, C_out, P)
+    if bias is not None:
+        z_col = z_col + bias[:, None]
+    return z_col.reshape(n, c_out, *out)
+
+
+def conv_ref_input_grad(delta: Tensor, weight: Tensor, size: Sizes, stride: Sizes,
+                        padding: Sizes, dilation: Sizes, groups: int) -> Tensor:
+    """fold(W_colᵀ δ_col) onto maps of ``size``: BP2's factor (and the transposed
+    convolution's forward)."""
+    n, c_out = delta.shape[:2]
+    positions = math.prod(delta.shape[2:])
+    delta_col = delta.reshape(n, groups, c_out // groups, positions)  # (N, g, C_out/g, P)
+    w_col = weight.reshape(groups, c_out // groups, -1)  # (g, C_out/g, C/g·K)
+    g_col = (w_col.transpose(1, 2) @ delta_col).flatten(1, 2)  # (N, C·K, P)
+    return conv_fold(g_col, size, weight.shape[2:], stride, padding, dilation,
+                     delta.shape[2:])
+
+
+def conv_ref_weight_grad(delta: Tensor, a_prev: Tensor, kernel_size: Sizes, stride: Sizes,
+                         padding: Sizes, dilation: Sizes, groups: int) -> Tensor:
+    """Σ_{n,p} δ_col,p a_col,pᵀ per group: BP4, a_prev gathered at δ's positions."""
+    n, c_in, c_out = a_prev.shape[0], a_prev.shape[1], delta.shape[1]
+    a_col = conv_unfold(a_prev, kernel_size, stride, padding, dilation, delta.shape[2:])
+    a_col = a_col.unflatten(1, (groups, -1))  # (N, g, C/g·K, P)
+    positions = math.prod(delta.shape[2:])
+    delta_col = delta.reshape(n, groups, c_out // groups, positions)  # (N, g, C_out/g, P)
+    grad = torch.einsum("ngop,ngkp->gok", delta_col, a_col)  # Σ_{n,p} δ a_colᵀ
+    return grad.reshape(c_out, c_in // groups, *kernel_size)
+
+
+def conv_bias_grad(delta: Tensor) -> Tensor:
+    """z = W ⋆ a_prev + b  →  BP3: db = Σ_{n,p} δ_p, over examples and every position."""
+    return delta.sum((0, *range(2, delta.dim())))
+
+
+# ---------------------------------------------------------------- the default, any d
+def conv_fwd(a_prev: Tensor, weight: Tensor, bias: Tensor | None, stride: Sizes,
+             padding: Sizes | str, dilation: Sizes, groups: int) -> Tensor:
+    """torch's conv{d}d: the same z_col = W_col @ a_col + b."""
+    return _CONV[weight.dim() - 2](a_prev, weight, bias, stride, padding, dilation, groups)
+
+
+def conv_input_grad(delta: Tensor, weight: Tensor, size: Sizes, stride: Sizes,
+                    padding: Sizes, dilation: Sizes, groups: int) -> Tensor:
+    """fold(W_colᵀ δ_col) as torch's conv_transpose{d}d, onto maps of ``size``: the end
+    rows the stride skipped come back as ``output_padding`` (they receive no error)."""
+    output_padding = tuple(
+        n + 2 * p - d * (k - 1) - 1 - (o - 1) * s for n, o, k, s, p, d in
+        zip(size, delta.shape[2:], weight.shape[2:], stride, padding, dilation))
+    return _CONV_TRANSPOSE[weight.dim() - 2](delta, weight, None, stride, padding,
+                                             output_padding, groups, dilation)
+
+
+def conv_weight_grad(delta: Tensor, a_prev: Tensor, kernel_size: Sizes, stride: Sizes,
+                     padding: Sizes, dilation: Sizes, groups: int) -> Tensor:
+    """∂C/∂W[o, c, t] = Σ_{n,p} δ[n, o, p] a_prev[n, c, p·s + t·dil]: the correlation as a
+    conv{d}d with roles swapped, as :func:`conv2d_weight_grad` (a_prev's channels the
+    batch, the examples the channels, δ's maps the kernels; dil and s trade places).
+    An empty batch takes the reference (the kernels would have no channels)."""
+    n, c_in, *size = a_prev.shape
+    if n == 0:
+        return conv_ref_weight_grad(delta, a_prev, kernel_size, stride, padding, dilation,
+                                    groups)
+    d = len(size)
+    a_t = a_prev.reshape(n, groups, c_in // groups, *size).permute(2, 1, 0, *range(3, 3 + d))
+    a_t = a_t.reshape(c_in // groups, groups * n, *size)  # (C/g, g·N, *S)
+    delta_t = delta.transpose(0, 1)  # (C_out, N, *out): one kernel per output map
+    grad = _CONV[d](a_t, delta_t, None, dilation, padding, stride, groups)  # (C/g, C_out, ≥k)
+    return grad[(slice(None), slice(None), *(slice(k) for k in kernel_size))].transpose(0, 1)
+
+
+class ConvForm(NamedTuple):
+    """One way of computing the three maps every layer below is made of."""
+
+    forward: Callable[..., Tensor]  # z = W ⋆ a + b
+    input_grad: Callable[..., Tensor]  # fold(W_colᵀ δ_col)
+    weight_grad: Callable[..., Tensor]  # Σ δ_col a_colᵀ
+
+
+CONV_FORMS = {
+    "unfold": ConvForm(conv_ref_fwd, conv_ref_input_grad, conv_ref_weight_grad),
+    "conv": ConvForm(conv_fwd, conv_input_grad, conv_weight_grad),
+}
+
+
+# ---------------------------------------------------------------- the Functions, any d
+class ConvNdFunction(BPFunction):
+    """z^l = W^l ⋆ a^{l-1} + b^l over d = 1, 2 or 3 spatial dims (Conv1d, Conv3d).
+
+    Backward, given grad_output = δ^l: BP3 Σ_p δ_p, BP4 Σ_p δ_p a_col,pᵀ, and W's
+    transposed convolution of δ (fold(W_colᵀ δ), BP2's factor) passed down.
+
+    Batch-first: input (N, C_in, *S), weight (C_out, C_in/groups, *k), bias (C_out,),
+    output (N, C_out, *S_out); d is weight.dim() − 2. ``padding`` is a tuple or
+    "valid"/"same". ``path``: "conv" (default: torch's conv{d}d forward, BP2 as
+    conv_transpose{d}d, BP4 as a correlation) or "unfold" (the reference, both ways).
+    Saves the input and the weights, BP4's and BP2's other factors.
+    """
+
+    generate_vmap_rule = True
+    autocast = LOWER
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Sizes,
+                padding: Sizes | str, dilation: Sizes, groups: int,
+                path: str = "conv") -> Tensor:
+        if path == "conv":
+            return conv_fwd(input, weight, bias, stride, padding, dilation, groups)
+        sym, extra = conv_padding(padding, weight.shape[2:], stride, dilation)
+        return conv_ref_fwd(pad_end(input, extra), weight, bias, stride, sym, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        input, weight, _bias, stride, padding, dilation, groups, path = inputs
+        ctx.padding, ctx.extra = conv_padding(padding, weight.shape[2:], stride, dilation)
+        ctx.stride, ctx.dilation, ctx.groups, ctx.path = stride, dilation, groups, path
+        ctx.save_for_backward(input, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        a_prev, weight = ctx.saved_tensors
+        delta, need, form = grad_output, ctx.needs_input_grad, CONV_FORMS[ctx.path]
+        size = a_prev.shape[2:]
+        # "same" with an even kernel: the odd end padding is part of the input the
+        # backward sees; its error is cropped off below
+        a_prev = pad_end(a_prev, ctx.extra)
+        opts = (ctx.stride, ctx.padding, ctx.dilation, ctx.groups)
+        grad_input = grad_weight = grad_bias = None
+        if need[0]:
+            # z = W ⋆ a_prev + b  →  BP2's factor: fold(W_colᵀ δ), W's transposed
+            # convolution of δ
+            grad_input = form.input_grad(delta, weight, a_prev.shape[2:], *opts)
+            grad_input = grad_input[(..., *(slice(n) for n in size))]
+        if need[1]:
+            # z = W ⋆ a_prev + b  →  BP4: dW = Σ_{n,p} δ_p a_col,pᵀ
+            grad_weight = form.weight_grad(delta, a_prev, weight.shape[2:], *opts)
+        if need[2]:
+            grad_bias = conv_bias_grad(delta)  # z = … + b  →  BP3
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+class ConvTransposeNdFunction(BPFunction):
+    """z^l = (W^l)ᵀ ⋆ a^{l-1} + b^l: the adjoint of the convolution with W, over d = 1, 2
+    or 3 spatial dims (ConvTranspose1d/2d/3d); the derivation is the section comment.
+
+    Backward, given grad_output = δ^l: BP2's factor is the convolution of δ with W (the
+    convolution's forward), BP4 the convolution's BP4 with a^{l-1} and δ swapped
+    (Σ_{n,p} a_p δ_col,pᵀ), BP3 Σ_q δ_q.
+
+    Batch-first: input (N, C_in, *S), weight (C_in, C_out/groups, *k), bias (C_out,),
+    output (N, C_out, *S_out), S_out = (S − 1)s − 2p + dil(k − 1) + output_padding + 1.
+    ``path``: "conv" (default: torch's conv_transpose{d}d forward, BP2 as conv{d}d, BP4
+    as a correlation) or "unfold" (the reference). Saves the input and the weights.
+    """
+
+    generate_vmap_rule = True
+    autocast = LOWER
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Sizes,
+                padding: Sizes, output_padding: Sizes, groups: int, dilation: Sizes,
+                path: str = "conv") -> Tensor:
+        d = weight.dim() - 2
+        if path == "conv":
+            return _CONV_TRANSPOSE[d](input, weight, bias, stride, padding, output_padding,
+                                      groups, dilation)
+        size = conv_transpose_out_size(input.shape[2:], weight.shape[2:], stride, padding,
+                                       output_padding, dilation)
+        # z = fold(W_colᵀ a_col) + b: the convolution's BP2 applied to a
+        z = conv_ref_input_grad(input, weight, size, stride, padding, dilation, groups)
+        return z if bias is None else z + bias.view(-1, *(1,) * d)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        input, weight, _bias, stride, padding, _output_padding, groups, dilation, path = inputs
+        ctx.stride, ctx.padding, ctx.dilation = stride, padding, dilation
+        ctx.groups, ctx.path = groups, path
+        ctx.save_for_backward(input, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        a_prev, weight = ctx.saved_tensors
+        delta, need, form = grad_output, ctx.needs_input_grad, CONV_FORMS[ctx.path]
+        opts = (ctx.stride, ctx.padding, ctx.dilation, ctx.groups)
+        grad_input = grad_weight = grad_bias = None
+        if need[0]:
+            # z = Tᵀ a_prev + b  →  BP2's factor: T δ, the convolution of δ with W. An
+            # output_padding ≥ s (allowed where dil > s) adds a position past a's end: cut
+            grad_input = form.forward(delta, weight, None, *opts)
+            grad_input = grad_input[(..., *(slice(n) for n in a_prev.shape[2:]))]
+        if need[1]:
+            # z = T_Wᵀ a_prev + b  →  BP4: the convolution's, a_prev and δ swapped
+            grad_weight = form.weight_grad(a_prev, delta, weight.shape[2:], *opts)
+        if need[2]:
+            grad_bias = conv_bias_grad(delta)  # z = … + b  →  BP3
+        return grad_input, grad_weight, grad_bias, *(None,) * 6
+
+
+# ---------------------------------------------------------------- padding modes
+# Conv{1,2,3}d(padding_mode="reflect" | "replicate" | "circular") pads a^{l-1} first, as
+# torch does, then convolves with no padding. Each mode reads the input at an index map
+# i ↦ src(i) per dim (reflect: mirror about the edge pixel; replicate: clamp to the edge;
+# circular: wrap around), so
+#     forward   a_pad = a.index_select(dim, src)           (a gather, dim by dim)
+#     backward  ∂C/∂a = 0.index_add(dim, src, ∂C/∂a_pad)   (its adjoint: scatter-add)
+# every padded pixel's error goes back to the pixel it copied.
+def pad_index(n: int, left: int, right: int, mode: str, device: torch.device) -> Tensor:
+    """src(i) for i = −left … n + right − 1 of one dim of size ``n``."""
+    i = torch.arange(-left, n + right, device=device)
+    if mode == "circular":
+        return i.remainder(n)
+    if mode == "reflect":
+        return (n - 1) - ((n - 1) - i.abs()).abs()
+    return i.clamp(0, n - 1)  # replicate
+
+
+class ModePadFunction(BPFunction):
+    """a_pad = a[src(i)] along each padded dim (``mode`` "reflect", "replicate" or
+    "circular"); ``pad`` in F.pad's order: (left, right) of the last dim first.
+
+    Backward: the scatter-add of δ onto the source pixels (the gather's transpose).
+    Saves nothing but the sizes."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input: Tensor, pad: Sizes, mode: str) -> Tensor:
+        a = input
+        for j in range(len(pad) // 2):
+            dim = input.dim() - 1 - j
+            src = pad_index(a.shape[dim], pad[2 * j], pad[2 * j + 1], mode, a.device)
+            a = a.index_select(dim, src)
+        return a
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        input, ctx.pad, ctx.mode = inputs
+        ctx.shape = input.shape
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        delta, shape, p = grad_output, ctx.shape, ctx.pad
+        for j in range(len(p) // 2):
+            dim = len(shape) - 1 - j
+            src = pad_index(shape[dim], p[2 * j], p[2 * j + 1], ctx.mode, delta.device)
+            # a_pad = a.index_select(dim, src)  →  ∂C/∂a: scatter-add along src
+            size = (*delta.shape[:dim], shape[dim], *delta.shape[dim + 1:])
+            delta = delta.new_zeros(size).index_add(dim, src, delta)
+        return delta, None, None
+
+
 __all__ = [
-    "BP4_UNFOLD_DEVICES", "Conv2dFunction", "bp4_unfolded", "conv2d_bias_grad",
+    "BP4_UNFOLD_DEVICES", "CONV_FORMS", "ConvForm", "ConvNdFunction", "ConvTransposeNdFunction",
+    "ModePadFunction", "conv_bias_grad", "conv_fold", "conv_fwd", "conv_input_grad",
+    "conv_out_size", "conv_padding", "conv_ref_fwd", "conv_ref_input_grad",
+    "conv_ref_weight_grad", "conv_transpose_out_size", "conv_unfold", "conv_weight_grad",
+    "pad_end", "pad_index", "patch_index", "Conv2dFunction", "bp4_unfolded", "conv2d_bias_grad",
     "conv2d_bwd", "conv2d_fused_bwd", "conv2d_input_grad", "conv2d_padding",
     "conv2d_unfold_bwd", "conv2d_unfold_fwd", "conv2d_weight_grad",
     "conv2d_weight_grad_unfold",

@@ -17,6 +17,7 @@ from torch.nn import (  # torch's own containers and parameters: they compute no
 
 from .activation import GELU, Identity, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh
 from .conv import Conv2d
+from .conv import Conv1d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
 from .cost import (
     BCELoss, BCEWithLogitsLoss, CrossEntropyCost, CrossEntropyLoss, KLDivLoss, L1Loss,
     LogLikelihoodCost, LogSoftmax, MSELoss, NLLLoss, QuadraticCost, SmoothL1Loss,
@@ -44,6 +45,7 @@ __all__ = [
     "MultiheadAttention", "GRU", "LSTM", "RNN",
     "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "KLDivLoss", "L1Loss", "LogSoftmax",
     "MSELoss", "NLLLoss", "SmoothL1Loss",
+    "Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
     *TORCH_REEXPORTS,
 ]
 
