@@ -16,6 +16,9 @@ from torch.nn import (  # torch's own containers and parameters: they compute no
 )
 
 from .activation import GELU, Identity, LeakyReLU, ReLU, SiLU, Sigmoid, Softmax, Tanh
+from .activation import (
+    ELU, Hardsigmoid, Hardswish, Hardtanh, Mish, PReLU, ReLU6, SELU, Softplus,
+)
 from .conv import Conv2d
 from .cost import (
     BCELoss, BCEWithLogitsLoss, CrossEntropyCost, CrossEntropyLoss, KLDivLoss, L1Loss,
@@ -44,6 +47,7 @@ __all__ = [
     "MultiheadAttention", "GRU", "LSTM", "RNN",
     "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "KLDivLoss", "L1Loss", "LogSoftmax",
     "MSELoss", "NLLLoss", "SmoothL1Loss",
+    "ELU", "Hardsigmoid", "Hardswish", "Hardtanh", "Mish", "PReLU", "ReLU6", "SELU", "Softplus",
     *TORCH_REEXPORTS,
 ]
 
