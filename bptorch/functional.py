@@ -84,7 +84,9 @@ def activation(
         return act.fn_(input)  # nothing to differentiate: the plain in-place op
     z_before = None
     if act.saves == "z" and act.name not in KEEPS_NO_Z_IN_PLACE:
-        z_before = input.detach().clone()  # σ' needs the z about to be overwritten
+        # σ' needs the z about to be overwritten; a clone still on the graph (not detached),
+        # so that double backward reaches z through σ'(z)
+        z_before = input.clone()
     return ActivationFunction.apply(input, act, name, True, z_before)
 
 
