@@ -73,10 +73,10 @@ def matmul_bwd(delta: Tensor, a: Tensor, b: Tensor,
     a2 = a.unsqueeze(0) if a.dim() == 1 else a
     b2 = b.unsqueeze(-1) if b.dim() == 1 else b
     d2 = delta
-    if a.dim() == 1:
-        d2 = d2.unsqueeze(-2)  # (*, n) → (*, 1, n)
     if b.dim() == 1:
-        d2 = d2.unsqueeze(-1)  # (*, m) → (*, m, 1)
+        d2 = d2.unsqueeze(-1)  # (*, m) → (*, m, 1); a dot product's () → (1,)
+    if a.dim() == 1:
+        d2 = d2.unsqueeze(-2)  # (*, n) → (*, 1, n); a dot product's (1,) → (1, 1)
     if need[0]:
         if a2.dim() == 2 and d2.dim() > 2:
             # C = A B, A one matrix, B batched  →  dA = Σ_batch δ Bᵀ, the batch folded into
