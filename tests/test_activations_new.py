@@ -52,7 +52,7 @@ CASES = {
     "Mish": ("Mish", (), {}, (4, 7), ()),
     "Mish-inplace": ("Mish", (), {"inplace": True}, (2, 7, 3), ()),
     "PReLU": ("PReLU", (), {}, (4, 7), (0.0,)),
-    "PReLU-channels": ("PReLU", (3, 0.1), {}, (4, 3, 5, 2), (0.0,)),
+    "PReLU-channels": ("PReLU", (3, 0.1), {}, (2, 3, 2, 2), (0.0,)),
     "PReLU-channels-2d": ("PReLU", (), {"num_parameters": 6, "init": -0.3}, (5, 6), (0.0,)),
     "PReLU-1d": ("PReLU", (), {}, (7,), (0.0,)),  # unbatched, one slope
     "PReLU-3d-one": ("PReLU", (1, 0.6), {}, (2, 4, 3), (0.0,)),

@@ -57,7 +57,7 @@ def matmul_shapes(draw):
     return side((m, k)), side((k, n))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(shapes=matmul_shapes())
 def test_matmul_every_shape_case_equals_torch(shapes):
     a_shape, b_shape = shapes
@@ -75,9 +75,9 @@ MATMUL_CASES = {
     "vec-batched": ((5,), (2, 5, 4)),
     "batched-vec": ((2, 3, 5), (5,)),
     "batched-mat (fold dB)": ((2, 3, 5), (5, 4)),
-    "mat-batched (fold dA)": ((3, 5), (2, 3, 5, 4)),
+    "mat-batched (fold dA)": ((2, 3), (2, 2, 3, 2)),
     "broadcast-1": ((2, 1, 3, 5), (4, 5, 2)),
-    "broadcast-both": ((1, 3, 3, 5), (2, 1, 5, 4)),
+    "broadcast-both": ((1, 3, 2, 3), (2, 1, 3, 2)),
     "bmm-like": ((3, 2, 5), (3, 5, 4)),
 }
 
