@@ -17,6 +17,11 @@ An :class:`Activation` holds, for one σ:
 ``prime`` and ``delta`` are built from differentiable torch ops, so a backward that uses them can
 itself be differentiated (double backward, gradgradcheck).
 
+The table: the book's sigmoid, tanh and relu; leaky_relu, softmax, gelu, silu and identity;
+and torch's relu6, hardtanh, hardsigmoid, hardswish, elu, selu, softplus and mish (issue 21),
+whose ``delta`` is the book's product itself, g ⊙ σ'(z), in plain ops. PReLU, whose slope is a
+parameter with a gradient of its own, is a Function of its own (``functions/linear.py``).
+
 The built-in activations are made once per parameter value (cached), so a lookup
 allocates nothing, and they pickle by name and parameters (their fields hold torch
 builtins and closures, which pickle cannot store): an unpickled or deep-copied one

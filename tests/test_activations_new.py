@@ -386,3 +386,14 @@ def test_elu_negative_alpha_in_place_backward_raises_as_torch():
         out = m(x * 1)
         with pytest.raises(RuntimeError, match="In-place elu backward"):
             out.sum().backward()
+
+
+@pytest.mark.parametrize("make_module", [lambda: bnn.SiLU(inplace=True),
+                                         lambda: bnn.GELU()], ids=["SiLU-inplace", "GELU"])
+def test_in_place_copy_of_z_stays_on_the_graph_for_double_backward(make_module):
+    """The copy of z an in-place σ keeps for σ'(z) (SiLU's too) is taken on the graph, so
+    gradgradcheck reaches z through σ'(z)."""
+    m = make_module()
+    x = kink_free((3, 4), ()).requires_grad_()
+    assert gradcheck(lambda x: m(x * 1), (x,))
+    assert gradgradcheck(lambda x: m(x * 1), (x,))

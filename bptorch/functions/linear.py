@@ -1,4 +1,6 @@
 """The linear layer, the activation and the fused dense layer: the seed's four equations.
+PReLU, an activation with a learned slope (BP1/BP2's σ' and the slope's own BP4), closes
+the activation section.
 
 Rows are examples (batch-first), so the seed's column vectors become rows:
 
