@@ -398,3 +398,15 @@ def test_in_place_copy_of_z_stays_on_the_graph_for_double_backward(make_module):
     x = kink_free((3, 4), ()).requires_grad_()
     assert gradcheck(lambda x: m(x * 1), (x,))
     assert gradgradcheck(lambda x: m(x * 1), (x,))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_softplus_runs_in_float32_under_cuda_autocast_as_torch():
+    """softplus is on torch's CUDA float32 list: the module and Dense(..., "softplus") give
+    float32 out of bfloat16 input, as nn.Softplus and nn.Linear → nn.Softplus do."""
+    x = torch.randn(4, 6, device="cuda")
+    dense = bnn.Dense(6, 3, "softplus").cuda()
+    seq = tnn.Sequential(tnn.Linear(6, 3), tnn.Softplus()).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert bnn.Softplus()(x.bfloat16()).dtype == tnn.Softplus()(x.bfloat16()).dtype
+        assert dense(x).dtype == seq(x).dtype == torch.float32
