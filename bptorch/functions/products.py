@@ -152,12 +152,12 @@ class MatmulFunction(BPFunction):
     @staticmethod
     def jvp(ctx: Any, da, db) -> Tensor:
         a, b = ctx.saved_tensors
-        dc = torch.zeros((), dtype=a.dtype, device=a.device)
+        terms = []
         if da is not None:
-            dc = dc + torch.matmul(da, b)  # dA B
+            terms.append(torch.matmul(da, b))  # dA B
         if db is not None:
-            dc = dc + torch.matmul(a, db)  # A dB
-        return dc.expand(torch.matmul(a, b).shape) if dc.dim() == 0 else dc
+            terms.append(torch.matmul(a, db))  # A dB
+        return sum(terms[1:], terms[0])  # jvp is called with at least one tangent
 
 
 class BmmFunction(BPFunction):
