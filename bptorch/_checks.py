@@ -634,3 +634,85 @@ def check_probabilities(name: str, t: Tensor) -> None:
             raise ValueError(f"binary_cross_entropy: {name} must hold probabilities in [0, 1], "
                              f"got values in [{lo.item():.4g}, {hi.item():.4g}]; for logits use "
                              "binary_cross_entropy_with_logits")
+
+
+# ---------------------------------------------------------------- the other activations and
+# the products (bptorch/functions/linear.py's activation section, functions/products.py)
+def check_hardtanh(min_val: float, max_val: float) -> None:
+    if min_val > max_val:
+        raise ValueError(f"hardtanh: min_val cannot be greater than max_val, got "
+                         f"min_val={min_val} > max_val={max_val}")
+
+
+def check_prelu(input: Tensor, weight: Tensor) -> None:
+    """weight: one slope, or one per channel (dim 1 of the input; 1-D input has one)."""
+    check_floating("input", input)
+    check_floating("weight", weight)
+    check_same("weight", weight, "input", input)
+    if weight.dim() > 1:
+        raise ValueError(f"prelu: expected weight to be a scalar or 1-D tensor of slopes, got "
+                         f"shape {_shape(weight)}")
+    channels = input.shape[1] if input.dim() >= 2 else 1
+    if weight.numel() not in (1, channels):
+        raise ValueError(f"prelu: weight has {weight.numel()} slopes, but the input {_shape(input)}"
+                         f" has {channels} channel(s) (dim 1; 1-D input has 1); use "
+                         f"num_parameters=1 or {channels}")
+
+
+def _check_product_operands(fn: str, a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
+    for name, t in zip(names, (a, b)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if a.device != b.device:
+        raise RuntimeError(f"{fn}: {names[0]} is on {a.device} but {names[1]} is on {b.device}; "
+                           "move them to the same device")
+    if a.dtype != b.dtype and not torch.is_autocast_enabled(a.device.type):
+        raise TypeError(f"{fn}: {names[0]} has dtype {a.dtype} but {names[1]} has dtype "
+                        f"{b.dtype}; use the same dtype (e.g. {names[1]}.to({names[0]}.dtype))")
+
+
+def check_matmul(input: Tensor, other: Tensor) -> None:
+    """torch.matmul's shapes: both at least 1-D, the inner dims equal, the batch dims
+    broadcastable."""
+    _check_product_operands("matmul", input, other, ("input", "other"))
+    if input.dim() == 0 or other.dim() == 0:
+        raise ValueError(f"matmul: both arguments need at least 1 dimension, got shapes "
+                         f"{_shape(input)} and {_shape(other)}")
+    k_in = input.shape[-1]
+    k_other = other.shape[0] if other.dim() == 1 else other.shape[-2]
+    if k_in != k_other:
+        raise ValueError(f"matmul: input {_shape(input)} and other {_shape(other)} cannot be "
+                         f"multiplied: input's last dim ({k_in}) must equal other's "
+                         f"{'only' if other.dim() == 1 else 'second-to-last'} dim ({k_other})")
+    try:
+        torch.broadcast_shapes(input.shape[:-2], other.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"matmul: the batch dims of input {_shape(input)} and other "
+                         f"{_shape(other)} do not broadcast: {_shape(input)[:-2]} vs "
+                         f"{_shape(other)[:-2]}") from None
+
+
+def check_bmm(input: Tensor, mat2: Tensor) -> None:
+    """torch.bmm's shapes: (b, n, m) and (b, m, p), no broadcasting."""
+    _check_product_operands("bmm", input, mat2, ("input", "mat2"))
+    if input.dim() != 3 or mat2.dim() != 3:
+        raise ValueError(f"bmm: expected two 3-D tensors (b, n, m) and (b, m, p), got shapes "
+                         f"{_shape(input)} and {_shape(mat2)}")
+    if input.shape[0] != mat2.shape[0] or input.shape[2] != mat2.shape[1]:
+        raise ValueError(f"bmm: expected mat2 of shape (b={input.shape[0]}, m={input.shape[2]}, "
+                         f"p) for input {_shape(input)}, got {_shape(mat2)}")
+
+
+def check_mul(input: Tensor, other) -> None:
+    """Elementwise: the shapes must broadcast."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"mul: input must be a torch.Tensor, got {type(input).__name__}")
+    if isinstance(other, Tensor):
+        try:
+            torch.broadcast_shapes(input.shape, other.shape)
+        except RuntimeError:
+            raise ValueError(f"mul: the shapes {_shape(input)} and {_shape(other)} do not "
+                             "broadcast") from None
+    elif not isinstance(other, (int, float, bool)):
+        raise TypeError(f"mul: other must be a tensor or a Python number, got "
+                        f"{type(other).__name__}")

@@ -17,6 +17,11 @@ An :class:`Activation` holds, for one σ:
 ``prime`` and ``delta`` are built from differentiable torch ops, so a backward that uses them can
 itself be differentiated (double backward, gradgradcheck).
 
+The table: the book's sigmoid, tanh and relu; leaky_relu, softmax, gelu, silu and identity;
+and torch's relu6, hardtanh, hardsigmoid, hardswish, elu, selu, softplus and mish (issue 21),
+whose ``delta`` is the book's product itself, g ⊙ σ'(z), in plain ops. PReLU, whose slope is a
+parameter with a gradient of its own, is a Function of its own (``functions/linear.py``).
+
 The built-in activations are made once per parameter value (cached), so a lookup
 allocates nothing, and they pickle by name and parameters (their fields hold torch
 builtins and closures, which pickle cannot store): an unpickled or deep-copied one
@@ -51,16 +56,22 @@ class Activation:
     dim: int | None = None  # softmax's dim (None: torch's implicit choice)
     approximate: str | None = None  # gelu's "none" or "tanh"
     fn_: Callable[[Tensor], Tensor] | None = None  # σ in place, for inplace=True
+    # the other parametrised σ's arguments, in torch's order: hardtanh's (min_val, max_val),
+    # elu's (alpha,), softplus's (beta, threshold); () for the rest
+    params: tuple[float, ...] = ()
 
     def __reduce_ex__(self, protocol):
         # A built-in pickles as "look me up again": (name, parameters).
         params = (self.name, self.negative_slope, self.dim, self.approximate)
+        if self.params:
+            params = (*params, self.params)
         if self is _lookup(*params):
             return _lookup, params
         return super().__reduce_ex__(protocol)  # a user's own Activation: its fields
 
 
-def _lookup(name: str, negative_slope, dim, approximate) -> Activation | None:
+def _lookup(name: str, negative_slope, dim, approximate, params: tuple = ()
+            ) -> Activation | None:
     """The built-in activation with this name and these parameters (what unpickling
     calls), or None for a name that is not built in."""
     if name == "leaky_relu":
@@ -69,6 +80,8 @@ def _lookup(name: str, negative_slope, dim, approximate) -> Activation | None:
         return softmax(dim)
     if name == "gelu":
         return gelu(approximate)
+    if name in _PARAMETRISED:
+        return _PARAMETRISED[name](*params)
     return _BY_NAME.get(name)
 
 
@@ -348,6 +361,188 @@ SILU = Activation(
     fn_=_silu_,
 )
 
+# ---------------------------------------------------------------- torch's other σ
+# The piecewise-linear family (hardtanh, relu6, hardsigmoid, hardswish), the exponential
+# family (elu, selu), softplus and mish. Each σ' is written as the book writes sigmoid's:
+# from the tensor that makes it cheapest, and with torch's choice at every kink (the
+# comparison torch's own backward makes: ≤ or <). ``delta`` is g ⊙ σ'(z) in plain
+# differentiable ops (no fused ATen backward kernel), so double backward follows.
+def _mul_delta(prime: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    def delta(grad_output: Tensor, saved: Tensor) -> Tensor:
+        return grad_output * prime(saved)  # δ = ∂C/∂a ⊙ σ'(z)
+    return delta
+
+
+def hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> Activation:
+    """σ(z) = min(max(z, min_val), max_val); σ' = 1 strictly inside (min_val, max_val),
+    0 outside and at both kinks (as torch). a is strictly inside exactly when z is, so the
+    output a is saved (and ``hardtanh_`` may overwrite z)."""
+    return _cached("hardtanh", (float(min_val), float(max_val)), _hardtanh)
+
+
+def _hardtanh(bounds: tuple[float, float], name: str = "hardtanh") -> Activation:
+    lo, hi = bounds
+    relu6_form = name == "relu6"  # torch's relu6 is hardtanh(0, 6) under its own name
+
+    def fn(z: Tensor) -> Tensor:
+        return F.relu6(z) if relu6_form else F.hardtanh(z, lo, hi)
+
+    def fn_(z: Tensor) -> Tensor:
+        return F.relu6(z, inplace=True) if relu6_form else F.hardtanh(z, lo, hi, inplace=True)
+
+    def prime(a: Tensor) -> Tensor:  # a = clamp(z): lo < a < hi exactly where lo < z < hi
+        return ((a > lo) & (a < hi)).to(a.dtype)
+
+    return Activation(name, fn=fn, prime=prime, delta=_mul_delta(prime), saves="a",
+                      prime_max=1.0 if lo < hi else 0.0, fn_=fn_, params=bounds)
+
+
+# torch's hardsigmoid backward multiplies by 1/6 rounded to float32 (``1.0f / 6.0f``) in
+# every dtype, float64 too: the same constant here, so gradients agree to the last bit
+_ONE_SIXTH = float(torch.tensor(1 / 6, dtype=torch.float32))
+
+
+def _hardsigmoid_prime(a: Tensor) -> Tensor:
+    # a = relu6(z + 3)/6 is strictly inside (0, 1) exactly where −3 < z < 3
+    return ((a > 0) & (a < 1)).to(a.dtype) * _ONE_SIXTH
+
+
+# hardsigmoid: σ(z) = relu6(z + 3)/6, σ' = 1/6 on (−3, 3), 0 outside and at the kinks.
+HARDSIGMOID = Activation(
+    "hardsigmoid",
+    fn=F.hardsigmoid,
+    prime=_hardsigmoid_prime,
+    delta=_mul_delta(_hardsigmoid_prime),
+    saves="a",
+    prime_max=_ONE_SIXTH,
+    fn_=lambda z: F.hardsigmoid(z, inplace=True),
+)
+
+
+def _hardswish_prime(z: Tensor) -> Tensor:
+    # σ(z) = z·relu6(z + 3)/6: 0 for z < −3, z²/6 + z/2 between (σ' = z/3 + 1/2, torch's
+    # choice at both kinks, z = −3 and z = 3), z above (σ' = 1)
+    return torch.where(z < -3, 0.0, torch.where(z <= 3, z / 3 + 0.5, 1.0)).to(z.dtype)
+
+
+# hardswish: not monotone (a = 0 at z = 0 and for z ≤ −3), so z is saved; max σ' = 3/2,
+# at z = 3, min σ' = −1/2 at z = −3.
+HARDSWISH = Activation(
+    "hardswish",
+    fn=F.hardswish,
+    prime=_hardswish_prime,
+    delta=_mul_delta(_hardswish_prime),
+    saves="z",
+    prime_max=1.5,
+    fn_=lambda z: F.hardswish(z, inplace=True),
+)
+
+
+def elu(alpha: float = 1.0) -> Activation:
+    """σ(z) = z for z > 0, α(e^z − 1) for z ≤ 0; σ' = 1 or αe^z = a + α.
+
+    For α ≥ 0, a > 0 exactly where z > 0, so a is saved and σ' = a + α on the negative
+    side (no exp in backward). For α < 0 (torch accepts it) a > 0 on both sides, so z is
+    saved, and ``inplace=True`` keeps none: backward then raises, as torch's does.
+    """
+    return _cached("elu", (float(alpha),), _elu)
+
+
+def _elu(params: tuple[float]) -> Activation:
+    (alpha,) = params
+    saves = "a" if alpha >= 0 else "z"
+
+    def fn(z: Tensor) -> Tensor:
+        return F.elu(z, alpha)
+
+    def fn_(z: Tensor) -> Tensor:
+        return F.elu(z, alpha, inplace=True)
+
+    def prime(saved: Tensor) -> Tensor:
+        if saves == "a":  # a ≤ 0 exactly where z ≤ 0, and there σ' = αe^z = a + α
+            return torch.where(saved > 0, 1.0, saved + alpha).to(saved.dtype)
+        return torch.where(saved > 0, 1.0, alpha * saved.exp()).to(saved.dtype)
+
+    return Activation("elu", fn=fn, prime=prime, delta=_mul_delta(prime), saves=saves,
+                      prime_max=max(1.0, abs(alpha)), fn_=fn_, params=params)
+
+
+# selu: σ(z) = λ z for z > 0, λα(e^z − 1) for z ≤ 0, with Klambauer et al.'s fixed
+# λ ≈ 1.0507 and α ≈ 1.6733 (torch's constants); σ' = λ or λαe^z = a + λα. Saves a.
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _selu_prime(a: Tensor) -> Tensor:
+    return torch.where(a > 0, _SELU_SCALE, a + _SELU_SCALE * _SELU_ALPHA).to(a.dtype)
+
+
+SELU = Activation(
+    "selu",
+    fn=F.selu,
+    prime=_selu_prime,
+    delta=_mul_delta(_selu_prime),
+    saves="a",
+    prime_max=_SELU_SCALE * _SELU_ALPHA,  # at z → 0⁻
+    fn_=lambda z: F.selu(z, inplace=True),
+)
+
+
+def softplus(beta: float = 1.0, threshold: float = 20.0) -> Activation:
+    """σ(z) = (1/β) ln(1 + e^{βz}), and z itself where βz > threshold (torch's switch for
+    numerical stability); σ' = s(βz), s the sigmoid, and 1 past the threshold. Saves z.
+    No in-place form, as torch's."""
+    return _cached("softplus", (float(beta), float(threshold)), _softplus)
+
+
+def _softplus(params: tuple[float, float]) -> Activation:
+    beta, threshold = params
+
+    def fn(z: Tensor) -> Tensor:
+        return F.softplus(z, beta, threshold)
+
+    def prime(z: Tensor) -> Tensor:
+        bz = z * beta
+        return torch.where(bz > threshold, 1.0, torch.sigmoid(bz)).to(z.dtype)
+
+    return Activation("softplus", fn=fn, prime=prime, delta=_mul_delta(prime), saves="z",
+                      prime_max=1.0, params=params)
+
+
+# mish: σ(z) = z tanh(softplus(z)). With t = tanh(softplus(z)) and s the sigmoid
+# (d softplus/dz = s, d tanh u/du = 1 − tanh² u):
+#   σ'(z) = t + z s (1 − t²).
+# Not monotone, so z is saved (the in-place form keeps a copy, as silu's);
+# max σ' ≈ 1.0885 at z ≈ 1.19, min σ' ≈ −0.1125.
+def _mish_prime(z: Tensor) -> Tensor:
+    t = torch.tanh(F.softplus(z))
+    return t + z * torch.sigmoid(z) * (1 - t * t)
+
+
+def _scalar_mish_prime(z: float) -> float:  # the same formula on floats, for prime_max
+    t = math.tanh(math.log1p(math.exp(z)))
+    return t + z / (1 + math.exp(-z)) * (1 - t * t)
+
+
+MISH = Activation(
+    "mish",
+    fn=F.mish,
+    prime=_mish_prime,
+    delta=_mul_delta(_mish_prime),
+    saves="z",
+    prime_max=_argmax(_scalar_mish_prime, 0.0, 6.0),
+    fn_=lambda z: F.mish(z, inplace=True),
+)
+
+RELU6 = _hardtanh((0.0, 6.0), "relu6")
+HARDTANH = hardtanh(-1.0, 1.0)
+ELU = elu(1.0)
+SOFTPLUS = softplus(1.0, 20.0)
+# name -> builder from the ``params`` tuple (what unpickling calls)
+_PARAMETRISED: dict[str, Callable[..., Activation]] = {
+    "hardtanh": hardtanh, "elu": elu, "softplus": softplus,
+}
+
 LEAKY_RELU = leaky_relu(0.01)
 SOFTMAX = softmax(-1)
 GELU = gelu("none")
@@ -361,6 +556,14 @@ _BY_NAME = {
     "identity": IDENTITY,
     "gelu": GELU,
     "silu": SILU,
+    "relu6": RELU6,
+    "hardtanh": HARDTANH,
+    "hardsigmoid": HARDSIGMOID,
+    "hardswish": HARDSWISH,
+    "elu": ELU,
+    "selu": SELU,
+    "softplus": SOFTPLUS,
+    "mish": MISH,
 }
 ACTIVATIONS: tuple[str, ...] = tuple(_BY_NAME)
 
@@ -371,11 +574,17 @@ def get_activation(
     negative_slope: float = 0.01,
     dim: int | None = -1,
     approximate: str = "none",
+    min_val: float = -1.0,
+    max_val: float = 1.0,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    threshold: float = 20.0,
 ) -> Activation:
     """Look up an activation by name (or pass an :class:`Activation` through).
 
     ``negative_slope``, ``dim`` and ``approximate`` parametrise "leaky_relu",
-    "softmax" and "gelu"; each value is built once and then reused.
+    "softmax" and "gelu"; ``min_val``/``max_val`` "hardtanh", ``alpha`` "elu",
+    ``beta``/``threshold`` "softplus"; each value is built once and then reused.
     """
     if isinstance(activation, Activation):
         return activation
@@ -385,6 +594,12 @@ def get_activation(
         return softmax(dim)
     if activation == "gelu":
         return gelu(approximate)
+    if activation == "hardtanh":
+        return hardtanh(min_val, max_val)
+    if activation == "elu":
+        return elu(alpha)
+    if activation == "softplus":
+        return softplus(beta, threshold)
     try:
         return _BY_NAME[activation]
     except (KeyError, TypeError):

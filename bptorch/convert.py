@@ -36,6 +36,8 @@ TWIN_NAMES = (
     "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "MultiheadAttention", "RNN", "LSTM",
     "GRU",
     "Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+    "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "ELU", "SELU", "Softplus", "Mish", "PReLU",
+    "LogSoftmax",
 )
 # torch.nn modules whose forward only composes their children (and a few functions): the
 # children are converted, then _fix_composite (or, back to torch, _unfix_composite) makes
@@ -45,6 +47,9 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList,
                nn.ParameterDict)
 # carried by the weights themselves (load_state_dict, requires_grad), not by the arguments
 _CARRIED = ("device", "dtype", "_weight", "_freeze")
+# torch's deprecated aliases of other arguments (Hardtanh's min_value/max_value): read
+# through the names they alias, never stored under their own
+_DEPRECATED_ALIASES = ("min_value", "max_value")
 # bptorch-only arguments that choose how the backward is computed, not what: torch's twin
 # computes the same forward without them
 _BACKWARD_ONLY = ("unfold", "fused_backward")
@@ -90,6 +95,8 @@ def _torch_arguments(module: nn.Module, cls: type | None = None
     for name, param in inspect.signature(cls.__init__).parameters.items():
         if name == "self" or name in _CARRIED or param.kind in (param.VAR_POSITIONAL,
                                                                   param.VAR_KEYWORD):
+            continue
+        if name in _DEPRECATED_ALIASES:
             continue
         if name == "bias" and isinstance(param.default, bool):
             value = module.bias is not None
@@ -153,6 +160,14 @@ def activation_module(act: Activation) -> nn.Module:
         return nn.GELU(act.approximate)
     if act.name == "silu":
         return nn.SiLU()
+    if act.name == "relu6":
+        return nn.ReLU6()
+    if act.name in ("hardtanh", "elu", "softplus"):  # their arguments, in torch's order
+        return {"hardtanh": nn.Hardtanh, "elu": nn.ELU, "softplus": nn.Softplus}[act.name](
+            *act.params)
+    if act.name in ("hardsigmoid", "hardswish", "selu", "mish"):
+        return {"hardsigmoid": nn.Hardsigmoid, "hardswish": nn.Hardswish, "selu": nn.SELU,
+                "mish": nn.Mish}[act.name]()
     raise ValueError(f"no torch.nn module for activation {act.name!r}")
 
 

@@ -24,6 +24,8 @@ from .functions.feedback import (
     Conv2dFeedbackFunction, DenseFeedbackFunction, LinearFeedbackFunction,
 )
 from .functions.linear import ActivationFunction, DenseFunction, LinearFunction
+from .functions.linear import KEEPS_NO_Z_IN_PLACE, PReLUFunction
+from .functions.products import BmmFunction, MatmulFunction, MulFunction
 from .functions.normalization import BatchNormFunction, LayerNormFunction, update_running_stats
 from .functions.pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunction
 from .functions.recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
@@ -83,8 +85,10 @@ def activation(
     if not needs_grad and forward_ad.unpack_dual(input).tangent is None:
         return act.fn_(input)  # nothing to differentiate: the plain in-place op
     z_before = None
-    if act.saves == "z" and act.name != "leaky_relu":
-        z_before = input.detach().clone()  # σ' needs the z about to be overwritten
+    if act.saves == "z" and act.name not in KEEPS_NO_Z_IN_PLACE:
+        # σ' needs the z about to be overwritten; a clone still on the graph (not detached),
+        # so that double backward reaches z through σ'(z)
+        z_before = input.clone()
     return ActivationFunction.apply(input, act, name, True, z_before)
 
 
@@ -153,6 +157,56 @@ def silu(input: Tensor, inplace: bool = False) -> Tensor:
 def identity(input: Tensor) -> Tensor:
     """a = z (σ' = 1), for a linear output layer."""
     return _activation(input, get_activation("identity"))
+
+
+def relu6(input: Tensor, inplace: bool = False) -> Tensor:
+    """a = min(max(z, 0), 6); σ' = 1 on (0, 6), 0 outside and at both kinks."""
+    return _activation(input, get_activation("relu6"), inplace=inplace)
+
+
+def hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0,
+             inplace: bool = False) -> Tensor:
+    """a = min(max(z, min_val), max_val); σ' = 1 strictly inside, 0 elsewhere."""
+    C.check_hardtanh(min_val, max_val)
+    act = get_activation("hardtanh", min_val=min_val, max_val=max_val)
+    return _activation(input, act, inplace=inplace)
+
+
+def hardsigmoid(input: Tensor, inplace: bool = False) -> Tensor:
+    """a = relu6(z + 3)/6; σ' = 1/6 on (−3, 3), else 0."""
+    return _activation(input, get_activation("hardsigmoid"), inplace=inplace)
+
+
+def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
+    """a = z relu6(z + 3)/6; σ' = 0, z/3 + 1/2, 1 (a copy of z is kept when in place)."""
+    return _activation(input, get_activation("hardswish"), inplace=inplace)
+
+
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """a = z for z > 0, α(e^z − 1) else; σ' = 1 or a + α (α < 0 saves z, not a)."""
+    return _activation(input, get_activation("elu", alpha=alpha), inplace=inplace)
+
+
+def selu(input: Tensor, inplace: bool = False) -> Tensor:
+    """a = λ elu(z, α), torch's fixed λ ≈ 1.0507, α ≈ 1.6733; σ' = λ or a + λα."""
+    return _activation(input, get_activation("selu"), inplace=inplace)
+
+
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """a = (1/β) ln(1 + e^{βz}) (z where βz > threshold); σ' = sigmoid(βz)."""
+    return _activation(input, get_activation("softplus", beta=beta, threshold=threshold))
+
+
+def mish(input: Tensor, inplace: bool = False) -> Tensor:
+    """a = z tanh(softplus(z)); σ' = t + z s (1 − t²) (a copy of z is kept when in place)."""
+    return _activation(input, get_activation("mish"), inplace=inplace)
+
+
+def prelu(input: Tensor, weight: Tensor) -> Tensor:
+    """a = max(z, 0) + α_c min(z, 0), ``weight`` α: one slope or one per channel (dim 1);
+    backward gives ∂C/∂α_c = Σ ∂C/∂a ⊙ min(z, 0) (the slope's BP4)."""
+    C.check_prelu(input, weight)
+    return PReLUFunction.apply(input, weight)
 
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -608,3 +662,28 @@ def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
     "batchmean" divides the sum by the batch size, the KL divergence per example."""
     return _pointwise("kl_div", "kl_div", input, target,
                       _legacy(size_average, reduce, reduction), opt=log_target)
+
+
+# ---- products (bptorch/functions/products.py), under torch's names and signatures
+
+
+def matmul(input: Tensor, other: Tensor) -> Tensor:
+    """C = A B with torch.matmul's shapes (1-D, 2-D, batched with broadcast batch dims);
+    backward dA = δ Bᵀ, dB = Aᵀ δ, summed back over broadcast dims."""
+    C.check_matmul(input, other)
+    return MatmulFunction.apply(input, other)
+
+
+def bmm(input: Tensor, mat2: Tensor) -> Tensor:
+    """C_i = A_i B_i for (b, n, m) and (b, m, p); backward dA_i = δ_i B_iᵀ, dB_i = A_iᵀ δ_i."""
+    C.check_bmm(input, mat2)
+    return BmmFunction.apply(input, mat2)
+
+
+def mul(input: Tensor | float, other: Tensor | float) -> Tensor:
+    """c = x ⊙ y, broadcast, either a tensor or a Python number (not both); backward by the
+    product rule, ∂C/∂x = δ ⊙ y, ∂C/∂y = δ ⊙ x, summed back to each shape."""
+    if not isinstance(input, Tensor) and isinstance(other, Tensor):
+        input, other = other, input  # x ⊙ y = y ⊙ x: the tensor first
+    C.check_mul(input, other)
+    return MulFunction.apply(input, other)

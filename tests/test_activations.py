@@ -11,6 +11,7 @@ import torch.nn.functional as TF
 from torch.autograd import gradcheck, gradgradcheck
 
 from bptorch.activations import ACTIVATIONS, get_activation, gelu, leaky_relu, softmax
+from bptorch.activations import elu, hardtanh, softplus
 from bptorch.functions.linear import ActivationFunction, DenseFunction
 
 from helpers import away_from_zero, dense_inputs
@@ -30,9 +31,24 @@ ELEMENTWISE = {
     "gelu": (get_activation("gelu"), TF.gelu),
     "gelu_tanh": (gelu("tanh"), lambda t: TF.gelu(t, approximate="tanh")),
     "silu": (get_activation("silu"), TF.silu),
+    # issue 21's activations (tests/test_activations_new.py has their modules and twins)
+    "relu6": (get_activation("relu6"), TF.relu6),
+    "hardtanh": (get_activation("hardtanh"), TF.hardtanh),
+    "hardtanh_-2_3": (hardtanh(-2.0, 3.0), lambda t: TF.hardtanh(t, -2.0, 3.0)),
+    "hardsigmoid": (get_activation("hardsigmoid"), TF.hardsigmoid),
+    "hardswish": (get_activation("hardswish"), TF.hardswish),
+    "elu": (get_activation("elu"), TF.elu),
+    "elu_0.5": (elu(0.5), lambda t: TF.elu(t, 0.5)),
+    "elu_neg": (elu(-0.7), lambda t: TF.elu(t, -0.7)),
+    "selu": (get_activation("selu"), TF.selu),
+    # past the threshold (βz > 5, z > 2.5) inside the grid of the prime_max test, where
+    # σ' = 1 is reached; the default (βz > 20) only beyond z = 20 (test_activations_new)
+    "softplus": (softplus(2.0, 5.0), lambda t: TF.softplus(t, 2.0, 5.0)),
+    "mish": (get_activation("mish"), TF.mish),
 }
 # GELU and SiLU: also values where σ' < 0 and σ' > 1 (z near ±√2, ±2.4)
 SMOOTH = ["gelu", "gelu_tanh", "silu"]
+SMOOTH += ["elu_neg", "hardswish", "softplus", "mish"]  # the new σ that save z
 
 
 def saved_tensor(act, z, a):

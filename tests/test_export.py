@@ -190,6 +190,21 @@ ROUND_TRIP_CASES = {
                          lambda: (_x(2, 3, 4, 5),))],
     "ConvTranspose3d": [(lambda: nn.ConvTranspose3d(2, 4, 2, stride=2, output_padding=(1, 0, 1)),
                          lambda: (_x(1, 2, 2, 3, 2),))],
+    # issue 21's activations
+    "ReLU6": [(lambda: nn.ReLU6(inplace=True), lambda: (_x(4, 5) * 4,))],
+    "Hardtanh": [(lambda: nn.Hardtanh(-2.0, 0.5, inplace=True), lambda: (_x(4, 5) * 2,)),
+                 (lambda: nn.Hardtanh(), lambda: (_x(4, 5),))],
+    "Hardswish": [(lambda: nn.Hardswish(inplace=True), lambda: (_x(4, 5) * 4,))],
+    "Hardsigmoid": [(lambda: nn.Hardsigmoid(), lambda: (_x(4, 5) * 4,))],
+    "ELU": [(lambda: nn.ELU(0.3, inplace=True), lambda: (_x(4, 5),)),
+            (lambda: nn.ELU(-0.5), lambda: (_x(4, 5),))],
+    "SELU": [(lambda: nn.SELU(inplace=True), lambda: (_x(4, 5),))],
+    "Softplus": [(lambda: nn.Softplus(2.0, 1.0), lambda: (_x(4, 5),))],
+    "Mish": [(lambda: nn.Mish(inplace=True), lambda: (_x(4, 5),))],
+    "PReLU": [(lambda: nn.PReLU(3, 0.1), lambda: (_x(2, 3, 4),)),
+              (lambda: nn.PReLU(), lambda: (_x(4, 5),))],
+    "LogSoftmax": [(lambda: nn.LogSoftmax(1), lambda: (_x(4, 5),)),
+                   (lambda: nn.LogSoftmax(dim=-1), lambda: (_x(2, 3, 5),))],
 }
 
 

@@ -3,7 +3,8 @@
 One file per layer family, each opening with its derivation and its reference
 forward/backward pair: ``linear`` (linear, activation, dense), ``conv``, ``pool``,
 ``dropout`` (dropout and flatten), ``normalization``, ``embedding``, ``attention``,
-``recurrent``, ``costs``, ``feedback`` (the feedback rules' Functions). ``base`` holds
+``recurrent``, ``costs``, ``feedback`` (the feedback rules' Functions), ``products``
+(matmul, bmm and the elementwise product). ``base`` holds
 the plumbing they share. Nothing here imports ``bptorch.nn`` or anything above it.
 """
 from .attention import AttentionFunction
@@ -14,8 +15,10 @@ from .dropout import DropoutFunction, FlattenFunction
 from .embedding import EmbeddingFunction
 from .feedback import Conv2dFeedbackFunction, DenseFeedbackFunction, LinearFeedbackFunction
 from .linear import ActivationFunction, DenseFunction, LinearFunction
+from .linear import PReLUFunction
 from .normalization import BatchNormFunction, LayerNormFunction
 from .pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunction
+from .products import BmmFunction, MatmulFunction, MulFunction
 from .recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
 
 __all__ = [
@@ -25,4 +28,5 @@ __all__ = [
     "DropoutFunction", "EmbeddingFunction", "FlattenFunction", "GRULayerFunction",
     "LSTMLayerFunction", "LayerNormFunction", "LinearFeedbackFunction", "LinearFunction",
     "MaxPool2dFunction", "RNNLayerFunction", "get_cost",
+    "BmmFunction", "MatmulFunction", "MulFunction", "PReLUFunction",
 ]

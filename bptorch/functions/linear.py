@@ -1,4 +1,6 @@
 """The linear layer, the activation and the fused dense layer: the seed's four equations.
+PReLU, an activation with a learned slope (BP1/BP2's σ' and the slope's own BP4), closes
+the activation section.
 
 Rows are examples (batch-first), so the seed's column vectors become rows:
 
@@ -65,8 +67,8 @@ def dense_fwd(a_prev: Tensor, weight: Tensor, bias: Tensor | None,
               activation: Activation) -> Tensor:
     """a = σ(a_prev @ W.T + b)."""
     z = linear_fwd(a_prev, weight, bias)
-    if activation.name == "softmax" and z.is_cuda and z.dtype in LOW_PRECISION:
-        z = z.float()  # softmax in float32 on CUDA, as torch's autocast puts it
+    if activation.name in FLOAT32_ON_CUDA and z.is_cuda and z.dtype in LOW_PRECISION:
+        z = z.float()  # softmax, softplus in float32 on CUDA, as torch's autocast puts them
     return activation.fn(z)
 
 
@@ -99,6 +101,10 @@ def linear_jvp(a_prev: Tensor, weight: Tensor, da_prev, dweight, dbias) -> Tenso
     if dbias is not None:
         dz = dz + dbias
     return dz.expand(*a_prev.shape[:-1], weight.shape[0])
+
+
+# the σ on torch's CUDA autocast float32 list (on CPU every σ runs in its input's dtype)
+FLOAT32_ON_CUDA = ("softmax", "softplus")
 
 
 # ---------------------------------------------------------------- the Functions
@@ -161,8 +167,9 @@ class ActivationFunction(BPFunction):
 
     @classmethod
     def autocast_policy(cls, device_type: str, args: tuple) -> str | None:
-        # torch's lists: softmax is a float32 op on CUDA; every other σ runs as it is
-        return FLOAT32 if device_type == "cuda" and args[1].name == "softmax" else None
+        # torch's lists: softmax and softplus are float32 ops on CUDA; every other σ runs
+        # as it is
+        return FLOAT32 if device_type == "cuda" and args[1].name in FLOAT32_ON_CUDA else None
 
     @staticmethod
     def forward(
@@ -194,7 +201,7 @@ class ActivationFunction(BPFunction):
     def jvp(ctx: Any, dz: Tensor, _dactivation, _dname, _dinplace, _dz_before) -> Tensor:
         (saved,) = ctx.saved_tensors
         if saved is None and ctx.activation.saves == "z":  # z was overwritten, not kept
-            raise RuntimeError(NO_Z_MESSAGE)
+            raise RuntimeError(no_z_message(ctx.activation.name))
         da = ctx.activation.delta(dz, saved)  # da = σ'(z) ⊙ dz
         return dz.copy_(da) if ctx.inplace else da  # an in-place op updates its tangent
 
@@ -203,12 +210,91 @@ class ActivationFunction(BPFunction):
         (saved,) = ctx.saved_tensors
         act = ctx.activation
         if saved is None and act.saves == "z":  # z was overwritten and not kept
-            raise RuntimeError(NO_Z_MESSAGE)
+            raise RuntimeError(no_z_message(act.name))
         # a = σ(z)  →  BP1/BP2's factor: ∂C/∂z = ∂C/∂a ⊙ σ'(z)
         delta = act.delta(grad_output, saved)
         if DELTA_HOOKS:
             report_delta(ctx.name, act, delta, saved)
         return delta, None, None, None, None
+
+
+# ---------------------------------------------------------------- PReLU
+# a = max(z, 0) + α_c min(z, 0): leaky_relu whose slope α is a parameter, one per channel
+# c (dim 1 of (N, C, *) input) or one shared by all. Two derivatives, one per factor:
+#
+#   ∂a/∂z = 1 where z > 0, α_c elsewhere (α_c at the kink z = 0, as torch)
+#       → BP1/BP2's factor: ∂C/∂z = ∂C/∂a ⊙ σ'(z)
+#   ∂a/∂α_c = min(z, 0)
+#       → the BP4 of the slope: ∂C/∂α_c = Σ_{n, spatial} δ ⊙ min(z, 0), δ = ∂C/∂a here,
+#         summed over every element α_c multiplies (the batch, the spatial positions), as
+#         BP4 sums δ (a^{l−1})ᵀ over the examples of a batch.
+def prelu_alpha(z: Tensor, weight: Tensor) -> Tensor:
+    """α broadcast against z: (C,) as (C, 1, ..., 1) on dim 1, one slope as a 0-dim."""
+    if weight.numel() == 1:
+        return weight.reshape(())
+    return weight.reshape(weight.numel(), *(1,) * (z.dim() - 2))
+
+
+def prelu_fwd(z: Tensor, weight: Tensor) -> Tensor:
+    """a = z where z > 0, α_c z elsewhere."""
+    return torch.where(z > 0, z, prelu_alpha(z, weight) * z)
+
+
+def prelu_bwd(grad_output: Tensor, z: Tensor, weight: Tensor,
+              need: Need) -> tuple[Tensor | None, Tensor | None]:
+    """(∂C/∂z, ∂C/∂α) of a = max(z, 0) + α_c min(z, 0), given ∂C/∂a."""
+    grad_input = grad_weight = None
+    if need[0]:
+        # a = max(z, 0) + α min(z, 0)  →  BP2's factor: ∂C/∂z = ∂C/∂a ⊙ (1 or α)
+        grad_input = torch.where(z > 0, grad_output, prelu_alpha(z, weight) * grad_output)
+    if need[1]:
+        # a = max(z, 0) + α min(z, 0)  →  BP4 of α: ∂C/∂α_c = Σ ∂C/∂a ⊙ min(z, 0)
+        per_element = grad_output * z.clamp(max=0)
+        if weight.numel() == 1:
+            grad_weight = per_element.sum().reshape(weight.shape)
+        else:  # every dim but the channel dim 1
+            grad_weight = per_element.sum([d for d in range(z.dim()) if d != 1])
+    return grad_input, grad_weight
+
+
+class PReLUFunction(BPFunction):
+    """a = max(z, 0) + α_c min(z, 0), α a learned (C,) or (1,) slope.
+
+    Backward, given grad_output = ∂C/∂a: ∂C/∂z = ∂C/∂a ⊙ σ'(z), σ' = 1 or α_c (BP1/BP2's
+    factor), and the slope's own BP4, ∂C/∂α_c = Σ ∂C/∂a ⊙ min(z, 0) over the batch and the
+    positions of channel c (:func:`prelu_bwd`). Saves z and α, the two factors of both.
+    Forward mode (``jvp``): da = dz where z > 0, α dz + dα z elsewhere.
+
+    Under autocast the op is on torch's lower-precision list (CPU and CUDA), as ``prelu``.
+    """
+
+    generate_vmap_rule = True
+    autocast = LOWER
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor) -> Tensor:
+        return prelu_fwd(input, weight)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        input, weight = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        z, weight = ctx.saved_tensors
+        return prelu_bwd(grad_output, z, weight, ctx.needs_input_grad)
+
+    @staticmethod
+    def jvp(ctx: Any, dz, dweight) -> Tensor:
+        z, weight = ctx.saved_tensors
+        da = torch.zeros_like(z)
+        if dz is not None:
+            da = da + torch.where(z > 0, dz, prelu_alpha(z, weight) * dz)
+        if dweight is not None:
+            da = da + torch.where(z > 0, 0.0, prelu_alpha(z, dweight) * z)
+        return da
 
 
 # torch's own words for leaky_relu_ with a negative slope, whose backward it refuses:
@@ -220,6 +306,19 @@ NO_Z_MESSAGE = (
     "https://github.com/pytorch/pytorch if you do require supporting in-place leakRelu "
     "backward calculation with negative slope"
 )
+# elu_ with α < 0: the same situation, torch's words for it
+NO_Z_MESSAGE_ELU = (
+    "In-place elu backward calculation is triggered with a negative slope which is not "
+    "supported. This is caused by calling in-place forward function with a negative slope, "
+    "please call out-of-place version instead."
+)
+# the in-place σ whose negative parameter makes them save z, and keep none when in place
+KEEPS_NO_Z_IN_PLACE = ("leaky_relu", "elu")
+
+
+def no_z_message(name: str) -> str:
+    """torch's error for the backward of an in-place σ that kept no copy of z."""
+    return NO_Z_MESSAGE_ELU if name == "elu" else NO_Z_MESSAGE
 
 
 def dense_saved(activation: Activation, input: Tensor, weight: Tensor, bias: Tensor | None,
@@ -289,7 +388,10 @@ class DenseFunction(BPFunction):
 
 linear = LinearFunction.apply
 dense = DenseFunction.apply
+prelu = PReLUFunction.apply
 
 __all__ = ["ActivationFunction", "DenseFunction", "LinearFunction", "NO_Z_MESSAGE", "dense",
            "dense_bwd", "dense_fwd", "dense_saved", "linear", "linear_bwd", "linear_fwd",
            "linear_jvp", "sigma_from"]
+__all__ += ["FLOAT32_ON_CUDA", "KEEPS_NO_Z_IN_PLACE", "PReLUFunction", "no_z_message", "prelu",
+            "prelu_alpha", "prelu_bwd", "prelu_fwd"]
