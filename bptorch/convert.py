@@ -34,6 +34,7 @@ TWIN_NAMES = (
     "BatchNorm2d", "LayerNorm", "Embedding", "Dropout", "Flatten", "ReLU", "Sigmoid", "Tanh",
     "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "MultiheadAttention", "RNN", "LSTM",
     "GRU",
+    "RNNCell", "LSTMCell", "GRUCell",
 )
 # torch.nn modules whose forward only composes their children (and a few functions): the
 # children are converted, then _fix_composite (or, back to torch, _unfix_composite) makes
@@ -64,6 +65,13 @@ def _rnn_arguments(module: nn.Module, cls: type) -> dict[str, tuple[object, obje
     return out
 
 
+def _cell_arguments(module: nn.Module, cls: type) -> dict[str, tuple[object, object]]:
+    """RNNCell, LSTMCell and GRUCell keep ``bias`` as a bool attribute, as RNNBase does."""
+    return {name: (getattr(module, name), p.default)
+            for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name not in ("self", *_CARRIED)}
+
+
 def _mha_arguments(m: nn.Module) -> dict[str, tuple[object, object]]:
     """MultiheadAttention keeps ``bias`` and ``add_bias_kv`` as tensors, not flags."""
     return {"embed_dim": (m.embed_dim, None), "num_heads": (m.num_heads, None),
@@ -84,6 +92,8 @@ def _torch_arguments(module: nn.Module, cls: type | None = None
         return _rnn_arguments(module, cls)
     if issubclass(cls, nn.MultiheadAttention):
         return _mha_arguments(module)
+    if issubclass(cls, nn.RNNCellBase):
+        return _cell_arguments(module, cls)
     out = {}
     for name, param in inspect.signature(cls.__init__).parameters.items():
         if name == "self" or name in _CARRIED or param.kind in (param.VAR_POSITIONAL,

@@ -149,7 +149,8 @@ def test_copy_keeps_mode_flags_and_sharing():
 class _Recurrent(nn.Module):
     def __init__(self):
         super().__init__()
-        self.rnn = nn.LSTM(4, 5, batch_first=True, proj_size=3)  # bptorch's has no proj_size
+        # bptorch's LSTM has proj_size now (issue 21); its Embedding still has no max_norm
+        self.rnn = nn.Embedding(4, 5, max_norm=1.0)
         self.up = nn.Upsample(scale_factor=2)
         self.out = nn.Linear(3, 2)
 
@@ -161,8 +162,8 @@ def test_strict_names_every_unsupported_layer():
     with pytest.raises(NotImplementedError) as info:
         from_torch_nn(_Recurrent())
     msg = str(info.value)
-    assert "torch.nn.LSTM" in msg and "'rnn'" in msg and "torch.nn.Upsample" in msg
-    assert "proj_size" in msg
+    assert "torch.nn.Embedding" in msg and "'rnn'" in msg and "torch.nn.Upsample" in msg
+    assert "max_norm" in msg
     assert "strict=False" in msg
     with pytest.raises(NotImplementedError, match="max_norm"):
         from_torch_nn(nn.Sequential(nn.Embedding(5, 2, max_norm=1.0)))

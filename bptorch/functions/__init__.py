@@ -17,6 +17,7 @@ from .linear import ActivationFunction, DenseFunction, LinearFunction
 from .normalization import BatchNormFunction, LayerNormFunction
 from .pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunction
 from .recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
+from .recurrent import GRUCellFunction, LSTMCellFunction, RNNCellFunction
 
 __all__ = [
     "ActivationFunction", "AdaptiveAvgPool2dFunction", "AttentionFunction",
@@ -25,4 +26,5 @@ __all__ = [
     "DropoutFunction", "EmbeddingFunction", "FlattenFunction", "GRULayerFunction",
     "LSTMLayerFunction", "LayerNormFunction", "LinearFeedbackFunction", "LinearFunction",
     "MaxPool2dFunction", "RNNLayerFunction", "get_cost",
+    "GRUCellFunction", "LSTMCellFunction", "RNNCellFunction",
 ]

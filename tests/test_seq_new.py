@@ -1,0 +1,452 @@
+"""Issue 21 (items 2 and 4), the recurrent and attention families: RNNCell, LSTMCell and
+GRUCell; LSTM's proj_size; MultiheadAttention's add_bias_kv, add_zero_attn, kdim/vdim and
+torch's output strides; the Transformer decoder family as composites of twins; and Linear
+on (*, n_in) input followed by an in-place ReLU (the swin_v2 crash).
+
+Each is compared with its torch.nn twin in float64 under random upstream gradients (outputs
+and every input, state and parameter gradient), a first-order gradient taken with
+``create_graph=True`` and the second-order product through it, ``torch.func.grad`` with
+respect to the input, gradcheck/gradgradcheck, autocast on the CPU in bfloat16, the
+from_torch_nn/to_torch_nn round trip, and bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd import gradcheck, gradgradcheck
+
+import bptorch.functional as BF
+from bptorch import nn as bnn
+from bptorch.convert import from_torch_nn, to_torch_nn
+from bptorch.functions import recurrent as rec
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _flat(out) -> list[torch.Tensor]:
+    """Every tensor of an output: a tensor, or nested tuples of tensors (None dropped)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in out if o is not None for t in _flat(o)]
+
+
+def _close(ours, theirs, atol=1e-12, rtol=1e-10):
+    ours, theirs = list(ours), list(theirs)
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
+
+def _grads(outputs, inputs, upstream, create_graph=False):
+    return torch.autograd.grad(outputs, inputs, upstream, create_graph=create_graph,
+                               allow_unused=True)
+
+
+def _parity(ours, theirs, inputs, call, atol=1e-12, rtol=1e-10):
+    """Forward, then every input and parameter gradient under one random upstream gradient
+    per output; returns the outputs."""
+    out1, out2 = _flat(call(ours, *inputs)), _flat(call(theirs, *inputs))
+    _close(out1, out2, atol, rtol)
+    upstream = [torch.randn_like(o) for o in out1]
+    wrt1 = [*inputs, *ours.parameters()]
+    wrt2 = [*inputs, *theirs.parameters()]
+    _close(_grads(out1, wrt1, upstream), _grads(out2, wrt2, upstream), atol, rtol)
+    return out1, out2
+
+
+def _create_graph_parity(ours, theirs, inputs, call, atol=1e-10, rtol=1e-8):
+    """The first-order gradient taken with create_graph=True equals torch's, and so does
+    the gradient of ⟨that gradient, v⟩ (a Hessian-vector product through the backward)."""
+    grads = []
+    for m in (ours, theirs):
+        out = _flat(call(m, *inputs))
+        torch.manual_seed(11)
+        upstream = [torch.randn_like(o) for o in out]
+        wrt = [*inputs, *m.parameters()]
+        first = _grads(out, wrt, upstream, create_graph=True)
+        torch.manual_seed(12)
+        v = [torch.randn_like(w) for w in wrt]
+        dot = sum((g * vi).sum() for g, vi in zip(first, v) if g is not None)
+        second = _grads(dot, wrt, None)
+        grads.append((first, second))
+    _close(grads[0][0], grads[1][0], atol, rtol)
+    _close([g if g is not None else torch.zeros_like(w) for g, w in
+            zip(grads[0][1], [*inputs, *ours.parameters()])],
+           [g if g is not None else torch.zeros_like(w) for g, w in
+            zip(grads[1][1], [*inputs, *theirs.parameters()])], atol, rtol)
+
+
+def _func_grad_parity(ours, theirs, x, call, atol=1e-12, rtol=1e-10):
+    """torch.func.grad with respect to the input equals torch's."""
+    w = torch.randn_like(_flat(call(theirs, x))[0])
+
+    def loss(m):
+        return lambda t: (_flat(call(m, t))[0] * w).sum()
+
+    _close([torch.func.grad(loss(ours))(x.detach())],
+           [torch.func.grad(loss(theirs))(x.detach())], atol, rtol)
+
+
+def _seeded(make, seed=3):
+    torch.manual_seed(seed)
+    return make()
+
+
+def _same_init(ours, theirs):
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()):
+        assert torch.equal(a, b)  # torch's init: the same draws in the same order
+
+
+# ================================================================ Linear (the swin_v2 crash)
+def test_linear_on_3d_input_is_no_view_and_an_inplace_relu_after_it_trains_as_torch():
+    ours = _seeded(lambda: bnn.Linear(6, 5, dtype=F64))
+    theirs = _seeded(lambda: nn.Linear(6, 5, dtype=F64))
+    x = torch.randn(2, 3, 4, 6, dtype=F64, requires_grad=True)
+    for shape in ((2, 3, 4, 6), (3, 4, 6), (4, 6), (6,)):
+        z = ours(x[(0,) * (4 - len(shape))])
+        assert not z._is_view()
+        assert z.stride() == theirs(x[(0,) * (4 - len(shape))]).stride()
+    # Linear → ReLU(inplace=True) → Linear, as swin_v2's MLP: trains, equals torch
+    model_t = nn.Sequential(theirs, nn.ReLU(inplace=True), nn.Linear(5, 2, dtype=F64))
+    model_b = from_torch_nn(model_t)
+    assert isinstance(model_b[0], bnn.Linear)
+    model_b[1] = nn.ReLU(inplace=True)  # torch's in-place ReLU on bptorch's output
+    x = torch.randn(3, 4, 6, dtype=F64, requires_grad=True)
+    _parity(model_b, model_t, (x,), lambda m, t: m(t))
+    for _ in range(3):  # three steps of plain SGD, by hand
+        for m in (model_b, model_t):
+            m.zero_grad()
+            m(x).square().mean().backward()
+            with torch.no_grad():
+                for p in m.parameters():
+                    p -= 0.1 * p.grad
+    _close(model_b.parameters(), model_t.parameters())
+    # and bptorch's own in-place ReLU after a bptorch Linear on 3-D input
+    y = bnn.Linear(6, 5, dtype=F64)(x)
+    torch.relu_(y).sum().backward()
+    assert x.grad is not None
+
+
+def test_dense_identity_on_3d_input_is_no_view():
+    d = bnn.Dense(6, 5, activation="identity", dtype=F64)
+    x = torch.randn(3, 4, 6, dtype=F64, requires_grad=True)
+    a = d(x)
+    assert not a._is_view()
+    torch.relu_(a).sum().backward()
+    ref = torch.relu(x @ d.weight.T + d.bias)
+    torch.testing.assert_close(a, ref)
+
+
+# ================================================================ the recurrent cells
+CELLS = {
+    "rnn-tanh": ("RNNCell", {}), "rnn-relu": ("RNNCell", dict(nonlinearity="relu")),
+    "rnn-no-bias": ("RNNCell", dict(bias=False)),
+    "lstm": ("LSTMCell", {}), "lstm-no-bias": ("LSTMCell", dict(bias=False)),
+    "gru": ("GRUCell", {}), "gru-no-bias": ("GRUCell", dict(bias=False)),
+}
+H_IN, H, N = 5, 3, 4  # non-square everywhere
+
+
+def _cell_twins(name, dtype=F64):
+    cls, kw = CELLS[name]
+    ours = _seeded(lambda: getattr(bnn, cls)(H_IN, H, **kw, dtype=dtype))
+    theirs = _seeded(lambda: getattr(nn, cls)(H_IN, H, **kw, dtype=dtype))
+    return ours, theirs
+
+
+def _cell_inputs(name, batched=True, given=True, dtype=F64):
+    lead = (N,) if batched else ()
+    x = torch.randn(*lead, H_IN, dtype=dtype, requires_grad=True)
+    if not given:
+        return (x,), lambda m, t: m(t)
+    h = torch.randn(*lead, H, dtype=dtype, requires_grad=True)
+    if name.startswith("lstm"):
+        c = torch.randn(*lead, H, dtype=dtype, requires_grad=True)
+        return (x, h, c), lambda m, t, h, c: m(t, (h, c))
+    return (x, h), lambda m, t, h: m(t, h)
+
+
+@pytest.mark.parametrize("variant", ["batched", "unbatched", "no-state",
+                                     "unbatched-no-state"])
+@pytest.mark.parametrize("name", list(CELLS))
+def test_cell_matches_torch(name, variant):
+    ours, theirs = _cell_twins(name)
+    _same_init(ours, theirs)
+    assert repr(ours) == repr(theirs)
+    inputs, call = _cell_inputs(name, batched="unbatched" not in variant,
+                                given="no-state" not in variant)
+    out1, out2 = _parity(ours, theirs, inputs, call)
+    assert [o.shape for o in out1] == [o.shape for o in out2]
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_cell_create_graph_and_func_grad_match_torch(name):
+    ours, theirs = _cell_twins(name)
+    inputs, call = _cell_inputs(name)
+    _create_graph_parity(ours, theirs, inputs, call)
+    rest = inputs[1:]
+    _func_grad_parity(ours, theirs, inputs[0], lambda m, t: call(m, t, *rest))
+
+
+@pytest.mark.parametrize("kind", ["tanh", "relu", "lstm", "gru"])
+def test_cell_functions_gradcheck(kind):
+    x = torch.randn(N, H_IN, dtype=F64, requires_grad=True)
+    h = torch.randn(N, H, dtype=F64, requires_grad=True)
+    c = torch.randn(N, H, dtype=F64, requires_grad=True)
+    G = {"tanh": 1, "relu": 1, "lstm": 4, "gru": 3}[kind]
+    params = [torch.randn(*s, dtype=F64, requires_grad=True) / 2
+              for s in ((G * H, H_IN), (G * H, H), (G * H,), (G * H,))]
+    params = [p.detach().requires_grad_() for p in params]
+    if kind == "lstm":
+        fn, args = (lambda x, h, c, *p: BF.lstm_cell(x, (h, c), *p)), (x, h, c, *params)
+    else:
+        f = {"tanh": BF.rnn_tanh_cell, "relu": BF.rnn_relu_cell, "gru": BF.gru_cell}[kind]
+        fn, args = f, (x, h, *params)
+    assert gradcheck(fn, args)
+    if kind != "relu":  # relu'' = 0 almost everywhere
+        assert gradgradcheck(fn, args)
+
+
+@pytest.mark.parametrize("name", ["rnn-tanh", "rnn-relu", "lstm", "gru"])
+def test_cell_autocast_bfloat16_on_cpu_as_torch(name):
+    ours, theirs = _cell_twins(name, dtype=torch.float32)
+    x = torch.randn(N, H_IN, requires_grad=True)
+    results = []
+    for m in (ours, theirs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = _flat(m(x))
+        g = _grads(out, [x, *m.parameters()], [torch.ones_like(o) for o in out])
+        results.append((out, g))
+    (o1, g1), (o2, g2) = results
+    assert [o.dtype for o in o1] == [o.dtype for o in o2]
+    assert [g.dtype for g in g1] == [g.dtype for g in g2]
+    for a, b in zip((*o1, *g1), (*o2, *g2)):
+        scale = b.float().abs().max().clamp_min(1e-3)
+        assert ((a.float() - b.float()).abs().max() / scale) < 0.05
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_cell_round_trip(name):
+    ours, theirs = _cell_twins(name)
+    inputs, call = _cell_inputs(name)
+    converted = from_torch_nn(theirs)
+    assert type(converted) is type(ours)
+    back = to_torch_nn(converted)
+    assert type(back) is type(theirs) and repr(back) == repr(theirs)
+    _close(_flat(call(converted, *inputs)), _flat(call(theirs, *inputs)))
+    _close(_flat(call(back, *inputs)), _flat(call(theirs, *inputs)))
+
+
+def test_cell_signatures_and_state_dicts_follow_torch():
+    import inspect
+
+    for cls in ("RNNCell", "LSTMCell", "GRUCell"):
+        assert list(inspect.signature(getattr(bnn, cls)).parameters) == \
+            list(inspect.signature(getattr(nn, cls)).parameters)
+        ours, theirs = getattr(bnn, cls)(2, 3), getattr(nn, cls)(2, 3)
+        assert list(ours.state_dict()) == ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+        ours.load_state_dict(theirs.state_dict())
+        theirs.load_state_dict(ours.state_dict())
+        assert ours.bias is True and ours.input_size == 2 and ours.hidden_size == 3
+    cell = bnn.GRUCell(2, 3, False)
+    assert cell.bias_ih is None and list(cell.state_dict()) == ["weight_ih", "weight_hh"]
+    import pickle
+
+    again = pickle.loads(pickle.dumps(bnn.LSTMCell(2, 3)))
+    assert isinstance(again, bnn.LSTMCell)
+
+
+def test_cell_bad_input():
+    with pytest.raises(ValueError, match="nonlinearity"):
+        bnn.RNNCell(3, 4, nonlinearity="sigmoid")
+    cell = bnn.LSTMCell(3, 4)
+    with pytest.raises(ValueError, match="1D .* or 2D .*got 3D"):
+        cell(torch.randn(2, 5, 3))
+    with pytest.raises(ValueError, match="input_size: got 5, expected 3"):
+        cell(torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"hidden state 1 of shape \(N, H\) = \(2, 4\)"):
+        cell(torch.randn(2, 3), (torch.zeros(2, 4), torch.zeros(3, 4)))
+    with pytest.raises(TypeError, match="tuple"):
+        cell(torch.randn(2, 3), torch.zeros(2, 4))
+    with pytest.raises(TypeError, match="floating-point"):
+        cell(torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="dtype torch.float64"):
+        cell(torch.randn(2, 3, dtype=F64))
+    gru = bnn.GRUCell(3, 4)
+    with pytest.raises(ValueError, match="hidden to be 1D"):
+        gru(torch.randn(2, 3), torch.zeros(1, 2, 4))
+    with pytest.raises(ValueError, match=r"hidden state 0 of shape \(N, H\) = \(2, 4\)"):
+        gru(torch.randn(2, 3), torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="weight_ih"):
+        BF.gru_cell(torch.randn(2, 3), torch.zeros(2, 4), torch.randn(8, 3),
+                    torch.randn(12, 4))
+
+
+def test_cells_reject_a_broken_backward(monkeypatch):
+    """Planted in the shared step: the forget gate dropped from the cell path."""
+    x = torch.randn(N, H_IN, dtype=F64, requires_grad=True)
+    h = torch.randn(N, H, dtype=F64, requires_grad=True)
+    c = torch.randn(N, H, dtype=F64, requires_grad=True)
+    params = [torch.randn(*s, dtype=F64, requires_grad=True)
+              for s in ((4 * H, H_IN), (4 * H, H), (4 * H,), (4 * H,))]
+    fn = lambda *a: BF.lstm_cell(a[0], (a[1], a[2]), *a[3:])  # noqa: E731
+    assert gradcheck(fn, (x, h, c, *params))
+    real = rec.lstm_step_bwd
+
+    def no_forget(*args):
+        delta, dh, dc = real(*args)
+        f = args[2].chunk(4, -1)[1]
+        return delta, dh, dc / f
+
+    monkeypatch.setattr(rec, "lstm_step_bwd", no_forget)
+    assert not gradcheck(fn, (x, h, c, *params), raise_exception=False)
+
+
+# ================================================================ LSTM proj_size
+PROJ_VARIANTS = {
+    "1-layer": {},
+    "2-layers": dict(num_layers=2),
+    "bidirectional": dict(bidirectional=True),
+    "2-layers-bidirectional-batch_first": dict(num_layers=2, bidirectional=True,
+                                               batch_first=True),
+    "3-layers-no-bias": dict(num_layers=3, bias=False),
+    "given-state-2-layers-bidirectional": dict(num_layers=2, bidirectional=True, state=True),
+    "unbatched-given-state": dict(num_layers=2, unbatched=True, state=True),
+}
+T = 4
+
+
+def _proj_twins(kw, proj=2, hidden=4, dtype=F64):
+    ours = _seeded(lambda: bnn.LSTM(H_IN, hidden, proj_size=proj, **kw, dtype=dtype))
+    theirs = _seeded(lambda: nn.LSTM(H_IN, hidden, proj_size=proj, **kw, dtype=dtype))
+    return ours, theirs
+
+
+def _proj_inputs(v, proj=2, hidden=4, dtype=F64):
+    D = 2 if v.get("bidirectional") else 1
+    L = v.get("num_layers", 1)
+    unbatched = v.get("unbatched", False)
+    shape = (T, H_IN) if unbatched else ((N, T, H_IN) if v.get("batch_first") else (T, N, H_IN))
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    if not v.get("state"):
+        return (x,), lambda m, t: m(t)
+    lead = (L * D,) if unbatched else (L * D, N)
+    h0 = torch.randn(*lead, proj, dtype=dtype, requires_grad=True)
+    c0 = torch.randn(*lead, hidden, dtype=dtype, requires_grad=True)
+    return (x, h0, c0), lambda m, t, h, c: m(t, (h, c))
+
+
+@pytest.mark.parametrize("proj", [1, 2])
+@pytest.mark.parametrize("variant", list(PROJ_VARIANTS))
+def test_lstm_proj_size_matches_torch(variant, proj):
+    v = dict(PROJ_VARIANTS[variant])
+    state, unbatched = v.pop("state", False), v.pop("unbatched", False)
+    ours, theirs = _proj_twins(v, proj)
+    _same_init(ours, theirs)
+    assert repr(ours) == repr(theirs)
+    inputs, call = _proj_inputs({**v, "state": state, "unbatched": unbatched}, proj)
+    out1, out2 = _parity(ours, theirs, inputs, call)
+    D = 2 if v.get("bidirectional") else 1
+    assert out1[0].shape[-1] == D * proj and out1[1].shape[-1] == proj
+    assert out1[2].shape[-1] == 4
+
+
+def test_lstm_proj_size_parameters_follow_torch():
+    ours, theirs = _proj_twins(dict(num_layers=2, bidirectional=True), proj=3, hidden=5)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert "weight_hr_l1_reverse" in ours.state_dict()
+    assert ours.weight_hr_l0.shape == (3, 5) and ours.weight_hh_l0.shape == (20, 3)
+    assert ours.weight_ih_l1.shape == (20, 6)  # the next layer reads D·P
+    assert [p.shape for p in ours.all_weights[0]] == [p.shape for p in theirs.all_weights[0]]
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+
+
+def test_lstm_proj_size_create_graph_func_grad_and_round_trip():
+    ours, theirs = _proj_twins(dict(num_layers=2, bidirectional=True))
+    inputs, call = _proj_inputs(dict(num_layers=2, bidirectional=True, state=True))
+    _create_graph_parity(ours, theirs, inputs, call)
+    _func_grad_parity(ours, theirs, inputs[0], lambda m, t: call(m, t, *inputs[1:]))
+    converted = from_torch_nn(theirs)
+    assert isinstance(converted, bnn.LSTM) and converted.proj_size == 2
+    back = to_torch_nn(converted)
+    assert type(back) is nn.LSTM and back.proj_size == 2
+    _close(_flat(call(converted, *inputs)), _flat(call(theirs, *inputs)))
+    _close(_flat(call(back, *inputs)), _flat(call(theirs, *inputs)))
+
+
+def test_lstm_layer_function_with_projection_gradcheck():
+    x = torch.randn(2, 2, 3, dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 1, dtype=F64, requires_grad=True)
+    c0 = torch.randn(2, 2, dtype=F64, requires_grad=True)
+    params = [torch.randn(*s, dtype=F64).div(2).requires_grad_()
+              for s in ((8, 3), (8, 1), (8,), (8,), (1, 2))]
+    fn = lambda *a: rec.LSTMLayerFunction.apply(*a)[:3]  # noqa: E731
+    assert gradcheck(fn, (x, h0, c0, *params))
+    assert gradgradcheck(fn, (x, h0, c0, *params))
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_lstm_proj_size_autocast_bfloat16_on_cpu_as_torch():
+    """With a projection torch's LSTM runs under CPU autocast (its default implementation,
+    not oneDNN's): output and h_n in bfloat16, as bptorch's; gradients to bfloat16's scale.
+    (torch's c_n comes back in float32, bptorch's in bfloat16: not compared.)"""
+    ours, theirs = _proj_twins({}, dtype=torch.float32)
+    x = torch.randn(T, N, H_IN, requires_grad=True)
+    results = []
+    for m in (ours, theirs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = _flat(m(x))[:2]  # output, h_n
+        g = _grads(out, [x, *m.parameters()], [torch.ones_like(o) for o in out])
+        results.append((out, g))
+    (o1, g1), (o2, g2) = results
+    assert [o.dtype for o in o1] == [o.dtype for o in o2] == [torch.bfloat16] * 2
+    assert [g.dtype for g in g1] == [g.dtype for g in g2]
+    for a, b in zip((*o1, *g1), (*o2, *g2)):
+        scale = b.float().abs().max().clamp_min(1e-3)
+        assert ((a.float() - b.float()).abs().max() / scale) < 0.05
+
+
+def test_lstm_proj_size_bad_input():
+    with pytest.raises(ValueError, match="smaller than hidden_size"):
+        bnn.LSTM(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match="positive integer or zero"):
+        bnn.LSTM(3, 4, proj_size=-1)
+    m = bnn.LSTM(3, 4, num_layers=2, proj_size=2)
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(ValueError, match=r"h_0 of shape .* = \(2, 2, 2\)"):
+        m(x, (torch.zeros(2, 2, 4), torch.zeros(2, 2, 4)))
+    with pytest.raises(ValueError, match=r"c_0 of shape .* = \(2, 2, 4\)"):
+        m(x, (torch.zeros(2, 2, 2), torch.zeros(2, 2, 2)))
+
+
+def test_lstm_projection_rejects_a_broken_backward(monkeypatch):
+    """Planted: W_hr's BP4 transposed-wrong (Σ_t m_t dh_tᵀ read back as (P, H))."""
+    x = torch.randn(3, 2, H_IN, dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 2, dtype=F64, requires_grad=True)
+    c0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    params = [torch.randn(*s, dtype=F64).div(2).requires_grad_()
+              for s in ((12, H_IN), (12, 2), (12,), (12,), (2, 3))]
+    fn = lambda *a: rec.LSTMLayerFunction.apply(*a)[:3]  # noqa: E731
+    real = rec.lstm_bwd
+
+    def wrong_projection(*args):
+        grads = list(real(*args))
+        if grads[7] is not None:  # drop the contribution of the last step's output
+            grads[7] = grads[7] * 0.5
+        return tuple(grads)
+
+    monkeypatch.setattr(rec, "lstm_bwd", wrong_projection)
+    assert not gradcheck(fn, (x, h0, c0, *params), raise_exception=False)
