@@ -450,3 +450,201 @@ def test_lstm_projection_rejects_a_broken_backward(monkeypatch):
 
     monkeypatch.setattr(rec, "lstm_bwd", wrong_projection)
     assert not gradcheck(fn, (x, h0, c0, *params), raise_exception=False)
+
+
+# ================================================================ MultiheadAttention options
+MHA_OPTIONS = {
+    "bias_kv": dict(add_bias_kv=True),
+    "zero_attn": dict(add_zero_attn=True),
+    "bias_kv-zero_attn": dict(add_bias_kv=True, add_zero_attn=True),
+    "kdim": dict(kdim=5),
+    "vdim": dict(vdim=3),
+    "kdim-vdim-bias_kv-zero_attn": dict(kdim=5, vdim=3, add_bias_kv=True, add_zero_attn=True),
+    "kdim-no-bias": dict(kdim=5, bias=False),
+    "kdim-equal-embed_dim": dict(kdim=8, vdim=8),
+}
+MHA_CALLS = {
+    "plain": {},
+    "masks": dict(attn_mask="bool", key_padding_mask=True),
+    "float-3d-mask": dict(attn_mask="3d"),
+    "causal-hint": dict(attn_mask="causal", is_causal=True, need_weights=False),
+    "causal-weights-per-head": dict(attn_mask="causal", is_causal=True,
+                                    average_attn_weights=False),
+    "padding-no-weights": dict(key_padding_mask=True, need_weights=False),
+}
+E_, HEADS, L_, S_ = 8, 2, 4, 5
+
+
+def _mha_twins(kw, dtype=F64, dropout=0.0):
+    ours = _seeded(lambda: bnn.MultiheadAttention(E_, HEADS, dropout, **kw, dtype=dtype))
+    theirs = _seeded(lambda: nn.MultiheadAttention(E_, HEADS, dropout, **kw, dtype=dtype))
+    return ours, theirs
+
+
+def _mha_call(kw, call, batch_first=False, unbatched=False, dtype=F64):
+    """(inputs, call(m, q, k, v)) for one option set and one call variant."""
+    S = L_ if call.get("attn_mask") == "causal" else S_
+    kdim, vdim = kw.get("kdim") or E_, kw.get("vdim") or E_
+
+    def shape(T, D):
+        return (T, D) if unbatched else ((N, T, D) if batch_first else (T, N, D))
+
+    q = torch.randn(shape(L_, E_), dtype=dtype, requires_grad=True)
+    k = torch.randn(shape(S, kdim), dtype=dtype, requires_grad=True)
+    v = torch.randn(shape(S, vdim), dtype=dtype, requires_grad=True)
+    extra = {k_: call[k_] for k_ in ("need_weights", "average_attn_weights", "is_causal")
+             if k_ in call}
+    mask = call.get("attn_mask")
+    if mask == "bool":
+        m = torch.rand(L_, S) > 0.6
+        m[:, 0] = False
+        extra["attn_mask"] = m
+    elif mask == "3d":
+        extra["attn_mask"] = torch.randn((HEADS if unbatched else N * HEADS), L_, S,
+                                         dtype=dtype)
+    elif mask == "causal":
+        extra["attn_mask"] = nn.Transformer.generate_square_subsequent_mask(L_, dtype=dtype)
+    if call.get("key_padding_mask"):
+        pad = torch.zeros(*(() if unbatched else (N,)), S, dtype=torch.bool)
+        pad[..., -2:] = True  # the last two keys padded (b^K and the zero key never are)
+        pad[..., 0] = False
+        extra["key_padding_mask"] = pad
+    return (q, k, v), lambda m, q, k, v: m(q, k, v, **extra)
+
+
+@pytest.mark.parametrize("call", list(MHA_CALLS))
+@pytest.mark.parametrize("option", list(MHA_OPTIONS))
+def test_mha_options_match_torch(option, call):
+    kw = MHA_OPTIONS[option]
+    for batch_first in (False, True):
+        ours, theirs = _mha_twins(dict(kw, batch_first=batch_first))
+        inputs, fn = _mha_call(kw, MHA_CALLS[call], batch_first)
+        out1, out2 = _parity(ours, theirs, inputs, fn)
+        assert out1[0].stride() == out2[0].stride()  # laid out as torch's
+
+
+@pytest.mark.parametrize("option", ["bias_kv-zero_attn", "kdim-vdim-bias_kv-zero_attn"])
+def test_mha_options_unbatched_match_torch(option):
+    kw = MHA_OPTIONS[option]
+    for call in ("plain", "masks", "float-3d-mask"):
+        ours, theirs = _mha_twins(kw)
+        inputs, fn = _mha_call(kw, MHA_CALLS[call], unbatched=True)
+        out1, out2 = _parity(ours, theirs, inputs, fn)
+        assert out1[0].stride() == out2[0].stride()
+
+
+@pytest.mark.parametrize("option", list(MHA_OPTIONS))
+def test_mha_options_parameters_init_and_state_dict_as_torch(option):
+    ours, theirs = _mha_twins(MHA_OPTIONS[option])
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=1e-15)  # the same draws, same order
+    assert ours._qkv_same_embed_dim == theirs._qkv_same_embed_dim
+    assert (ours.kdim, ours.vdim, ours.add_zero_attn) == \
+        (theirs.kdim, theirs.vdim, theirs.add_zero_attn)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    converted, back = from_torch_nn(theirs), None
+    assert isinstance(converted, bnn.MultiheadAttention)
+    back = to_torch_nn(converted)
+    assert type(back) is nn.MultiheadAttention
+    inputs, fn = _mha_call(MHA_OPTIONS[option], MHA_CALLS["masks"])
+    _close(_flat(fn(converted, *inputs)), _flat(fn(theirs, *inputs)))
+    _close(_flat(fn(back, *inputs)), _flat(fn(theirs, *inputs)))
+
+
+def test_mha_options_create_graph_and_func_grad_match_torch():
+    kw = MHA_OPTIONS["kdim-vdim-bias_kv-zero_attn"]
+    ours, theirs = _mha_twins(dict(kw, batch_first=True))
+    inputs, fn = _mha_call(kw, MHA_CALLS["masks"], batch_first=True)
+    _create_graph_parity(ours, theirs, inputs, fn)
+    q, k, v = inputs
+    _func_grad_parity(ours, theirs, q, lambda m, t: fn(m, t, k, v))
+    _func_grad_parity(ours, theirs, k, lambda m, t: fn(m, q, t, v))
+
+
+def test_mha_options_gradcheck_and_gradgradcheck():
+    torch.manual_seed(0)
+    m = bnn.MultiheadAttention(4, 2, add_bias_kv=True, add_zero_attn=True, kdim=3, vdim=2,
+                               dtype=F64)
+    q = torch.randn(3, 2, 4, dtype=F64, requires_grad=True)
+    k = torch.randn(2, 2, 3, dtype=F64, requires_grad=True)
+    v = torch.randn(2, 2, 2, dtype=F64, requires_grad=True)
+    pad = torch.tensor([[False, True], [False, False]])
+    fn = lambda q, k, v, bk, bv: m(q, k, v, key_padding_mask=pad)  # noqa: E731
+    m.bias_k, m.bias_v = (nn.Parameter(m.bias_k.detach()), nn.Parameter(m.bias_v.detach()))
+    args = (q, k, v, m.bias_k, m.bias_v)
+    assert gradcheck(fn, args)
+    assert gradgradcheck(fn, args)
+
+
+def test_mha_options_autocast_bfloat16_on_cpu_as_torch():
+    kw = dict(MHA_OPTIONS["kdim-vdim-bias_kv-zero_attn"], batch_first=True)
+    ours, theirs = _mha_twins(kw, dtype=torch.float32)
+    inputs, fn = _mha_call(kw, MHA_CALLS["masks"], batch_first=True, dtype=torch.float32)
+    results = []
+    for m in (ours, theirs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = _flat(fn(m, *inputs))
+        g = _grads(out, [*inputs, *m.parameters()], [torch.ones_like(o) for o in out])
+        results.append((out, g))
+    (o1, g1), (o2, g2) = results
+    assert [o.dtype for o in o1] == [o.dtype for o in o2]
+    assert [g.dtype for g in g1] == [g.dtype for g in g2]
+    for a, b in zip((*o1, *g1), (*o2, *g2)):
+        scale = b.float().abs().max().clamp_min(1e-3)
+        assert ((a.float() - b.float()).abs().max() / scale) < 0.05
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_mha_output_strides_are_torchs_so_a_dropout_after_it_draws_torchs_mask(batch_first):
+    ours, theirs = _mha_twins(dict(batch_first=batch_first))
+    for x in (torch.randn(3, 4, E_, dtype=F64), torch.randn(4, E_, dtype=F64)):
+        for cross in (False, True):
+            kv = torch.randn_like(x) if cross else x
+            o1, o2 = ours(x, kv, kv)[0], theirs(x, kv, kv)[0]
+            assert o1.stride() == o2.stride()
+            torch.manual_seed(4)
+            d1 = torch.nn.functional.dropout(o1, 0.5)
+            torch.manual_seed(4)
+            d2 = torch.nn.functional.dropout(o2, 0.5)
+            torch.testing.assert_close(d1, d2)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_converted_encoder_layer_with_dropout_in_train_mode_equals_torch(batch_first,
+                                                                        norm_first):
+    theirs = _seeded(lambda: nn.TransformerEncoderLayer(
+        E_, HEADS, 16, dropout=0.3, batch_first=batch_first, norm_first=norm_first,
+        dtype=F64))
+    ours = from_torch_nn(theirs)
+    assert isinstance(ours.self_attn, bnn.MultiheadAttention) and ours.training
+    x = torch.randn(*((3, 5) if batch_first else (5, 3)), E_, dtype=F64, requires_grad=True)
+    mask = nn.Transformer.generate_square_subsequent_mask(5, dtype=F64)
+    results = []
+    for m in (ours, theirs):
+        torch.manual_seed(5)  # the same seed: every dropout mask the same
+        out = m(x, src_mask=mask)
+        results.append((out, *_grads(out, [x, *m.parameters()], torch.ones_like(out) * 0.1
+                                     + torch.linspace(0, 1, out.numel(), dtype=F64
+                                                      ).view_as(out))))
+    _close(results[0], results[1])
+
+
+def test_mha_options_bad_input():
+    m = bnn.MultiheadAttention(8, 2, kdim=5, vdim=3)
+    q = torch.randn(4, 2, 8)
+    with pytest.raises(ValueError, match="kdim=5"):
+        m(q, torch.randn(6, 2, 8), torch.randn(6, 2, 3))
+    with pytest.raises(ValueError, match="vdim=3"):
+        m(q, torch.randn(6, 2, 5), torch.randn(6, 2, 5))
+    with pytest.raises(ValueError, match="key and value of the same shape but the last dim"):
+        m(q, torch.randn(6, 2, 5), torch.randn(7, 2, 3))
+    m = bnn.MultiheadAttention(8, 2, add_bias_kv=True)
+    with pytest.raises(ValueError, match="key_padding_mask of shape"):
+        m(q, q, q, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))  # S, not S + 1
