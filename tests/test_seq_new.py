@@ -21,6 +21,10 @@ from bptorch.convert import from_torch_nn, to_torch_nn
 from bptorch.functions import recurrent as rec
 
 F64 = torch.float64
+# torch's own TransformerEncoder says why it takes no nested tensors for the torch twins
+pytestmark = [pytest.mark.filterwarnings("ignore:enable_nested_tensor is True"),
+              pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask"),
+              pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")]
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +110,9 @@ def _seeded(make, seed=3):
 def _same_init(ours, theirs):
     assert list(ours.state_dict()) == list(theirs.state_dict())
     for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()):
-        assert torch.equal(a, b)  # torch's init: the same draws in the same order
+        # torch's init: the same draws in the same order (bptorch's Linear computes the bound
+        # 1/√n directly, torch's kaiming_uniform_ as gain·√(3/n): a last-bit difference)
+        torch.testing.assert_close(a, b, atol=0, rtol=1e-15)
 
 
 # ================================================================ Linear (the swin_v2 crash)
@@ -571,7 +577,7 @@ def test_mha_options_gradcheck_and_gradgradcheck():
     torch.manual_seed(0)
     m = bnn.MultiheadAttention(4, 2, add_bias_kv=True, add_zero_attn=True, kdim=3, vdim=2,
                                dtype=F64)
-    q = torch.randn(3, 2, 4, dtype=F64, requires_grad=True)
+    q = torch.randn(2, 2, 4, dtype=F64, requires_grad=True)
     k = torch.randn(2, 2, 3, dtype=F64, requires_grad=True)
     v = torch.randn(2, 2, 2, dtype=F64, requires_grad=True)
     pad = torch.tensor([[False, True], [False, False]])
@@ -648,3 +654,216 @@ def test_mha_options_bad_input():
     m = bnn.MultiheadAttention(8, 2, add_bias_kv=True)
     with pytest.raises(ValueError, match="key_padding_mask of shape"):
         m(q, q, q, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))  # S, not S + 1
+
+
+# ================================================================ the Transformer family
+D_MODEL, FF = 8, 12
+
+
+def _transformer_pair(name, seed=0, **kw):
+    """(bptorch.nn's by name, torch.nn's, torch's converted by from_torch_nn), one seed."""
+    def make(M):
+        if name == "Transformer":
+            return M.Transformer(D_MODEL, HEADS, 2, 2, FF, dtype=F64, **kw)
+        if name in ("TransformerDecoder", "TransformerEncoder"):
+            layer = getattr(M, name + "Layer")(D_MODEL, HEADS, FF, dtype=F64, **kw)
+            return getattr(M, name)(layer, 2, M.LayerNorm(D_MODEL, dtype=F64))
+        return getattr(M, name)(D_MODEL, HEADS, FF, dtype=F64, **kw)
+
+    ours = _seeded(lambda: make(bnn), seed)
+    theirs = _seeded(lambda: make(nn), seed)
+    return ours, theirs, from_torch_nn(theirs)
+
+
+def _transformer_call(name, batch_first, masks=True):
+    """(inputs, call(m, *inputs)) with every mask torch takes for ``name``."""
+    shape = lambda T: (N, T, D_MODEL) if batch_first else (T, N, D_MODEL)  # noqa: E731
+    src = torch.randn(shape(5), dtype=F64, requires_grad=True)
+    tgt = torch.randn(shape(4), dtype=F64, requires_grad=True)
+    kw: dict = {}
+    if masks:
+        causal = nn.Transformer.generate_square_subsequent_mask(4, dtype=F64)
+        src_pad = torch.zeros(N, 5, dtype=torch.bool)
+        src_pad[0, -2:] = True
+        tgt_pad = torch.zeros(N, 4, dtype=torch.bool)
+        tgt_pad[1, -1] = True
+        memory_mask = torch.randn(4, 5, dtype=F64)
+        if name == "Transformer":
+            kw = dict(tgt_mask=causal, tgt_is_causal=True, src_key_padding_mask=src_pad,
+                      tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=src_pad,
+                      memory_mask=memory_mask)
+        elif name.startswith("TransformerDecoder"):
+            kw = dict(tgt_mask=causal, tgt_is_causal=True, memory_mask=memory_mask,
+                      tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=src_pad)
+        else:
+            kw = dict(src_key_padding_mask=src_pad)
+    if name == "Transformer":
+        return (src, tgt), lambda m, s, t: m(s, t, **kw)
+    if name.startswith("TransformerDecoder"):
+        return (tgt, src), lambda m, t, s: m(t, s, **kw)
+    return (src,), lambda m, s: m(s, **kw)
+
+
+def _seeded_parity(models, inputs, call):
+    """Forward and every gradient of each model under the same seed (the same dropout
+    masks), against the last model's."""
+    upstream, results = None, []
+    for m in models:
+        torch.manual_seed(9)
+        out = call(m, *inputs)
+        if upstream is None:
+            upstream = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        results.append((out, *_grads(out, [*inputs, *m.parameters()], upstream)))
+    for r in results[:-1]:
+        _close(r, results[-1], atol=1e-11, rtol=1e-9)
+
+
+ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "F.gelu": torch.nn.functional.gelu,
+               "callable": lambda t: torch.nn.functional.silu(t)}
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("name", ["TransformerDecoderLayer", "TransformerDecoder",
+                                  "Transformer"])
+def test_decoder_family_matches_torch_in_train_mode_with_dropout(name, norm_first, activation):
+    for batch_first in (False, True):
+        ours, theirs, converted = _transformer_pair(
+            name, dropout=0.2, norm_first=norm_first, batch_first=batch_first,
+            activation=ACTIVATIONS[activation])
+        _same_init(ours, theirs)
+        assert isinstance(ours, getattr(nn, name)) and ours.training
+        inputs, call = _transformer_call(name, batch_first)
+        _seeded_parity([ours, converted, theirs], inputs, call)
+
+
+@pytest.mark.parametrize("name", ["TransformerEncoderLayer", "TransformerEncoder"])
+def test_encoder_family_by_name_matches_torch(name):
+    for batch_first, norm_first in ((False, False), (True, True), (True, False)):
+        ours, theirs, converted = _transformer_pair(name, dropout=0.2, norm_first=norm_first,
+                                                    batch_first=batch_first)
+        _same_init(ours, theirs)
+        inputs, call = _transformer_call(name, batch_first)
+        _seeded_parity([ours, converted, theirs], inputs, call)
+        ours.eval(), theirs.eval()
+        with torch.no_grad():  # torch's fused inference path; bptorch's stays its own
+            out1, out2 = call(ours, *inputs), call(theirs, *inputs)
+        # where torch takes nested tensors (batch_first, post-norm) it gives 0 at padded
+        # positions; elsewhere both compute them: compare the positions that are not padding
+        keep = torch.ones(N, 5, 1, dtype=F64)
+        keep[0, -2:] = 0  # _transformer_call's src_key_padding_mask
+        keep = keep if batch_first else keep.transpose(0, 1)
+        _close([out1 * keep], [out2 * keep], atol=1e-11, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["TransformerDecoderLayer", "Transformer"])
+def test_decoder_family_eval_mode_and_no_masks(name):
+    ours, theirs, converted = _transformer_pair(name, batch_first=True)
+    for m in (ours, theirs, converted):
+        m.eval()
+    inputs, call = _transformer_call(name, True, masks=False)
+    _seeded_parity([ours, converted, theirs], inputs, call)
+
+
+def test_decoder_layer_every_child_is_bptorchs():
+    ours, _theirs, converted = _transformer_pair("Transformer")
+    for model in (ours, converted):
+        for sub in model.modules():
+            if type(sub).__module__.startswith("torch.nn.modules"):  # containers only
+                assert isinstance(sub, (nn.Transformer, nn.TransformerEncoder,
+                                        nn.TransformerDecoder, nn.TransformerEncoderLayer,
+                                        nn.TransformerDecoderLayer, nn.ModuleList)), sub
+        layer = model.decoder.layers[0]
+        assert layer.activation is BF.relu
+        assert isinstance(layer.multihead_attn, bnn.MultiheadAttention)
+        assert model.encoder.layers[0].activation_relu_or_gelu == 0
+
+
+def test_decoder_family_create_graph_and_func_grad_match_torch():
+    ours, theirs, _ = _transformer_pair("TransformerDecoderLayer", dropout=0.0,
+                                        activation="gelu", batch_first=True)
+    inputs, call = _transformer_call("TransformerDecoderLayer", True)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):  # torch's CPU flash kernel has no double backward
+        _create_graph_parity(ours, theirs, inputs, call)
+    tgt, src = inputs
+    _func_grad_parity(ours, theirs, tgt, lambda m, t: call(m, t, src))
+    _func_grad_parity(ours, theirs, src, lambda m, s: call(m, tgt, s))
+
+
+def test_decoder_layer_gradcheck_and_gradgradcheck():
+    torch.manual_seed(0)
+    layer = bnn.TransformerDecoderLayer(4, 2, 6, dropout=0.0, activation="gelu",
+                                        norm_first=True, dtype=F64)
+    tgt = torch.randn(2, 1, 4, dtype=F64, requires_grad=True)
+    mem = torch.randn(2, 1, 4, dtype=F64, requires_grad=True)
+    mask = nn.Transformer.generate_square_subsequent_mask(2, dtype=F64)
+    fn = lambda t, m: layer(t, m, tgt_mask=mask, tgt_is_causal=True)  # noqa: E731
+    assert gradcheck(fn, (tgt, mem))
+    assert gradgradcheck(fn, (tgt, mem))
+
+
+def test_decoder_family_autocast_bfloat16_on_cpu_as_torch():
+    ours = _seeded(lambda: bnn.TransformerDecoderLayer(D_MODEL, HEADS, FF, dropout=0.0,
+                                                       batch_first=True, norm_first=True))
+    theirs = _seeded(lambda: nn.TransformerDecoderLayer(D_MODEL, HEADS, FF, dropout=0.0,
+                                                        batch_first=True, norm_first=True))
+    tgt = torch.randn(N, 4, D_MODEL, requires_grad=True)
+    src = torch.randn(N, 5, D_MODEL, requires_grad=True)
+    results = []
+    for m in (ours, theirs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(tgt, src)
+        g = _grads(out, [tgt, src, *m.parameters()], torch.ones_like(out))
+        results.append((out, g))
+    (o1, g1), (o2, g2) = results
+    assert o1.dtype == o2.dtype
+    assert [g.dtype for g in g1] == [g.dtype for g in g2]
+    for a, b in zip((o1, *g1), (o2, *g2)):
+        scale = b.float().abs().max().clamp_min(1e-3)
+        assert ((a.float() - b.float()).abs().max() / scale) < 0.05
+
+
+@pytest.mark.parametrize("name", ["TransformerEncoderLayer", "TransformerEncoder",
+                                  "TransformerDecoderLayer", "TransformerDecoder",
+                                  "Transformer"])
+def test_transformer_family_round_trip(name):
+    import pickle
+
+    ours, theirs, converted = _transformer_pair(name, batch_first=True, activation="gelu")
+    inputs, call = _transformer_call(name, True)
+    for model in (ours, converted):
+        back = to_torch_nn(model)
+        assert type(back) is getattr(nn, name)
+        assert all(type(m).__module__.startswith("torch.") for m in back.modules())
+        for m in (back, model, theirs):
+            m.eval()
+        _close([call(back, *inputs)], [call(theirs, *inputs)], atol=1e-11, rtol=1e-9)
+        _close([call(model, *inputs)], [call(theirs, *inputs)], atol=1e-11, rtol=1e-9)
+    again = pickle.loads(pickle.dumps(ours))
+    assert type(again) is type(ours)
+    _close([call(again, *inputs)], [call(ours, *inputs)])
+
+
+def test_transformer_family_signatures_and_bad_input():
+    import inspect
+
+    for name in ("TransformerEncoderLayer", "TransformerEncoder", "TransformerDecoderLayer",
+                 "TransformerDecoder", "Transformer"):
+        ours, theirs = inspect.signature(getattr(bnn, name)), inspect.signature(getattr(nn, name))
+        assert list(ours.parameters) == list(theirs.parameters)
+        assert [p.default for p in ours.parameters.values()] == \
+            [p.default for p in theirs.parameters.values()]
+    with pytest.raises(RuntimeError, match="activation should be relu/gelu, not tanh"):
+        bnn.TransformerDecoderLayer(8, 2, activation="tanh")
+    with pytest.raises(TypeError, match="bptorch.nn.TransformerDecoderLayer"):
+        bnn.TransformerDecoder(nn.TransformerDecoderLayer(8, 2), 2)
+    with pytest.raises(TypeError, match="bptorch.nn.TransformerEncoderLayer"):
+        bnn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2), 2)
+    model = bnn.Transformer(8, 2, 1, 1, 16)
+    with pytest.raises(RuntimeError, match="d_model"):
+        model(torch.randn(5, 2, 8), torch.randn(4, 2, 6))
+    layer = bnn.TransformerDecoderLayer(8, 2, 16)
+    with pytest.raises(RuntimeError, match="Need attn_mask"):
+        layer(torch.randn(4, 2, 8), torch.randn(5, 2, 8), tgt_is_causal=True)
