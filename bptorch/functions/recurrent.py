@@ -23,10 +23,10 @@ LSTM (i, f, g, o), GRU (r, z, n). Rows are examples, so each step is batch-first
 ``z_t = x_t @ W_ih.T + b_ih + h_prev @ W_hh.T + b_hh``, ``grad_W_hh = delta.T @ h_prev``.
 
 Each step is a pair of plain functions, ``*_step`` and ``*_step_bwd`` (the written-out
-equations of one step, δ_t and what goes back to step t−1). One Function runs a whole
-sequence for one layer and one direction through them: the forward loop
-keeps what the backward needs, the backward runs the loop in reverse collecting δ_t, then
-BP3 and BP4 are one matmul each over all T·N rows. What is kept, and why:
+equations of one step: δ_t, and what goes back to step t−1). One Function runs a whole
+sequence for one layer and one direction through them: the forward loop keeps what the
+backward needs, the backward runs the loop in reverse collecting δ_t, then BP3 and BP4 are
+one matmul each over all T·N rows. What is kept, and why:
 
 * RNN: the output h_1..h_T (an output anyway): σ'(z_t) = 1 − h_t² (tanh) or [h_t > 0]
   (ReLU; the subgradient at 0 is 0, as torch), and h_{t−1} for BP4.
