@@ -568,6 +568,36 @@ def check_attention(query: Tensor, key: Tensor, value: Tensor,
                              f"{(*batch, L, S)}, got shape {_shape(attn_mask)}")
 
 
+# ---------------------------------------------------------------- recurrent cells
+def check_rnn_cell(fn: str, input: Tensor, states: tuple[Tensor, ...], w_ih: Tensor,
+                   w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, gates: int) -> None:
+    """One step of a recurrent cell: input (N, H_in), each state (N, H), W_ih (G·H, H_in),
+    W_hh (G·H, H), biases (G·H,), G = ``gates`` (1 RNN, 4 LSTM, 3 GRU)."""
+    check_floating("input", input)
+    check_same("input", input, "weight_ih", w_ih)
+    hidden = w_hh.shape[-1]
+    if w_ih.dim() != 2 or w_hh.dim() != 2 or w_ih.shape[0] != gates * hidden or \
+            w_hh.shape[0] != gates * hidden:
+        raise ValueError(f"{fn}: expected weight_ih ({gates}·H, H_in) and weight_hh "
+                         f"({gates}·H, H), got {_shape(w_ih)} and {_shape(w_hh)}")
+    for name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
+        if b is not None and _shape(b) != (gates * hidden,):
+            raise ValueError(f"{fn}: expected {name} of shape ({gates * hidden},), got "
+                             f"{_shape(b)}")
+    if input.dim() != 2:
+        raise ValueError(f"{fn}: expected input of shape (N, H_in), got a {input.dim()}-dim "
+                         f"tensor of shape {_shape(input)}")
+    if input.shape[1] != w_ih.shape[1]:
+        raise ValueError(f"{fn}: input has inconsistent input_size: got {input.shape[1]}, "
+                         f"expected {w_ih.shape[1]} (input of shape {_shape(input)})")
+    for k, h in enumerate(states):
+        check_floating(f"hx[{k}]", h)
+        check_same(f"hx[{k}]", h, "input", input)
+        if _shape(h) != (input.shape[0], hidden):
+            raise ValueError(f"{fn}: expected hidden state {k} of shape (N, H) = "
+                             f"{(input.shape[0], hidden)}, got {_shape(h)}")
+
+
 # ---------------------------------------------------------------- torch's losses
 def check_class_loss(fn: str, input: Tensor, target: Tensor, weight: Tensor | None) -> None:
     """cross_entropy / nll_loss: input (N, C, d1, ...) or (C,), classes on dim 1 (dim 0

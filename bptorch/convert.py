@@ -38,11 +38,13 @@ TWIN_NAMES = (
     "Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "ELU", "SELU", "Softplus", "Mish", "PReLU",
     "LogSoftmax",
+    "RNNCell", "LSTMCell", "GRUCell",
 )
 # torch.nn modules whose forward only composes their children (and a few functions): the
 # children are converted, then _fix_composite (or, back to torch, _unfix_composite) makes
 # the forward reach the twins
-COMPOSITE_NAMES = ("TransformerEncoderLayer", "TransformerEncoder")
+COMPOSITE_NAMES = ("TransformerEncoderLayer", "TransformerEncoder", "TransformerDecoderLayer",
+                   "TransformerDecoder", "Transformer")
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList,
                nn.ParameterDict)
 # carried by the weights themselves (load_state_dict, requires_grad), not by the arguments
@@ -71,6 +73,13 @@ def _rnn_arguments(module: nn.Module, cls: type) -> dict[str, tuple[object, obje
     return out
 
 
+def _cell_arguments(module: nn.Module, cls: type) -> dict[str, tuple[object, object]]:
+    """RNNCell, LSTMCell and GRUCell keep ``bias`` as a bool attribute, as RNNBase does."""
+    return {name: (getattr(module, name), p.default)
+            for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name not in ("self", *_CARRIED)}
+
+
 def _mha_arguments(m: nn.Module) -> dict[str, tuple[object, object]]:
     """MultiheadAttention keeps ``bias`` and ``add_bias_kv`` as tensors, not flags."""
     return {"embed_dim": (m.embed_dim, None), "num_heads": (m.num_heads, None),
@@ -91,6 +100,8 @@ def _torch_arguments(module: nn.Module, cls: type | None = None
         return _rnn_arguments(module, cls)
     if issubclass(cls, nn.MultiheadAttention):
         return _mha_arguments(module)
+    if issubclass(cls, nn.RNNCellBase):
+        return _cell_arguments(module, cls)
     out = {}
     for name, param in inspect.signature(cls.__init__).parameters.items():
         if name == "self" or name in _CARRIED or param.kind in (param.VAR_POSITIONAL,
@@ -282,14 +293,29 @@ def _bptorch_twin(module: nn.Module, copy: bool) -> tuple[nn.Module | None, str 
         return _torch_layer(module, copy)
     if type(module) in (bnn.QuadraticCost, bnn.CrossEntropyCost, bnn.LogLikelihoodCost):
         return _cost_twin(module)
+    if _is_bptorch_composite(module):
+        return None, None  # copied with its children converted, then made torch's class
     if any(c.__module__.startswith("bptorch.") for c in type(module).__mro__):
         return None, "no torch.nn twin"
     return None, None
 
 
+def _is_bptorch_composite(module: nn.Module) -> bool:
+    """bptorch.nn.TransformerEncoderLayer & co.: torch's class with bptorch's children."""
+    name = type(module).__name__
+    return name in COMPOSITE_NAMES and type(module) is getattr(bnn, name, None)
+
+
 def _unfix_composite(module: nn.Module) -> None:
     """Undo :func:`_fix_composite` on a copy whose children are torch's again: the
-    activation function goes back to torch's, and with it torch's fused fast path."""
+    activation function goes back to torch's, and with it torch's fused fast path; a
+    bptorch.nn composite (TransformerEncoderLayer, ..., Transformer) becomes torch's class."""
+    if _is_bptorch_composite(module):
+        module.__class__ = getattr(nn, type(module).__name__)
+    if isinstance(module, nn.TransformerDecoderLayer):
+        act = {F.relu: torch_F.relu, F.gelu: torch_F.gelu}.get(module.activation)
+        if act is not None:
+            module.activation = act
     if isinstance(module, nn.TransformerEncoderLayer):
         act = {F.relu: torch_F.relu, F.gelu: torch_F.gelu}.get(module.activation)
         if act is not None:
@@ -436,8 +462,14 @@ def _fix_composite(module: nn.Module) -> None:
     inference fast path (``torch._transformer_encoder_layer_fwd``, taken in eval mode
     under no_grad) would bypass the bptorch layers: ``activation_relu_or_gelu = 0`` is
     one of the conditions that turn it off, and the encoder's nested-tensor path is off too
-    (its torch setting kept for :func:`_unfix_composite`).
+    (its torch setting kept for :func:`_unfix_composite`). TransformerDecoderLayer's
+    activation is mapped as the encoder layer's; TransformerDecoder and Transformer only
+    call their children.
     """
+    if isinstance(module, nn.TransformerDecoderLayer):
+        act = {torch_F.relu: F.relu, torch_F.gelu: F.gelu}.get(module.activation)
+        if act is not None:
+            module.activation = act
     if isinstance(module, nn.TransformerEncoderLayer):
         act = {torch_F.relu: F.relu, torch_F.gelu: F.gelu}.get(module.activation)
         if act is not None:

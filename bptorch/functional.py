@@ -29,6 +29,7 @@ from .functions.products import BmmFunction, MatmulFunction, MulFunction
 from .functions.normalization import BatchNormFunction, LayerNormFunction, update_running_stats
 from .functions.pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunction
 from .functions.recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
+from .functions.recurrent import GRUCellFunction, LSTMCellFunction, RNNCellFunction
 
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None, *,
@@ -514,10 +515,12 @@ def rnn_layer(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tenso
 
 
 def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
-               b_ih: Tensor | None, b_hh: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """(output, h_n, c_n) of torch's LSTM for one layer and direction, time-first."""
+               b_ih: Tensor | None, b_hh: Tensor | None,
+               w_hr: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(output, h_n, c_n) of torch's LSTM for one layer and direction, time-first;
+    ``w_hr`` (proj_size, H) projects h_t = W_hr (o_t ⊙ tanh(c_t))."""
     out, h_n, c_n, _gates, _cells = LSTMLayerFunction.apply(input, h0, c0, w_ih, w_hh, b_ih,
-                                                            b_hh)
+                                                            b_hh, w_hr)
     return out, h_n, c_n
 
 
@@ -526,6 +529,45 @@ def gru_layer(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tenso
     """(output, h_n) of torch's GRU for one layer and direction, time-first."""
     out, h_n, _gates, _hns = GRULayerFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh)
     return out, h_n
+
+
+# ---- recurrent cells, one step (bptorch/functions/recurrent.py), under the names and
+# signatures of torch's own (torch.rnn_tanh_cell, torch.lstm_cell, ...): batched, (N, H_in)
+
+
+def rnn_tanh_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
+                  b_ih: Tensor | None = None, b_hh: Tensor | None = None) -> Tensor:
+    """h' = tanh(W_ih x + b_ih + W_hh h + b_hh), input (N, H_in), hx (N, H)."""
+    C.check_rnn_cell("rnn_tanh_cell", input, (hx,), w_ih, w_hh, b_ih, b_hh, 1)
+    return RNNCellFunction.apply(input, hx, w_ih, w_hh, b_ih, b_hh, "tanh")
+
+
+def rnn_relu_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
+                  b_ih: Tensor | None = None, b_hh: Tensor | None = None) -> Tensor:
+    """h' = relu(W_ih x + b_ih + W_hh h + b_hh), input (N, H_in), hx (N, H)."""
+    C.check_rnn_cell("rnn_relu_cell", input, (hx,), w_ih, w_hh, b_ih, b_hh, 1)
+    return RNNCellFunction.apply(input, hx, w_ih, w_hh, b_ih, b_hh, "relu")
+
+
+def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor] | list[Tensor], w_ih: Tensor,
+              w_hh: Tensor, b_ih: Tensor | None = None,
+              b_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(h', c') of one LSTM step, input (N, H_in), hx = (h, c) each (N, H); gates (i, f, g, o)
+    stacked in W_ih (4H, H_in) and W_hh (4H, H)."""
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"lstm_cell: hx must be a pair (h, c), got {type(hx).__name__}")
+    C.check_rnn_cell("lstm_cell", input, tuple(hx), w_ih, w_hh, b_ih, b_hh, 4)
+    h, c, _gates = LSTMCellFunction.apply(input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh)
+    return h, c
+
+
+def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
+             b_ih: Tensor | None = None, b_hh: Tensor | None = None) -> Tensor:
+    """h' of one GRU step, input (N, H_in), hx (N, H); gates (r, z, n) stacked in W_ih
+    (3H, H_in) and W_hh (3H, H)."""
+    C.check_rnn_cell("gru_cell", input, (hx,), w_ih, w_hh, b_ih, b_hh, 3)
+    h, _gates, _hn = GRUCellFunction.apply(input, hx, w_ih, w_hh, b_ih, b_hh)
+    return h
 
 
 # ---- torch's losses and log_softmax, under torch's names and signatures

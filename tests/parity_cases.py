@@ -98,12 +98,8 @@ DENSE_TWIN: dict[str, Callable[..., tnn.Module]] = {
 MAY_BE_UNSUPPORTED: dict[str, dict[str, Callable[[Any, dict], bool]]] = {
     "Conv2d": {"padding_mode": lambda v, b: v != "zeros"},
     "Embedding": {"max_norm": lambda v, b: v is not None, "sparse": lambda v, b: bool(v)},
-    "MultiheadAttention": {
-        "add_bias_kv": lambda v, b: bool(v), "add_zero_attn": lambda v, b: bool(v),
-        "kdim": lambda v, b: v is not None and v != b["embed_dim"],
-        "vdim": lambda v, b: v is not None and v != b["embed_dim"],
-    },
-    "LSTM": {"proj_size": lambda v, b: v > 0},
+    # MultiheadAttention's add_bias_kv, add_zero_attn, kdim/vdim and LSTM's proj_size are
+    # implemented (issue 21): they must work
 }
 
 
@@ -256,15 +252,17 @@ def _attention_inputs(case: Case) -> tuple[dict, tuple, dict]:
     batched = len(case.shape) == 3
     n = case.shape[0 if b["batch_first"] else 1] if batched else 1
 
-    def shaped(length):
+    def shaped(length, width=E):
         if not batched:
-            return (length, E)
-        return (n, length, E) if b["batch_first"] else (length, n, E)
+            return (length, width)
+        return (n, length, width) if b["batch_first"] else (length, n, width)
 
+    widths = {"input": E, "query": E, "key": b.get("kdim") or E, "value": b.get("vdim") or E}
     leaves, fed = {}, []
     names = ("input",) if e["self_attention"] else ("query", "key", "value")
     for i, name in enumerate(names):
-        storage, view = _layout(case, shaped(L if name in ("input", "query") else S))
+        storage, view = _layout(case, shaped(L if name in ("input", "query") else S,
+                                             widths[name]))
         leaves[name] = _values(case, storage, case.seed + i).requires_grad_()
         fed.append(view(leaves[name]))
     args = tuple(fed) * 3 if e["self_attention"] else tuple(fed)
@@ -290,9 +288,12 @@ def _recurrent_inputs(case: Case) -> tuple[dict, tuple, dict]:
         batched = len(case.shape) == 3
         n = case.shape[0 if b["batch_first"] else 1] if batched else None
         D = 2 if b["bidirectional"] else 1
-        shape = (D * b["num_layers"], *([n] if batched else []), b["hidden_size"])
         states = ("h_0", "c_0") if case.name == "LSTM" else ("h_0",)
         for i, name in enumerate(states):
+            # h_0 is proj_size wide where the LSTM projects h_t; c_0 hidden_size
+            width = b.get("proj_size") if name == "h_0" and b.get("proj_size") else \
+                b["hidden_size"]
+            shape = (D * b["num_layers"], *([n] if batched else []), width)
             leaves[name] = _values(case, shape, case.seed + 1 + i, zeros=False).requires_grad_()
         hx = tuple(leaves[s] for s in states)
         args += (hx if case.name == "LSTM" else hx[0],)
@@ -652,8 +653,8 @@ def attention_case(draw, axis: str) -> Case:
     h = draw(st.integers(1, 2))
     E = h * draw(st.integers(1, 3))
     values = {"embed_dim": E, "num_heads": h}
-    # one in eight calls asks for an argument bptorch leaves out (NotImplementedError)
-    left_out = draw(st.sampled_from([None] * 28 + ["add_bias_kv", "add_zero_attn", "kdim",
+    # one in four calls asks for add_bias_kv, add_zero_attn, or kdim/vdim ≠ E
+    left_out = draw(st.sampled_from([None] * 12 + ["add_bias_kv", "add_zero_attn", "kdim",
                                                     "vdim"]))
     _optional(draw, values, {
         "dropout": draw(st.sampled_from([0.0, 0.0, 0.5])), "bias": draw(st.booleans()),
@@ -666,7 +667,8 @@ def attention_case(draw, axis: str) -> Case:
         values[left_out] = E + 1 if left_out in ("kdim", "vdim") else True
     args, kwargs = call_form(draw, tnn.MultiheadAttention, values)
     L, S = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    self_attention = L == S and draw(st.booleans())
+    same_width = all(values.get(d) in (None, E) for d in ("kdim", "vdim"))
+    self_attention = L == S and same_width and draw(st.booleans())
     n = draw(st.sampled_from([1, 1, 2, 3]))
     bf = values.get("batch_first", False)
     shape = (L, E) if axis == "unbatched" else ((n, L, E) if bf else (L, n, E))
@@ -695,7 +697,7 @@ def recurrent_case(draw, name: str, axis: str) -> Case:
     if name == "RNN":
         optional["nonlinearity"] = draw(st.sampled_from(["tanh", "relu"]))
     if name == "LSTM":
-        optional["proj_size"] = draw(st.sampled_from([0] * 7 + [1]))  # 1: NotImplementedError
+        optional["proj_size"] = draw(st.sampled_from([0] * 5 + [1, 2]))  # ≥ hidden: refused
     _optional(draw, values, optional)
     args, kwargs = call_form(draw, TWINS[name], values)
     length = draw(st.integers(1, 3))

@@ -171,6 +171,10 @@ def _x(*shape):
     return lambda d: (torch.randn(*shape, device=d),)
 
 
+def _x2(*shapes):
+    return lambda d: tuple(torch.randn(*s, device=d) for s in shapes)
+
+
 def _qkv(d):
     return tuple(torch.randn(5, 2, 8, device=d) for _ in range(3))
 
@@ -283,6 +287,21 @@ TWINS.update({
                         _x(2, 3, 5, 4)),
     "ConvTranspose3d": (lambda: bnn.ConvTranspose3d(2, 3, 2, stride=2),
                         lambda: nn.ConvTranspose3d(2, 3, 2, stride=2), _x(2, 2, 3, 2, 3)),
+# issue 21: the recurrent cells, LSTM's projection, MultiheadAttention's options and the
+# decoder layer (tests/test_seq_new.py has their other checks)
+TWINS.update({
+    # (x, h): with h = 0, ∂C/∂W_hh = δᵀ h would be 0 (LSTMCell's (h, c) pair: test_seq_new)
+    "RNNCell": (lambda: bnn.RNNCell(4, 6), lambda: nn.RNNCell(4, 6), _x2((3, 4), (3, 6))),
+    "RNNCell-relu": (lambda: bnn.RNNCell(4, 6, nonlinearity="relu"),
+                     lambda: nn.RNNCell(4, 6, nonlinearity="relu"), _x2((3, 4), (3, 6))),
+    "GRUCell": (lambda: bnn.GRUCell(4, 6), lambda: nn.GRUCell(4, 6), _x2((3, 4), (3, 6))),
+    "MultiheadAttention-options": (
+        lambda: bnn.MultiheadAttention(8, 2, add_bias_kv=True, add_zero_attn=True),
+        lambda: nn.MultiheadAttention(8, 2, add_bias_kv=True, add_zero_attn=True), _qkv),
+    "TransformerDecoderLayer": (
+        lambda: bnn.TransformerDecoderLayer(8, 2, 12, dropout=0.0),
+        lambda: nn.TransformerDecoderLayer(8, 2, 12, dropout=0.0),
+        lambda d: (torch.randn(5, 2, 8, device=d), torch.randn(4, 2, 8, device=d))),
 })
 # costs also take an output already in the autocast dtype (a Linear's output)
 TWINS.update({f"{k}-low": (o, t, (lambda f: lambda d, dtype: (f(d)[0].to(dtype), f(d)[1]))(i))

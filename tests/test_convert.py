@@ -149,20 +149,21 @@ def test_copy_keeps_mode_flags_and_sharing():
 class _Recurrent(nn.Module):
     def __init__(self):
         super().__init__()
-        self.rnn = nn.LSTM(4, 5, batch_first=True, proj_size=3)  # bptorch's has no proj_size
+        # bptorch's LSTM has proj_size now (issue 21); its Embedding still has no max_norm
+        self.rnn = nn.Embedding(4, 5, max_norm=1.0)
         self.up = nn.Upsample(scale_factor=2)
-        self.out = nn.Linear(3, 2)
+        self.out = nn.Linear(5, 2)
 
     def forward(self, x):
-        return self.out(self.rnn(x)[0])
+        return self.out(self.rnn(x))
 
 
 def test_strict_names_every_unsupported_layer():
     with pytest.raises(NotImplementedError) as info:
         from_torch_nn(_Recurrent())
     msg = str(info.value)
-    assert "torch.nn.LSTM" in msg and "'rnn'" in msg and "torch.nn.Upsample" in msg
-    assert "proj_size" in msg
+    assert "torch.nn.Embedding" in msg and "'rnn'" in msg and "torch.nn.Upsample" in msg
+    assert "max_norm" in msg
     assert "strict=False" in msg
     with pytest.raises(NotImplementedError, match="max_norm"):
         from_torch_nn(nn.Sequential(nn.Embedding(5, 2, max_norm=1.0)))
@@ -170,10 +171,10 @@ def test_strict_names_every_unsupported_layer():
 
 def test_non_strict_keeps_unsupported_layers_with_a_warning():
     model = _Recurrent()
-    with pytest.warns(UserWarning, match="torch.nn.LSTM"):
+    with pytest.warns(UserWarning, match="torch.nn.Embedding"):
         ours = from_torch_nn(model, strict=False)
-    assert type(ours.rnn) is nn.LSTM and isinstance(ours.out, bnn.Linear)
-    x = torch.randn(2, 3, 4)
+    assert type(ours.rnn) is nn.Embedding and isinstance(ours.out, bnn.Linear)
+    x = torch.randint(0, 4, (2, 3))
     torch.testing.assert_close(ours(x), model(x))
 
 
@@ -257,5 +258,10 @@ def test_multihead_attention_converts_or_names_what_it_cannot():
     ours = from_torch_nn(mha)
     x = torch.randn(2, 3, 8)
     torch.testing.assert_close(ours(x, x, x)[0], mha(x, x, x)[0], rtol=1e-5, atol=1e-6)
-    with pytest.raises(NotImplementedError, match="MultiheadAttention"):
-        from_torch_nn(torch.nn.MultiheadAttention(8, 2, add_bias_kv=True))
+    # add_bias_kv, add_zero_attn and kdim/vdim convert too (issue 21)
+    mha = torch.nn.MultiheadAttention(8, 2, add_bias_kv=True, add_zero_attn=True, kdim=5,
+                                      vdim=3)
+    ours = from_torch_nn(mha)
+    assert isinstance(ours, bnn.MultiheadAttention) and not ours._qkv_same_embed_dim
+    q, k, v = torch.randn(4, 2, 8), torch.randn(6, 2, 5), torch.randn(6, 2, 3)
+    torch.testing.assert_close(ours(q, k, v)[0], mha(q, k, v)[0], rtol=1e-5, atol=1e-6)

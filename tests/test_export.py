@@ -207,6 +207,19 @@ ROUND_TRIP_CASES = {
                    (lambda: nn.LogSoftmax(dim=-1), lambda: (_x(2, 3, 5),))],
 }
 
+# issue 21: the recurrent cells, LSTM's projection and MultiheadAttention's options
+ROUND_TRIP_CASES.update({
+    "RNNCell": [(lambda: nn.RNNCell(5, 4, bias=False, nonlinearity="relu"),
+                 lambda: (_x(3, 5), _x(3, 4)))],
+    "LSTMCell": [(lambda: nn.LSTMCell(5, 4), lambda: (_x(3, 5),))],
+    "GRUCell": [(lambda: nn.GRUCell(5, 4), lambda: (_x(5,), _x(4,)))],
+})
+ROUND_TRIP_CASES["LSTM"] += [(lambda: nn.LSTM(5, 6, 2, proj_size=3, bidirectional=True),
+                              lambda: (_x(4, 3, 5),))]
+ROUND_TRIP_CASES["MultiheadAttention"] += [
+    (lambda: nn.MultiheadAttention(8, 2, add_bias_kv=True, add_zero_attn=True, kdim=5, vdim=3),
+     lambda: (_x(3, 2, 8), _x(4, 2, 5), _x(4, 2, 3)))]
+
 
 def _round_trip_cases():
     from bptorch.convert import TWIN_NAMES

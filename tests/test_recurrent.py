@@ -223,8 +223,8 @@ def test_signatures_follow_torch():
 def test_bad_input():
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        bnn.LSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size has to be smaller"):  # (implemented now)
+        bnn.LSTM(3, 4, proj_size=4)
     with pytest.raises(ValueError, match="Unknown nonlinearity"):
         bnn.RNN(3, 4, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match="dropout should be a number"):

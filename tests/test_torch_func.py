@@ -207,6 +207,18 @@ CREATE_GRAPH_LAYERS = {
                          (2, 2, 4, 5), None),
     "conv_transpose3d": (lambda: torch.nn.ConvTranspose3d(2, 3, 2, stride=(2, 1, 2)),
                          (1, 2, 2, 3, 2), None),
+    # issue 21: the cells, LSTM's projection, MultiheadAttention's options, the decoder
+    "rnn_cell": (lambda: torch.nn.RNNCell(4, 5), (3, 4), None),
+    "lstm_cell": (lambda: torch.nn.LSTMCell(4, 5), (3, 4), lambda m, x: m(x)[1]),
+    "gru_cell": (lambda: torch.nn.GRUCell(4, 5), (3, 4), None),
+    "lstm_proj": (lambda: torch.nn.LSTM(4, 5, 2, proj_size=3, bidirectional=True), (6, 3, 4),
+                  lambda m, x: m(x)[0]),
+    "mha_options": (lambda: torch.nn.MultiheadAttention(8, 2, batch_first=True,
+                                                        add_bias_kv=True, add_zero_attn=True),
+                    (2, 5, 8), _mha_forward),
+    "transformer_decoder_layer": (
+        lambda: torch.nn.TransformerDecoderLayer(8, 2, 12, dropout=0.0, batch_first=True),
+        (2, 5, 8), lambda m, x: m(x, x[:, :3])),
 }
 
 

@@ -20,6 +20,7 @@ from .normalization import BatchNormFunction, LayerNormFunction
 from .pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunction
 from .products import BmmFunction, MatmulFunction, MulFunction
 from .recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
+from .recurrent import GRUCellFunction, LSTMCellFunction, RNNCellFunction
 
 __all__ = [
     "ActivationFunction", "AdaptiveAvgPool2dFunction", "AttentionFunction",
@@ -29,4 +30,5 @@ __all__ = [
     "LSTMLayerFunction", "LayerNormFunction", "LinearFeedbackFunction", "LinearFunction",
     "MaxPool2dFunction", "RNNLayerFunction", "get_cost",
     "BmmFunction", "MatmulFunction", "MulFunction", "PReLUFunction",
+    "GRUCellFunction", "LSTMCellFunction", "RNNCellFunction",
 ]

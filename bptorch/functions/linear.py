@@ -108,6 +108,15 @@ FLOAT32_ON_CUDA = ("softmax", "softplus")
 
 
 # ---------------------------------------------------------------- the Functions
+def _not_a_view(z: Tensor) -> Tensor:
+    """``z`` as a tensor of its own. For (*, n_in) input with more than one leading dim,
+    torch's linear computes on the rows and returns a view of that (N, n_out) result; a
+    view coming out of a custom Function may not be modified in place (a following
+    ``ReLU(inplace=True)`` fails), so the same storage is handed out as a tensor that is
+    no view, as torch's matmul does with its own temporaries (no copy)."""
+    return torch.ops.aten._unsafe_view(z, z.shape) if z._is_view() else z
+
+
 class LinearFunction(BPFunction):
     """z^l = W^l a^{l-1} + b^l.
 
@@ -125,7 +134,7 @@ class LinearFunction(BPFunction):
 
     @staticmethod
     def forward(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return linear_fwd(input, weight, bias)
+        return _not_a_view(linear_fwd(input, weight, bias))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -359,7 +368,7 @@ class DenseFunction(BPFunction):
         activation: Activation,
         name: str | None = None,
     ) -> Tensor:
-        return dense_fwd(input, weight, bias, activation)
+        return _not_a_view(dense_fwd(input, weight, bias, activation))  # identity σ: z itself
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:

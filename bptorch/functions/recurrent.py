@@ -22,15 +22,25 @@ stacked as torch stacks them in W_ih (G·H, H_in), W_hh (G·H, H) and the biases
 LSTM (i, f, g, o), GRU (r, z, n). Rows are examples, so each step is batch-first:
 ``z_t = x_t @ W_ih.T + b_ih + h_prev @ W_hh.T + b_hh``, ``grad_W_hh = delta.T @ h_prev``.
 
-One Function runs a whole sequence for one layer and one direction: the forward loop
-keeps what the backward needs, the backward runs the loop in reverse collecting δ_t, then
-BP3 and BP4 are one matmul each over all T·N rows. What is kept, and why:
+Each step is a pair of plain functions, ``*_step`` and ``*_step_bwd`` (the written-out
+equations of one step: δ_t, and what goes back to step t−1). One Function runs a whole
+sequence for one layer and one direction through them: the forward loop keeps what the
+backward needs, the backward runs the loop in reverse collecting δ_t, then BP3 and BP4 are
+one matmul each over all T·N rows. What is kept, and why:
 
 * RNN: the output h_1..h_T (an output anyway): σ'(z_t) = 1 − h_t² (tanh) or [h_t > 0]
   (ReLU; the subgradient at 0 is 0, as torch), and h_{t−1} for BP4.
 * LSTM: the gate activations i, f, g, o (4H per step) and the cells c_1..c_T: every gate's
   σ' comes from its activation (σ' = a(1 − a), tanh' = 1 − a²), tanh(c_t) is recomputed.
 * GRU: the gates r, z, n (3H per step) and W_hn h_{t−1} + b_hn (H per step), which δ_r needs.
+
+The cells (RNNCell, LSTMCell, GRUCell) are one step: their Functions, at the end of this
+file, call the same step pair, then BP3 and BP4 over the batch's rows.
+
+The LSTM's projection (torch's ``proj_size`` P > 0) makes h_t = W_hr m_t with
+m_t = o_t ⊙ tanh(c_t) (P < H): then dm_t = (W_hr)ᵀ ∂C/∂h_t takes the place of ∂C/∂h_t in
+the gates' δ, and BP4 gives ∂C/∂W_hr = Σ_t ∂C/∂h_t m_tᵀ; h_t, W_hh's columns and the
+layer's output are P wide.
 
 The kept gates are constants to autograd: when the backward itself is differentiated
 (``create_graph=True``) it reruns the forward loop with differentiable ops first, so that
@@ -89,14 +99,30 @@ def _upstream(grad_output: Tensor | None, t: int, dh: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------- Elman RNN
+def rnn_step(z_in: Tensor, h_prev: Tensor, w_hh: Tensor, b_hh: Tensor | None,
+             relu: bool) -> Tensor:
+    """One step, h_t = σ(z_t), z_t = z_in + W_hh h_{t−1} + b_hh, given the input part
+    z_in = W_ih x_t + b_ih."""
+    sigma = torch.relu if relu else torch.tanh
+    return sigma(z_in + F.linear(h_prev, w_hh, b_hh))  # z_t, then a_t = σ(z_t)
+
+
+def rnn_step_bwd(dh: Tensor, h: Tensor, w_hh: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
+    """(δ_t, (W_hh)ᵀ δ_t) of :func:`rnn_step`, given dh = ∂C/∂h_t (all of it) and h_t."""
+    sp = (h > 0).to(h.dtype) if relu else 1 - h * h  # σ'(z_t) from h_t
+    # h_t = σ(z_t)  →  δ_t = ∂C/∂h_t ⊙ σ'(z_t)
+    delta = dh * sp
+    # z_t = … + W_hh h_{t−1}  →  BP2 through time: (W_hh)ᵀ δ_t, sent back to step t−1
+    return delta, delta @ w_hh
+
+
 def rnn_fwd(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
             b_hh: Tensor | None, relu: bool) -> tuple[Tensor, Tensor]:
     """h_t = σ(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh); returns (h_1..h_T, h_T)."""
-    sigma = torch.relu if relu else torch.tanh
     z_in = F.linear(x, w_ih, b_ih)  # W_ih x_t + b_ih for every step in one matmul
     h, hs = h0, []
     for t in range(x.shape[0]):
-        h = sigma(z_in[t] + F.linear(h, w_hh, b_hh))  # z_t, then a_t = σ(z_t)
+        h = rnn_step(z_in[t], h, w_hh, b_hh, relu)
         hs.append(h)
     return torch.stack(hs), h
 
@@ -105,15 +131,11 @@ def rnn_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, x: Tensor, h0: 
             w_ih: Tensor, w_hh: Tensor, output: Tensor, relu: bool,
             need: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
     """(∂C/∂x, ∂C/∂h_0, ∂C/∂W_ih, ∂C/∂W_hh, ∂C/∂b_ih, ∂C/∂b_hh) of :func:`rnn_fwd`."""
-    sp = (output > 0).to(output.dtype) if relu else 1 - output * output  # σ'(z_t) from h_t
     dh = grad_h_n if grad_h_n is not None else _zeros_like_state(h0)
     deltas: list[Tensor] = [dh] * x.shape[0]
     for t in reversed(range(x.shape[0])):
-        # h_t = σ(z_t)  →  δ_t = ((W_hh)ᵀ δ_{t+1} + ∂C/∂h_t) ⊙ σ'(z_t)
-        delta = _upstream(grad_output, t, dh) * sp[t]
-        deltas[t] = delta
-        # z_t = … + W_hh h_{t−1}  →  BP2 through time: (W_hh)ᵀ δ_t, sent back to step t−1
-        dh = delta @ w_hh
+        # δ_t = ((W_hh)ᵀ δ_{t+1} + ∂C/∂h_t) ⊙ σ'(z_t), and (W_hh)ᵀ δ_t for step t−1
+        deltas[t], dh = rnn_step_bwd(_upstream(grad_output, t, dh), output[t], w_hh, relu)
     delta = torch.stack(deltas)  # (T, N, H)
     need_x, need_h0, *need_params = need
     grad_x, *grads = _weight_grads(delta, delta, x, _h_prev(h0, output), w_ih,
@@ -157,57 +179,85 @@ class RNNLayerFunction(BPFunction):
 
 
 # ---------------------------------------------------------------- LSTM
+def lstm_step(z_in: Tensor, h_prev: Tensor, c_prev: Tensor, w_hh: Tensor,
+              b_hh: Tensor | None, w_hr: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of torch's LSTM, given the input part z_in = W_ih x_t + b_ih:
+    (i, f, g, o) = (σ, σ, tanh, σ)(z_in + W_hh h_{t−1} + b_hh), c_t = f ⊙ c_{t−1} + i ⊙ g,
+    m_t = o ⊙ tanh(c_t), h_t = m_t, or h_t = W_hr m_t with a projection (proj_size > 0).
+
+    Returns (h_t, c_t, the gates (i; f; g; o) activated)."""
+    z_i, z_f, z_g, z_o = (z_in + F.linear(h_prev, w_hh, b_hh)).chunk(4, -1)
+    i, f, g, o = torch.sigmoid(z_i), torch.sigmoid(z_f), torch.tanh(z_g), torch.sigmoid(z_o)
+    c = f * c_prev + i * g
+    m = o * torch.tanh(c)
+    h = m if w_hr is None else F.linear(m, w_hr)
+    return h, c, torch.cat([i, f, g, o], -1)
+
+
+def lstm_step_bwd(dh: Tensor, dc: Tensor, gates: Tensor, c: Tensor, c_prev: Tensor,
+                  w_hh: Tensor, w_hr: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(δ_t, (W_hh)ᵀ δ_t, ∂C/∂c_{t−1}) of :func:`lstm_step`, given dh = ∂C/∂h_t (all of it),
+    dc = what the cell path brings back from step t+1 (dc_{t+1} ⊙ f_{t+1}; ∂C/∂c_T at
+    t = T), the step's gates, c_t and c_{t−1}."""
+    i, f, g, o = gates.chunk(4, -1)
+    tanh_c = torch.tanh(c)
+    # h_t = W_hr m_t  →  dm_t = (W_hr)ᵀ dh_t; without a projection m_t is h_t
+    dm = dh if w_hr is None else dh @ w_hr
+    # m_t = o ⊙ tanh(c_t)  →  the cell path: dc_t = dm_t ⊙ o_t ⊙ (1 − tanh² c_t)
+    # + dc_{t+1} ⊙ f_{t+1}
+    dc = dc + dm * o * (1 - tanh_c * tanh_c)
+    # c_t = f ⊙ c_{t−1} + i ⊙ g, i = σ(z_i)  →  δ_i = dc_t ⊙ g_t ⊙ σ'(z_i)
+    delta_i = dc * g * i * (1 - i)
+    # c_t = f ⊙ c_{t−1} + i ⊙ g, f = σ(z_f)  →  δ_f = dc_t ⊙ c_{t−1} ⊙ σ'(z_f)
+    delta_f = dc * c_prev * f * (1 - f)
+    # c_t = f ⊙ c_{t−1} + i ⊙ g, g = tanh(z_g)  →  δ_g = dc_t ⊙ i_t ⊙ tanh'(z_g)
+    delta_g = dc * i * (1 - g * g)
+    # m_t = o ⊙ tanh(c_t), o = σ(z_o)  →  δ_o = dm_t ⊙ tanh(c_t) ⊙ σ'(z_o)
+    delta_o = dm * tanh_c * o * (1 - o)
+    delta = torch.cat([delta_i, delta_f, delta_g, delta_o], -1)
+    # z_t = … + W_hh h_{t−1}  →  BP2 through time: (W_hh)ᵀ δ_t, sent back to step t−1;
+    # c_t = f ⊙ c_{t−1} + …  →  dc_{t−1} = dc_t ⊙ f_t, the cell path: no weight, no σ'
+    return delta, delta @ w_hh, dc * f
+
+
 def lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
-             b_ih: Tensor | None, b_hh: Tensor | None) -> tuple[Tensor, ...]:
-    """torch's LSTM: (i, f, g, o) = (σ, σ, tanh, σ)(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh),
-    c_t = f ⊙ c_{t−1} + i ⊙ g, h_t = o ⊙ tanh(c_t).
+             b_ih: Tensor | None, b_hh: Tensor | None,
+             w_hr: Tensor | None = None) -> tuple[Tensor, ...]:
+    """torch's LSTM over the sequence, :func:`lstm_step` at each step.
 
     Returns (h_1..h_T, h_T, c_T, gates (T, N, 4H) activated, c_1..c_T)."""
     z_in = F.linear(x, w_ih, b_ih)  # every step's input part in one matmul
     h, c, hs, cs, gates = h0, c0, [], [], []
     for t in range(x.shape[0]):
-        z_i, z_f, z_g, z_o = (z_in[t] + F.linear(h, w_hh, b_hh)).chunk(4, -1)
-        i, f, g, o = torch.sigmoid(z_i), torch.sigmoid(z_f), torch.tanh(z_g), torch.sigmoid(z_o)
-        c = f * c + i * g
-        h = o * torch.tanh(c)
-        hs.append(h), cs.append(c), gates.append(torch.cat([i, f, g, o], -1))
+        h, c, gate = lstm_step(z_in[t], h, c, w_hh, b_hh, w_hr)
+        hs.append(h), cs.append(c), gates.append(gate)
     return torch.stack(hs), h, c, torch.stack(gates), torch.stack(cs)
 
 
 def lstm_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None,
              x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, output: Tensor,
-             gates: Tensor, cs: Tensor, need: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
-    """(∂C/∂x, ∂C/∂h_0, ∂C/∂c_0, ∂C/∂W_ih, ∂C/∂W_hh, ∂C/∂b_ih, ∂C/∂b_hh) of :func:`lstm_fwd`."""
+             gates: Tensor, cs: Tensor, need: tuple[bool, ...],
+             w_hr: Tensor | None = None) -> tuple[Tensor | None, ...]:
+    """(∂C/∂x, ∂C/∂h_0, ∂C/∂c_0, ∂C/∂W_ih, ∂C/∂W_hh, ∂C/∂b_ih, ∂C/∂b_hh, ∂C/∂W_hr) of
+    :func:`lstm_fwd` (the last None without a projection)."""
     dh = grad_h_n if grad_h_n is not None else _zeros_like_state(h0)
     dc = grad_c_n if grad_c_n is not None else _zeros_like_state(c0)
     c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])
     deltas: list[Tensor] = [dh] * x.shape[0]
+    dhs: list[Tensor] = [dh] * x.shape[0]  # ∂C/∂h_t, for W_hr's BP4
     for t in reversed(range(x.shape[0])):
-        dh = _upstream(grad_output, t, dh)  # ∂C/∂h_t
-        i, f, g, o = gates[t].chunk(4, -1)
-        tanh_c = torch.tanh(cs[t])
-        # h_t = o ⊙ tanh(c_t)  →  the cell path: dc_t = dh_t ⊙ o_t ⊙ (1 − tanh² c_t)
-        # + dc_{t+1} ⊙ f_{t+1}
-        dc = dc + dh * o * (1 - tanh_c * tanh_c)
-        # c_t = f ⊙ c_{t−1} + i ⊙ g, i = σ(z_i)  →  δ_i = dc_t ⊙ g_t ⊙ σ'(z_i)
-        delta_i = dc * g * i * (1 - i)
-        # c_t = f ⊙ c_{t−1} + i ⊙ g, f = σ(z_f)  →  δ_f = dc_t ⊙ c_{t−1} ⊙ σ'(z_f)
-        delta_f = dc * c_prev[t] * f * (1 - f)
-        # c_t = f ⊙ c_{t−1} + i ⊙ g, g = tanh(z_g)  →  δ_g = dc_t ⊙ i_t ⊙ tanh'(z_g)
-        delta_g = dc * i * (1 - g * g)
-        # h_t = o ⊙ tanh(c_t), o = σ(z_o)  →  δ_o = dh_t ⊙ tanh(c_t) ⊙ σ'(z_o)
-        delta_o = dh * tanh_c * o * (1 - o)
-        delta = torch.cat([delta_i, delta_f, delta_g, delta_o], -1)
-        deltas[t] = delta
-        # z_t = … + W_hh h_{t−1}  →  BP2 through time: (W_hh)ᵀ δ_t, sent back to step t−1
-        dh = delta @ w_hh
-        # c_t = f ⊙ c_{t−1} + …  →  dc_{t−1} = dc_t ⊙ f_t, the cell path: no weight, no σ'
-        dc = dc * f
+        dhs[t] = dh = _upstream(grad_output, t, dh)  # ∂C/∂h_t
+        deltas[t], dh, dc = lstm_step_bwd(dh, dc, gates[t], cs[t], c_prev[t], w_hh, w_hr)
     delta = torch.stack(deltas)  # (T, N, 4H)
     need_x, need_h0, need_c0, *need_params = need
     grad_x, *grads = _weight_grads(delta, delta, x, _h_prev(h0, output), w_ih,
-                                   (need_x, *need_params))
-    return (grad_x, dh if need_h0 else None, dc if need_c0 else None, *grads)
+                                   (need_x, *need_params[:4]))
+    grad_w_hr = None
+    if w_hr is not None and need_params[4:5] == [True]:
+        m = gates[..., 3 * cs.shape[-1]:] * torch.tanh(cs)  # m_t = o_t ⊙ tanh(c_t)
+        # h_t = W_hr m_t  →  BP4: Σ_t dh_t m_tᵀ
+        grad_w_hr = torch.stack(dhs).reshape(-1, w_hr.shape[0]).t() @ m.reshape(-1, m.shape[-1])
+    return (grad_x, dh if need_h0 else None, dc if need_c0 else None, *grads, grad_w_hr)
 
 
 class LSTMLayerFunction(BPFunction):
@@ -223,50 +273,84 @@ class LSTMLayerFunction(BPFunction):
     then BP3 Σ_t δ_t, BP4 Σ_t δ_t x_tᵀ and Σ_t δ_t h_{t−1}ᵀ, ∂C/∂x_t = (W_ih)ᵀ δ_t,
     ∂C/∂h_0 = (W_hh)ᵀ δ_1, ∂C/∂c_0 = dc_1 ⊙ f_1.
 
-    Time-first: input (T, N, H_in), h0, c0 (N, H); returns (output (T, N, H), h_n, c_n,
-    gates, cells), the last two kept for backward and not differentiable.
+    With a projection ``w_hr`` (P, H), h_t = W_hr (o_t ⊙ tanh(c_t)): dh_t passes through
+    (W_hr)ᵀ before the gates, and BP4 ∂C/∂W_hr = Σ_t dh_t (o_t ⊙ tanh(c_t))ᵀ.
+
+    Time-first: input (T, N, H_in), h0 (N, H or P), c0 (N, H); returns (output (T, N, H
+    or P), h_n, c_n, gates, cells), the last two kept for backward and not differentiable.
     """
 
     autocast = LOWER  # torch's LSTM is on the lower-precision list
 
     @staticmethod
     def forward(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
-                b_ih: Tensor | None, b_hh: Tensor | None) -> tuple[Tensor, ...]:
-        return lstm_fwd(input, h0, c0, w_ih, w_hh, b_ih, b_hh)
+                b_ih: Tensor | None, b_hh: Tensor | None,
+                w_hr: Tensor | None = None) -> tuple[Tensor, ...]:
+        return lstm_fwd(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh = inputs
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
         out, _h_n, _c_n, gates, cs = output
         ctx.mark_non_differentiable(gates, cs)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, gates, cs)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, gates, cs)
 
     @staticmethod
     def backward(ctx: Any, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cs):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, gates, cs = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, gates, cs = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the gates as functions of the inputs
-            out, _h, _c, gates, cs = lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            out, _h, _c, gates, cs = lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
         return lstm_bwd(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, out, gates,
-                        cs, ctx.needs_input_grad)
+                        cs, ctx.needs_input_grad, w_hr)
 
 
 # ---------------------------------------------------------------- GRU
+def gru_step(gi: Tensor, h_prev: Tensor, w_hh: Tensor,
+             b_hh: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of torch's GRU, given the input part gi = W_ih x_t + b_ih = (i_r; i_z; i_n):
+    r = σ(i_r + W_hr h + b_hr), z = σ(i_z + W_hz h + b_hz), n = tanh(i_n + r ⊙ (W_hn h + b_hn)),
+    h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}.
+
+    Returns (h_t, the gates (r; z; n), W_hn h_{t−1} + b_hn)."""
+    i_r, i_z, i_n = gi.chunk(3, -1)
+    h_r, h_z, h_n = F.linear(h_prev, w_hh, b_hh).chunk(3, -1)
+    r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    h = (1 - z) * n + z * h_prev
+    return h, torch.cat([r, z, n], -1), h_n
+
+
+def gru_step_bwd(dh: Tensor, h_prev: Tensor, gates: Tensor, hn: Tensor,
+                 w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(δ^ih_t, δ^hh_t, ∂C/∂h_{t−1}) of :func:`gru_step`, given dh = ∂C/∂h_t (all of it),
+    h_{t−1}, the step's gates and W_hn h_{t−1} + b_hn."""
+    r, z, n = gates.chunk(3, -1)
+    # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}, n = tanh(z_n)  →  δ_n = dh_t ⊙ (1 − z) ⊙ tanh'(z_n)
+    delta_n = dh * (1 - z) * (1 - n * n)
+    # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}, z = σ(z_z)  →  δ_z = dh_t ⊙ (h_{t−1} − n) ⊙ σ'(z_z)
+    delta_z = dh * (h_prev - n) * z * (1 - z)
+    # z_n = W_in x + b_in + r ⊙ (W_hn h + b_hn), r = σ(z_r)  →  δ_r = δ_n ⊙ (W_hn h + b_hn)
+    # ⊙ σ'(z_r)
+    delta_r = delta_n * hn * r * (1 - r)
+    delta_ih = torch.cat([delta_r, delta_z, delta_n], -1)  # δ of W_ih x + b_ih
+    # δ of W_hh h + b_hh: r gates n's hidden part
+    delta_hh = torch.cat([delta_r, delta_z, delta_n * r], -1)
+    # h_t = … + z ⊙ h_{t−1} and z_t = … + W_hh h_{t−1}  →  the z ⊙ h_{t−1} path, plus BP2
+    # through time: dh_{t−1} = dh_t ⊙ z + (W_hh)ᵀ δ_t
+    return delta_ih, delta_hh, dh * z + delta_hh @ w_hh
+
+
 def gru_fwd(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
             b_hh: Tensor | None) -> tuple[Tensor, ...]:
-    """torch's GRU: r = σ(W_ir x + b_ir + W_hr h + b_hr), z = σ(W_iz x + b_iz + W_hz h + b_hz),
-    n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}.
+    """torch's GRU over the sequence, :func:`gru_step` at each step.
 
     Returns (h_1..h_T, h_T, gates (T, N, 3H) = (r; z; n), W_hn h_{t−1} + b_hn (T, N, H))."""
     gi = F.linear(x, w_ih, b_ih)  # every step's input part in one matmul
     h, hs, gates, hns = h0, [], [], []
     for t in range(x.shape[0]):
-        i_r, i_z, i_n = gi[t].chunk(3, -1)
-        h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, -1)
-        r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + r * h_n)
-        h = (1 - z) * n + z * h
-        hs.append(h), gates.append(torch.cat([r, z, n], -1)), hns.append(h_n)
+        h, gate, h_n = gru_step(gi[t], h, w_hh, b_hh)
+        hs.append(h), gates.append(gate), hns.append(h_n)
     return torch.stack(hs), h, torch.stack(gates), torch.stack(hns)
 
 
@@ -279,21 +363,8 @@ def gru_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, x: Tensor, h0: 
     deltas_ih: list[Tensor] = [dh] * x.shape[0]
     deltas_hh: list[Tensor] = [dh] * x.shape[0]
     for t in reversed(range(x.shape[0])):
-        dh = _upstream(grad_output, t, dh)  # ∂C/∂h_t
-        r, z, n = gates[t].chunk(3, -1)
-        # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}, n = tanh(z_n)  →  δ_n = dh_t ⊙ (1 − z) ⊙ tanh'(z_n)
-        delta_n = dh * (1 - z) * (1 - n * n)
-        # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}, z = σ(z_z)  →  δ_z = dh_t ⊙ (h_{t−1} − n) ⊙ σ'(z_z)
-        delta_z = dh * (h_prev[t] - n) * z * (1 - z)
-        # z_n = W_in x + b_in + r ⊙ (W_hn h + b_hn), r = σ(z_r)  →  δ_r = δ_n ⊙ (W_hn h + b_hn)
-        # ⊙ σ'(z_r)
-        delta_r = delta_n * hns[t] * r * (1 - r)
-        deltas_ih[t] = torch.cat([delta_r, delta_z, delta_n], -1)  # δ of W_ih x + b_ih
-        # δ of W_hh h + b_hh: r gates n's hidden part
-        deltas_hh[t] = torch.cat([delta_r, delta_z, delta_n * r], -1)
-        # h_t = … + z ⊙ h_{t−1} and z_t = … + W_hh h_{t−1}  →  the z ⊙ h_{t−1} path, plus BP2
-        # through time: dh_{t−1} = dh_t ⊙ z + (W_hh)ᵀ δ_t
-        dh = dh * z + deltas_hh[t] @ w_hh
+        deltas_ih[t], deltas_hh[t], dh = gru_step_bwd(_upstream(grad_output, t, dh),
+                                                      h_prev[t], gates[t], hns[t], w_hh)
     need_x, need_h0, *need_params = need
     grad_x, *grads = _weight_grads(torch.stack(deltas_ih), torch.stack(deltas_hh), x, h_prev,
                                    w_ih, (need_x, *need_params))
@@ -338,5 +409,111 @@ class GRULayerFunction(BPFunction):
                        ctx.needs_input_grad)
 
 
-__all__ = ["GRULayerFunction", "LSTMLayerFunction", "RNNLayerFunction", "gru_bwd", "gru_fwd",
-           "lstm_bwd", "lstm_fwd", "rnn_bwd", "rnn_fwd"]
+# ---------------------------------------------------------------- the cells: one step
+# RNNCell, LSTMCell and GRUCell are one step of the layers above: the same step functions
+# forward and backward, then BP3 and BP4 over the batch's rows (_weight_grads with no time
+# axis). Batch-first: input (N, H_in), states (N, H).
+class RNNCellFunction(BPFunction):
+    """h' = σ(W_ih x + b_ih + W_hh h + b_hh), one step of :class:`RNNLayerFunction`.
+
+    Backward, given ∂C/∂h': δ = ∂C/∂h' ⊙ σ'(z) (:func:`rnn_step_bwd`); BP3
+    ∂C/∂b_ih = ∂C/∂b_hh = Σ_rows δ; BP4 ∂C/∂W_ih = δᵀ x, ∂C/∂W_hh = δᵀ h;
+    ∂C/∂x = δ W_ih, ∂C/∂h = δ W_hh. Saves x, h, the weights and h' (σ' comes from it).
+    """
+
+    autocast = LOWER  # torch's rnn_*_cell: two linear layers, in the autocast dtype
+
+    @staticmethod
+    def forward(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                b_hh: Tensor | None, nonlinearity: str) -> Tensor:
+        return rnn_step(F.linear(input, w_ih, b_ih), hx, w_hh, b_hh, nonlinearity == "relu")
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, hx, w_ih, w_hh, _b_ih, _b_hh, nonlinearity = inputs
+        ctx.relu = nonlinearity == "relu"
+        ctx.save_for_backward(x, hx, w_ih, w_hh, output)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        x, hx, w_ih, w_hh, h = ctx.saved_tensors
+        need_x, need_h, *need_params = ctx.needs_input_grad[:6]
+        delta, dh = rnn_step_bwd(grad_output, h, w_hh, ctx.relu)
+        grad_x, *grads = _weight_grads(delta, delta, x, hx, w_ih, (need_x, *need_params))
+        return (grad_x, dh if need_h else None, *grads, None)
+
+
+class LSTMCellFunction(BPFunction):
+    """(h', c') of one step of :class:`LSTMLayerFunction` (no projection), returned with
+    the gates (i; f; g; o), kept for backward and not differentiable.
+
+    Backward, given ∂C/∂h' and ∂C/∂c': each gate's δ as :func:`lstm_step_bwd`, then BP3
+    Σ_rows δ, BP4 δᵀ x and δᵀ h, ∂C/∂x = δ W_ih, ∂C/∂h = δ W_hh, ∂C/∂c = dc' ⊙ f.
+    """
+
+    autocast = {"cuda": LOWER}  # torch's lstm_cell: the autocast dtype on CUDA; on the CPU
+    # its outputs come in the states' dtype
+
+    @staticmethod
+    def forward(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+                b_ih: Tensor | None, b_hh: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        return lstm_step(F.linear(input, w_ih, b_ih), h, c, w_hh, b_hh)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        x, h, c, w_ih, w_hh, b_ih, b_hh = inputs
+        _h1, c1, gates = output
+        ctx.mark_non_differentiable(gates)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, h, c, w_ih, w_hh, b_ih, b_hh, c1, gates)
+
+    @staticmethod
+    def backward(ctx: Any, grad_h: Tensor | None, grad_c: Tensor | None, _grad_gates):
+        x, h, c, w_ih, w_hh, b_ih, b_hh, c1, gates = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the gates as functions of the inputs
+            _h1, c1, gates = lstm_step(F.linear(x, w_ih, b_ih), h, c, w_hh, b_hh)
+        need_x, need_h, need_c, *need_params = ctx.needs_input_grad
+        dh = grad_h if grad_h is not None else _zeros_like_state(h)
+        dc = grad_c if grad_c is not None else _zeros_like_state(c)
+        delta, dh, dc = lstm_step_bwd(dh, dc, gates, c1, c, w_hh)
+        grad_x, *grads = _weight_grads(delta, delta, x, h, w_ih, (need_x, *need_params))
+        return (grad_x, dh if need_h else None, dc if need_c else None, *grads)
+
+
+class GRUCellFunction(BPFunction):
+    """h' of one step of :class:`GRULayerFunction`, returned with the gates (r; z; n) and
+    W_hn h + b_hn, kept for backward and not differentiable.
+
+    Backward, given ∂C/∂h': δ^ih and δ^hh as :func:`gru_step_bwd`, BP3 Σ_rows δ, BP4
+    (δ^ih)ᵀ x and (δ^hh)ᵀ h, ∂C/∂x = δ^ih W_ih, ∂C/∂h = ∂C/∂h' ⊙ z + δ^hh W_hh.
+    """
+
+    autocast = {"cuda": LOWER}  # torch's gru_cell: as lstm_cell
+
+    @staticmethod
+    def forward(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                b_hh: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        return gru_step(F.linear(input, w_ih, b_ih), hx, w_hh, b_hh)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        x, hx, w_ih, w_hh, b_ih, b_hh = inputs
+        _h1, gates, hn = output
+        ctx.mark_non_differentiable(gates, hn)
+        ctx.save_for_backward(x, hx, w_ih, w_hh, b_ih, b_hh, gates, hn)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor, _grad_gates, _grad_hn):
+        x, hx, w_ih, w_hh, b_ih, b_hh, gates, hn = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the gates as functions of the inputs
+            _h1, gates, hn = gru_step(F.linear(x, w_ih, b_ih), hx, w_hh, b_hh)
+        need_x, need_h, *need_params = ctx.needs_input_grad
+        delta_ih, delta_hh, dh = gru_step_bwd(grad_output, hx, gates, hn, w_hh)
+        grad_x, *grads = _weight_grads(delta_ih, delta_hh, x, hx, w_ih, (need_x, *need_params))
+        return (grad_x, dh if need_h else None, *grads)
+
+
+__all__ = ["GRUCellFunction", "GRULayerFunction", "LSTMCellFunction", "LSTMLayerFunction",
+           "RNNCellFunction", "RNNLayerFunction", "gru_bwd", "gru_fwd", "gru_step",
+           "gru_step_bwd", "lstm_bwd", "lstm_fwd", "lstm_step", "lstm_step_bwd", "rnn_bwd",
+           "rnn_fwd", "rnn_step", "rnn_step_bwd"]

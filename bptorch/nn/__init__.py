@@ -32,6 +32,11 @@ from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .attention import MultiheadAttention
 from .recurrent import GRU, LSTM, RNN
+from .recurrent import GRUCell, LSTMCell, RNNCell
+from .transformer import (
+    Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+    TransformerEncoderLayer,
+)
 
 # torch's, re-exported: the objects a model definition builds with, not copies
 TORCH_REEXPORTS = ["Module", "ModuleDict", "ModuleList", "Parameter", "ParameterDict",
@@ -46,6 +51,9 @@ __all__ = [
     "Conv2d", "Dropout", "Flatten", "MaxPool2d",
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Embedding", "LayerNorm",
     "MultiheadAttention", "GRU", "LSTM", "RNN",
+    "GRUCell", "LSTMCell", "RNNCell",
+    "Transformer", "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder",
+    "TransformerEncoderLayer",
     "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "KLDivLoss", "L1Loss", "LogSoftmax",
     "MSELoss", "NLLLoss", "SmoothL1Loss",
     "Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",

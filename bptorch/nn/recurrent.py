@@ -21,7 +21,9 @@ class _RNNBase(nn.Module):
     """What RNN, LSTM and GRU share: torch.nn.RNNBase's attributes and parameters (for each
     layer l and direction, ``weight_ih_l{l}[_reverse]`` (G·H, H_in or D·H),
     ``weight_hh_l{l}[_reverse]`` (G·H, H), ``bias_ih_l{l}[_reverse]``,
-    ``bias_hh_l{l}[_reverse]`` (G·H,), registered in torch's order and all drawn
+    ``bias_hh_l{l}[_reverse]`` (G·H,), and the LSTM's ``weight_hr_l{l}[_reverse]`` (P, H)
+    with ``proj_size`` P > 0 (then h_t, W_hh's columns and the next layer's input are P
+    wide, D·P), registered in torch's order and all drawn
     U(−1/√H, 1/√H) in that order), and the layer-by-layer, direction-by-direction forward."""
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -29,10 +31,6 @@ class _RNNBase(nn.Module):
                  bidirectional: bool = False, proj_size: int = 0,
                  device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
-        name = type(self).__name__
-        if proj_size:
-            raise NotImplementedError(f"{name}: proj_size={proj_size} (> 0) is not implemented "
-                                      "in bptorch")
         if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
                 or not 0 <= dropout <= 1):
             raise ValueError("dropout should be a number in range [0, 1] representing the "
@@ -43,6 +41,14 @@ class _RNNBase(nn.Module):
                 raise TypeError(f"{arg} should be of type int, got {type(value).__name__}")
             if value <= 0 and arg != "input_size":
                 raise ValueError(f"{arg} must be greater than zero, got {value}")
+        if not isinstance(proj_size, int) or isinstance(proj_size, bool):
+            raise TypeError(f"proj_size should be of type int, got {type(proj_size).__name__}")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable "
+                             f"projections, got {proj_size}")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size="
+                             f"{proj_size} and hidden_size={hidden_size}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
                           "non-zero dropout expects num_layers greater than 1, but got "
@@ -51,18 +57,22 @@ class _RNNBase(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
         self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
-        self.dropout, self.bidirectional, self.proj_size = float(dropout), bidirectional, 0
+        self.dropout, self.bidirectional = float(dropout), bidirectional
+        self.proj_size = proj_size
         D, G = 2 if bidirectional else 1, _GATES[mode]
+        real_hidden = proj_size if proj_size > 0 else hidden_size  # the width of h_t
         self._flat_weights_names: list[str] = []
         self._all_weights: list[list[str]] = []
         for layer in range(num_layers):
             for direction in range(D):
-                n_in = input_size if layer == 0 else hidden_size * D
+                n_in = input_size if layer == 0 else real_hidden * D
                 suffix = "_reverse" if direction == 1 else ""
                 shapes = [("weight_ih", (G * hidden_size, n_in)),
-                          ("weight_hh", (G * hidden_size, hidden_size))]
+                          ("weight_hh", (G * hidden_size, real_hidden))]
                 if bias:
                     shapes += [("bias_ih", (G * hidden_size,)), ("bias_hh", (G * hidden_size,))]
+                if proj_size > 0:  # torch registers the projection last, after the biases
+                    shapes += [("weight_hr", (proj_size, hidden_size))]
                 names = []
                 for kind, shape in shapes:
                     names.append(f"{kind}_l{layer}{suffix}")
@@ -85,10 +95,12 @@ class _RNNBase(nn.Module):
         return [[getattr(self, name) for name in names] for names in self._all_weights]
 
     def _layer_params(self, layer: int, direction: int) -> tuple:
-        """(W_ih, W_hh, b_ih, b_hh) of one layer and direction (biases None if bias=False)."""
+        """(W_ih, W_hh, b_ih, b_hh) of one layer and direction (biases None if bias=False),
+        then W_hr where the LSTM has a projection."""
         suffix = "_reverse" if direction == 1 else ""
         get = lambda kind: getattr(self, f"{kind}_l{layer}{suffix}", None)  # noqa: E731
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+        params = get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+        return params + (get("weight_hr"),) if self.proj_size > 0 else params
 
     # ---------------------------------------------------------------- input handling
     def _prepare(self, input: Tensor, hx: tuple[Tensor | None, ...]) -> tuple:
@@ -115,9 +127,12 @@ class _RNNBase(nn.Module):
                              f"{_shape(input)}")
         n = x.shape[1]
         D = 2 if self.bidirectional else 1
-        want = (self.num_layers * D, n, self.hidden_size)
         states = []
         for label, h in zip(("h_0", "c_0"), hx):
+            # h_t is proj_size wide where the LSTM projects it; c_t is always hidden_size
+            width = self.proj_size if label == "h_0" and self.proj_size > 0 else \
+                self.hidden_size
+            want = (self.num_layers * D, n, width)
             if h is None:
                 states.append(torch.zeros(want, dtype=x.dtype, device=x.device))
                 continue
@@ -163,6 +178,8 @@ class _RNNBase(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         if not self.bias:
@@ -232,12 +249,13 @@ class LSTM(_RNNBase):
     cell path dc_t = dh_t ⊙ o_t ⊙ (1 − tanh² c_t) + dc_{t+1} ⊙ f_{t+1} (see
     :class:`bptorch.functions.recurrent.LSTMLayerFunction`).
 
-    Args: as :class:`RNN` without ``nonlinearity``; ``proj_size`` > 0 raises
-    NotImplementedError.
+    Args: as :class:`RNN` without ``nonlinearity``; ``proj_size`` P > 0 (P < H) projects
+    h_t = W_hr (o_t ⊙ tanh(c_t)) with ``weight_hr_l{k}[_reverse]`` (P, H), as torch.
 
     Shape:
-        input as :class:`RNN`; hx = (h_0, c_0), each (D·num_layers, N, H), zeros if not
-        given. Returns (output (L, N, D·H), (h_n, c_n)).
+        input as :class:`RNN`; hx = (h_0, c_0), h_0 (D·num_layers, N, H or P), c_0
+        (D·num_layers, N, H), zeros if not given. Returns (output (L, N, D·(H or P)),
+        (h_n, c_n)).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -294,4 +312,150 @@ class GRU(_RNNBase):
         return output, h_n
 
 
-__all__ = ["GRU", "LSTM", "RNN"]
+# ---------------------------------------------------------------- the cells: one step
+class _RNNCellBase(nn.Module):
+    """What RNNCell, LSTMCell and GRUCell share: torch.nn.RNNCellBase's attributes,
+    ``weight_ih`` (G·H, H_in), ``weight_hh`` (G·H, H), ``bias_ih``, ``bias_hh`` (G·H,), all
+    drawn U(−1/√H, 1/√H) in that order, and the unbatched input torch accepts."""
+
+    __constants__ = ["input_size", "hidden_size", "bias"]
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.weight_ih = nn.Parameter(torch.empty(num_chunks * hidden_size, input_size,
+                                                  **factory))
+        self.weight_hh = nn.Parameter(torch.empty(num_chunks * hidden_size, hidden_size,
+                                                  **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(num_chunks * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(num_chunks * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every weight and bias U(−1/√H, 1/√H), in parameter order, as torch."""
+        k = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -k, k)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        return s
+
+    def _batch(self, input: Tensor, states: tuple[Tensor | None, ...],
+               labels: tuple[str, ...]) -> tuple[Tensor, list[Tensor], bool]:
+        """(input (N, H_in), states (N, H) each, zeros where not given, batched?)."""
+        name = type(self).__name__
+        if not isinstance(input, Tensor) or input.dim() not in (1, 2):
+            got = f"{input.dim()}D" if isinstance(input, Tensor) else type(input).__name__
+            raise ValueError(f"{name}: Expected input to be 1D (H_in,) or 2D (N, H_in), got "
+                             f"{got} instead")
+        for label, h in zip(labels, states):
+            if h is not None and (not isinstance(h, Tensor) or h.dim() not in (1, 2)):
+                got = f"{h.dim()}D" if isinstance(h, Tensor) else type(h).__name__
+                raise ValueError(f"{name}: Expected {label} to be 1D (H,) or 2D (N, H), got "
+                                 f"{got} instead")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        out = []
+        for h in states:
+            if h is None:
+                h = torch.zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
+            elif not batched:
+                h = h.unsqueeze(0)
+            out.append(h)
+        return x, out, batched
+
+    def _weights(self) -> tuple:
+        return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
+
+class RNNCell(_RNNCellBase):
+    r"""h' = σ(W_ih x + b_ih + W_hh h + b_hh), σ = tanh or ReLU: one step of :class:`RNN`.
+
+    A drop-in for ``torch.nn.RNNCell`` (arguments, ``weight_ih``/``weight_hh``/``bias_ih``/
+    ``bias_hh``, init, state_dict keys). Backward (see
+    :class:`bptorch.functions.recurrent.RNNCellFunction`): δ = ∂C/∂h' ⊙ σ'(z), BP3
+    ∂C/∂b = Σ δ, BP4 ∂C/∂W_ih = δᵀ x, ∂C/∂W_hh = δᵀ h.
+
+    Shape: input (N, H_in) or unbatched (H_in,); hx (N, H) or (H,), zeros if not given;
+    returns h' of hx's shape.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity: {nonlinearity!r}. Select from 'tanh' or "
+                             "'relu'.")
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        x, (h,), batched = self._batch(input, (hx,), ("hidden",))
+        cell = BF.rnn_tanh_cell if self.nonlinearity == "tanh" else BF.rnn_relu_cell
+        out = cell(x, h, *self._weights())
+        return out if batched else out.squeeze(0)
+
+
+class LSTMCell(_RNNCellBase):
+    r"""(i, f, g, o) = (σ, σ, tanh, σ)(W_ih x + b_ih + W_hh h + b_hh), c' = f ⊙ c + i ⊙ g,
+    h' = o ⊙ tanh(c'): one step of :class:`LSTM`.
+
+    A drop-in for ``torch.nn.LSTMCell`` (gates stacked (i, f, g, o), parameter names, init,
+    state_dict keys). Backward with each gate's δ and the cell path ∂C/∂c = dc' ⊙ f (see
+    :class:`bptorch.functions.recurrent.LSTMCellFunction`).
+
+    Shape: input (N, H_in) or (H_in,); hx = (h, c), each (N, H) or (H,), zeros if not
+    given; returns (h', c').
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype)
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, Tensor]:
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError(f"LSTMCell: hx must be a tuple (h, c), got {type(hx).__name__}")
+        x, (h, c), batched = self._batch(input, tuple(hx) if hx is not None else (None, None),
+                                         ("hx[0]", "hx[1]"))
+        h1, c1 = BF.lstm_cell(x, (h, c), *self._weights())
+        return (h1, c1) if batched else (h1.squeeze(0), c1.squeeze(0))
+
+
+class GRUCell(_RNNCellBase):
+    r"""r = σ(W_ir x + b_ir + W_hr h + b_hr), z = σ(W_iz x + b_iz + W_hz h + b_hz),
+    n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h' = (1 − z) ⊙ n + z ⊙ h: one step of
+    :class:`GRU`.
+
+    A drop-in for ``torch.nn.GRUCell`` (gates stacked (r, z, n), parameter names, init,
+    state_dict keys). Backward with δ_r, δ_z, δ_n (see
+    :class:`bptorch.functions.recurrent.GRUCellFunction`).
+
+    Shape: as :class:`RNNCell`.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        x, (h,), batched = self._batch(input, (hx,), ("hidden",))
+        out = BF.gru_cell(x, h, *self._weights())
+        return out if batched else out.squeeze(0)
+
+
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
