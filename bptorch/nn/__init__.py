@@ -22,9 +22,13 @@ from .cost import (
     LogLikelihoodCost, LogSoftmax, MSELoss, NLLLoss, QuadraticCost, SmoothL1Loss,
 )
 from .dropout import Dropout, Flatten
+from .dropout import AlphaDropout, Dropout1d, Dropout2d, Dropout3d, FeatureAlphaDropout
 from .linear import Dense, Linear
 from .embedding import Embedding
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .normalization import (
+    BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d,
+)
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .attention import MultiheadAttention
 from .recurrent import GRU, LSTM, RNN
@@ -44,6 +48,8 @@ __all__ = [
     "MultiheadAttention", "GRU", "LSTM", "RNN",
     "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "KLDivLoss", "L1Loss", "LogSoftmax",
     "MSELoss", "NLLLoss", "SmoothL1Loss",
+    "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+    "AlphaDropout", "Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout",
     *TORCH_REEXPORTS,
 ]
 
