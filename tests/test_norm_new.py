@@ -128,6 +128,19 @@ def test_batch_norm3d_and_instance_norm_functional_gradcheck(training):
         assert gradgradcheck(fn, (x, w, b))
 
 
+def test_channel_mask_and_shift_gradcheck():
+    """a = z ⊙ m + b with m and b broadcast over the spatial axes (channel-wise and alpha
+    dropout): ∂C/∂m and ∂C/∂b are summed over the axes they were broadcast along."""
+    from bptorch.functions.dropout import DropoutFunction
+
+    z = torch.randn(3, 2, 4, dtype=D, requires_grad=True)
+    m = torch.randn(3, 2, 1, dtype=D, requires_grad=True)
+    b = torch.randn(3, 2, 1, dtype=D, requires_grad=True)
+    fn = lambda z, m, b: DropoutFunction.apply(z, m, False, b)  # noqa: E731
+    assert gradcheck(fn, (z, m, b))
+    assert gradgradcheck(fn, (z, m, b))
+
+
 # ---------------------------------------------------------------- modules against torch.nn
 @pytest.mark.parametrize("kw", [{}, {"affine": False}, {"bias": False}, {"eps": 1e-2}],
                          ids=["default", "no-affine", "no-bias", "eps"])
