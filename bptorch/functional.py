@@ -404,8 +404,9 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
     their averages over the batch), else the running statistics, as BatchNorm's eval."""
     C.check_instance_norm(input, running_mean, running_var, weight, bias, use_input_stats)
     if not use_input_stats:  # fixed statistics: BatchNorm's eval mode, the same equation
-        return BatchNormFunction.apply(
-            input, weight, bias, running_mean, running_var, False, eps)[0]
+        # on a contiguous input, as torch's instance_norm: the output has torch's strides
+        x = input if input.is_contiguous() else input.contiguous()
+        return BatchNormFunction.apply(x, weight, bias, running_mean, running_var, False, eps)[0]
     # one group per channel: GroupNorm's Function with num_groups=None
     y, mean, rstd = GroupNormFunction.apply(input, None, weight, bias, eps)
     if running_mean is not None or running_var is not None:

@@ -217,6 +217,24 @@ def test_batch_norm_empty_batch_as_torch(name, shape, momentum):
         _steps(getattr(nn, name)(3, dtype=D, **kw), shape, train=True, steps=1)
 
 
+def test_output_strides_are_torchs():
+    """channels_last input: GroupNorm and BatchNorm3d keep the layout, InstanceNorm's output
+    is contiguous, as torch's (a dropout after them draws its mask over the same elements)."""
+    x = torch.randn(2, 6, 3, 4, dtype=D).to(memory_format=torch.channels_last)
+    x3 = torch.randn(2, 3, 2, 3, 4, dtype=D).to(memory_format=torch.channels_last_3d)
+    w, b, rm, rv = torch.rand(6, dtype=D), torch.rand(6, dtype=D), torch.zeros(6, dtype=D), \
+        torch.ones(6, dtype=D)
+    for ours, theirs in [(BF.group_norm(x, 3, w, b), F.group_norm(x, 3, w, b)),
+                         (BF.instance_norm(x, None, None, w, b),
+                          F.instance_norm(x, None, None, w, b)),
+                         (BF.instance_norm(x, rm, rv, w, b, False),
+                          F.instance_norm(x, rm, rv, w, b, False)),
+                         (BF.batch_norm(x3, None, None, training=True),
+                          F.batch_norm(x3, None, None, training=True))]:
+        assert ours.stride() == theirs.stride()
+        _close(ours, theirs)
+
+
 # ---------------------------------------------------------------- dropout
 DROPOUT_CASES = [("Dropout1d", (4, 5, 6)), ("Dropout1d", (5, 6)), ("Dropout2d", (3, 4, 5, 2)),
                  ("Dropout3d", (2, 4, 3, 2, 2)), ("Dropout3d", (4, 3, 2, 2)),
@@ -462,7 +480,8 @@ def test_bad_inputs():
         bnn.BatchNorm3d(3)(torch.randn(1, 3, 1, 1, 1))
     with pytest.raises(ValueError, match="dropout1d expects"):
         bnn.Dropout1d()(torch.randn(2, 3, 4, 5))
-    with pytest.raises(ValueError, match="at least 2 dims"):
+    with pytest.raises(ValueError, match="at least 2 dims"), \
+            pytest.warns(UserWarning, match="Received a 1-D input to dropout2d"):
         BF.dropout2d(torch.randn(5), 0.5)
     with pytest.raises(ValueError, match="must lie in"):
         bnn.Dropout2d(1.5)

@@ -12,10 +12,12 @@ channel, (N, C, 1, ..., 1), broadcast over the spatial axes: a whole feature map
 or dropped, and ∂C/∂z = ∂C/∂a ⊙ m drops its whole error map with it. Alpha dropout
 (AlphaDropout, for SELU) adds a constant shift, a = z ⊙ m + b with m_i = A·keep_i and
 b_i = λα·A·(keep_i − 1 + p) (λα from SELU), so that the mean and variance of SELU's
-output survive: the shift does not depend on z, and ∂C/∂z = ∂C/∂a ⊙ m still. The mask is an input, drawn by the caller with torch's RNG
-(:func:`dropout_mask`), so the Function is deterministic and ``torch.manual_seed``
-controls the draw; attention's dropout draws its mask here too. Both run in their
-input's dtype under ``torch.autocast``, as torch's.
+output survive: the shift does not depend on z, and ∂C/∂z = ∂C/∂a ⊙ m still.
+
+The mask is an input, drawn by the caller with torch's RNG (:func:`dropout_mask`,
+:func:`feature_dropout_mask`, :func:`alpha_dropout_mask`), so the Function is
+deterministic and ``torch.manual_seed`` controls the draw; attention's dropout draws its
+mask here too. Both run in their input's dtype under ``torch.autocast``, as torch's.
 """
 from __future__ import annotations
 

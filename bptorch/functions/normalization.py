@@ -8,8 +8,9 @@ where μ and σ² (biased) are taken over the *reduced* axes: the batch (and spa
 for BatchNorm, one per channel; the trailing ``normalized_shape`` axes for LayerNorm, one
 per example; each group of C/G channels and its spatial axes for GroupNorm, one per
 (example, group); the spatial axes for InstanceNorm, one per (example, channel), which is
-GroupNorm with one channel per group. The output y is the layer's z^l in the seed's notation, so δ = ∂C/∂y is its
-error δ^l, handed down by the layer above; with M the number of values in each reduction:
+GroupNorm with one channel per group. The output y is the layer's z^l in the seed's
+notation, so δ = ∂C/∂y is its error δ^l, handed down by the layer above; with M the
+number of values in each reduction:
 
     ∂C/∂β = Σ δ                   (BP3's analogue, β is a bias)
     ∂C/∂γ = Σ δ ⊙ x̂               (BP4's analogue, x̂ plays a^{l−1})
@@ -18,10 +19,10 @@ error δ^l, handed down by the layer above; with M the number of values in each 
 
 the sums in the first two over the axes γ is shared across (BatchNorm, GroupNorm and
 InstanceNorm: the batch and spatial axes, γ per channel; LayerNorm: the rows, γ per
-element), the means in the last over the reduced axes. The last line is the chain rule through μ and σ², which both depend on
-every x in the reduction; the two means are what is left of those paths. When the
-statistics are fixed (BatchNorm in eval mode, running statistics) μ and rstd are
-constants and ∂C/∂x = rstd · ∂C/∂x̂, the affine map's backward.
+element), the means in the last over the reduced axes. The last line is the chain rule
+through μ and σ², which both depend on every x in the reduction; the two means are what
+is left of those paths. When the statistics are fixed (BatchNorm in eval mode, running
+statistics) μ and rstd are constants and ∂C/∂x = rstd · ∂C/∂x̂, the affine map's backward.
 
 Saved for backward, as torch saves them: the input x and the per-reduction ``mean`` and
 ``rstd`` (small). x̂ is recomputed from them rather than saved, and the output y is never
@@ -310,9 +311,11 @@ class GroupNormFunction(BPFunction):
         x = _group_view(x, g)
         mean, rstd = stats(x, GROUP_DIMS, eps)
         y = norm_fwd(x, mean, rstd, _group_param(weight, g), _group_param(bias, g))
+        y = y.reshape(input.shape).to(input.dtype)
+        if num_groups is None:  # torch's instance_norm runs on a contiguous copy: its strides
+            y = y.contiguous()
         n = input.shape[0]
-        return (y.reshape(input.shape).to(input.dtype), mean.reshape(n, g),
-                rstd.reshape(n, g))
+        return y, mean.reshape(n, g), rstd.reshape(n, g)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -335,6 +338,8 @@ class GroupNormFunction(BPFunction):
             mean, rstd = mean.reshape(*mean.shape, 1, 1), rstd.reshape(*rstd.shape, 1, 1)
         need = ctx.needs_input_grad
         need = (need[0], need[2] and weight is not None, need[3])
+        # y = γ ⊙ x̂ + β on the (N, G, C/G, S) view  →  norm_bwd: BP3 dβ = Σ δ and BP4
+        # dγ = Σ δ ⊙ x̂ over (n, s), ∂C/∂x through μ and σ² of each (n, g) over (c, s).
         # bfloat16/half: the reductions in float32, each gradient rounded once, as torch
         grad_input, grad_weight, grad_bias = norm_bwd(
             *_float32(delta, x4, mean, rstd, _group_param(weight, g)), GROUP_DIMS,
