@@ -20,7 +20,7 @@ from .functions.base import IntPair
 from .functions.conv import Conv2dFunction
 from .functions.costs import CostFunction, get_cost
 from .functions.dropout import DropoutFunction, FlattenFunction, dropout_mask
-from .functions.dropout import alpha_dropout_mask, feature_dropout_mask
+from .functions.dropout import AlphaDropoutFunction, alpha_dropout_mask, feature_dropout_mask
 from .functions.embedding import EmbeddingFunction
 from .functions.feedback import (
     Conv2dFeedbackFunction, DenseFeedbackFunction, LinearFeedbackFunction,
@@ -339,7 +339,9 @@ def alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
     if not training or p == 0.0 or input.numel() == 0:
         return input
     mask, shift = alpha_dropout_mask(input, p)
-    return DropoutFunction.apply(input, mask, inplace, shift)
+    if shift is None:  # p = 1: zeros, as torch
+        return DropoutFunction.apply(input, mask, inplace)
+    return AlphaDropoutFunction.apply(input, mask, shift, inplace)
 
 
 def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
@@ -350,7 +352,9 @@ def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
     if not training or p == 0.0 or input.numel() == 0:
         return input
     mask, shift = alpha_dropout_mask(input, p, feature=True)
-    return DropoutFunction.apply(input, mask, inplace, shift)
+    if shift is None:  # p = 1: zeros, as torch
+        return DropoutFunction.apply(input, mask, inplace)
+    return AlphaDropoutFunction.apply(input, mask, shift, inplace)
 
 
 def flatten(input: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:

@@ -131,14 +131,15 @@ def test_batch_norm3d_and_instance_norm_functional_gradcheck(training):
 def test_channel_mask_and_shift_gradcheck():
     """a = z ⊙ m + b with m and b broadcast over the spatial axes (channel-wise and alpha
     dropout): ∂C/∂m and ∂C/∂b are summed over the axes they were broadcast along."""
-    from bptorch.functions.dropout import DropoutFunction
+    from bptorch.functions.dropout import AlphaDropoutFunction, DropoutFunction
 
     z = torch.randn(3, 2, 4, dtype=D, requires_grad=True)
     m = torch.randn(3, 2, 1, dtype=D, requires_grad=True)
     b = torch.randn(3, 2, 1, dtype=D, requires_grad=True)
-    fn = lambda z, m, b: DropoutFunction.apply(z, m, False, b)  # noqa: E731
-    assert gradcheck(fn, (z, m, b))
-    assert gradgradcheck(fn, (z, m, b))
+    assert gradcheck(DropoutFunction.apply, (z, m))
+    assert gradgradcheck(DropoutFunction.apply, (z, m))
+    assert gradcheck(AlphaDropoutFunction.apply, (z, m, b))
+    assert gradgradcheck(AlphaDropoutFunction.apply, (z, m, b))
 
 
 # ---------------------------------------------------------------- modules against torch.nn
@@ -341,6 +342,26 @@ def test_first_order_grad_with_create_graph_and_torch_func_match_torch(name):
     torch.manual_seed(2)
     got_x = grad(lambda x: (ours(x) * g).sum())(x.detach())
     _close(got_x, want[0], f"{name}: torch.func.grad")
+
+
+def test_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) through the new layers: one graph (a break raises),
+    eager's gradients."""
+    model = nn.Sequential(bnn.GroupNorm(2, 4), bnn.Dropout2d(0.3), bnn.AlphaDropout(0.2))
+    x = torch.randn(3, 4, 5, 2)
+
+    def loss_fn(m, x):
+        return (m(x) ** 2).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="eager")  # raises on a break
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.manual_seed(0)
+    compiled(model, x1).backward()
+    torch.manual_seed(0)
+    loss_fn(model, x2).backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch._dynamo.reset()
 
 
 # ---------------------------------------------------------------- autocast

@@ -88,22 +88,18 @@ class DropoutFunction(BPFunction):
     Backward: ∂C/∂z = ∂C/∂a ⊙ m, the same mask (a dropped unit passes no error down).
     ``inplace=True`` overwrites z with a (``mark_dirty``); the mask then gets no gradient,
     since z is gone. m may be a channel mask (N, C, 1, ..., 1), broadcast over the
-    spatial axes (Dropout1d/2d/3d). ``shift``: alpha dropout's b in a = z ⊙ m + b
-    (∂C/∂b = Σ δ over the axes b was broadcast along; it gets none in practice).
+    spatial axes (Dropout1d/2d/3d).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(input: Tensor, mask: Tensor, inplace: bool = False,
-                shift: Tensor | None = None) -> Tensor:
-        a = input.mul_(mask) if inplace else input * mask
-        return a if shift is None else a.add_(shift)
+    def forward(input: Tensor, mask: Tensor, inplace: bool = False) -> Tensor:
+        return input.mul_(mask) if inplace else input * mask
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        input, mask, inplace, shift = inputs
-        ctx.shift_shape = None if shift is None else shift.shape
+        input, mask, inplace = inputs
         if inplace:
             if ctx.needs_input_grad[1]:
                 raise RuntimeError("in-place dropout overwrites the input, so the mask "
@@ -115,11 +111,45 @@ class DropoutFunction(BPFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         input, mask = ctx.saved_tensors
+        return (*dropout_bwd(grad_output, input, mask, ctx.needs_input_grad), None)
+
+
+class AlphaDropoutFunction(BPFunction):
+    """a = z ⊙ m + b, alpha dropout: m = A·keep, b = λα·A·(keep − 1 + p), per element or
+    per (example, channel) (broadcast over the spatial axes).
+
+    Backward: ∂C/∂z = ∂C/∂a ⊙ m, as dropout's (b does not depend on z); ∂C/∂m = Σ δ ⊙ z
+    and ∂C/∂b = Σ δ over the axes each was broadcast along (none in practice).
+    ``inplace=True`` overwrites z with a, as :class:`DropoutFunction`.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input: Tensor, mask: Tensor, shift: Tensor, inplace: bool = False) -> Tensor:
+        return (input.mul_(mask) if inplace else input * mask).add_(shift)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        input, mask, shift, inplace = inputs
+        if inplace:
+            if ctx.needs_input_grad[1]:
+                raise RuntimeError("in-place alpha dropout overwrites the input, so the mask "
+                                   "cannot get a gradient; use inplace=False")
+            ctx.mark_dirty(input)
+        ctx.shift_shape = shift.shape
+        keep_input = ctx.needs_input_grad[1] and not inplace
+        ctx.save_for_backward(input if keep_input else None, mask)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        input, mask = ctx.saved_tensors
+        # a = z ⊙ m + b  →  dz = δ ⊙ m and dm = δ ⊙ z, as dropout's
+        grad_input, grad_mask = dropout_bwd(grad_output, input, mask, ctx.needs_input_grad)
         grad_shift = None
-        need = ctx.needs_input_grad  # 3 long when called without a shift
-        if len(need) > 3 and need[3]:  # a = z ⊙ m + b  →  db = δ, summed where b broadcast
+        if ctx.needs_input_grad[2]:  # a = z ⊙ m + b  →  db = δ, summed where b broadcast
             grad_shift = grad_output.sum_to_size(ctx.shift_shape)
-        return (*dropout_bwd(grad_output, input, mask, ctx.needs_input_grad), None, grad_shift)
+        return grad_input, grad_mask, grad_shift, None
 
 
 class FlattenFunction(BPFunction):
@@ -141,5 +171,5 @@ class FlattenFunction(BPFunction):
         return grad_output.reshape(ctx.input_shape), None, None
 
 
-__all__ = ["ALPHA", "DropoutFunction", "FlattenFunction", "alpha_dropout_mask", "dropout_bwd",
+__all__ = ["ALPHA", "AlphaDropoutFunction", "DropoutFunction", "FlattenFunction", "alpha_dropout_mask", "dropout_bwd",
            "dropout_mask", "feature_dropout_mask"]
