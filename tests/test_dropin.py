@@ -27,7 +27,7 @@ def test_computing_layers_are_bptorchs():
         assert getattr(bnn, name).__module__.startswith("bptorch.nn.")
 
 
-@pytest.mark.parametrize("name", ["Conv3d", "GroupNorm", "ConvTranspose2d", "Hardswish"])
+@pytest.mark.parametrize("name", ["Conv3d", "LocalResponseNorm", "ConvTranspose2d", "Hardswish"])
 def test_a_torch_layer_with_no_twin_is_an_attribute_error_naming_the_way_out(name):
     with pytest.raises(AttributeError, match=rf"no written-out twin for torch\.nn\.{name}.*"
                                              r"from_torch_nn\(model, strict=False\)"):
