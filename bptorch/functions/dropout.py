@@ -171,5 +171,5 @@ class FlattenFunction(BPFunction):
         return grad_output.reshape(ctx.input_shape), None, None
 
 
-__all__ = ["ALPHA", "AlphaDropoutFunction", "DropoutFunction", "FlattenFunction", "alpha_dropout_mask", "dropout_bwd",
-           "dropout_mask", "feature_dropout_mask"]
+__all__ = ["ALPHA", "AlphaDropoutFunction", "DropoutFunction", "FlattenFunction",
+           "alpha_dropout_mask", "dropout_bwd", "dropout_mask", "feature_dropout_mask"]
