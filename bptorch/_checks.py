@@ -378,6 +378,17 @@ def check_dropout_p(p: float) -> float:
     return p
 
 
+def check_dropout_nd(name: str, input: Tensor, min_dim: int) -> None:
+    """A floating tensor with the (N, C) axes channel-wise dropout draws its mask over."""
+    if not isinstance(input, Tensor) or not input.is_floating_point():
+        raise TypeError(f"{name} expects a floating-point tensor")
+    if input.dim() < min_dim:
+        raise ValueError(
+            f"{name} expects a tensor with at least {min_dim} dims (channel-wise dropout "
+            f"draws one mask value per example and channel), got shape {_shape(input)}"
+        )
+
+
 def check_pool_input(input: Tensor) -> None:
     """A floating (N, C, H, W) or unbatched (C, H, W) tensor."""
     check_floating("input", input)
@@ -427,12 +438,27 @@ def adaptive_output_size(input: Tensor, output_size) -> Pair:
 def check_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                      weight: Tensor | None, bias: Tensor | None, training: bool) -> None:
     """(N, C, *) input whose C matches every per-channel tensor; reads no values."""
+    _check_per_channel(input, running_mean=running_mean, running_var=running_var,
+                       weight=weight, bias=bias)
+    c = input.shape[1]
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("running_mean and running_var must be given when training=False")
+    # exactly one value is an error; none (an empty batch) is not: torch returns an empty
+    # output and leaves the running statistics alone
+    if training and input.numel() == c:
+        raise ValueError(
+            f"expected more than 1 value per channel when training, got input of shape "
+            f"{_shape(input)}"
+        )
+
+
+def _check_per_channel(input: Tensor, **tensors: Tensor | None) -> None:
+    """A floating (N, C, *) input, and each given tensor (C,), on its device and dtype."""
     check_floating("input", input)
     if input.dim() < 2:
         raise ValueError(f"expected input of shape (N, C, *), got shape {_shape(input)}")
     c = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
+    for name, t in tensors.items():
         if t is None:
             continue
         check_same(name, t, "input", input)
@@ -442,12 +468,40 @@ def check_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Te
                 f"{name} of shape {_shape(t)}, got input of shape {_shape(input)} "
                 f"with {c} channels"
             )
-    if not training and (running_mean is None or running_var is None):
-        raise ValueError("running_mean and running_var must be given when training=False")
-    if training and input.numel() // max(c, 1) <= 1:
+
+
+def check_group_norm(input: Tensor, num_groups: int, weight: Tensor | None,
+                     bias: Tensor | None) -> None:
+    """(N, C, *) input with C divisible by num_groups, γ and β (C,); reads no values."""
+    _check_per_channel(input, weight=weight, bias=bias)
+    c = input.shape[1]
+    if not isinstance(num_groups, int) or num_groups < 1 or c % num_groups:
+        raise ValueError(
+            f"expected the {c} channels of input (dim 1) to be divisible by num_groups, got "
+            f"num_groups={num_groups!r} for input of shape {_shape(input)}"
+        )
+    # torch's check, which counts N·C/G·(spatial size) values, not those of one group
+    if input.numel() // num_groups == 1:
         raise ValueError(
             f"expected more than 1 value per channel when training, got input of shape "
-            f"{_shape(input)}"
+            f"{_shape(input)} with num_groups={num_groups} (N·C/num_groups·spatial = 1)"
+        )
+
+
+def check_instance_norm(input: Tensor, running_mean: Tensor | None,
+                        running_var: Tensor | None, weight: Tensor | None,
+                        bias: Tensor | None, use_input_stats: bool) -> None:
+    """(N, C, *) input, per-channel tensors (C,), running statistics when they are used,
+    more than one spatial value when the input's own are; reads no values."""
+    _check_per_channel(input, running_mean=running_mean, running_var=running_var,
+                       weight=weight, bias=bias)
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise ValueError("running_mean and running_var must be given when "
+                         "use_input_stats=False")
+    if use_input_stats and input.dim() > 1 and math.prod(input.shape[2:]) == 1:
+        raise ValueError(
+            f"expected more than 1 spatial element per (example, channel) when the input's "
+            f"own statistics are used, got input of shape {_shape(input)}"
         )
 
 

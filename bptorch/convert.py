@@ -39,6 +39,8 @@ TWIN_NAMES = (
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "ELU", "SELU", "Softplus", "Mish", "PReLU",
     "LogSoftmax",
     "RNNCell", "LSTMCell", "GRUCell",
+    "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+    "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
 )
 # torch.nn modules whose forward only composes their children (and a few functions): the
 # children are converted, then _fix_composite (or, back to torch, _unfix_composite) makes

@@ -3,6 +3,9 @@ handle torch's arguments, then apply the Function (``bptorch.functions``). The `
 modules call these: each argument is handled here once."""
 from __future__ import annotations
 
+import math
+import warnings
+
 import torch
 from torch import Tensor
 from torch.autograd import forward_ad
@@ -19,6 +22,7 @@ from .functions.conv import Conv2dFunction
 from .functions.conv import ConvNdFunction, ConvTransposeNdFunction, ModePadFunction
 from .functions.costs import CostFunction, get_cost
 from .functions.dropout import DropoutFunction, FlattenFunction, dropout_mask
+from .functions.dropout import AlphaDropoutFunction, alpha_dropout_mask, feature_dropout_mask
 from .functions.embedding import EmbeddingFunction
 from .functions.feedback import (
     Conv2dFeedbackFunction, DenseFeedbackFunction, LinearFeedbackFunction,
@@ -27,6 +31,7 @@ from .functions.linear import ActivationFunction, DenseFunction, LinearFunction
 from .functions.linear import KEEPS_NO_Z_IN_PLACE, PReLUFunction
 from .functions.products import BmmFunction, MatmulFunction, MulFunction
 from .functions.normalization import BatchNormFunction, LayerNormFunction, update_running_stats
+from .functions.normalization import GroupNormFunction
 from .functions.pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunction
 from .functions.recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
 from .functions.recurrent import GRUCellFunction, LSTMCellFunction, RNNCellFunction
@@ -412,6 +417,93 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True,
     return DropoutFunction.apply(input, dropout_mask(input, p), _can_overwrite(input, inplace))
 
 
+def _feature_dropout(input: Tensor, p: float, training: bool, inplace: bool,
+                     batched: bool) -> Tensor:
+    """a = z ⊙ m with one m per (example, channel) (per channel if not ``batched``)."""
+    if not training or p == 0.0 or input.numel() == 0:
+        return input
+    return DropoutFunction.apply(input, feature_dropout_mask(input, p, batched), inplace)
+
+
+def dropout1d(input: Tensor, p: float = 0.5, training: bool = True,
+              inplace: bool = False) -> Tensor:
+    """Channel-wise dropout of (N, C, L) or unbatched (C, L): each channel kept (×1/(1 − p))
+    or zeroed whole; the identity when not training."""
+    p = C.check_dropout_p(p)
+    C.check_dropout_nd("dropout1d", input, 2)
+    if input.dim() not in (2, 3):
+        raise ValueError(f"dropout1d expects (N, C, L) or (C, L) input, got shape "
+                         f"{tuple(input.shape)}; use dropout2d/dropout3d for more dims")
+    return _feature_dropout(input, p, training, inplace, batched=input.dim() == 3)
+
+
+def dropout2d(input: Tensor, p: float = 0.5, training: bool = True,
+              inplace: bool = False) -> Tensor:
+    """Channel-wise dropout of (N, C, H, W). As torch: a 3-D input is taken as (N, C, L)
+    (1-D behaviour), with torch's warnings for 3-D and other than 3-/4-D input."""
+    p = C.check_dropout_p(p)
+    if isinstance(input, Tensor) and input.dim() not in (3, 4):
+        warnings.warn(
+            f"dropout2d: Received a {input.dim()}-D input to dropout2d, which is deprecated "
+            "and will result in an error in a future release. To retain the behavior and "
+            "silence this warning, please use dropout instead. Note that dropout2d exists to "
+            "provide channel-wise dropout on inputs with 2 spatial dimensions, a channel "
+            "dimension, and an optional batch dimension (i.e. 3D or 4D inputs).", stacklevel=2)
+    if isinstance(input, Tensor) and input.dim() == 3:
+        warnings.warn(
+            "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D "
+            "dropout behavior is desired - input is interpreted as shape (N, C, L), where C "
+            "is the channel dim. This behavior will change in a future release to interpret "
+            "the input as one without a batch dimension, i.e. shape (C, H, W). To maintain "
+            "the 1D channel-wise dropout behavior, please switch to using dropout1d "
+            "instead.", stacklevel=2)
+    C.check_dropout_nd("dropout2d", input, 2)
+    return _feature_dropout(input, p, training, inplace, batched=True)
+
+
+def dropout3d(input: Tensor, p: float = 0.5, training: bool = True,
+              inplace: bool = False) -> Tensor:
+    """Channel-wise dropout of (N, C, D, H, W) or unbatched (C, D, H, W); other than 4-/5-D
+    input is taken as unbatched, with torch's warning."""
+    p = C.check_dropout_p(p)
+    if isinstance(input, Tensor) and input.dim() not in (4, 5):
+        warnings.warn(
+            f"dropout3d: Received a {input.dim()}-D input to dropout3d, which is deprecated "
+            "and will result in an error in a future release. To retain the behavior and "
+            "silence this warning, please use dropout instead. Note that dropout3d exists to "
+            "provide channel-wise dropout on inputs with 3 spatial dimensions, a channel "
+            "dimension, and an optional batch dimension (i.e. 4D or 5D inputs).", stacklevel=2)
+    C.check_dropout_nd("dropout3d", input, 1)
+    return _feature_dropout(input, p, training, inplace, batched=input.dim() == 5)
+
+
+def alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
+                  inplace: bool = False) -> Tensor:
+    """a = z ⊙ m + b, alpha dropout for SELU networks (mean and variance kept); the
+    identity when not training (torch's default here: ``training=False``)."""
+    p = C.check_dropout_p(p)
+    C.check_dropout_nd("alpha_dropout", input, 0)
+    if not training or p == 0.0 or input.numel() == 0:
+        return input
+    mask, shift = alpha_dropout_mask(input, p)
+    if shift is None:  # p = 1: zeros, as torch
+        return DropoutFunction.apply(input, mask, inplace)
+    return AlphaDropoutFunction.apply(input, mask, shift, inplace)
+
+
+def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
+                          inplace: bool = False) -> Tensor:
+    """Alpha dropout with one (m, b) per example and channel of (N, C, *)."""
+    p = C.check_dropout_p(p)
+    C.check_dropout_nd("feature_alpha_dropout", input, 2)
+    if not training or p == 0.0 or input.numel() == 0:
+        return input
+    mask, shift = alpha_dropout_mask(input, p, feature=True)
+    if shift is None:  # p = 1: zeros, as torch
+        return DropoutFunction.apply(input, mask, inplace)
+    return AlphaDropoutFunction.apply(input, mask, shift, inplace)
+
+
 def flatten(input: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
     """Merge dims start_dim..end_dim; the backward reshapes δ back."""
     return FlattenFunction.apply(input, start_dim, end_dim)
@@ -429,7 +521,8 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     C.check_batch_norm(input, running_mean, running_var, weight, bias, training)
     y, mean, rstd = BatchNormFunction.apply(
         input, weight, bias, running_mean, running_var, training, eps)
-    if training and (running_mean is not None or running_var is not None):
+    # an empty batch leaves the running statistics alone, as torch
+    if training and (running_mean is not None or running_var is not None) and input.numel():
         update_running_stats(running_mean, running_var, mean, rstd, eps,
                              input.numel() // input.shape[1], momentum)
     return y
@@ -443,6 +536,34 @@ def layer_norm(input: Tensor, normalized_shape: int | tuple[int, ...] | list[int
         tuple(int(n) for n in normalized_shape)
     C.check_layer_norm(input, shape, weight, bias)
     return LayerNormFunction.apply(input, shape, weight, bias, eps)[0]
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """y = γ ⊙ (x − μ)/√(σ² + ε) + β, μ and σ² per example over each group of
+    C/num_groups channels of (N, C, *); γ, β per channel."""
+    C.check_group_norm(input, num_groups, weight, bias)
+    return GroupNormFunction.apply(input, num_groups, weight, bias, eps)[0]
+
+
+def instance_norm(input: Tensor, running_mean: Tensor | None = None,
+                  running_var: Tensor | None = None, weight: Tensor | None = None,
+                  bias: Tensor | None = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """y = γ ⊙ (x − μ)/√(σ² + ε) + β, μ and σ² per example and channel of (N, C, *) over
+    the spatial axes (``use_input_stats``; the running statistics, if given, updated with
+    their averages over the batch), else the running statistics, as BatchNorm's eval."""
+    C.check_instance_norm(input, running_mean, running_var, weight, bias, use_input_stats)
+    if not use_input_stats:  # fixed statistics: BatchNorm's eval mode, the same equation
+        # on a contiguous input, as torch's instance_norm: the output has torch's strides
+        x = input if input.is_contiguous() else input.contiguous()
+        return BatchNormFunction.apply(x, weight, bias, running_mean, running_var, False, eps)[0]
+    # one group per channel: GroupNorm's Function with num_groups=None
+    y, mean, rstd = GroupNormFunction.apply(input, None, weight, bias, eps)
+    if running_mean is not None or running_var is not None:
+        update_running_stats(running_mean, running_var, mean, rstd, eps,
+                             math.prod(input.shape[2:]), momentum)
+    return y
 
 
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,

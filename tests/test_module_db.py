@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bptorch.nn as bnn
+from bptorch.convert import from_torch_nn
 
 pytest.importorskip("expecttest")  # torch's testing internals need it (the test extra)
 common_modules = pytest.importorskip("torch.testing._internal.common_modules")
@@ -52,10 +53,22 @@ def _leaves(x):
     return copy.deepcopy(x)
 
 
+def _ours(x):
+    """A constructor argument for bptorch's twin: a torch.nn module in it (a
+    TransformerEncoder's layer) is converted, as a script switched by its imports would
+    have built it with bptorch.nn in the first place."""
+    if isinstance(x, torch.nn.Module):
+        return from_torch_nn(x)
+    return x
+
+
 def _run(cls, sample, training, weights=None):
     torch.manual_seed(0)
     c = sample.constructor_input
-    m = cls(*c.args, **c.kwargs)
+    args, kwargs = c.args, c.kwargs
+    if cls.__module__.startswith("bptorch."):
+        args, kwargs = [_ours(a) for a in args], {k: _ours(v) for k, v in kwargs.items()}
+    m = cls(*args, **kwargs)
     m = m.to(D)  # floating parameters and buffers
     if weights is not None:
         m.load_state_dict(weights)

@@ -1,24 +1,28 @@
-"""Batch and layer normalization, with the backward written out.
+"""Batch, layer, group and instance normalization, with the backward written out.
 
-Both layers standardise z over some axes, then apply a per-feature affine map:
+Each layer standardises z over some axes, then applies a per-feature affine map:
 
     x̂ = (x − μ) · rstd,   rstd = 1/√(σ² + ε),   y = γ ⊙ x̂ + β
 
 where μ and σ² (biased) are taken over the *reduced* axes: the batch (and spatial) axes
 for BatchNorm, one per channel; the trailing ``normalized_shape`` axes for LayerNorm, one
-per example. The output y is the layer's z^l in the seed's notation, so δ = ∂C/∂y is its
-error δ^l, handed down by the layer above; with M the number of values in each reduction:
+per example; each group of C/G channels and its spatial axes for GroupNorm, one per
+(example, group); the spatial axes for InstanceNorm, one per (example, channel), which is
+GroupNorm with one channel per group. The output y is the layer's z^l in the seed's
+notation, so δ = ∂C/∂y is its error δ^l, handed down by the layer above; with M the
+number of values in each reduction:
 
     ∂C/∂β = Σ δ                   (BP3's analogue, β is a bias)
     ∂C/∂γ = Σ δ ⊙ x̂               (BP4's analogue, x̂ plays a^{l−1})
     ∂C/∂x̂ = δ ⊙ γ
     ∂C/∂x = rstd · (∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂))
 
-the sums in the first two over the axes γ is shared across, the means in the last over the
-reduced axes. The last line is the chain rule through μ and σ², which both depend on
-every x in the reduction; the two means are what is left of those paths. When the
-statistics are fixed (BatchNorm in eval mode, running statistics) μ and rstd are
-constants and ∂C/∂x = rstd · ∂C/∂x̂, the affine map's backward.
+the sums in the first two over the axes γ is shared across (BatchNorm, GroupNorm and
+InstanceNorm: the batch and spatial axes, γ per channel; LayerNorm: the rows, γ per
+element), the means in the last over the reduced axes. The last line is the chain rule
+through μ and σ², which both depend on every x in the reduction; the two means are what
+is left of those paths. When the statistics are fixed (BatchNorm in eval mode, running
+statistics) μ and rstd are constants and ∂C/∂x = rstd · ∂C/∂x̂, the affine map's backward.
 
 Saved for backward, as torch saves them: the input x and the per-reduction ``mean`` and
 ``rstd`` (small). x̂ is recomputed from them rather than saved, and the output y is never
@@ -248,18 +252,123 @@ class LayerNormFunction(BPFunction):
         return grad_input, None, grad_weight, grad_bias, None
 
 
+# ---------------------------------------------------------------- group and instance norm
+def _group_view(t: Tensor, num_groups: int) -> Tensor:
+    """(N, C, *) as (N, G, C/G, S), S the number of spatial positions: each (example, group)
+    is then axes (2, 3), and a per-channel γ broadcasts as (1, G, C/G, 1)."""
+    n, c = t.shape[:2]
+    s = 1
+    for k in t.shape[2:]:
+        s *= k  # not -1: a tensor with no values has no single size for it
+    return t.reshape(n, num_groups, c // num_groups, s)
+
+
+def _group_param(t: Tensor | None, num_groups: int) -> Tensor | None:
+    """A per-channel (C,) γ or β as (1, G, C/G, 1), to broadcast against :func:`_group_view`."""
+    return None if t is None else t.reshape(1, num_groups, -1, 1)
+
+
+GROUP_DIMS = (2, 3)  # of the (N, G, C/G, S) view: the statistics, one pair per (n, g)
+SHARED_DIMS = (0, 3)  # of the same view: γ and β are per channel, shared over n and s
+
+
+class GroupNormFunction(BPFunction):
+    """y = γ ⊙ (x − μ)/√(σ² + ε) + β, statistics per example and group of channels,
+    γ and β per channel.
+
+    The C channels of (N, C, *) fall into G groups of C/G; μ and σ² (biased) are each
+    (example, group)'s, over its C/G channels and every spatial position. Seen as
+    (N, G, C/G, S), S spatial positions, that is the reference pair :func:`norm_fwd` /
+    :func:`norm_bwd` with the statistics over axes (2, 3) and γ, β as (1, G, C/G, 1),
+    shared across axes (0, 3). Backward, with x̂ the standardised input and δ = ∂C/∂y:
+
+        ∂C/∂β_c = Σ_{n,s} δ                  (BP3)
+        ∂C/∂γ_c = Σ_{n,s} δ ⊙ x̂              (BP4)
+        ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂)),  ∂C/∂x̂ = δ ⊙ γ,
+
+    the means over each (example, group). ``num_groups=None`` is one channel per group,
+    InstanceNorm's statistics (per example and channel, over the spatial axes).
+
+    Batch-first: input (N, C, *), weight and bias (C,). Returns (output, mean, rstd),
+    mean and rstd (N, G) and not differentiable (InstanceNorm's running statistics are
+    updated from them). Saves x, γ, mean and rstd, as torch's group norm.
+    """
+
+    generate_vmap_rule = True
+
+    @classmethod
+    def autocast_policy(cls, device_type: str, args: tuple) -> str | None:
+        # torch's lists: group_norm is a float32 op on CUDA, instance_norm on neither list
+        return FLOAT32 if device_type == "cuda" and args[1] is not None else None
+
+    @staticmethod
+    def forward(input: Tensor, num_groups: int | None, weight: Tensor | None,
+                bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        g = input.shape[1] if num_groups is None else num_groups
+        # bfloat16/half: statistics and the affine map in float32 (μ and rstd kept in
+        # float32), y rounded once, as torch's kernels do
+        x, weight, bias = _float32(input, weight, bias)
+        x = _group_view(x, g)
+        mean, rstd = stats(x, GROUP_DIMS, eps)
+        y = norm_fwd(x, mean, rstd, _group_param(weight, g), _group_param(bias, g))
+        y = y.reshape(input.shape).to(input.dtype)
+        if num_groups is None:  # torch's instance_norm runs on a contiguous copy: its strides
+            y = y.contiguous()
+        n = input.shape[0]
+        return y, mean.reshape(n, g), rstd.reshape(n, g)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        input, num_groups, weight, bias, eps = inputs
+        _y, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.num_groups = input.shape[1] if num_groups is None else num_groups
+        ctx.eps = eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(input, weight, mean, rstd)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor, _grad_mean: Tensor, _grad_rstd: Tensor):
+        x, weight, mean, rstd = ctx.saved_tensors
+        g = ctx.num_groups
+        delta, x4 = _group_view(grad_output, g), _group_view(x, g)
+        if torch.is_grad_enabled():  # differentiable, for double backward
+            mean, rstd = stats(_float32(x4)[0], GROUP_DIMS, ctx.eps)
+        else:
+            mean, rstd = mean.reshape(*mean.shape, 1, 1), rstd.reshape(*rstd.shape, 1, 1)
+        need = ctx.needs_input_grad
+        need = (need[0], need[2] and weight is not None, need[3])
+        # y = γ ⊙ x̂ + β on the (N, G, C/G, S) view  →  norm_bwd: BP3 dβ = Σ δ and BP4
+        # dγ = Σ δ ⊙ x̂ over (n, s), ∂C/∂x through μ and σ² of each (n, g) over (c, s).
+        # bfloat16/half: the reductions in float32, each gradient rounded once, as torch
+        grad_input, grad_weight, grad_bias = norm_bwd(
+            *_float32(delta, x4, mean, rstd, _group_param(weight, g)), GROUP_DIMS,
+            SHARED_DIMS, need)
+        if grad_input is not None:
+            grad_input = grad_input.reshape(x.shape).to(x.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight.reshape(weight.shape).to(weight.dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.reshape(x.shape[1]).to(ctx.bias_dtype)
+        return grad_input, None, grad_weight, grad_bias, None
+
+
 # ---------------------------------------------------------------- running statistics
 @torch.no_grad()
 def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None,
                          mean: Tensor, rstd: Tensor, eps: float, n: int,
                          momentum: float) -> None:
     """r ← (1 − m) r + m s, with the batch's μ and its *unbiased* variance σ²·n/(n − 1)
-    (n values per channel), as torch; in place, outside autograd."""
+    (n values per channel), as torch; in place, outside autograd.
+
+    InstanceNorm's statistics, one per example and channel ((N, C) ``mean`` and ``rstd``,
+    n values each), enter averaged over the N examples, as torch averages them."""
     if running_mean is not None:
+        mean = mean.reshape(-1, running_mean.numel()).mean(0)  # (C,) as it is; (N, C): mean_n
         running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
     if running_var is not None:
         var = rstd.double().pow(-2) - eps  # the biased σ²_B the forward used
-        unbiased = var * (n / (n - 1))
+        unbiased = (var * (n / (n - 1))).reshape(-1, running_var.numel()).mean(0)
         running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
 
 
@@ -402,7 +511,8 @@ def _layer_norm_bwd_rows(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
     return dx_hat.mul_(rstd)  # ∂C/∂x
 
 
-__all__ = ["BLOCK_ELEMENTS", "BatchNormFunction", "LayerNormFunction", "batch_norm_bwd",
+__all__ = ["BLOCK_ELEMENTS", "BatchNormFunction", "GroupNormFunction", "LayerNormFunction",
+           "batch_norm_bwd",
            "layer_norm_bwd", "layer_norm_fwd", "norm_bwd", "norm_fwd", "stats",
            "update_running_stats"]
 

@@ -26,9 +26,13 @@ from .cost import (
     LogLikelihoodCost, LogSoftmax, MSELoss, NLLLoss, QuadraticCost, SmoothL1Loss,
 )
 from .dropout import Dropout, Flatten
+from .dropout import AlphaDropout, Dropout1d, Dropout2d, Dropout3d, FeatureAlphaDropout
 from .linear import Dense, Linear
 from .embedding import Embedding
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .normalization import (
+    BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d,
+)
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .attention import MultiheadAttention
 from .recurrent import GRU, LSTM, RNN
@@ -58,6 +62,8 @@ __all__ = [
     "MSELoss", "NLLLoss", "SmoothL1Loss",
     "Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
     "ELU", "Hardsigmoid", "Hardswish", "Hardtanh", "Mish", "PReLU", "ReLU6", "SELU", "Softplus",
+    "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+    "AlphaDropout", "Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout",
     *TORCH_REEXPORTS,
 ]
 
