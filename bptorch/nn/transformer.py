@@ -47,8 +47,13 @@ def _activation(activation: str | Callable[[Tensor], Tensor]) -> Callable[[Tenso
 
 
 def _check_bptorch_layer(layer: nn.Module, name: str, twin: str) -> None:
-    """A torch.nn layer given to a bptorch container would run torch's backward: refuse."""
-    if type(layer) is getattr(nn, twin):
+    """A torch.nn layer given to a bptorch container would run torch's backward: refuse
+    one with a torch.nn computing child (one converted by from_torch_nn has none)."""
+    containers = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
+    torch_children = [m for m in layer.modules() if m is not layer
+                      and type(m).__module__.startswith("torch.nn.modules")
+                      and not isinstance(m, containers)]
+    if type(layer) is getattr(nn, twin) and torch_children:
         raise TypeError(f"{name}: got torch.nn.{twin}, whose children are torch's layers; "
                         f"pass bptorch.nn.{twin}, or convert the torch model with "
                         "bptorch.convert.from_torch_nn")
