@@ -77,7 +77,13 @@ def activation(
     returned, and a leaf that requires grad is refused with torch's error. Where σ'
     needs z (SiLU), a copy of z is kept for backward, as torch's ``silu_`` does;
     leaky_relu with a negative slope keeps none, and its backward raises as torch's.
+
+    Integer (and bool) input has no gradient to write out: it gets torch's own σ, as
+    torch.nn's activations do, with torch's result dtype (relu keeps int64, sigmoid gives
+    float32) and torch's error where torch has no integer kernel.
     """
+    if isinstance(input, Tensor) and not (input.is_floating_point() or input.is_complex()):
+        return act.fn_(input) if inplace and act.fn_ is not None else act.fn(input)
     check_floating("input", input)
     if not _can_overwrite(input, inplace):
         return ActivationFunction.apply(input, act, name, False, None)
