@@ -34,6 +34,9 @@ TWIN_NAMES = (
     "BatchNorm2d", "LayerNorm", "Embedding", "Dropout", "Flatten", "ReLU", "Sigmoid", "Tanh",
     "LeakyReLU", "Softmax", "Identity", "GELU", "SiLU", "MultiheadAttention", "RNN", "LSTM",
     "GRU",
+    "MaxPool1d", "MaxPool3d", "AvgPool1d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool3d",
+    "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d", "Upsample",
+    "UpsamplingNearest2d", "UpsamplingBilinear2d",
 )
 # torch.nn modules whose forward only composes their children (and a few functions): the
 # children are converted, then _fix_composite (or, back to torch, _unfix_composite) makes

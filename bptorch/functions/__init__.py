@@ -17,6 +17,13 @@ from .linear import ActivationFunction, DenseFunction, LinearFunction
 from .normalization import BatchNormFunction, LayerNormFunction
 from .pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunction
 from .recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
+from .pool import (
+    AdaptiveAvgPool1dFunction, AdaptiveAvgPool3dFunction, AdaptiveAvgPoolFunction,
+    AdaptiveMaxPool1dFunction, AdaptiveMaxPool2dFunction, AdaptiveMaxPool3dFunction,
+    AdaptiveMaxPoolFunction, AvgPool1dFunction, AvgPool3dFunction, AvgPoolFunction,
+    MaxPool1dFunction, MaxPool3dFunction, MaxPoolFunction,
+)
+from .upsample import InterpolateFunction
 
 __all__ = [
     "ActivationFunction", "AdaptiveAvgPool2dFunction", "AttentionFunction",
@@ -25,4 +32,8 @@ __all__ = [
     "DropoutFunction", "EmbeddingFunction", "FlattenFunction", "GRULayerFunction",
     "LSTMLayerFunction", "LayerNormFunction", "LinearFeedbackFunction", "LinearFunction",
     "MaxPool2dFunction", "RNNLayerFunction", "get_cost",
+    "AdaptiveAvgPool1dFunction", "AdaptiveAvgPool3dFunction", "AdaptiveAvgPoolFunction",
+    "AdaptiveMaxPool1dFunction", "AdaptiveMaxPool2dFunction", "AdaptiveMaxPool3dFunction",
+    "AdaptiveMaxPoolFunction", "AvgPool1dFunction", "AvgPool3dFunction", "AvgPoolFunction",
+    "InterpolateFunction", "MaxPool1dFunction", "MaxPool3dFunction", "MaxPoolFunction",
 ]

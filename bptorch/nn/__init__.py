@@ -28,6 +28,11 @@ from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .attention import MultiheadAttention
 from .recurrent import GRU, LSTM, RNN
+from .pool import (
+    AdaptiveAvgPool1d, AdaptiveAvgPool3d, AdaptiveMaxPool1d, AdaptiveMaxPool2d, AdaptiveMaxPool3d,
+    AvgPool1d, AvgPool3d, MaxPool1d, MaxPool3d,
+)
+from .upsample import Upsample, UpsamplingBilinear2d, UpsamplingNearest2d
 
 # torch's, re-exported: the objects a model definition builds with, not copies
 TORCH_REEXPORTS = ["Module", "ModuleDict", "ModuleList", "Parameter", "ParameterDict",
@@ -44,6 +49,9 @@ __all__ = [
     "MultiheadAttention", "GRU", "LSTM", "RNN",
     "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "KLDivLoss", "L1Loss", "LogSoftmax",
     "MSELoss", "NLLLoss", "SmoothL1Loss",
+    "AdaptiveAvgPool1d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
+    "AdaptiveMaxPool3d", "AvgPool1d", "AvgPool3d", "MaxPool1d", "MaxPool3d",
+    "Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d",
     *TORCH_REEXPORTS,
 ]
 
