@@ -311,12 +311,12 @@ def check_pool_nd_input(input: Tensor, d: int) -> None:
                          f"got shape {_shape(input)} ({input.dim()} dims)")
 
 
-def _check_windows(input: Tensor, kernel_size: tuple[int, ...], stride: tuple[int, ...],
-                   padding: tuple[int, ...], dilation: tuple[int, ...],
-                   ceil_mode: bool) -> None:
-    """Positive windows, padding at most half the kernel, an output of at least 1."""
-    d = len(kernel_size)
-    for name, v in (("stride", stride), ("padding", padding), ("dilation", dilation)):
+def _check_windows(input: Tensor, d: int, kernel_size: tuple[int, ...],
+                   stride: tuple[int, ...], padding: tuple[int, ...],
+                   dilation: tuple[int, ...], ceil_mode: bool) -> None:
+    """d of each, positive windows, padding at most half the kernel, an output of >= 1."""
+    for name, v in (("kernel_size", kernel_size), ("stride", stride), ("padding", padding),
+                    ("dilation", dilation)):
         if len(v) != d:
             raise ValueError(f"{name} must be an int or a tuple of {d} ints for a {d}-d pool, "
                              f"got {v}")
@@ -336,20 +336,20 @@ def _check_windows(input: Tensor, kernel_size: tuple[int, ...], stride: tuple[in
         )
 
 
-def check_max_pool(input: Tensor, kernel_size: tuple[int, ...], stride: tuple[int, ...],
-                   padding: tuple[int, ...], dilation: tuple[int, ...],
-                   ceil_mode: bool) -> None:
-    """max_pool{d}d's input and windows, d = len(kernel_size)."""
-    check_pool_nd_input(input, len(kernel_size))
-    _check_windows(input, kernel_size, stride, padding, dilation, ceil_mode)
+def check_max_pool(input: Tensor, d: int, kernel_size: tuple[int, ...],
+                   stride: tuple[int, ...], padding: tuple[int, ...],
+                   dilation: tuple[int, ...], ceil_mode: bool) -> None:
+    """max_pool{d}d's input and windows."""
+    check_pool_nd_input(input, d)
+    _check_windows(input, d, kernel_size, stride, padding, dilation, ceil_mode)
 
 
-def check_avg_pool(input: Tensor, kernel_size: tuple[int, ...], stride: tuple[int, ...],
-                   padding: tuple[int, ...], ceil_mode: bool,
+def check_avg_pool(input: Tensor, d: int, kernel_size: tuple[int, ...],
+                   stride: tuple[int, ...], padding: tuple[int, ...], ceil_mode: bool,
                    divisor_override: int | None) -> None:
-    """avg_pool{d}d's input and windows, d = len(kernel_size)."""
-    check_pool_nd_input(input, len(kernel_size))
-    _check_windows(input, kernel_size, stride, padding, (1,) * len(kernel_size), ceil_mode)
+    """avg_pool{d}d's input and windows."""
+    check_pool_nd_input(input, d)
+    _check_windows(input, d, kernel_size, stride, padding, (1,) * d, ceil_mode)
     if divisor_override is not None and divisor_override == 0:
         raise ValueError("divisor_override must be non-zero")
 

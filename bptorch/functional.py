@@ -287,9 +287,9 @@ def _max_pool(d: int, input: Tensor, kernel_size, stride, padding, dilation, cei
     k = tup(kernel_size)
     s = tup(stride) if stride is not None and stride != [] else k
     p, dl = tup(padding), tup(dilation)
-    C.check_max_pool(input, k, s, p, dl, ceil_mode)
+    C.check_max_pool(input, d, k, s, p, dl, ceil_mode)
     a, indices = _unbatched_nd(
-        lambda x: _MAX_POOLS[d].apply(x, k, s, p, dl, ceil_mode), input, d)
+        lambda x: _MAX_POOLS[d].apply(x, k, s, p, dl, ceil_mode, return_indices), input, d)
     return (a, indices) if return_indices else a
 
 
@@ -313,7 +313,7 @@ def _avg_pool(d: int, input: Tensor, kernel_size, stride, padding, ceil_mode: bo
     k = tup(kernel_size)
     s = tup(stride) if stride is not None and stride != [] else k
     p = tup(padding)
-    C.check_avg_pool(input, k, s, p, ceil_mode, divisor_override)
+    C.check_avg_pool(input, d, k, s, p, ceil_mode, divisor_override)
     # unbatched input goes in as it is: the average's backward reads only trailing dims
     return _AVG_POOLS[d].apply(input, k, s, p, ceil_mode, count_include_pad, divisor_override)
 

@@ -99,7 +99,10 @@ class MaxPoolFunction(BPFunction):
     @staticmethod
     def forward(input: Tensor, kernel_size: tuple[int, ...], stride: tuple[int, ...],
                 padding: tuple[int, ...] = (0, 0), dilation: tuple[int, ...] = (1, 1),
-                ceil_mode: bool = False) -> tuple[Tensor, Tensor]:
+                ceil_mode: bool = False, return_indices: bool = False
+                ) -> tuple[Tensor, Tensor]:
+        # return_indices: whether the caller keeps the indices; only the autocast policy of
+        # MaxPool3dFunction reads it (the indices are computed either way)
         return max_pool_fwd(input, kernel_size, stride, padding, dilation, ceil_mode)
 
     @staticmethod
@@ -113,7 +116,7 @@ class MaxPoolFunction(BPFunction):
     def backward(ctx: Any, grad_output: Tensor, _grad_indices: Tensor | None):
         (indices,) = ctx.saved_tensors
         return (max_pool_bwd(grad_output, indices, ctx.input_shape),
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 class MaxPool1dFunction(MaxPoolFunction):
@@ -130,9 +133,14 @@ class MaxPool2dFunction(MaxPoolFunction):
 
 
 class MaxPool3dFunction(MaxPoolFunction):
-    """:class:`MaxPoolFunction` over (N, C, D, H, W); in float32 under CPU autocast, as torch."""
+    """:class:`MaxPoolFunction` over (N, C, D, H, W); in float32 under CPU autocast, as torch,
+    unless the caller keeps the indices: torch's CPU autocast lists max_pool3d (float32)
+    but not max_pool3d_with_indices, which ``return_indices=True`` runs."""
 
-    autocast = _POOL3D_AUTOCAST
+    @classmethod
+    def autocast_policy(cls, device_type: str, args: tuple) -> str | None:
+        return_indices = len(args) > 6 and args[6]
+        return None if return_indices else _POOL3D_AUTOCAST.get(device_type)
 
 
 class AdaptiveMaxPoolFunction(BPFunction):
