@@ -270,6 +270,24 @@ def test_interpolation_matrices_match_torch(mode, align, dtype):
                                            rtol=tol, atol=tol, msg=f"n={n} scale={s}")
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact"])
+def test_forward_sources_equal_the_formula(mode, dtype):
+    """The backward's nearest sources (read off the forward on a ramp) are the formula's,
+    with and without a scale factor."""
+    for n in (1, 3, 5, 12, 31, 100):
+        for o in (1, 4, 9, 33, 99, 101):
+            assert torch.equal(U.forward_source(n, o, None, mode, dtype, "cpu"),
+                               U.nearest_source(n, o, None, mode == "nearest-exact", dtype,
+                                                "cpu")), (n, o)
+        for s in (0.5, 0.999, 1.1, 2.05, 1 / 3, 3.3):
+            o = int(n * s)
+            if o >= 1:
+                assert torch.equal(U.forward_source(n, o, s, mode, dtype, "cpu"),
+                                   U.nearest_source(n, o, s, mode == "nearest-exact", dtype,
+                                                    "cpu")), (n, s)
+
 def test_functional_forms_match_torch():
     """Torch's functional names, with positional arguments in torch's order."""
     x1 = torch.randn(2, 3, 10, dtype=F64)

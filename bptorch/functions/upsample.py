@@ -28,6 +28,11 @@ when a scale factor is given (and not recomputed), else n/n_out,
 A linear axis whose size does not change is the identity, as in torch's kernel (whatever
 the scale factor says); a nearest axis always follows the formula. The forward is torch's op (exact values, torch's speed); the backward
 builds the matrices and applies their transpose with one einsum (``pool.separable``).
+The backward takes a nearest mode's source indices from the forward itself (run on an
+index ramp, :func:`forward_source`), as max pooling takes the forward's argmax: CUDA's
+kernel rounds the coordinate in float32 where the CPU's uses the opmath dtype, and one
+ulp there moves δ to the next pixel. The formulas are the reference, held to torch's
+CPU kernel by the tests.
 The upsampling ops are on none of torch's autocast lists: they run in their input's dtype.
 """
 from __future__ import annotations
@@ -86,12 +91,34 @@ def linear_source(n: int, n_out: int, scale: float | None, align_corners: bool,
     return i0, i1, lam
 
 
+def forward_source(n: int, n_out: int, scale: float | None, mode: str, dtype: torch.dtype,
+                   device: torch.device) -> Tensor:
+    """src(j) as torch's nearest forward picks it on ``device``: the forward run on the
+    ramp 0, 1, …, n − 1 returns each output's source index (exact: integers below 2²⁴).
+
+    The backward reads the sources this way, as max pooling reads the forward's argmax:
+    torch's kernels round the coordinate differently by device (the CPU in the opmath
+    dtype, CUDA in float32), and a nearest index is discontinuous, so an ulp decides
+    which pixel gets δ. On the CPU it equals :func:`nearest_source` (tested)."""
+    ramp = torch.arange(n, dtype=dtype, device=device).view(1, 1, n)
+    if scale is not None:
+        picked = torch_F.interpolate(ramp, scale_factor=scale, mode=mode,
+                                     recompute_scale_factor=False)
+    else:
+        picked = torch_F.interpolate(ramp, size=n_out, mode=mode)
+    return picked.view(n_out).long()
+
+
 def interpolation_matrix(n: int, n_out: int, scale: float | None, mode: str,
                          align_corners: bool | None, dtype: torch.dtype,
-                         device: torch.device) -> Tensor:
-    """M (n_out, n): a_j = Σ_i M[j, i] z_i along one axis, in ``mode``."""
+                         device: torch.device, forward_sources: bool = False) -> Tensor:
+    """M (n_out, n): a_j = Σ_i M[j, i] z_i along one axis, in ``mode``. Nearest sources
+    from the formula, or (``forward_sources``) from the forward (:func:`forward_source`)."""
     if mode in NEAREST_MODES:
-        src = nearest_source(n, n_out, scale, mode == "nearest-exact", dtype, device)
+        if forward_sources:
+            src = forward_source(n, n_out, scale, mode, dtype, device)
+        else:
+            src = nearest_source(n, n_out, scale, mode == "nearest-exact", dtype, device)
         return torch.nn.functional.one_hot(src, n).to(dtype)
     i0, i1, lam = linear_source(n, n_out, scale, bool(align_corners), dtype, device)
     # row j: (1 − λ_j) at i0_j plus λ_j at i1_j (the same column at the last pixel)
@@ -111,9 +138,10 @@ def interpolate_fwd(z: Tensor, size: tuple[int, ...], scales: tuple[float, ...] 
 
 def _matrices(spatial: tuple[int, ...], size: tuple[int, ...],
               scales: tuple[float, ...] | None, mode: str, align_corners: bool | None,
-              dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+              dtype: torch.dtype, device: torch.device,
+              forward_sources: bool = False) -> list[Tensor]:
     scales = scales if scales is not None else (None,) * len(size)
-    return [interpolation_matrix(n, o, s, mode, align_corners, dtype, device)
+    return [interpolation_matrix(n, o, s, mode, align_corners, dtype, device, forward_sources)
             for n, o, s in zip(spatial, size, scales)]
 
 
@@ -132,7 +160,7 @@ def interpolate_bwd(delta: Tensor, input_shape: torch.Size, scales: tuple[float,
     per axis with the forward's weights. Half-precision δs summed in float32, rounded once."""
     acc = torch.float32 if delta.dtype in LOW_PRECISION else delta.dtype
     mats = _matrices(input_shape[2:], delta.shape[2:], scales, mode, align_corners, acc,
-                     delta.device)
+                     delta.device, forward_sources=True)
     # a = z ×_a M_a  →  BP2's factor: dz = δ ×_a M_aᵀ
     return separable(delta.to(acc), [m.t() for m in mats]).to(delta.dtype)
 
@@ -166,6 +194,6 @@ class InterpolateFunction(BPFunction):
 
 
 __all__ = [
-    "InterpolateFunction", "interpolate_bwd", "interpolate_fwd", "interpolate_ref",
-    "interpolation_matrix", "linear_source", "nearest_source",
+    "InterpolateFunction", "forward_source", "interpolate_bwd", "interpolate_fwd",
+    "interpolate_ref", "interpolation_matrix", "linear_source", "nearest_source",
 ]
