@@ -26,13 +26,14 @@ when a scale factor is given (and not recomputed), else n/n_out,
                   λ = x − i0 clamped to [0, 1], i1 = i0 + 1 (i0 at the last pixel).
 
 A linear axis whose size does not change is the identity, as in torch's kernel (whatever
-the scale factor says); a nearest axis always follows the formula. The forward is torch's op (exact values, torch's speed); the backward
-builds the matrices and applies their transpose with one einsum (``pool.separable``).
-The backward takes a nearest mode's source indices from the forward itself (run on an
-index ramp, :func:`forward_source`), as max pooling takes the forward's argmax: CUDA's
-kernel rounds the coordinate in float32 where the CPU's uses the opmath dtype, and one
-ulp there moves δ to the next pixel. The formulas are the reference, held to torch's
-CPU kernel by the tests.
+the scale factor says); a nearest axis always follows the formula.
+
+The forward is torch's op (exact values, torch's speed); the backward builds the matrices
+and applies their transpose with one einsum (``pool.separable``). It takes a nearest
+mode's source indices from the forward itself (run on an index ramp,
+:func:`forward_source`), as max pooling takes the forward's argmax: torch's kernels round
+the coordinate differently by device and dtype (the CPU's in the opmath dtype, then
+float32), and one ulp there moves δ to the next pixel. The formulas are the reference, held to torch's CPU kernel by the tests.
 The upsampling ops are on none of torch's autocast lists: they run in their input's dtype.
 """
 from __future__ import annotations
@@ -97,9 +98,9 @@ def forward_source(n: int, n_out: int, scale: float | None, mode: str, dtype: to
     ramp 0, 1, …, n − 1 returns each output's source index (exact: integers below 2²⁴).
 
     The backward reads the sources this way, as max pooling reads the forward's argmax:
-    torch's kernels round the coordinate differently by device (the CPU in the opmath
-    dtype, CUDA in float32), and a nearest index is discontinuous, so an ulp decides
-    which pixel gets δ. On the CPU it equals :func:`nearest_source` (tested)."""
+    torch's kernels round the coordinate differently by device and dtype, and a nearest
+    index is discontinuous, so an ulp decides which pixel gets δ. On the CPU it equals
+    :func:`nearest_source` (tested)."""
     ramp = torch.arange(n, dtype=dtype, device=device).view(1, 1, n)
     if scale is not None:
         picked = torch_F.interpolate(ramp, scale_factor=scale, mode=mode,
