@@ -371,6 +371,37 @@ def adaptive_max_pool3d(input: Tensor, output_size, return_indices: bool = False
     return _adaptive_max_pool(3, input, output_size, return_indices)
 
 
+# torch's *_with_indices forms: (output, indices) whatever return_indices says
+def max_pool1d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, return_indices: bool = False):
+    return _max_pool(1, input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool2d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, return_indices: bool = False):
+    return _max_pool(2, input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool3d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, return_indices: bool = False):
+    return _max_pool(3, input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def adaptive_max_pool1d_with_indices(input: Tensor, output_size,
+                                     return_indices: bool = False):
+    return _adaptive_max_pool(1, input, output_size, True)
+
+
+def adaptive_max_pool2d_with_indices(input: Tensor, output_size,
+                                     return_indices: bool = False):
+    return _adaptive_max_pool(2, input, output_size, True)
+
+
+def adaptive_max_pool3d_with_indices(input: Tensor, output_size,
+                                     return_indices: bool = False):
+    return _adaptive_max_pool(3, input, output_size, True)
+
+
 def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
                 align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
                 antialias: bool = False) -> Tensor:
@@ -385,9 +416,10 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
 
 
 def upsample(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
-             align_corners: bool | None = None) -> Tensor:
+             align_corners: bool | None = None,
+             recompute_scale_factor: bool | None = None) -> Tensor:
     """torch's deprecated name for :func:`interpolate`."""
-    return interpolate(input, size, scale_factor, mode, align_corners)
+    return interpolate(input, size, scale_factor, mode, align_corners, recompute_scale_factor)
 
 
 def upsample_nearest(input: Tensor, size=None, scale_factor=None) -> Tensor:

@@ -311,6 +311,14 @@ def test_functional_forms_match_torch():
         (BF.upsample_nearest(x2, (9, 9)), TF.interpolate(x2, (9, 9))),
         (BF.upsample_bilinear(x2, scale_factor=2),
          TF.interpolate(x2, scale_factor=2, mode="bilinear", align_corners=True)),
+        (BF.upsample(x2, None, 1.7, "bilinear", None, True),
+         TF.interpolate(x2, None, 1.7, "bilinear", None, True)),
+        (BF.max_pool2d_with_indices(x2, 3, 2, 1), TF.max_pool2d_with_indices(x2, 3, 2, 1)),
+        (BF.max_pool1d_with_indices(x1, 2), TF.max_pool1d_with_indices(x1, 2)),
+        (BF.max_pool3d_with_indices(x3, 2), TF.max_pool3d_with_indices(x3, 2)),
+        (BF.adaptive_max_pool1d_with_indices(x1, 3), TF.adaptive_max_pool1d_with_indices(x1, 3)),
+        (BF.adaptive_max_pool2d_with_indices(x2, 3), TF.adaptive_max_pool2d_with_indices(x2, 3)),
+        (BF.adaptive_max_pool3d_with_indices(x3, 3), TF.adaptive_max_pool3d_with_indices(x3, 3)),
     ]
     for ours, theirs in pairs:
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
