@@ -434,6 +434,129 @@ def adaptive_output_size(input: Tensor, output_size) -> Pair:
     return size  # type: ignore[return-value]
 
 
+
+# pooling and interpolation over d = 1, 2 or 3 spatial dims (the 2-d checks above predate them)
+_SPATIAL_SHAPES = {1: "(N, C, L) or (C, L)", 2: "(N, C, H, W) or (C, H, W)",
+                   3: "(N, C, D, H, W) or (C, D, H, W)"}
+
+
+def check_pool_nd_input(input: Tensor, d: int) -> None:
+    """A floating (N, C, *spatial) or unbatched (C, *spatial) tensor, d spatial dims."""
+    check_floating("input", input)
+    if input.dim() not in (d + 1, d + 2):
+        raise ValueError(f"expected input of shape {_SPATIAL_SHAPES[d]} for a {d}-d pool, "
+                         f"got shape {_shape(input)} ({input.dim()} dims)")
+
+
+def _check_windows(input: Tensor, d: int, kernel_size: tuple[int, ...],
+                   stride: tuple[int, ...], padding: tuple[int, ...],
+                   dilation: tuple[int, ...], ceil_mode: bool) -> None:
+    """d of each, positive windows, padding at most half the kernel, an output of >= 1."""
+    for name, v in (("kernel_size", kernel_size), ("stride", stride), ("padding", padding),
+                    ("dilation", dilation)):
+        if len(v) != d:
+            raise ValueError(f"{name} must be an int or a tuple of {d} ints for a {d}-d pool, "
+                             f"got {v}")
+    if min(kernel_size) < 1 or min(stride) < 1 or min(dilation) < 1:
+        raise ValueError(f"kernel_size, stride and dilation must be >= 1, got "
+                         f"{kernel_size}, {stride}, {dilation}")
+    if min(padding) < 0 or any(p > k // 2 for p, k in zip(padding, kernel_size)):
+        raise ValueError(f"pad should be at most half of kernel size, got padding {padding} "
+                         f"for kernel_size {kernel_size}")
+    out = tuple(pool2d_out_size(n, k, s, p, dl, ceil_mode) for n, k, s, p, dl in
+                zip(input.shape[-d:], kernel_size, stride, padding, dilation))
+    if min(out) < 1:
+        raise ValueError(
+            f"pooling window {kernel_size} (dilation {dilation}, padding {padding}) is larger "
+            f"than the input {_shape(input)[-d:]}: output size {out} (input shape "
+            f"{_shape(input)})"
+        )
+
+
+def check_max_pool(input: Tensor, d: int, kernel_size: tuple[int, ...],
+                   stride: tuple[int, ...], padding: tuple[int, ...],
+                   dilation: tuple[int, ...], ceil_mode: bool) -> None:
+    """max_pool{d}d's input and windows."""
+    check_pool_nd_input(input, d)
+    _check_windows(input, d, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def check_avg_pool(input: Tensor, d: int, kernel_size: tuple[int, ...],
+                   stride: tuple[int, ...], padding: tuple[int, ...], ceil_mode: bool,
+                   divisor_override: int | None) -> None:
+    """avg_pool{d}d's input and windows."""
+    check_pool_nd_input(input, d)
+    _check_windows(input, d, kernel_size, stride, padding, (1,) * d, ceil_mode)
+    if divisor_override is not None and divisor_override == 0:
+        raise ValueError("divisor_override must be non-zero")
+
+
+def adaptive_output_size_nd(input: Tensor, output_size, d: int) -> tuple[int, ...]:
+    """torch's output_size (int, d-tuple, None entries = the input's size) as a d-tuple."""
+    check_pool_nd_input(input, d)
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size,) * d
+    if len(output_size) != d:
+        raise ValueError(f"output_size must be an int or a tuple of {d} for a {d}-d adaptive "
+                         f"pool, got {output_size!r}")
+    size = tuple(int(n) if o is None else int(o)
+                 for o, n in zip(output_size, input.shape[-d:]))
+    if min(size) < 1:
+        raise ValueError(f"output_size must be >= 1, got {output_size!r}")
+    return size
+
+
+INTERPOLATE_MODES = {"nearest": (1, 2, 3), "nearest-exact": (1, 2, 3), "area": (1, 2, 3),
+                     "linear": (1,), "bilinear": (2,), "trilinear": (3,)}
+
+
+def interpolate_sizes(input: Tensor, size, scale_factor, mode: str, align_corners,
+                      recompute_scale_factor, antialias: bool
+                      ) -> tuple[tuple[int, ...], tuple[float, ...] | None]:
+    """torch's F.interpolate arguments -> (output size, the scale factors torch's kernel
+    uses for the source coordinates, or None to use the sizes)."""
+    check_floating("input", input)
+    d = input.dim() - 2
+    if d not in (1, 2, 3):
+        raise ValueError(f"interpolate expects input of shape (N, C, L), (N, C, H, W) or "
+                         f"(N, C, D, H, W), got shape {_shape(input)}")
+    if mode not in INTERPOLATE_MODES:
+        raise NotImplementedError(
+            f"interpolate mode {mode!r} has no written-out backward in bptorch; it has "
+            f"{sorted(INTERPOLATE_MODES)} (use torch.nn.functional.interpolate for it)")
+    if d not in INTERPOLATE_MODES[mode]:
+        raise NotImplementedError(f"Got {d + 2}D input, but {mode} mode needs "
+                                  f"{INTERPOLATE_MODES[mode][0] + 2}D input")
+    if antialias:
+        raise NotImplementedError("interpolate: antialias=True has no written-out backward "
+                                  "in bptorch")
+    if align_corners is not None and mode not in ("linear", "bilinear", "trilinear"):
+        raise ValueError("align_corners option can only be set with the interpolating modes: "
+                         "linear | bilinear | bicubic | trilinear")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("only one of size or scale_factor should be defined" if size is not None
+                         else "either size or scale_factor should be defined")
+    if size is not None:
+        if recompute_scale_factor:
+            raise ValueError("recompute_scale_factor is not meaningful with an explicit size.")
+        out = tuple(size) if isinstance(size, (list, tuple)) else (size,) * d
+        if len(out) != d:
+            raise ValueError(f"size must be an int or a tuple of {d} for input of shape "
+                             f"{_shape(input)}, got {size!r}")
+        out = tuple(int(o) for o in out)
+        scales = None
+    else:
+        f = tuple(scale_factor) if isinstance(scale_factor, (list, tuple)) else (scale_factor,) * d
+        if len(f) != d:
+            raise ValueError(f"scale_factor must be a number or a tuple of {d} for input of "
+                             f"shape {_shape(input)}, got {scale_factor!r}")
+        out = tuple(int(n * s) for n, s in zip(input.shape[2:], f))  # torch's floor
+        scales = None if recompute_scale_factor or mode == "area" else tuple(float(s) for s in f)
+    if min(out) < 1:
+        raise ValueError(f"interpolate: the output size {out} must be >= 1 along every axis "
+                         f"(input shape {_shape(input)})")
+    return out, scales
+
 # ---------------------------------------------------------------- normalization
 def check_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                      weight: Tensor | None, bias: Tensor | None, training: bool) -> None:

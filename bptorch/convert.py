@@ -41,6 +41,9 @@ TWIN_NAMES = (
     "RNNCell", "LSTMCell", "GRUCell",
     "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
     "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
+    "MaxPool1d", "MaxPool3d", "AvgPool1d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool3d",
+    "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d", "Upsample",
+    "UpsamplingNearest2d", "UpsamplingBilinear2d",
 )
 # torch.nn modules whose forward only composes their children (and a few functions): the
 # children are converted, then _fix_composite (or, back to torch, _unfix_composite) makes

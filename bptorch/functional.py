@@ -35,6 +35,12 @@ from .functions.normalization import GroupNormFunction
 from .functions.pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunction
 from .functions.recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
 from .functions.recurrent import GRUCellFunction, LSTMCellFunction, RNNCellFunction
+from .functions.pool import (
+    AdaptiveAvgPool1dFunction, AdaptiveAvgPool3dFunction, AdaptiveMaxPool1dFunction,
+    AdaptiveMaxPool2dFunction, AdaptiveMaxPool3dFunction, AvgPool1dFunction, AvgPool3dFunction,
+    MaxPool1dFunction, MaxPool3dFunction,
+)
+from .functions.upsample import InterpolateFunction
 
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None, *,
@@ -411,6 +417,176 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     size = C.adaptive_output_size(input, output_size)
     return AdaptiveAvgPool2dFunction.apply(input, size)
 
+
+# ---- pooling over 1 and 3 spatial dims, adaptive max pooling and interpolation
+# (bptorch/functions/pool.py, upsample.py): one Function per family for any d
+
+
+def _unbatched_nd(fn, input: Tensor, d: int):
+    """Apply a (N, C, *spatial) function to an unbatched (C, *spatial) input, d spatial dims."""
+    if input.dim() == d + 1:
+        out = fn(input.unsqueeze(0))
+        return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
+    return fn(input)
+
+
+_MAX_POOLS = {1: MaxPool1dFunction, 2: MaxPool2dFunction, 3: MaxPool3dFunction}
+_AVG_POOLS = {1: AvgPool1dFunction, 2: AvgPool2dFunction, 3: AvgPool3dFunction}
+_ADAPTIVE_AVG_POOLS = {1: AdaptiveAvgPool1dFunction, 2: AdaptiveAvgPool2dFunction,
+                       3: AdaptiveAvgPool3dFunction}
+_ADAPTIVE_MAX_POOLS = {1: AdaptiveMaxPool1dFunction, 2: AdaptiveMaxPool2dFunction,
+                       3: AdaptiveMaxPool3dFunction}
+
+
+def _max_pool(d: int, input: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool,
+              return_indices: bool):
+    tup = _ntuple(d)
+    k = tup(kernel_size)
+    s = tup(stride) if stride is not None and stride != [] else k
+    p, dl = tup(padding), tup(dilation)
+    C.check_max_pool(input, d, k, s, p, dl, ceil_mode)
+    a, indices = _unbatched_nd(
+        lambda x: _MAX_POOLS[d].apply(x, k, s, p, dl, ceil_mode, return_indices), input, d)
+    return (a, indices) if return_indices else a
+
+
+def max_pool1d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False, return_indices: bool = False):
+    """a_j = max over window j of (N, C, L) or (C, L); δ routed to the winners."""
+    return _max_pool(1, input, kernel_size, stride, padding, dilation, ceil_mode,
+                     return_indices)
+
+
+def max_pool3d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False, return_indices: bool = False):
+    """a_j = max over window j of (N, C, D, H, W) or (C, D, H, W); δ routed to the winners."""
+    return _max_pool(3, input, kernel_size, stride, padding, dilation, ceil_mode,
+                     return_indices)
+
+
+def _avg_pool(d: int, input: Tensor, kernel_size, stride, padding, ceil_mode: bool,
+              count_include_pad: bool, divisor_override: int | None) -> Tensor:
+    tup = _ntuple(d)
+    k = tup(kernel_size)
+    s = tup(stride) if stride is not None and stride != [] else k
+    p = tup(padding)
+    C.check_avg_pool(input, d, k, s, p, ceil_mode, divisor_override)
+    # unbatched input goes in as it is: the average's backward reads only trailing dims
+    return _AVG_POOLS[d].apply(input, k, s, p, ceil_mode, count_include_pad, divisor_override)
+
+
+def avg_pool1d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True) -> Tensor:
+    """a_j = (1/n_j) Σ_{i ∈ window j} z_i over (N, C, L) or (C, L) (torch's avg_pool1d has
+    no divisor_override)."""
+    return _avg_pool(1, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     None)
+
+
+def avg_pool3d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    """a_j = (1/n_j) Σ_{i ∈ window j} z_i over (N, C, D, H, W) or (C, D, H, W)."""
+    return _avg_pool(3, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override)
+
+
+def _adaptive_avg_pool(d: int, input: Tensor, output_size) -> Tensor:
+    size = C.adaptive_output_size_nd(input, output_size, d)
+    return _ADAPTIVE_AVG_POOLS[d].apply(input, size)  # (C, *spatial) as it is, as in 2-d
+
+
+def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
+    """Average pooling over the windows that give ``output_size`` along L."""
+    return _adaptive_avg_pool(1, input, output_size)
+
+
+def adaptive_avg_pool3d(input: Tensor, output_size) -> Tensor:
+    """Average pooling over the windows that give ``output_size`` (int, triple, None
+    entries keep the input's size)."""
+    return _adaptive_avg_pool(3, input, output_size)
+
+
+def _adaptive_max_pool(d: int, input: Tensor, output_size, return_indices: bool):
+    size = C.adaptive_output_size_nd(input, output_size, d)
+    a, indices = _unbatched_nd(lambda x: _ADAPTIVE_MAX_POOLS[d].apply(x, size), input, d)
+    return (a, indices) if return_indices else a
+
+
+def adaptive_max_pool1d(input: Tensor, output_size, return_indices: bool = False):
+    """Max pooling over the windows that give ``output_size`` along L."""
+    return _adaptive_max_pool(1, input, output_size, return_indices)
+
+
+def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
+    """Max pooling over the windows that give ``output_size`` (int, pair, None entries keep
+    the input's size); with ``return_indices`` also the flat per-map argmax, as torch."""
+    return _adaptive_max_pool(2, input, output_size, return_indices)
+
+
+def adaptive_max_pool3d(input: Tensor, output_size, return_indices: bool = False):
+    """Max pooling over the windows that give ``output_size`` (int, triple, None entries)."""
+    return _adaptive_max_pool(3, input, output_size, return_indices)
+
+
+# torch's *_with_indices forms: (output, indices) whatever return_indices says
+def max_pool1d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, return_indices: bool = False):
+    return _max_pool(1, input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool2d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, return_indices: bool = False):
+    return _max_pool(2, input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool3d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, return_indices: bool = False):
+    return _max_pool(3, input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def adaptive_max_pool1d_with_indices(input: Tensor, output_size,
+                                     return_indices: bool = False):
+    return _adaptive_max_pool(1, input, output_size, True)
+
+
+def adaptive_max_pool2d_with_indices(input: Tensor, output_size,
+                                     return_indices: bool = False):
+    return _adaptive_max_pool(2, input, output_size, True)
+
+
+def adaptive_max_pool3d_with_indices(input: Tensor, output_size,
+                                     return_indices: bool = False):
+    return _adaptive_max_pool(3, input, output_size, True)
+
+
+def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
+                align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
+                antialias: bool = False) -> Tensor:
+    """a = z ×_1 M_1 ⋯ ×_d M_d, M_a the 1-d interpolation matrices of ``mode`` ('nearest',
+    'nearest-exact', 'linear', 'bilinear', 'trilinear'; 'area' is adaptive average
+    pooling, as in torch); backward ∂C/∂z = δ ×_1 M_1ᵀ ⋯ ×_d M_dᵀ."""
+    out, scales = C.interpolate_sizes(input, size, scale_factor, mode, align_corners,
+                                      recompute_scale_factor, antialias)
+    if mode == "area":
+        return _ADAPTIVE_AVG_POOLS[input.dim() - 2].apply(input, out)
+    return InterpolateFunction.apply(input, out, scales, mode, align_corners)
+
+
+def upsample(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
+             align_corners: bool | None = None,
+             recompute_scale_factor: bool | None = None) -> Tensor:
+    """torch's deprecated name for :func:`interpolate`."""
+    return interpolate(input, size, scale_factor, mode, align_corners, recompute_scale_factor)
+
+
+def upsample_nearest(input: Tensor, size=None, scale_factor=None) -> Tensor:
+    """torch's deprecated nearest upsampling: :func:`interpolate` in mode 'nearest'."""
+    return interpolate(input, size, scale_factor, mode="nearest")
+
+
+def upsample_bilinear(input: Tensor, size=None, scale_factor=None) -> Tensor:
+    """torch's deprecated bilinear upsampling: 'bilinear' with align_corners=True."""
+    return interpolate(input, size, scale_factor, mode="bilinear", align_corners=True)
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True,
             inplace: bool = False) -> Tensor:

@@ -149,9 +149,10 @@ def test_copy_keeps_mode_flags_and_sharing():
 class _Recurrent(nn.Module):
     def __init__(self):
         super().__init__()
-        # bptorch's LSTM has proj_size now (issue 21); its Embedding still has no max_norm
+        # bptorch's LSTM has proj_size and Upsample a twin now (issue 21); its Embedding still
+        # has no max_norm, and PixelShuffle no twin
         self.rnn = nn.Embedding(4, 5, max_norm=1.0)
-        self.up = nn.Upsample(scale_factor=2)
+        self.up = nn.PixelShuffle(2)
         self.out = nn.Linear(5, 2)
 
     def forward(self, x):
@@ -162,7 +163,7 @@ def test_strict_names_every_unsupported_layer():
     with pytest.raises(NotImplementedError) as info:
         from_torch_nn(_Recurrent())
     msg = str(info.value)
-    assert "torch.nn.Embedding" in msg and "'rnn'" in msg and "torch.nn.Upsample" in msg
+    assert "torch.nn.Embedding" in msg and "'rnn'" in msg and "torch.nn.PixelShuffle" in msg
     assert "max_norm" in msg
     assert "strict=False" in msg
     with pytest.raises(NotImplementedError, match="max_norm"):

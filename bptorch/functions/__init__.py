@@ -21,6 +21,13 @@ from .pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunctio
 from .products import BmmFunction, MatmulFunction, MulFunction
 from .recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
 from .recurrent import GRUCellFunction, LSTMCellFunction, RNNCellFunction
+from .pool import (
+    AdaptiveAvgPool1dFunction, AdaptiveAvgPool3dFunction, AdaptiveAvgPoolFunction,
+    AdaptiveMaxPool1dFunction, AdaptiveMaxPool2dFunction, AdaptiveMaxPool3dFunction,
+    AdaptiveMaxPoolFunction, AvgPool1dFunction, AvgPool3dFunction, AvgPoolFunction,
+    MaxPool1dFunction, MaxPool3dFunction, MaxPoolFunction,
+)
+from .upsample import InterpolateFunction
 
 __all__ = [
     "ActivationFunction", "AdaptiveAvgPool2dFunction", "AttentionFunction",
@@ -31,4 +38,8 @@ __all__ = [
     "MaxPool2dFunction", "RNNLayerFunction", "get_cost",
     "BmmFunction", "MatmulFunction", "MulFunction", "PReLUFunction",
     "GRUCellFunction", "LSTMCellFunction", "RNNCellFunction",
+    "AdaptiveAvgPool1dFunction", "AdaptiveAvgPool3dFunction", "AdaptiveAvgPoolFunction",
+    "AdaptiveMaxPool1dFunction", "AdaptiveMaxPool2dFunction", "AdaptiveMaxPool3dFunction",
+    "AdaptiveMaxPoolFunction", "AvgPool1dFunction", "AvgPool3dFunction", "AvgPoolFunction",
+    "InterpolateFunction", "MaxPool1dFunction", "MaxPool3dFunction", "MaxPoolFunction",
 ]

@@ -41,6 +41,11 @@ from .transformer import (
     Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
     TransformerEncoderLayer,
 )
+from .pool import (
+    AdaptiveAvgPool1d, AdaptiveAvgPool3d, AdaptiveMaxPool1d, AdaptiveMaxPool2d, AdaptiveMaxPool3d,
+    AvgPool1d, AvgPool3d, MaxPool1d, MaxPool3d,
+)
+from .upsample import Upsample, UpsamplingBilinear2d, UpsamplingNearest2d
 
 # torch's, re-exported: the objects a model definition builds with, not copies
 TORCH_REEXPORTS = ["Module", "ModuleDict", "ModuleList", "Parameter", "ParameterDict",
@@ -64,6 +69,9 @@ __all__ = [
     "ELU", "Hardsigmoid", "Hardswish", "Hardtanh", "Mish", "PReLU", "ReLU6", "SELU", "Softplus",
     "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
     "AlphaDropout", "Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout",
+    "AdaptiveAvgPool1d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
+    "AdaptiveMaxPool3d", "AvgPool1d", "AvgPool3d", "MaxPool1d", "MaxPool3d",
+    "Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d",
     *TORCH_REEXPORTS,
 ]
 
