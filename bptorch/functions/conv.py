@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import conv2d, conv_transpose2d, fold, pad, unfold
 
-from .base import LOWER, BPFunction, Padding, Pair, moved
+from .base import LOWER, PER_EXAMPLE, BPFunction, Padding, Pair, moved, per_example
 
 aten = torch.ops.aten
 Need = tuple[bool, ...]
@@ -153,8 +153,10 @@ class Conv2dFunction(BPFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a_prev, weight = ctx.saved_tensors
-        return (*conv2d_backward(ctx, grad_output, a_prev, weight),
-                None, None, None, None, None)
+        grads = conv2d_backward(ctx, grad_output, a_prev, weight)
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and a^{l-1} to it
+            grads = per_example("conv2d", ctx, grads, grad_output, a_prev)
+        return (*grads, None, None, None, None, None)
 
 
 def conv2d_forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair,

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import FLOAT32, LOW_PRECISION, BPFunction, moved
+from .base import FLOAT32, LOW_PRECISION, PER_EXAMPLE, BPFunction, moved, per_example
 
 Dims = tuple[int, ...]
 
@@ -180,6 +180,8 @@ class BatchNormFunction(BPFunction):
             grad_weight = grad_weight.flatten().to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.flatten()
+        if PER_EXAMPLE and ctx.training:  # batch statistics mix the examples: the collector
+            per_example("batch_norm", ctx, (), None, None)  # raises, naming the ways out
         return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
@@ -245,7 +247,10 @@ class LayerNormFunction(BPFunction):
             grad_weight = grad_weight.reshape(weight.shape)
         if grad_bias is not None:
             grad_bias = grad_bias.reshape(ctx.normalized_shape)
-        return grad_input, None, grad_weight, grad_bias, None
+        grads = grad_input, None, grad_weight, grad_bias, None
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and x̂ (γ's a^{l-1}) to it
+            grads = per_example("layer_norm", ctx, grads, delta, (x - mean) * rstd)
+        return grads
 
 
 # ---------------------------------------------------------------- running statistics

@@ -1,0 +1,462 @@
+"""Per-example quantities from the written-out backward: BackPACK's first-order extensions.
+
+A batch's gradient is a sum over its examples: BP3 and BP4 add up, over the rows n,
+
+    ∂C/∂b = Σ_n δ_n,      ∂C/∂W = Σ_n δ_n a_nᵀ          (a_n = a^{l−1} of example n)
+
+Each bptorch backward holds every δ_n and a_n at that moment. Inside :func:`collect` it
+hands them (``functions.base.per_example``) to a collector, which keeps what the sum
+throws away:
+
+* ``grad_batch``: each example's term, g_n = δ_n a_nᵀ (and δ_n for a bias). δ already
+  carries the loss's reduction (1/N under ``reduction="mean"``), so Σ_n g_n = ``.grad``:
+  BackPACK's scaling. For inputs with extra axes (a sequence (N, T, d), a conv's P
+  positions), g_n = Σ_t δ_{n,t} a_{n,t}ᵀ, the sum BP4 takes over positions, per example.
+* ``batch_l2``: ‖g_n‖², with no per-example gradient tensor where a cheaper form exists:
+  ‖δ_n a_nᵀ‖² = ‖δ_n‖²‖a_n‖² (Goodfellow 2015) for one row per example; for T rows (a
+  sequence, or a conv's positions) the Gram ("ghost norm") form
+  ‖Σ_t δ_t a_tᵀ‖² = Σ_{t,s} (a_t·a_s)(δ_t·δ_s), which costs T² per example against the
+  p·d of forming g_n: chosen per layer call when 2T² < p·d.
+* ``sum_grad_squared``: Σ_n g_n² (elementwise); for one row per example (δ²)ᵀ(a²), one
+  matmul.
+* ``variance``: BackPACK's Σ_n g_n²/N − (Σ_n g_n / N)², N the batch size.
+
+Results are left on each parameter under these names (``p.grad_batch``, ...), as BackPACK
+leaves them, when the backward ends. Under ``reduction="sum"`` the g_n are the examples'
+own gradients; under ``"mean"`` they are 1/N of them, as BackPACK's.
+
+What the collector needs to be right: every parameter's whole gradient must come from
+bptorch backwards that report to it. The collector takes the collected parameters' sums
+out of what the backward returns and adds them to ``.grad`` itself at the end, so anything
+else that writes ``.grad`` during the backward is torch's autograd: a clear error
+(:class:`PartialGradientError`), never a partial result. BatchNorm in training mode mixes
+the examples of a batch (each δ_n then depends on the others): an error naming the layer.
+
+The second-order quantities (``diag_ggn_exact``, ``diag_ggn_mc``, ``kflr``, ``kfac``)
+are not here yet; asking for them says so.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .functions.base import PER_EXAMPLE
+from .functions.conv import conv2d_bwd
+
+FIRST_ORDER = ("grad_batch", "batch_l2", "sum_grad_squared", "variance")
+SECOND_ORDER = ("diag_ggn_exact", "diag_ggn_mc", "kflr", "kfac")
+
+
+class PartialGradientError(RuntimeError):
+    """A parameter's gradient came (partly) from outside the reporting bptorch layers."""
+
+
+class BatchNormTrainingError(RuntimeError):
+    """BatchNorm in training mode inside a per-example collection."""
+
+
+def _low(t: Tensor) -> Tensor:
+    """Per-example arithmetic in float32 at least (δ is bfloat16 under autocast)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+# ---------------------------------------------------------------- per-layer forms
+class LayerCall:
+    """One layer call's δ and a^{l−1}, and its parameters' per-example quantities.
+
+    ``slots`` maps a position of the backward's gradient tuple to the parameter's role.
+    Each method takes the role; ``c`` in :meth:`weighted_sum` is one weight per example
+    (the clipping factors of ``bptorch.privacy``): Σ_n c_n g_n, BP4 with δ_n scaled.
+    """
+
+    slots: dict[int, str] = {}
+    n: int  # the batch size
+
+    def grad_batch(self, role: str) -> Tensor:  # (N, *param shape)
+        raise NotImplementedError
+
+    def batch_l2(self, role: str) -> Tensor:  # (N,)
+        return self.grad_batch(role).flatten(1).square().sum(1)
+
+    def sum_grad_squared(self, role: str) -> Tensor:  # param shape
+        return self.grad_batch(role).square().sum(0)
+
+    def weighted_sum(self, role: str, c: Tensor) -> Tensor:  # param shape
+        return torch.tensordot(c.to(self.dtype), self.grad_batch(role), 1)
+
+
+class LinearCall(LayerCall):
+    """z = a_prev Wᵀ + b on (N, *, d): g_n = Σ_t δ_{n,t} a_{n,t}ᵀ over the extra axes *.
+    ``batch_dim=1`` reads time-first (T, N, d) tensors (the recurrent layers)."""
+
+    slots = {1: "weight", 2: "bias"}
+
+    batch_dim = 0
+
+    def __init__(self, ctx: Any, delta: Tensor, a_prev: Tensor, grads: tuple) -> None:
+        batch_dim = self.batch_dim
+        if batch_dim:
+            delta, a_prev = delta.movedim(batch_dim, 0), a_prev.movedim(batch_dim, 0)
+        self.n = delta.shape[0]
+        self.dtype = torch.promote_types(_low(delta).dtype, _low(a_prev).dtype)
+        # (N, T, p) and (N, T, d): T = 1 for one row per example
+        self.delta = delta.reshape(self.n, -1, delta.shape[-1]).to(self.dtype)
+        self.a = a_prev.reshape(self.n, -1, a_prev.shape[-1]).to(self.dtype)
+
+    def _gram_cheaper(self) -> bool:
+        t, p, d = self.delta.shape[1], self.delta.shape[2], self.a.shape[2]
+        return 2 * t * t < p * d
+
+    def grad_batch(self, role: str) -> Tensor:
+        if role == "bias":
+            return self.delta.sum(1)  # BP3 per example: Σ_t δ_{n,t}
+        return torch.einsum("ntp,ntd->npd", self.delta, self.a)  # BP4 per example
+
+    def batch_l2(self, role: str) -> Tensor:
+        if role == "bias":
+            return self.delta.sum(1).square().sum(1)
+        if self.delta.shape[1] == 1:  # ‖δ_n a_nᵀ‖² = ‖δ_n‖² ‖a_n‖²
+            return self.delta.square().sum((1, 2)) * self.a.square().sum((1, 2))
+        if self._gram_cheaper():  # ghost norm: Σ_{t,s} (a_t·a_s)(δ_t·δ_s)
+            gram_a = self.a @ self.a.transpose(1, 2)  # (N, T, T)
+            gram_delta = self.delta @ self.delta.transpose(1, 2)
+            return (gram_a * gram_delta).sum((1, 2))
+        return super().batch_l2(role)
+
+    def sum_grad_squared(self, role: str) -> Tensor:
+        if role == "weight" and self.delta.shape[1] == 1:  # Σ_n δ_n² (a_n²)ᵀ, one matmul
+            return self.delta[:, 0].square().t() @ self.a[:, 0].square()
+        return super().sum_grad_squared(role)
+
+    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+        delta = self.delta * c.to(self.dtype)[:, None, None]  # each example's δ scaled
+        if role == "bias":
+            return delta.sum((0, 1))  # BP3
+        p, d = delta.shape[2], self.a.shape[2]
+        return delta.reshape(-1, p).t() @ self.a.reshape(-1, d)  # BP4
+
+
+class Conv2dCall(LayerCall):
+    """The linear layer on each patch: a_col (N, g, K, P) by unfold, δ (N, g, C_out/g, P);
+    g_n = Σ_p δ_{n,p} a_col,n,pᵀ per group, the ghost norm over the P positions."""
+
+    slots = {1: "weight", 2: "bias"}
+
+    def __init__(self, ctx: Any, delta: Tensor, a_prev: Tensor, grads: tuple) -> None:
+        self.n = delta.shape[0]
+        self.dtype = _low(delta).dtype
+        self.kernel = None if grads[1] is None else tuple(grads[1].shape[2:])
+        (eh, ew) = ctx.extra
+        if eh or ew:  # "same" with an even kernel: the odd padding row, as the backward
+            a_prev = nn.functional.pad(a_prev, (0, ew, 0, eh))
+        self.ctx, self.delta_map, self.a_prev = ctx, delta.to(self.dtype), a_prev.to(self.dtype)
+        self.groups = ctx.groups
+        self.c_out = delta.shape[1]
+
+    def _cols(self, shape: torch.Size) -> tuple[Tensor, Tensor]:
+        ctx, g = self.ctx, self.groups
+        kh, kw = shape[2:]
+        a_col = nn.functional.unfold(self.a_prev, (kh, kw), ctx.dilation, ctx.padding,
+                                     ctx.stride)  # (N, C·kh·kw, P)
+        a_col = a_col.unflatten(1, (g, -1))  # (N, g, K, P)
+        delta_col = self.delta_map.reshape(self.n, g, self.c_out // g, -1)  # (N, g, O/g, P)
+        return delta_col, a_col
+
+    def _shape(self) -> torch.Size:
+        c_in = self.a_prev.shape[1] // self.groups
+        return torch.Size((self.c_out, c_in, *self.kernel))
+
+    def grad_batch(self, role: str) -> Tensor:
+        if role == "bias":
+            return self.delta_map.sum((2, 3))  # BP3 per example: Σ_p δ_p
+        delta_col, a_col = self._cols(self._shape())
+        g_n = torch.einsum("ngop,ngkp->ngok", delta_col, a_col)  # BP4 per example
+        return g_n.reshape(self.n, *self._shape())
+
+    def batch_l2(self, role: str) -> Tensor:
+        if role == "bias":
+            return self.delta_map.sum((2, 3)).square().sum(1)
+        delta_col, a_col = self._cols(self._shape())
+        positions, p, k = a_col.shape[3], delta_col.shape[2], a_col.shape[2]
+        if 2 * positions * positions < p * k:  # ghost norm over positions, per group
+            gram_a = a_col.transpose(2, 3) @ a_col  # (N, g, P, P)
+            gram_delta = delta_col.transpose(2, 3) @ delta_col
+            return (gram_a * gram_delta).sum((1, 2, 3))
+        g_n = torch.einsum("ngop,ngkp->ngok", delta_col, a_col)
+        return g_n.square().sum((1, 2, 3))
+
+    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+        delta = self.delta_map * c.to(self.dtype)[:, None, None, None]  # δ_n scaled
+        if role == "bias":
+            return delta.sum((0, 2, 3))  # BP3
+        ctx = self.ctx
+        weight = self.a_prev.new_empty(self._shape())  # BP4 reads only its shape
+        return conv2d_bwd(delta, self.a_prev, weight, ctx.stride, ctx.padding, ctx.dilation,
+                          ctx.groups, (False, True))[1]  # BP4, the backward's own
+
+
+class EmbeddingCall(LayerCall):
+    """z = W e_i: example n's gradient is its δ rows added into the table rows it looked
+    up, g_n = Σ_t δ_{n,t} e_{i_{n,t}}ᵀ. The (example, row) pairs that occur are few: they
+    are gathered once (``unique``), so no (N, V, D) tensor except for ``grad_batch``."""
+
+    slots = {1: "weight"}
+
+    def __init__(self, ctx: Any, delta: Tensor, index: Tensor, grads: tuple) -> None:
+        self.n = index.shape[0] if index.dim() else 1
+        self.v = ctx.num_embeddings
+        self.dtype = _low(delta).dtype
+        index = index.reshape(self.n, -1)  # (N, T)
+        delta = delta.reshape(self.n, -1, delta.shape[-1]).to(self.dtype)  # (N, T, D)
+        flat = index.reshape(-1)
+        if ctx.scale_grad_by_freq:  # as the backward: δ over its index's count in the batch
+            counts = torch.bincount(flat, minlength=self.v)
+            delta = delta / counts[index].unsqueeze(-1).to(delta.dtype)
+        if ctx.padding_idx is not None:  # the padding row gets nothing
+            delta = delta * (index != ctx.padding_idx).unsqueeze(-1).to(delta.dtype)
+        example = torch.arange(self.n, device=index.device).repeat_interleave(index.shape[1])
+        self.key = example * self.v + flat  # one key per (example, row)
+        self.delta = delta.reshape(-1, delta.shape[-1])  # (N·T, D)
+
+    def _rows(self) -> tuple[Tensor, Tensor]:
+        """(keys, rows): each (example, table row) pair once, with its summed δ."""
+        keys, inverse = torch.unique(self.key, return_inverse=True)
+        rows = self.delta.new_zeros(keys.shape[0], self.delta.shape[1])
+        return keys, rows.index_add_(0, inverse, self.delta)
+
+    def grad_batch(self, role: str) -> Tensor:
+        g = self.delta.new_zeros(self.n * self.v, self.delta.shape[1])
+        return g.index_add_(0, self.key, self.delta).reshape(self.n, self.v, -1)
+
+    def batch_l2(self, role: str) -> Tensor:
+        keys, rows = self._rows()
+        l2 = rows.new_zeros(self.n)
+        return l2.index_add_(0, keys // self.v, rows.square().sum(1))
+
+    def sum_grad_squared(self, role: str) -> Tensor:
+        keys, rows = self._rows()
+        sgs = rows.new_zeros(self.v, rows.shape[1])
+        return sgs.index_add_(0, keys % self.v, rows.square())
+
+    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+        scaled = self.delta * c.to(self.dtype)[self.key // self.v, None]
+        table = scaled.new_zeros(self.v, scaled.shape[1])
+        return table.index_add_(0, self.key % self.v, scaled)  # BP4, δ_n scaled
+
+
+class LayerNormCall(LayerCall):
+    """y = γ ⊙ x̂ + β on (N, *, *normalized_shape): x̂ plays a^{l−1}, so
+    ∂C/∂γ_n = Σ_* δ ⊙ x̂ and ∂C/∂β_n = Σ_* δ, the sums over example n's rows.
+    Per-example γ and β are as small as the parameters: formed directly."""
+
+    slots = {2: "weight", 3: "bias"}
+
+    def __init__(self, ctx: Any, delta: Tensor, x_hat: Tensor, grads: tuple) -> None:
+        self.n = delta.shape[0]
+        self.dtype = torch.promote_types(_low(delta).dtype, _low(x_hat).dtype)
+        shape = (self.n, -1, *ctx.normalized_shape)
+        self.delta = delta.to(self.dtype).reshape(shape)
+        self.x_hat = x_hat.to(self.dtype).reshape(shape)
+
+    def grad_batch(self, role: str) -> Tensor:
+        if role == "bias":
+            return self.delta.sum(1)  # ∂C/∂β_n = Σ δ
+        return (self.delta * self.x_hat).sum(1)  # ∂C/∂γ_n = Σ δ ⊙ x̂
+
+
+KINDS: dict[str, type[LayerCall]] = {
+    "linear": LinearCall, "conv2d": Conv2dCall, "embedding": EmbeddingCall,
+    "layer_norm": LayerNormCall,
+}
+
+
+# ---------------------------------------------------------------- the collector
+class Collector:
+    """Takes each reporting layer call's δ and a^{l−1} during a backward (the
+    ``functions.base.PER_EXAMPLE`` hook), and at the backward's end writes ``.grad`` and
+    the asked quantities onto the model's parameters.
+
+    Subclasses (``bptorch.privacy``) override :meth:`take` and :meth:`finish`.
+    """
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...] = ()) -> None:
+        self.names = names
+        self.names_of: dict[int, str] = {}
+        self.params: dict[int, Tensor] = {}
+        self.modules: dict[int, tuple[str, nn.Module]] = {}
+        for module_name, module in model.named_modules():
+            for name, p in module.named_parameters(recurse=False):
+                full = f"{module_name}.{name}" if module_name else name
+                self.modules.setdefault(id(p), (module_name, module))
+                if p.requires_grad and id(p) not in self.params:
+                    self.params[id(p)] = p
+                    self.names_of[id(p)] = full
+        self.queued = False
+        self.records: dict[int, dict[str, Any]] = {}
+        self.grad_state: dict[int, tuple[int, int] | None] = {}
+
+    # ---- the grads the backward did not report: torch's
+    def _state(self, p: Tensor) -> tuple[int, int] | None:
+        return None if p.grad is None else (id(p.grad), p.grad._version)
+
+    def start(self) -> None:
+        """Note each parameter's ``.grad``: only torch can change it until :meth:`end`."""
+        self.grad_state = {i: self._state(p) for i, p in self.params.items()}
+
+    def check_untouched(self) -> None:
+        """Raise if autograd wrote a parameter's ``.grad`` (a gradient from torch)."""
+        touched = [i for i, p in self.params.items() if self._state(p) != self.grad_state[i]]
+        if touched:
+            names = ", ".join(repr(self.names_of[i]) for i in touched[:5])
+            raise PartialGradientError(
+                f"parameter(s) {names} got gradient from torch's own autograd, not from a "
+                "bptorch layer's written-out backward, so their per-example quantities "
+                "would be partial. Build the model from bptorch.nn layers, or convert it "
+                "with bptorch.convert.from_torch_nn(model, strict=True); a layer bptorch "
+                "does not yet cover for per-example quantities (or a parameter used by a "
+                "torch op beside a bptorch layer) cannot be collected. Supported: "
+                f"{', '.join(sorted(KINDS))}.")
+
+    # ---- the hook
+    def __call__(self, kind: str, ctx: Any, grads: tuple, delta: Tensor | None,
+                 a_prev: Tensor | None) -> tuple:
+        if kind == "batch_norm":
+            raise BatchNormTrainingError(self._batch_norm_message(ctx))
+        cls = KINDS.get(kind)
+        if cls is None:
+            return grads
+        call, out = None, list(grads)
+        for slot, role in cls.slots.items():
+            if slot >= len(out) or out[slot] is None:
+                continue
+            p = getattr(ctx.next_functions[slot][0], "variable", None)
+            if p is None or id(p) not in self.params:
+                continue  # not one of the model's parameters: autograd's, as usual
+            if call is None:
+                call = cls(ctx, delta, a_prev, grads)
+            self.take(p, call, role, out[slot])
+            out[slot] = None  # the collector adds it to .grad at the end
+        if call is not None and not self.queued:
+            self.queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self.end)
+        return tuple(out)
+
+    def _batch_norm_message(self, ctx: Any) -> str:
+        where = "a BatchNorm layer (no affine parameters)"
+        for slot in (1, 2):
+            p = getattr(ctx.next_functions[slot][0], "variable", None)
+            if p is not None and id(p) in self.modules:
+                name, module = self.modules[id(p)]
+                where = f"{type(module).__name__} {name!r}"
+                break
+        return (f"{where} is in training mode: its batch statistics mix the examples of a "
+                "batch, so per-example gradients are not defined. Put it in eval mode "
+                "(layer.eval(), running statistics), or use a per-example norm "
+                "(GroupNorm, LayerNorm) instead.")
+
+    def take(self, p: Tensor, call: LayerCall, role: str, grad: Tensor) -> None:
+        """One layer call's share of parameter ``p``: its sum, and the asked quantities
+        now, while δ and a^{l−1} are alive (memory as a plain step)."""
+        rec = self.records.get(id(p))
+        if rec is None:
+            rec = self.records[id(p)] = {"p": p, "grad": grad, "uses": 1, "n": call.n}
+        else:
+            rec["grad"] = rec["grad"] + grad
+            rec["uses"] += 1
+        names = self.names
+        if "grad_batch" in names:
+            gb = call.grad_batch(role)
+            rec["grad_batch"] = gb if "grad_batch" not in rec else rec["grad_batch"] + gb
+        elif rec["uses"] == 1:
+            if "batch_l2" in names:
+                rec["batch_l2"] = call.batch_l2(role)
+            if "sum_grad_squared" in names or "variance" in names:
+                rec["sum_grad_squared"] = call.sum_grad_squared(role)
+
+    def end(self) -> None:
+        """At the backward's end: refuse torch's gradients, write .grad and the results."""
+        self.queued = False
+        records, self.records = self.records, {}
+        self.check_untouched()
+        for i, rec in records.items():
+            p = rec["p"]
+            grad = rec["grad"].to(p.dtype)
+            if p.grad is None:
+                p.grad = grad
+            else:
+                p.grad.add_(grad)
+            self.finish(p, rec)
+        self.start()
+
+    def finish(self, p: Tensor, rec: dict[str, Any]) -> None:
+        """Leave the asked quantities on ``p`` as BackPACK names them."""
+        names, gb = self.names, rec.get("grad_batch")
+        if gb is None and rec["uses"] > 1 and set(names) - {"grad_batch"}:
+            raise RuntimeError(
+                f"parameter {self.names_of[id(p)]!r} is used by {rec['uses']} layer calls in "
+                "one backward (shared weights): its per-example norms need the per-example "
+                "gradients summed over the uses first; collect 'grad_batch' as well")
+        dtype = p.dtype
+        if gb is not None:
+            gb = gb.to(dtype)
+        if "grad_batch" in names:
+            p.grad_batch = gb
+        if "batch_l2" in names:
+            p.batch_l2 = (gb.flatten(1).square().sum(1) if gb is not None
+                          else rec["batch_l2"].to(dtype))
+        sgs = None
+        if "sum_grad_squared" in names or "variance" in names:
+            sgs = gb.square().sum(0) if gb is not None else rec["sum_grad_squared"].to(dtype)
+        if "sum_grad_squared" in names:
+            p.sum_grad_squared = sgs
+        if "variance" in names:  # BackPACK's: Σ g_n²/N − (Σ g_n / N)²
+            n = rec["n"]
+            p.variance = sgs / n - (rec["grad"].to(dtype) / n) ** 2
+
+
+def _check_names(names: tuple[str, ...], loss_fn: Any) -> None:
+    for name in names:
+        if name in SECOND_ORDER:
+            raise NotImplementedError(
+                f"{name!r} is a second-order quantity; bptorch.extensions does not compute "
+                f"{', '.join(SECOND_ORDER)} yet. Supported: {', '.join(FIRST_ORDER)}.")
+        if name not in FIRST_ORDER:
+            raise ValueError(f"unknown quantity {name!r}: bptorch.extensions.collect "
+                             f"supports {', '.join(FIRST_ORDER)} (BackPACK's names)")
+
+
+@contextlib.contextmanager
+def collect(model: nn.Module, *names: str, loss_fn: Any = None) -> Iterator[Collector]:
+    """Collect per-example quantities during the ``loss.backward()`` run inside the block.
+
+    ``names``: any of ``grad_batch``, ``batch_l2``, ``sum_grad_squared``, ``variance``
+    (BackPACK's names, scalings and layouts). When the backward ends each of ``model``'s
+    parameters holds ``.grad`` as usual and one attribute per name. ``loss_fn`` is for the
+    second-order quantities (not yet).
+
+        with collect(model, "batch_l2"):
+            loss_fn(model(x), y).backward()
+        norms2 = sum(p.batch_l2 for p in model.parameters())
+    """
+    if not names:
+        raise ValueError(f"collect needs at least one quantity: {', '.join(FIRST_ORDER)}")
+    _check_names(names, loss_fn)
+    collector = Collector(model, tuple(names))
+    for p in collector.params.values():  # no stale results from an earlier collection
+        for name in FIRST_ORDER:
+            if hasattr(p, name):
+                delattr(p, name)
+    collector.start()
+    PER_EXAMPLE.append(collector)
+    try:
+        yield collector
+        collector.check_untouched()
+    finally:
+        PER_EXAMPLE.remove(collector)
+
+
+__all__ = ["BatchNormTrainingError", "Collector", "FIRST_ORDER", "KINDS", "LayerCall",
+           "PartialGradientError", "SECOND_ORDER", "collect"]
