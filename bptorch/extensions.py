@@ -58,6 +58,12 @@ class BatchNormTrainingError(RuntimeError):
     """BatchNorm in training mode inside a per-example collection."""
 
 
+def ghost_cheaper(t: int, p: int, d: int) -> bool:
+    """Whether ‖g_n‖² of a (p, d) weight used at t rows (positions) per example is cheaper
+    by the Gram form, Σ_{t,s} (a_t·a_s)(δ_t·δ_s), two t×t Grams, than by forming g_n."""
+    return 2 * t * t < p * d
+
+
 def _low(t: Tensor) -> Tensor:
     """Per-example arithmetic in float32 at least (δ is bfloat16 under autocast)."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
@@ -74,6 +80,12 @@ class LayerCall:
 
     slots: dict[int, str] = {}
     n: int  # the batch size
+
+    @staticmethod
+    def input_index(slot: int, n_inputs: int) -> int:
+        """The position of forward argument ``slot`` among the Function's tensor arguments
+        (``ctx.next_functions`` lists only those): input, weight, bias by default."""
+        return slot
 
     def grad_batch(self, role: str) -> Tensor:  # (N, *param shape)
         raise NotImplementedError
@@ -106,10 +118,6 @@ class LinearCall(LayerCall):
         self.delta = delta.reshape(self.n, -1, delta.shape[-1]).to(self.dtype)
         self.a = a_prev.reshape(self.n, -1, a_prev.shape[-1]).to(self.dtype)
 
-    def _gram_cheaper(self) -> bool:
-        t, p, d = self.delta.shape[1], self.delta.shape[2], self.a.shape[2]
-        return 2 * t * t < p * d
-
     def grad_batch(self, role: str) -> Tensor:
         if role == "bias":
             return self.delta.sum(1)  # BP3 per example: Σ_t δ_{n,t}
@@ -120,7 +128,8 @@ class LinearCall(LayerCall):
             return self.delta.sum(1).square().sum(1)
         if self.delta.shape[1] == 1:  # ‖δ_n a_nᵀ‖² = ‖δ_n‖² ‖a_n‖²
             return self.delta.square().sum((1, 2)) * self.a.square().sum((1, 2))
-        if self._gram_cheaper():  # ghost norm: Σ_{t,s} (a_t·a_s)(δ_t·δ_s)
+        t, p, d = self.delta.shape[1], self.delta.shape[2], self.a.shape[2]
+        if ghost_cheaper(t, p, d):  # ghost norm: Σ_{t,s} (a_t·a_s)(δ_t·δ_s)
             gram_a = self.a @ self.a.transpose(1, 2)  # (N, T, T)
             gram_delta = self.delta @ self.delta.transpose(1, 2)
             return (gram_a * gram_delta).sum((1, 2))
@@ -181,7 +190,7 @@ class Conv2dCall(LayerCall):
             return self.delta_map.sum((2, 3)).square().sum(1)
         delta_col, a_col = self._cols(self._shape())
         positions, p, k = a_col.shape[3], delta_col.shape[2], a_col.shape[2]
-        if 2 * positions * positions < p * k:  # ghost norm over positions, per group
+        if ghost_cheaper(positions, p, k):  # ghost norm over positions, per group
             gram_a = a_col.transpose(2, 3) @ a_col  # (N, g, P, P)
             gram_delta = delta_col.transpose(2, 3) @ delta_col
             return (gram_a * gram_delta).sum((1, 2, 3))
@@ -254,6 +263,11 @@ class LayerNormCall(LayerCall):
 
     slots = {2: "weight", 3: "bias"}
 
+    @staticmethod
+    def input_index(slot: int, n_inputs: int) -> int:
+        # (input, normalized_shape, weight, bias, eps): input, then γ, then β (last)
+        return 1 if slot == 2 else n_inputs - 1
+
     def __init__(self, ctx: Any, delta: Tensor, x_hat: Tensor, grads: tuple) -> None:
         self.n = delta.shape[0]
         self.dtype = torch.promote_types(_low(delta).dtype, _low(x_hat).dtype)
@@ -267,9 +281,33 @@ class LayerNormCall(LayerCall):
         return (self.delta * self.x_hat).sum(1)  # ∂C/∂γ_n = Σ δ ⊙ x̂
 
 
+class BatchNormEvalCall(LayerCall):
+    """BatchNorm with fixed (running) statistics, y = γ ⊙ x̂ + β per channel, on
+    (N, C, *): ∂C/∂γ_n = Σ_* δ ⊙ x̂ and ∂C/∂β_n = Σ_* δ over example n's positions."""
+
+    slots = {1: "weight", 2: "bias"}
+
+    @staticmethod
+    def input_index(slot: int, n_inputs: int) -> int:
+        # (input, γ, β, running_mean, running_var): β sits before the two statistics
+        return 1 if slot == 1 else n_inputs - 3
+
+    def __init__(self, ctx: Any, delta: Tensor, x_hat: Tensor, grads: tuple) -> None:
+        self.n = delta.shape[0]
+        self.dtype = torch.promote_types(_low(delta).dtype, _low(x_hat).dtype)
+        shape = (self.n, delta.shape[1], -1)  # (N, C, positions)
+        self.delta = delta.to(self.dtype).reshape(shape)
+        self.x_hat = x_hat.to(self.dtype).expand(delta.shape).reshape(shape)
+
+    def grad_batch(self, role: str) -> Tensor:
+        if role == "bias":
+            return self.delta.sum(2)  # ∂C/∂β_n = Σ δ
+        return (self.delta * self.x_hat).sum(2)  # ∂C/∂γ_n = Σ δ ⊙ x̂
+
+
 KINDS: dict[str, type[LayerCall]] = {
     "linear": LinearCall, "conv2d": Conv2dCall, "embedding": EmbeddingCall,
-    "layer_norm": LayerNormCall,
+    "layer_norm": LayerNormCall, "batch_norm_eval": BatchNormEvalCall,
 }
 
 
@@ -332,7 +370,8 @@ class Collector:
         for slot, role in cls.slots.items():
             if slot >= len(out) or out[slot] is None:
                 continue
-            p = getattr(ctx.next_functions[slot][0], "variable", None)
+            inputs = ctx.next_functions
+            p = getattr(inputs[cls.input_index(slot, len(inputs))][0], "variable", None)
             if p is None or id(p) not in self.params:
                 continue  # not one of the model's parameters: autograd's, as usual
             if call is None:
@@ -346,8 +385,8 @@ class Collector:
 
     def _batch_norm_message(self, ctx: Any) -> str:
         where = "a BatchNorm layer (no affine parameters)"
-        for slot in (1, 2):
-            p = getattr(ctx.next_functions[slot][0], "variable", None)
+        for node, _ in ctx.next_functions[1:]:  # (input, γ, β, running statistics)
+            p = getattr(node, "variable", None)
             if p is not None and id(p) in self.modules:
                 name, module = self.modules[id(p)]
                 where = f"{type(module).__name__} {name!r}"
@@ -459,4 +498,4 @@ def collect(model: nn.Module, *names: str, loss_fn: Any = None) -> Iterator[Coll
 
 
 __all__ = ["BatchNormTrainingError", "Collector", "FIRST_ORDER", "KINDS", "LayerCall",
-           "PartialGradientError", "SECOND_ORDER", "collect"]
+           "PartialGradientError", "SECOND_ORDER", "collect", "ghost_cheaper"]

@@ -180,9 +180,12 @@ class BatchNormFunction(BPFunction):
             grad_weight = grad_weight.flatten().to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.flatten()
-        if PER_EXAMPLE and ctx.training:  # batch statistics mix the examples: the collector
-            per_example("batch_norm", ctx, (), None, None)  # raises, naming the ways out
-        return grad_input, grad_weight, grad_bias, None, None, None, None
+        grads = grad_input, grad_weight, grad_bias, None, None, None, None
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and x̂ to it; batch
+            # statistics (training) mix the examples, and the collector raises on them
+            kind = "batch_norm" if ctx.training else "batch_norm_eval"
+            grads = per_example(kind, ctx, grads, delta, (x - mean) * rstd)
+        return grads
 
 
 # ---------------------------------------------------------------- layer norm
