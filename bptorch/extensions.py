@@ -345,8 +345,11 @@ class Collector:
         self.grad_state = {i: self._state(p) for i, p in self.params.items()}
 
     def check_untouched(self) -> None:
-        """Raise if autograd wrote a parameter's ``.grad`` (a gradient from torch)."""
-        touched = [i for i, p in self.params.items() if self._state(p) != self.grad_state[i]]
+        """Raise if autograd wrote a parameter's ``.grad`` (a gradient from torch). A
+        ``.grad`` set to None or zeroed since :meth:`start` (``zero_grad``) is not torch's."""
+        touched = [i for i, p in self.params.items()
+                   if p.grad is not None and self._state(p) != self.grad_state.get(i)
+                   and bool(p.grad.any())]
         if touched:
             names = ", ".join(repr(self.names_of[i]) for i in touched[:5])
             raise PartialGradientError(
