@@ -281,6 +281,50 @@ class LayerNormCall(LayerCall):
         return (self.delta * self.x_hat).sum(1)  # ∂C/∂γ_n = Σ δ ⊙ x̂
 
 
+class TimeFirstLinearCall(LinearCall):
+    """A linear map applied at every step of a time-first (T, N, d) sequence."""
+
+    batch_dim = 1
+
+
+class RecurrentCall(LayerCall):
+    """One layer and direction of an RNN or GRU: z_t = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh
+    is two linear layers over the T steps, so g_n = Σ_t δ_{n,t} x_{n,t}ᵀ and
+    Σ_t δ_{n,t} h_{n,t−1}ᵀ: BP4 through time, per example (the GRU's hidden part has its
+    own δ, r ⊙ δ_n). Gradient slots (x, h0, W_ih, W_hh, b_ih, b_hh)."""
+
+    slots = {2: "weight_ih", 3: "weight_hh", 4: "bias_ih", 5: "bias_hh"}
+
+    def __init__(self, ctx: Any, deltas: tuple, inputs: tuple, grads: tuple) -> None:
+        (delta_ih, delta_hh), (x, h_prev) = deltas, inputs
+        self.ih = TimeFirstLinearCall(ctx, delta_ih, x, grads)
+        self.hh = TimeFirstLinearCall(ctx, delta_hh, h_prev, grads)
+        self.n, self.dtype = self.ih.n, self.ih.dtype
+
+    def _part(self, role: str) -> tuple[LinearCall, str]:
+        kind, part = role.split("_")
+        return (self.ih if part == "ih" else self.hh), kind
+
+    def grad_batch(self, role: str) -> Tensor:
+        return LinearCall.grad_batch(*self._part(role))
+
+    def batch_l2(self, role: str) -> Tensor:
+        return LinearCall.batch_l2(*self._part(role))
+
+    def sum_grad_squared(self, role: str) -> Tensor:
+        return LinearCall.sum_grad_squared(*self._part(role))
+
+    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+        return LinearCall.weighted_sum(*self._part(role), c)
+
+
+class LSTMCall(RecurrentCall):
+    """The LSTM: as :class:`RecurrentCall`, the gates' δ stacked (i; f; g; o); gradient
+    slots (x, h0, c0, W_ih, W_hh, b_ih, b_hh)."""
+
+    slots = {3: "weight_ih", 4: "weight_hh", 5: "bias_ih", 6: "bias_hh"}
+
+
 class BatchNormEvalCall(LayerCall):
     """BatchNorm with fixed (running) statistics, y = γ ⊙ x̂ + β per channel, on
     (N, C, *): ∂C/∂γ_n = Σ_* δ ⊙ x̂ and ∂C/∂β_n = Σ_* δ over example n's positions."""
@@ -308,6 +352,7 @@ class BatchNormEvalCall(LayerCall):
 KINDS: dict[str, type[LayerCall]] = {
     "linear": LinearCall, "conv2d": Conv2dCall, "embedding": EmbeddingCall,
     "layer_norm": LayerNormCall, "batch_norm_eval": BatchNormEvalCall,
+    "recurrent": RecurrentCall, "lstm": LSTMCall,
 }
 
 

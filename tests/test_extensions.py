@@ -29,6 +29,13 @@ class Flat(nn.Module):
         return x.flatten(1)
 
 
+class Output(nn.Module):
+    """The output sequence of a recurrent layer's (output, state)."""
+
+    def forward(self, out):
+        return out[0]
+
+
 def _case(name: str):
     """(torch model, x, y, loss kind) for one layer family, float64, non-square."""
     g = torch.Generator().manual_seed(7)
@@ -54,6 +61,11 @@ def _case(name: str):
         model = nn.Sequential(nn.Embedding(11, 4, padding_idx=2), Mean(), nn.Linear(4, 3))
         x = torch.tensor([[1, 3, 3, 2], [2, 2, 0, 10], [5, 1, 5, 5], [7, 3, 2, 9],
                           [4, 4, 4, 4]])
+    elif name in ("rnn", "lstm", "gru"):  # two layers, both directions, batch-first
+        rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[name]
+        model = nn.Sequential(rnn(4, 5, num_layers=2, batch_first=True, bidirectional=True),
+                              Output(), Mean(), nn.Linear(10, 3))
+        x = torch.randn(n, 3, 4, generator=g)
     elif name == "layer_norm":
         model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3),
                               Mean())
@@ -93,7 +105,7 @@ def _expected(gb):
             "sum_grad_squared": sgs, "variance": sgs / n - (gb.sum(0) / n) ** 2}
 
 
-CASES = ["mlp", "sequence", "conv", "embedding", "layer_norm"]
+CASES = ["mlp", "sequence", "conv", "embedding", "layer_norm", "rnn", "lstm", "gru"]
 
 
 def _check_all(case, reduction, names=NAMES):
@@ -119,7 +131,7 @@ def test_each_quantity_equals_a_per_example_loop(case, reduction):
 
 
 @pytest.mark.parametrize("ghost", [True, False])
-@pytest.mark.parametrize("case", ["sequence", "conv"])
+@pytest.mark.parametrize("case", ["sequence", "conv", "lstm"])
 def test_batch_l2_by_either_form(case, ghost, monkeypatch):
     """The Gram ("ghost norm") form and the per-example tensor give the same ‖g_n‖²."""
     monkeypatch.setattr(ext, "ghost_cheaper", lambda t, p, d: ghost)
@@ -290,7 +302,7 @@ def test_equals_backpack(case, reduction):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CASES[:5])  # Opacus has no grad sampler for nn.RNN/LSTM/GRU
 def test_equals_opacus_grad_sample(case, reduction):
     """Opacus's grad_sample is the examples' own gradient (it undoes the mean)."""
     pytest.importorskip("opacus")
