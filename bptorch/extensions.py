@@ -419,12 +419,12 @@ class Collector:
             if slot >= len(out) or out[slot] is None:
                 continue
             inputs = ctx.next_functions
-            p = getattr(inputs[cls.input_index(slot, len(inputs))][0], "variable", None)
+            p, rows = _parameter_of(*inputs[cls.input_index(slot, len(inputs))])
             if p is None or id(p) not in self.params:
                 continue  # not one of the model's parameters: autograd's, as usual
             if call is None:
                 call = cls(ctx, delta, a_prev, grads)
-            self.take(p, call, role, out[slot])
+            self.take(p, call, role, out[slot], rows)
             out[slot] = None  # the collector adds it to .grad at the end
         if call is not None and not self.queued:
             self.queued = True
@@ -444,24 +444,32 @@ class Collector:
                 "(layer.eval(), running statistics), or use a per-example norm "
                 "(GroupNorm, LayerNorm) instead.")
 
-    def take(self, p: Tensor, call: LayerCall, role: str, grad: Tensor) -> None:
-        """One layer call's share of parameter ``p``: its sum, and the asked quantities
-        now, while δ and a^{l−1} are alive (memory as a plain step)."""
+    def take(self, p: Tensor, call: LayerCall, role: str, grad: Tensor,
+             rows: slice | None = None) -> None:
+        """One layer call's share of parameter ``p`` (of its ``rows`` only, for a chunk
+        of it): its sum, and the asked quantities now, while δ and a^{l−1} are alive
+        (memory as a plain step). Disjoint chunks add up: their norms and squares too."""
         rec = self.records.get(id(p))
         if rec is None:
-            rec = self.records[id(p)] = {"p": p, "grad": grad, "uses": 1, "n": call.n}
-        else:
-            rec["grad"] = rec["grad"] + grad
-            rec["uses"] += 1
+            rec = self.records[id(p)] = {"p": p, "grad": torch.zeros_like(p, dtype=grad.dtype),
+                                         "uses": 1, "parts": [], "n": call.n}
+        if rows_overlap(rows, rec["parts"]):
+            rec["uses"] += 1  # the same rows again: shared weights
+        rec["parts"].append(rows)
+        at = slice(None) if rows is None else rows
+        rec["grad"][at] += grad
         names = self.names
         if "grad_batch" in names:
-            gb = call.grad_batch(role)
-            rec["grad_batch"] = gb if "grad_batch" not in rec else rec["grad_batch"] + gb
+            if "grad_batch" not in rec:
+                rec["grad_batch"] = grad.new_zeros(call.n, *p.shape)
+            rec["grad_batch"][:, at] += call.grad_batch(role).to(grad.dtype)
         elif rec["uses"] == 1:
             if "batch_l2" in names:
-                rec["batch_l2"] = call.batch_l2(role)
+                rec["batch_l2"] = rec.get("batch_l2", 0) + call.batch_l2(role)
             if "sum_grad_squared" in names or "variance" in names:
-                rec["sum_grad_squared"] = call.sum_grad_squared(role)
+                if "sum_grad_squared" not in rec:
+                    rec["sum_grad_squared"] = torch.zeros_like(rec["grad"])
+                rec["sum_grad_squared"][at] += call.sum_grad_squared(role)
 
     def end(self) -> None:
         """At the backward's end: refuse torch's gradients, write .grad and the results."""
@@ -502,6 +510,24 @@ class Collector:
         if "variance" in names:  # BackPACK's: Σ g_n²/N − (Σ g_n / N)²
             n = rec["n"]
             p.variance = sgs / n - (rec["grad"].to(dtype) / n) ** 2
+
+
+def _parameter_of(node: Any, output_nr: int) -> tuple[Tensor | None, slice | None]:
+    """The leaf tensor a Function input comes from, and its rows when the input is a
+    chunk of it (``w.chunk(3)``: MultiheadAttention's W^Q, W^K, W^V): (None, None) if
+    neither."""
+    p = getattr(node, "variable", None)
+    if p is not None or type(node).__name__ != "SplitBackward0" or node._saved_dim != 0:
+        return p, None
+    base = getattr(node.next_functions[0][0], "variable", None)
+    size = node._saved_split_size
+    return base, slice(output_nr * size, (output_nr + 1) * size)
+
+
+def rows_overlap(rows: slice | None, parts: list[slice | None]) -> bool:
+    """Whether ``rows`` meets rows already taken (None: the whole parameter)."""
+    return any(rows is None or part is None
+               or (rows.start < part.stop and part.start < rows.stop) for part in parts)
 
 
 def _check_names(names: tuple[str, ...], loss_fn: Any) -> None:
@@ -546,4 +572,4 @@ def collect(model: nn.Module, *names: str, loss_fn: Any = None) -> Iterator[Coll
 
 
 __all__ = ["BatchNormTrainingError", "Collector", "FIRST_ORDER", "KINDS", "LayerCall",
-           "PartialGradientError", "SECOND_ORDER", "collect", "ghost_cheaper"]
+           "PartialGradientError", "SECOND_ORDER", "collect", "ghost_cheaper", "rows_overlap"]

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .extensions import BatchNormTrainingError, Collector, LayerCall
+from .extensions import BatchNormTrainingError, Collector, LayerCall, rows_overlap
 from .functions.base import PER_EXAMPLE
 
 _INSTALL = "pip install 'bptorch[privacy]' (opacus, dp-accounting)"
@@ -60,7 +60,7 @@ class ClippingCollector(Collector):
     def __init__(self, model: nn.Module, max_grad_norm: float, loss_reduction: str) -> None:
         super().__init__(model)
         self.max_grad_norm, self.loss_reduction = max_grad_norm, loss_reduction
-        self.calls: list[tuple[Tensor, LayerCall, str]] = []
+        self.calls: list[tuple[Tensor, LayerCall, str, slice | None]] = []
         self.norms2: Tensor | None = None
         self.per_sample_norms: Tensor | None = None  # the last step's ‖g_n‖, for inspection
 
@@ -70,13 +70,14 @@ class ClippingCollector(Collector):
             self.start()
             PER_EXAMPLE.append(self)
 
-    def take(self, p: Tensor, call: LayerCall, role: str, grad: Tensor) -> None:
-        if any(q is p for q, _, _ in self.calls):
+    def take(self, p: Tensor, call: LayerCall, role: str, grad: Tensor,
+             rows: slice | None = None) -> None:
+        if rows_overlap(rows, [r for q, _, _, r in self.calls if q is p]):
             raise RuntimeError(
                 f"parameter {self.names_of[id(p)]!r} is used by more than one layer call "
                 "in one backward (shared weights): private training does not clip shared "
                 "parameters yet")
-        self.calls.append((p, call, role))
+        self.calls.append((p, call, role, rows))
         l2 = call.batch_l2(role)  # ‖g_n^l‖², by the cheapest form
         self.norms2 = l2 if self.norms2 is None else self.norms2 + l2
 
@@ -93,8 +94,11 @@ class ClippingCollector(Collector):
         norms = norms2.sqrt() * scale
         self.per_sample_norms = norms
         clip = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # c_n, as Opacus
-        for p, call, role in calls:  # BP4 (BP3) with each example's δ scaled by c_n
+        for p, call, role, rows in calls:  # BP4 (BP3) with each example's δ scaled by c_n
             summed = call.weighted_sum(role, clip * scale).to(p.dtype)
+            if rows is not None:  # a chunk of p (attention's W^Q, W^K, W^V)
+                summed, part = torch.zeros_like(p), summed
+                summed[rows] = part
             p.grad = summed if p.grad is None else p.grad + summed
         self.start()
 

@@ -36,6 +36,16 @@ class Output(nn.Module):
         return out[0]
 
 
+class SelfAttention(nn.Module):
+    def __init__(self, mha):
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, x):  # (N, L, E), the attention time-first: (L, N, E)
+        x = x.transpose(0, 1)
+        return self.mha(x, x, x, need_weights=False)[0].transpose(0, 1)
+
+
 def _case(name: str):
     """(torch model, x, y, loss kind) for one layer family, float64, non-square."""
     g = torch.Generator().manual_seed(7)
@@ -65,6 +75,16 @@ def _case(name: str):
         rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[name]
         model = nn.Sequential(rnn(4, 5, num_layers=2, batch_first=True, bidirectional=True),
                               Output(), Mean(), nn.Linear(10, 3))
+        x = torch.randn(n, 3, 4, generator=g)
+    elif name == "attention":  # self-attention, time-first inside
+        model = nn.Sequential(nn.Linear(4, 6), SelfAttention(nn.MultiheadAttention(6, 2)),
+                              Mean(), nn.Linear(6, 3))
+        x = torch.randn(n, 3, 4, generator=g)
+    elif name == "transformer":
+        model = nn.Sequential(
+            nn.Linear(4, 6),
+            nn.TransformerEncoderLayer(6, 2, dim_feedforward=7, dropout=0.0, batch_first=True),
+            Mean(), nn.Linear(6, 3))
         x = torch.randn(n, 3, 4, generator=g)
     elif name == "layer_norm":
         model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3),
@@ -105,7 +125,8 @@ def _expected(gb):
             "sum_grad_squared": sgs, "variance": sgs / n - (gb.sum(0) / n) ** 2}
 
 
-CASES = ["mlp", "sequence", "conv", "embedding", "layer_norm", "rnn", "lstm", "gru"]
+CASES = ["mlp", "sequence", "conv", "embedding", "layer_norm", "rnn", "lstm", "gru",
+         "attention", "transformer"]
 
 
 def _check_all(case, reduction, names=NAMES):
@@ -131,14 +152,14 @@ def test_each_quantity_equals_a_per_example_loop(case, reduction):
 
 
 @pytest.mark.parametrize("ghost", [True, False])
-@pytest.mark.parametrize("case", ["sequence", "conv", "lstm"])
+@pytest.mark.parametrize("case", ["sequence", "conv", "lstm", "attention"])
 def test_batch_l2_by_either_form(case, ghost, monkeypatch):
     """The Gram ("ghost norm") form and the per-example tensor give the same ‖g_n‖²."""
     monkeypatch.setattr(ext, "ghost_cheaper", lambda t, p, d: ghost)
     _check_all(case, "mean", ("batch_l2",))
 
 
-@pytest.mark.parametrize("case", ["mlp", "sequence", "conv", "embedding"])
+@pytest.mark.parametrize("case", ["mlp", "sequence", "conv", "embedding", "attention"])
 def test_each_quantity_alone(case):
     """Without grad_batch the cheap forms answer: batch_l2 from norms, sum_grad_squared
     from one matmul (one row per example) or scatter (embedding)."""

@@ -40,7 +40,7 @@ def _private(model, x, y, reduction, noise=0.0, clip=0.5, seed=None, engine_cls=
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("case", [*CASES, "lstm", "gru"])
+@pytest.mark.parametrize("case", [*CASES, "lstm", "gru", "attention", "transformer"])
 def test_clipped_sum_equals_a_per_example_loop(case, reduction):
     """After the backward .grad = Σ_n min(1, C/‖g_n‖) g_n, g_n the examples' own
     gradients (Opacus's scaling), from a float64 loop over single examples."""
