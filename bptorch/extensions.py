@@ -571,5 +571,36 @@ def collect(model: nn.Module, *names: str, loss_fn: Any = None) -> Iterator[Coll
         PER_EXAMPLE.remove(collector)
 
 
+@torch.no_grad()
+def network_quantities(net: nn.Module, x: Tensor, *names: str) -> None:
+    """The same quantities for the explicit engine: after ``net.backprop(x, y)`` (a
+    ``bptorch.network.Network``), from its per-example ``net.deltas`` and the activations
+    a^{l−1}, recomputed from ``x`` by one forward (the engine keeps only δ). Scaled as
+    on the autograd path: the engine's cost is the batch mean, so g_n = δ_n a_nᵀ / N.
+    Leaves each quantity on ``layers[l].weight`` and ``.bias`` as :func:`collect` does."""
+    if not names:
+        raise ValueError(f"network_quantities needs at least one quantity: {', '.join(FIRST_ORDER)}")
+    _check_names(names, None)
+    if getattr(net, "feedback", "backprop") != "backprop":
+        raise ValueError(f"Network(feedback={net.feedback!r}): its δ are not the gradient's, "
+                         "so per-example gradients are not defined")
+    deltas = net.deltas
+    if not deltas or deltas[0].shape[0] != x.shape[0]:
+        raise ValueError("network_quantities reads net.deltas of this x: call "
+                         "net.backprop(x, y) first")
+    collector = Collector(net, tuple(names))
+    a_prev, m = x, x.shape[0]
+    for layer, delta in zip(net.layers, deltas):
+        call = LinearCall(None, delta / m, a_prev, ())
+        sums = {"weight": call.weighted_sum("weight", torch.ones(m)),  # BP4: Σ_n g_n
+                "bias": call.weighted_sum("bias", torch.ones(m))}  # BP3
+        for p, role in ((layer.weight, "weight"), (layer.bias, "bias")):
+            collector.take(p, call, role, sums[role].to(p.dtype))
+        a_prev = layer(a_prev)
+    for rec in collector.records.values():
+        collector.finish(rec["p"], rec)
+
+
 __all__ = ["BatchNormTrainingError", "Collector", "FIRST_ORDER", "KINDS", "LayerCall",
-           "PartialGradientError", "SECOND_ORDER", "collect", "ghost_cheaper", "rows_overlap"]
+           "PartialGradientError", "SECOND_ORDER", "collect", "ghost_cheaper", "network_quantities",
+           "rows_overlap"]

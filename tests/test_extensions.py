@@ -342,3 +342,27 @@ def test_equals_opacus_grad_sample(case, reduction):
             q.grad_sample[:, m.padding_idx] = 0
     for p, q in zip(twin.parameters(), model.parameters()):
         torch.testing.assert_close(p.grad_batch * scale, q.grad_sample)
+
+
+def test_network_explicit_engine_equals_the_autograd_path():
+    """Network's explicit engine (net.backprop, net.deltas) gives what collect gives on
+    the autograd path (net.loss(...).backward())."""
+    from bptorch.extensions import network_quantities
+    from bptorch.network import Network
+
+    torch.manual_seed(0)
+    net = Network([6, 5, 4], activation="tanh", cost="log_likelihood").to(D)
+    x, y = torch.randn(7, 6, dtype=D), torch.randint(0, 4, (7,))
+    with collect(net, *NAMES):
+        net.loss(x, y).backward()
+    want = {name: [getattr(p, name).clone() for p in net.parameters()] for name in NAMES}
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net.backprop(x, y)
+    network_quantities(net, x, *NAMES)
+    for i, p in enumerate(net.parameters()):
+        torch.testing.assert_close(p.grad, grads[i])
+        for name in NAMES:
+            torch.testing.assert_close(getattr(p, name), want[name][i], msg=name)
+    with pytest.raises(ValueError, match="backprop"):
+        network_quantities(net, x[:3], "batch_l2")
