@@ -65,9 +65,11 @@ class ClippingCollector(Collector):
         self.per_sample_norms: Tensor | None = None  # the last step's ‖g_n‖, for inspection
 
     def install(self) -> None:
-        """Active until the end of the next backward (called by the module's forward)."""
+        """Active until the end of the next backward (called by the module's forward).
+        Starts afresh: what a backward that raised half-way left behind is dropped."""
+        self.queued, self.calls, self.norms2 = False, [], None
+        self.start()
         if self not in PER_EXAMPLE:
-            self.start()
             PER_EXAMPLE.append(self)
 
     def take(self, p: Tensor, call: LayerCall, role: str, grad: Tensor,

@@ -185,6 +185,41 @@ def test_a_torch_layer_is_refused():
     PER_EXAMPLE.clear()
 
 
+def test_a_backward_that_raised_leaves_nothing_behind():
+    """After a backward that failed half-way, the next step clips afresh."""
+    torch.manual_seed(0)
+    model = bnn.Sequential(bnn.Linear(3, 4), bnn.Tanh(), bnn.Linear(4, 2)).to(D)
+    twin = copy.deepcopy(model)
+    data = DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=2)
+    module, _, _ = PrivacyEngine().make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), data_loader=data,
+        noise_multiplier=0.0, max_grad_norm=0.3)
+    x = torch.randn(5, 3, dtype=D)
+
+    class Boom(torch.autograd.Function):  # raises in backward, after the top layer reported
+        @staticmethod
+        def forward(ctx, t):
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("boom")
+
+    module(x)  # turns the collector on
+    with pytest.raises(RuntimeError, match="boom"):
+        model[2](Boom.apply(model[1](model[0](x)))).sum().backward()
+    assert module.collector.calls  # the top layer reported, then the backward failed
+    model.zero_grad()
+    module(x).sum().backward()
+    module2, _, _ = PrivacyEngine().make_private(
+        module=twin, optimizer=torch.optim.SGD(twin.parameters(), lr=0.1), data_loader=data,
+        noise_multiplier=0.0, max_grad_norm=0.3)
+    module2(x).sum().backward()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert PER_EXAMPLE == []
+
+
 def test_eval_and_no_grad_forwards_do_not_collect():
     model = bnn.Sequential(bnn.Linear(3, 2))
     module, _, _ = PrivacyEngine().make_private(
