@@ -86,6 +86,14 @@ def _case(name: str):
             nn.TransformerEncoderLayer(6, 2, dim_feedforward=7, dropout=0.0, batch_first=True),
             Mean(), nn.Linear(6, 3))
         x = torch.randn(n, 3, 4, generator=g)
+    elif name == "batch_norm_eval":  # running statistics: per example
+        model = nn.Sequential(nn.Conv2d(2, 3, 2), nn.BatchNorm2d(3), nn.Tanh(), Flat(),
+                              nn.Linear(3 * 3 * 2, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+        x = torch.randn(n, 2, 4, 3, generator=g)
+        for m in (model[1], model[5]):
+            m.running_mean.normal_(generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+        model.eval()
     elif name == "layer_norm":
         model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3),
                               Mean())
@@ -126,7 +134,7 @@ def _expected(gb):
 
 
 CASES = ["mlp", "sequence", "conv", "embedding", "layer_norm", "rnn", "lstm", "gru",
-         "attention", "transformer"]
+         "attention", "transformer", "batch_norm_eval"]
 
 
 def _check_all(case, reduction, names=NAMES):
