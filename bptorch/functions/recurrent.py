@@ -70,8 +70,8 @@ def _weight_grads(delta_ih: Tensor, delta_hh: Tensor, x: Tensor, h_prev: Tensor,
     ``need``: (x, W_ih, W_hh, b_ih, b_hh).
     """
     need_x, need_w_ih, need_w_hh, need_b_ih, need_b_hh = need
-    if PER_EXAMPLE:
-        _FACTORS.append(((delta_ih, delta_hh), (x, h_prev)))
+    if PER_EXAMPLE:  # one entry at most: the Function that called this pops it
+        _FACTORS[:] = [((delta_ih, delta_hh), (x, h_prev))]
     d_ih = delta_ih.reshape(-1, delta_ih.shape[-1])  # (T·N, G·H): every step's rows
     d_hh = delta_hh.reshape(-1, delta_hh.shape[-1])
     grad_x = grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = None
