@@ -451,25 +451,20 @@ class Collector:
         (memory as a plain step). Disjoint chunks add up: their norms and squares too."""
         rec = self.records.get(id(p))
         if rec is None:
-            rec = self.records[id(p)] = {"p": p, "grad": torch.zeros_like(p, dtype=grad.dtype),
-                                         "uses": 1, "parts": [], "n": call.n}
+            rec = self.records[id(p)] = {"p": p, "uses": 1, "parts": [], "n": call.n}
         if rows_overlap(rows, rec["parts"]):
             rec["uses"] += 1  # the same rows again: shared weights
         rec["parts"].append(rows)
-        at = slice(None) if rows is None else rows
-        rec["grad"][at] += grad
+        _add(rec, "grad", grad, rows, p.shape)
         names = self.names
         if "grad_batch" in names:
-            if "grad_batch" not in rec:
-                rec["grad_batch"] = grad.new_zeros(call.n, *p.shape)
-            rec["grad_batch"][:, at] += call.grad_batch(role).to(grad.dtype)
+            _add(rec, "grad_batch", call.grad_batch(role).to(grad.dtype), rows,
+                 (call.n, *p.shape), batched=True)
         elif rec["uses"] == 1:
             if "batch_l2" in names:
                 rec["batch_l2"] = rec.get("batch_l2", 0) + call.batch_l2(role)
             if "sum_grad_squared" in names or "variance" in names:
-                if "sum_grad_squared" not in rec:
-                    rec["sum_grad_squared"] = torch.zeros_like(rec["grad"])
-                rec["sum_grad_squared"][at] += call.sum_grad_squared(role)
+                _add(rec, "sum_grad_squared", call.sum_grad_squared(role), rows, p.shape)
 
     def end(self) -> None:
         """At the backward's end: refuse torch's gradients, write .grad and the results."""
@@ -510,6 +505,22 @@ class Collector:
         if "variance" in names:  # BackPACK's: Σ g_n²/N − (Σ g_n / N)²
             n = rec["n"]
             p.variance = sgs / n - (rec["grad"].to(dtype) / n) ** 2
+
+
+def _add(rec: dict[str, Any], key: str, value: Tensor, rows: slice | None,
+         shape: tuple, batched: bool = False) -> None:
+    """rec[key] += value, placed at ``rows`` of a parameter of ``shape`` (the leading
+    axis after the batch's when ``batched``); the first whole value is kept as it is."""
+    if key not in rec:
+        if rows is None:
+            rec[key] = value
+            return
+        rec[key] = value.new_zeros(shape)
+    at = (slice(None), rows) if batched and rows is not None else rows
+    if at is None:
+        rec[key] = rec[key] + value
+    else:
+        rec[key][at] += value
 
 
 def _parameter_of(node: Any, output_nr: int) -> tuple[Tensor | None, slice | None]:

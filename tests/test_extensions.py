@@ -374,3 +374,22 @@ def test_network_explicit_engine_equals_the_autograd_path():
             torch.testing.assert_close(getattr(p, name), want[name][i], msg=name)
     with pytest.raises(ValueError, match="backprop"):
         network_quantities(net, x[:3], "batch_l2")
+
+
+def test_under_autocast_bfloat16():
+    """δ and a^{l−1} in bfloat16: the quantities in the parameters' float32, close to
+    the float32 run's to bfloat16's scale."""
+    torch.manual_seed(0)
+    model = bnn.Sequential(bnn.Conv2d(3, 4, 3), bnn.ReLU(), bnn.Flatten(),
+                           bnn.Linear(4 * 6 * 6, 5))
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))
+    with collect(model, "batch_l2", "grad_batch"):
+        _loss("mean")(model(x), y).backward()
+    want = [(p.batch_l2.clone(), p.grad_batch.clone()) for p in model.parameters()]
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16), collect(model, "batch_l2", "grad_batch"):
+        _loss("mean")(model(x), y).backward()
+    for p, (l2, gb) in zip(model.parameters(), want):
+        assert p.batch_l2.dtype == p.grad_batch.dtype == torch.float32
+        assert (p.batch_l2 - l2).abs().max() <= 0.03 * l2.abs().max()
+        assert (p.grad_batch - gb).abs().max() <= 0.03 * gb.abs().max()
