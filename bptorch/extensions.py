@@ -32,8 +32,11 @@ else that writes ``.grad`` during the backward is torch's autograd: a clear erro
 (:class:`PartialGradientError`), never a partial result. BatchNorm in training mode mixes
 the examples of a batch (each δ_n then depends on the others): an error naming the layer.
 
-The second-order quantities (``diag_ggn_exact``, ``diag_ggn_mc``, ``kflr``, ``kfac``)
-are not here yet; asking for them says so.
+Covered (``KINDS``): linear and dense layers, Conv2d, Embedding, LayerNorm, BatchNorm
+in eval mode, RNN/LSTM/GRU (through time), and MultiheadAttention through its linear
+projections (chunks of ``in_proj_weight`` by rows). The explicit engine's ``Network``:
+:func:`network_quantities`. The second-order quantities (``diag_ggn_exact``,
+``diag_ggn_mc``, ``kflr``, ``kfac``) are not here yet; asking for them says so.
 """
 from __future__ import annotations
 

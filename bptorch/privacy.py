@@ -121,10 +121,11 @@ class GradSampleModule(nn.Module):
         return self._module(*args, **kwargs)
 
 
-class DPOptimizer:
+class DPOptimizer(torch.optim.Optimizer):
     """The optimizer, made private: ``step`` adds N(0, σ²C²) to each clipped sum, divides
     by the expected batch size (``loss_reduction="mean"``), records the step with the
-    accountant, then runs the original step. Attributes not its own are the original's."""
+    accountant, then runs the original step. An ``Optimizer`` (learning-rate schedulers
+    accept it) whose ``param_groups``, ``state`` and ``defaults`` are the original's."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, collector: ClippingCollector, *,
                  noise_multiplier: float, max_grad_norm: float, expected_batch_size: int,
@@ -138,12 +139,25 @@ class DPOptimizer:
         self.params = [p for group in optimizer.param_groups for p in group["params"]
                        if p.requires_grad]
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["original_optimizer"], name)
+    # Optimizer.__init__ is not run: the original optimizer holds the state
+    @property
+    def param_groups(self) -> list[dict]:  # type: ignore[override]
+        return self.original_optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict]) -> None:
+        self.original_optimizer.param_groups = groups
 
     @property
-    def param_groups(self) -> list[dict]:
-        return self.original_optimizer.param_groups
+    def state(self) -> Any:  # type: ignore[override]
+        return self.original_optimizer.state
+
+    @property
+    def defaults(self) -> dict:  # type: ignore[override]
+        return self.original_optimizer.defaults
+
+    def __repr__(self) -> str:
+        return f"DPOptimizer({self.original_optimizer!r})"
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.original_optimizer.zero_grad(set_to_none)

@@ -231,3 +231,17 @@ def test_eval_and_no_grad_forwards_do_not_collect():
     module.eval()
     module(torch.randn(2, 3))
     assert PER_EXAMPLE == []
+
+
+def test_the_private_optimizer_takes_a_learning_rate_scheduler():
+    model = bnn.Sequential(bnn.Linear(3, 2))
+    module, optimizer, _ = PrivacyEngine().make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        data_loader=DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=2),
+        noise_multiplier=0.0, max_grad_norm=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    module(torch.randn(2, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert isinstance(optimizer, torch.optim.Optimizer)
