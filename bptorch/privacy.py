@@ -43,7 +43,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .extensions import BatchNormTrainingError, Collector, LayerCall, rows_overlap
+from .extensions import BatchNormTrainingError, Collector, rows_overlap
+from .per_example import LayerCall
 from .functions.base import PER_EXAMPLE
 
 _INSTALL = "pip install 'bptorch[privacy]' (opacus, dp-accounting)"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-import bptorch.extensions as ext
 import bptorch.nn as bnn
+import bptorch.per_example as per_example
 from bptorch.convert import from_torch_nn
 from bptorch.extensions import BatchNormTrainingError, PartialGradientError, collect
 from bptorch.functions.base import PER_EXAMPLE
@@ -163,7 +163,7 @@ def test_each_quantity_equals_a_per_example_loop(case, reduction):
 @pytest.mark.parametrize("case", ["sequence", "conv", "lstm", "attention"])
 def test_batch_l2_by_either_form(case, ghost, monkeypatch):
     """The Gram ("ghost norm") form and the per-example tensor give the same ‖g_n‖²."""
-    monkeypatch.setattr(ext, "ghost_cheaper", lambda t, p, d: ghost)
+    monkeypatch.setattr(per_example, "ghost_cheaper", lambda t, p, d: ghost)
     _check_all(case, "mean", ("batch_l2",))
 
 
