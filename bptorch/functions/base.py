@@ -34,6 +34,10 @@ The rest of the plumbing every Function shares lives here too, once:
 * **the diagnostics hook** (:data:`DELTA_HOOKS`): a layer that computes δ^l = ∂C/∂a ⊙ σ'(z)
   hands it to every callback in the list; ``bptorch.diagnostics`` registers one while it
   records. ``functions/`` imports nothing above itself.
+* **the per-example hook** (:data:`PER_EXAMPLE`): a layer whose backward forms BP3/BP4
+  (a sum over examples of δ^l and a^{l−1}) hands δ, a^{l−1} and its gradients to the
+  collector in the list; ``bptorch.extensions.collect`` and ``bptorch.privacy`` put one
+  there while they run. Empty otherwise: the backward pays one list read.
 """
 from __future__ import annotations
 
@@ -111,6 +115,23 @@ def report_delta(name: str | None, activation: Any, delta: Tensor, saved: Tensor
     """Hand one layer's δ^l (and the tensor σ' came from, and a^{l−1}) to every hook."""
     for hook in DELTA_HOOKS:
         hook(name, activation, delta, saved, a_prev=a_prev)
+
+
+# ---------------------------------------------------------------- per-example hook
+# The collector of ``bptorch.extensions`` (or ``bptorch.privacy``) while one is active, else
+# empty: ``collector(kind, ctx, grads, delta, a_prev)`` is called by each backward after it
+# forms BP3/BP4, with the layer's kind ("linear", "conv2d", ...), its ctx (whose
+# ``next_functions`` name the parameters), the gradient tuple it is about to return, δ and
+# a^{l−1}. It returns the tuple to return: the collected parameters' sums taken out of
+# it (the collector accounts for them). Outside a collection the backward pays one list read.
+PER_EXAMPLE: list[Callable[..., tuple]] = []
+
+
+def per_example(kind: str, ctx: Any, grads: tuple, delta: Tensor | None,
+                a_prev: Tensor | None) -> tuple:
+    """Hand one layer call's δ and a^{l−1} to the active collector; returns ``grads``
+    as the backward should return them."""
+    return PER_EXAMPLE[-1](kind, ctx, grads, delta, a_prev)
 
 
 # ---------------------------------------------------------------- autocast

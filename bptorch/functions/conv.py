@@ -50,7 +50,7 @@ from torch.nn.functional import (
     unfold,
 )
 
-from .base import LOWER, BPFunction, Padding, Pair, moved
+from .base import LOWER, PER_EXAMPLE, BPFunction, Padding, Pair, moved, per_example
 
 Sizes = tuple[int, ...]  # one int per spatial dim: (L,), (H, W) or (D, H, W)
 
@@ -171,8 +171,10 @@ class Conv2dFunction(BPFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a_prev, weight = ctx.saved_tensors
-        return (*conv2d_backward(ctx, grad_output, a_prev, weight),
-                None, None, None, None, None)
+        grads = conv2d_backward(ctx, grad_output, a_prev, weight)
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and a^{l-1} to it
+            grads = per_example("conv2d", ctx, grads, grad_output, a_prev)
+        return (*grads, None, None, None, None, None)
 
 
 def conv2d_forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import BPFunction, moved
+from .base import PER_EXAMPLE, BPFunction, moved, per_example
 
 
 def embedding_fwd(input: Tensor, weight: Tensor) -> Tensor:
@@ -76,8 +76,11 @@ class EmbeddingFunction(BPFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         (input,) = ctx.saved_tensors
-        return (*embedding_bwd(grad_output, input, ctx.num_embeddings, ctx.padding_idx,
-                               ctx.scale_grad_by_freq, ctx.needs_input_grad), None, None)
+        grads = embedding_bwd(grad_output, input, ctx.num_embeddings, ctx.padding_idx,
+                              ctx.scale_grad_by_freq, ctx.needs_input_grad)
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and the indices to it
+            grads = per_example("embedding", ctx, grads, grad_output, input)
+        return (*grads, None, None)
 
 
 __all__ = ["EmbeddingFunction", "embedding_bwd", "embedding_fwd"]

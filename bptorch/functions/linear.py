@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from ..activations import Activation
-from .base import DELTA_HOOKS, FLOAT32, LOW_PRECISION, LOWER, BPFunction, report_delta
+from .base import (DELTA_HOOKS, FLOAT32, LOW_PRECISION, LOWER, PER_EXAMPLE, BPFunction,
+                   per_example, report_delta)
 
 Need = tuple[bool, ...]
 
@@ -145,7 +146,10 @@ class LinearFunction(BPFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a_prev, weight = ctx.saved_tensors
-        return linear_bwd(grad_output, a_prev, weight, ctx.needs_input_grad)
+        grads = linear_bwd(grad_output, a_prev, weight, ctx.needs_input_grad)
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and a^{l-1} to it
+            grads = per_example("linear", ctx, grads, grad_output, a_prev)
+        return grads
 
     @staticmethod
     def jvp(ctx: Any, da_prev, dweight, dbias) -> Tensor:
@@ -392,6 +396,8 @@ class DenseFunction(BPFunction):
                                  ctx.needs_input_grad)
         if DELTA_HOOKS:
             report_delta(ctx.name, ctx.activation, delta, saved, a_prev=a_prev)
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and a^{l-1} to it
+            grads = per_example("linear", ctx, grads, delta, a_prev)
         return (*grads, None, None)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import FLOAT32, LOW_PRECISION, BPFunction, moved
+from .base import FLOAT32, LOW_PRECISION, PER_EXAMPLE, BPFunction, moved, per_example
 
 Dims = tuple[int, ...]
 
@@ -184,7 +184,12 @@ class BatchNormFunction(BPFunction):
             grad_weight = grad_weight.flatten().to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.flatten()
-        return grad_input, grad_weight, grad_bias, None, None, None, None
+        grads = grad_input, grad_weight, grad_bias, None, None, None, None
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and x̂ to it; batch
+            # statistics (training) mix the examples, and the collector raises on them
+            kind = "batch_norm" if ctx.training else "batch_norm_eval"
+            grads = per_example(kind, ctx, grads, delta, (x - mean) * rstd)
+        return grads
 
 
 # ---------------------------------------------------------------- layer norm
@@ -249,7 +254,10 @@ class LayerNormFunction(BPFunction):
             grad_weight = grad_weight.reshape(weight.shape)
         if grad_bias is not None:
             grad_bias = grad_bias.reshape(ctx.normalized_shape)
-        return grad_input, None, grad_weight, grad_bias, None
+        grads = grad_input, None, grad_weight, grad_bias, None
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and x̂ (γ's a^{l-1}) to it
+            grads = per_example("layer_norm", ctx, grads, delta, (x - mean) * rstd)
+        return grads
 
 
 # ---------------------------------------------------------------- group and instance norm

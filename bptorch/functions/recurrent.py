@@ -54,7 +54,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOWER, BPFunction
+from .base import LOWER, PER_EXAMPLE, BPFunction, per_example
+
+# a collection is on (bptorch.extensions): _weight_grads leaves (δ^ih, δ^hh) and (x, h_prev)
+# here, and the Function's backward that called it hands them on with its ctx
+_FACTORS: list[tuple] = []
 
 
 # ---------------------------------------------------------------- shared BP3 / BP4
@@ -76,6 +80,8 @@ def _weight_grads(delta_ih: Tensor, delta_hh: Tensor, x: Tensor, h_prev: Tensor,
     ``need``: (x, W_ih, W_hh, b_ih, b_hh).
     """
     need_x, need_w_ih, need_w_hh, need_b_ih, need_b_hh = need
+    if PER_EXAMPLE:  # one entry at most: the Function that called this pops it
+        _FACTORS[:] = [((delta_ih, delta_hh), (x, h_prev))]
     d_ih = delta_ih.reshape(-1, delta_ih.shape[-1])  # (T·N, G·H): every step's rows
     d_hh = delta_hh.reshape(-1, delta_hh.shape[-1])
     grad_x = grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = None
@@ -174,8 +180,11 @@ class RNNLayerFunction(BPFunction):
     def backward(ctx: Any, grad_output: Tensor | None, grad_h_n: Tensor | None):
         # the saved output is this Function's own, so double backward needs no rerun
         x, h0, w_ih, w_hh, output = ctx.saved_tensors
-        return (*rnn_bwd(grad_output, grad_h_n, x, h0, w_ih, w_hh, output, ctx.relu,
-                         ctx.needs_input_grad[:6]), None)
+        grads = rnn_bwd(grad_output, grad_h_n, x, h0, w_ih, w_hh, output, ctx.relu,
+                        ctx.needs_input_grad[:6])
+        if PER_EXAMPLE and _FACTORS:  # a collection is on: δ and a^{l-1} of both matmuls
+            grads = per_example("recurrent", ctx, grads, *_FACTORS.pop())
+        return (*grads, None)
 
 
 # ---------------------------------------------------------------- LSTM
@@ -301,8 +310,11 @@ class LSTMLayerFunction(BPFunction):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, gates, cs = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the gates as functions of the inputs
             out, _h, _c, gates, cs = lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        return lstm_bwd(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, out, gates,
-                        cs, ctx.needs_input_grad, w_hr)
+        grads = lstm_bwd(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, out, gates,
+                         cs, ctx.needs_input_grad, w_hr)
+        if PER_EXAMPLE and _FACTORS:  # a collection is on: δ and a^{l-1} of both matmuls
+            grads = per_example("lstm", ctx, grads, *_FACTORS.pop())
+        return grads
 
 
 # ---------------------------------------------------------------- GRU
@@ -405,8 +417,11 @@ class GRULayerFunction(BPFunction):
         x, h0, w_ih, w_hh, b_ih, b_hh, out, gates, hns = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the gates as functions of the inputs
             out, _h, gates, hns = gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh)
-        return gru_bwd(grad_output, grad_h_n, x, h0, w_ih, w_hh, out, gates, hns,
-                       ctx.needs_input_grad)
+        grads = gru_bwd(grad_output, grad_h_n, x, h0, w_ih, w_hh, out, gates, hns,
+                        ctx.needs_input_grad)
+        if PER_EXAMPLE and _FACTORS:  # a collection is on: δ and a^{l-1} of both matmuls
+            grads = per_example("recurrent", ctx, grads, *_FACTORS.pop())
+        return grads
 
 
 # ---------------------------------------------------------------- the cells: one step

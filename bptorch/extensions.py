@@ -1,0 +1,322 @@
+"""Per-example quantities from the written-out backward: BackPACK's first-order extensions.
+
+A batch's gradient is a sum over its examples: BP3 and BP4 add up, over the rows n,
+
+    ∂C/∂b = Σ_n δ_n,      ∂C/∂W = Σ_n δ_n a_nᵀ          (a_n = a^{l−1} of example n)
+
+Each bptorch backward holds every δ_n and a_n at that moment. Inside :func:`collect` it
+hands them (``functions.base.per_example``) to a collector, which keeps what the sum
+throws away (each family's forms: ``bptorch.per_example``):
+
+* ``grad_batch``: each example's term, g_n = δ_n a_nᵀ (and δ_n for a bias). δ already
+  carries the loss's reduction (1/N under ``reduction="mean"``), so Σ_n g_n = ``.grad``:
+  BackPACK's scaling. For inputs with extra axes (a sequence (N, T, d), a conv's P
+  positions), g_n = Σ_t δ_{n,t} a_{n,t}ᵀ, the sum BP4 takes over positions, per example.
+* ``batch_l2``: ‖g_n‖², with no per-example gradient tensor where a cheaper form exists:
+  ‖δ_n a_nᵀ‖² = ‖δ_n‖²‖a_n‖² (Goodfellow 2015) for one row per example; for T rows (a
+  sequence, or a conv's positions) the Gram ("ghost norm") form
+  ‖Σ_t δ_t a_tᵀ‖² = Σ_{t,s} (a_t·a_s)(δ_t·δ_s), which costs T² per example against the
+  p·d of forming g_n: chosen per layer call when 2T² < p·d.
+* ``sum_grad_squared``: Σ_n g_n² (elementwise); for one row per example (δ²)ᵀ(a²), one
+  matmul.
+* ``variance``: BackPACK's Σ_n g_n²/N − (Σ_n g_n / N)², N the batch size.
+
+Results are left on each parameter under these names (``p.grad_batch``, ...), as BackPACK
+leaves them, when the backward ends. Under ``reduction="sum"`` the g_n are the examples'
+own gradients; under ``"mean"`` they are 1/N of them, as BackPACK's.
+
+What the collector needs to be right: every parameter's whole gradient must come from
+bptorch backwards that report to it. The collector takes the collected parameters' sums
+out of what the backward returns and adds them to ``.grad`` itself at the end, so anything
+else that writes ``.grad`` during the backward is torch's autograd: a clear error
+(:class:`PartialGradientError`), never a partial result. BatchNorm in training mode mixes
+the examples of a batch (each δ_n then depends on the others): an error naming the layer.
+
+Covered (``KINDS``): linear and dense layers, Conv2d, Embedding, LayerNorm, BatchNorm
+in eval mode, RNN/LSTM/GRU (through time), and MultiheadAttention through its linear
+projections (chunks of ``in_proj_weight`` by rows). The explicit engine's ``Network``:
+:func:`network_quantities`. The second-order quantities (``diag_ggn_exact``,
+``diag_ggn_mc``, ``kflr``, ``kfac``) are not here yet; asking for them says so.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .functions.base import PER_EXAMPLE
+from .per_example import KINDS, LayerCall, LinearCall, ghost_cheaper
+
+FIRST_ORDER = ("grad_batch", "batch_l2", "sum_grad_squared", "variance")
+SECOND_ORDER = ("diag_ggn_exact", "diag_ggn_mc", "kflr", "kfac")
+
+
+class PartialGradientError(RuntimeError):
+    """A parameter's gradient came (partly) from outside the reporting bptorch layers."""
+
+
+class BatchNormTrainingError(RuntimeError):
+    """BatchNorm in training mode inside a per-example collection."""
+
+
+# ---------------------------------------------------------------- the collector
+class Collector:
+    """Takes each reporting layer call's δ and a^{l−1} during a backward (the
+    ``functions.base.PER_EXAMPLE`` hook), and at the backward's end writes ``.grad`` and
+    the asked quantities onto the model's parameters.
+
+    Subclasses (``bptorch.privacy``) override :meth:`take` and :meth:`finish`.
+    """
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...] = ()) -> None:
+        self.names = names
+        self.names_of: dict[int, str] = {}
+        self.params: dict[int, Tensor] = {}
+        self.modules: dict[int, tuple[str, nn.Module]] = {}
+        for module_name, module in model.named_modules():
+            for name, p in module.named_parameters(recurse=False):
+                full = f"{module_name}.{name}" if module_name else name
+                self.modules.setdefault(id(p), (module_name, module))
+                if p.requires_grad and id(p) not in self.params:
+                    self.params[id(p)] = p
+                    self.names_of[id(p)] = full
+        self.queued = False
+        self.records: dict[int, dict[str, Any]] = {}
+        self.grad_state: dict[int, tuple[int, int] | None] = {}
+
+    # ---- the grads the backward did not report: torch's
+    def _state(self, p: Tensor) -> tuple[int, int] | None:
+        return None if p.grad is None else (id(p.grad), p.grad._version)
+
+    def start(self) -> None:
+        """Note each parameter's ``.grad``: only torch can change it until :meth:`end`."""
+        self.grad_state = {i: self._state(p) for i, p in self.params.items()}
+
+    def check_untouched(self) -> None:
+        """Raise if autograd wrote a parameter's ``.grad`` (a gradient from torch). A
+        ``.grad`` set to None or zeroed since :meth:`start` (``zero_grad``) is not torch's."""
+        touched = [i for i, p in self.params.items()
+                   if p.grad is not None and self._state(p) != self.grad_state.get(i)
+                   and bool(p.grad.any())]
+        if touched:
+            names = ", ".join(repr(self.names_of[i]) for i in touched[:5])
+            raise PartialGradientError(
+                f"parameter(s) {names} got gradient from torch's own autograd, not from a "
+                "bptorch layer's written-out backward, so their per-example quantities "
+                "would be partial. Build the model from bptorch.nn layers, or convert it "
+                "with bptorch.convert.from_torch_nn(model, strict=True); a layer bptorch "
+                "does not yet cover for per-example quantities (or a parameter used by a "
+                "torch op beside a bptorch layer) cannot be collected. Supported: "
+                f"{', '.join(sorted(KINDS))}.")
+
+    # ---- the hook
+    def __call__(self, kind: str, ctx: Any, grads: tuple, delta: Tensor | None,
+                 a_prev: Tensor | None) -> tuple:
+        if kind == "batch_norm":
+            raise BatchNormTrainingError(self._batch_norm_message(ctx))
+        cls = KINDS.get(kind)
+        if cls is None:
+            return grads
+        call, out = None, list(grads)
+        for slot, role in cls.slots.items():
+            if slot >= len(out) or out[slot] is None:
+                continue
+            inputs = ctx.next_functions
+            p, rows = _parameter_of(*inputs[cls.input_index(slot, len(inputs))])
+            if p is None or id(p) not in self.params:
+                continue  # not one of the model's parameters: autograd's, as usual
+            if call is None:
+                call = cls(ctx, delta, a_prev, grads)
+            self.take(p, call, role, out[slot], rows)
+            out[slot] = None  # the collector adds it to .grad at the end
+        if call is not None and not self.queued:
+            self.queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self.end)
+        return tuple(out)
+
+    def _batch_norm_message(self, ctx: Any) -> str:
+        where = "a BatchNorm layer (no affine parameters)"
+        for node, _ in ctx.next_functions[1:]:  # (input, γ, β, running statistics)
+            p = getattr(node, "variable", None)
+            if p is not None and id(p) in self.modules:
+                name, module = self.modules[id(p)]
+                where = f"{type(module).__name__} {name!r}"
+                break
+        return (f"{where} is in training mode: its batch statistics mix the examples of a "
+                "batch, so per-example gradients are not defined. Put it in eval mode "
+                "(layer.eval(), running statistics), or use a per-example norm "
+                "(GroupNorm, LayerNorm) instead.")
+
+    def take(self, p: Tensor, call: LayerCall, role: str, grad: Tensor,
+             rows: slice | None = None) -> None:
+        """One layer call's share of parameter ``p`` (of its ``rows`` only, for a chunk
+        of it): its sum, and the asked quantities now, while δ and a^{l−1} are alive
+        (memory as a plain step). Disjoint chunks add up: their norms and squares too."""
+        rec = self.records.get(id(p))
+        if rec is None:
+            rec = self.records[id(p)] = {"p": p, "uses": 1, "parts": [], "n": call.n}
+        if rows_overlap(rows, rec["parts"]):
+            rec["uses"] += 1  # the same rows again: shared weights
+        rec["parts"].append(rows)
+        _add(rec, "grad", grad, rows, p.shape)
+        names = self.names
+        if "grad_batch" in names:
+            _add(rec, "grad_batch", call.grad_batch(role).to(grad.dtype), rows,
+                 (call.n, *p.shape), batched=True)
+        elif rec["uses"] == 1:
+            if "batch_l2" in names:
+                rec["batch_l2"] = rec.get("batch_l2", 0) + call.batch_l2(role)
+            if "sum_grad_squared" in names or "variance" in names:
+                _add(rec, "sum_grad_squared", call.sum_grad_squared(role), rows, p.shape)
+
+    def end(self) -> None:
+        """At the backward's end: refuse torch's gradients, write .grad and the results."""
+        self.queued = False
+        records, self.records = self.records, {}
+        self.check_untouched()
+        for i, rec in records.items():
+            p = rec["p"]
+            grad = rec["grad"].to(p.dtype)
+            if p.grad is None:
+                p.grad = grad
+            else:
+                p.grad.add_(grad)
+            self.finish(p, rec)
+        self.start()
+
+    def finish(self, p: Tensor, rec: dict[str, Any]) -> None:
+        """Leave the asked quantities on ``p`` as BackPACK names them."""
+        names, gb = self.names, rec.get("grad_batch")
+        if gb is None and rec["uses"] > 1 and set(names) - {"grad_batch"}:
+            raise RuntimeError(
+                f"parameter {self.names_of[id(p)]!r} is used by {rec['uses']} layer calls in "
+                "one backward (shared weights): its per-example norms need the per-example "
+                "gradients summed over the uses first; collect 'grad_batch' as well")
+        dtype = p.dtype
+        if gb is not None:
+            gb = gb.to(dtype)
+        if "grad_batch" in names:
+            p.grad_batch = gb
+        if "batch_l2" in names:
+            p.batch_l2 = (gb.flatten(1).square().sum(1) if gb is not None
+                          else rec["batch_l2"].to(dtype))
+        sgs = None
+        if "sum_grad_squared" in names or "variance" in names:
+            sgs = gb.square().sum(0) if gb is not None else rec["sum_grad_squared"].to(dtype)
+        if "sum_grad_squared" in names:
+            p.sum_grad_squared = sgs
+        if "variance" in names:  # BackPACK's: Σ g_n²/N − (Σ g_n / N)²
+            n = rec["n"]
+            p.variance = sgs / n - (rec["grad"].to(dtype) / n) ** 2
+
+
+def _add(rec: dict[str, Any], key: str, value: Tensor, rows: slice | None,
+         shape: tuple, batched: bool = False) -> None:
+    """rec[key] += value, placed at ``rows`` of a parameter of ``shape`` (the leading
+    axis after the batch's when ``batched``); the first whole value is kept as it is."""
+    if key not in rec:
+        if rows is None:
+            rec[key] = value
+            return
+        rec[key] = value.new_zeros(shape)
+    at = (slice(None), rows) if batched and rows is not None else rows
+    if at is None:
+        rec[key] = rec[key] + value
+    else:
+        rec[key][at] += value
+
+
+def _parameter_of(node: Any, output_nr: int) -> tuple[Tensor | None, slice | None]:
+    """The leaf tensor a Function input comes from, and its rows when the input is a
+    chunk of it (``w.chunk(3)``: MultiheadAttention's W^Q, W^K, W^V): (None, None) if
+    neither."""
+    p = getattr(node, "variable", None)
+    if p is not None or type(node).__name__ != "SplitBackward0" or node._saved_dim != 0:
+        return p, None
+    base = getattr(node.next_functions[0][0], "variable", None)
+    size = node._saved_split_size
+    return base, slice(output_nr * size, (output_nr + 1) * size)
+
+
+def rows_overlap(rows: slice | None, parts: list[slice | None]) -> bool:
+    """Whether ``rows`` meets rows already taken (None: the whole parameter)."""
+    return any(rows is None or part is None
+               or (rows.start < part.stop and part.start < rows.stop) for part in parts)
+
+
+def _check_names(names: tuple[str, ...], loss_fn: Any) -> None:
+    for name in names:
+        if name in SECOND_ORDER:
+            raise NotImplementedError(
+                f"{name!r} is a second-order quantity; bptorch.extensions does not compute "
+                f"{', '.join(SECOND_ORDER)} yet. Supported: {', '.join(FIRST_ORDER)}.")
+        if name not in FIRST_ORDER:
+            raise ValueError(f"unknown quantity {name!r}: bptorch.extensions.collect "
+                             f"supports {', '.join(FIRST_ORDER)} (BackPACK's names)")
+
+
+@contextlib.contextmanager
+def collect(model: nn.Module, *names: str, loss_fn: Any = None) -> Iterator[Collector]:
+    """Collect per-example quantities during the ``loss.backward()`` run inside the block.
+
+    ``names``: any of ``grad_batch``, ``batch_l2``, ``sum_grad_squared``, ``variance``
+    (BackPACK's names, scalings and layouts). When the backward ends each of ``model``'s
+    parameters holds ``.grad`` as usual and one attribute per name. ``loss_fn`` is for the
+    second-order quantities (not yet).
+
+        with collect(model, "batch_l2"):
+            loss_fn(model(x), y).backward()
+        norms2 = sum(p.batch_l2 for p in model.parameters())
+    """
+    if not names:
+        raise ValueError(f"collect needs at least one quantity: {', '.join(FIRST_ORDER)}")
+    _check_names(names, loss_fn)
+    collector = Collector(model, tuple(names))
+    for p in collector.params.values():  # no stale results from an earlier collection
+        for name in FIRST_ORDER:
+            if hasattr(p, name):
+                delattr(p, name)
+    collector.start()
+    PER_EXAMPLE.append(collector)
+    try:
+        yield collector
+        collector.check_untouched()
+    finally:
+        PER_EXAMPLE.remove(collector)
+
+
+@torch.no_grad()
+def network_quantities(net: nn.Module, x: Tensor, *names: str) -> None:
+    """The same quantities for the explicit engine: after ``net.backprop(x, y)`` (a
+    ``bptorch.network.Network``), from its per-example ``net.deltas`` and the activations
+    a^{l−1}, recomputed from ``x`` by one forward (the engine keeps only δ). Scaled as
+    on the autograd path: the engine's cost is the batch mean, so g_n = δ_n a_nᵀ / N.
+    Leaves each quantity on ``layers[l].weight`` and ``.bias`` as :func:`collect` does."""
+    if not names:
+        raise ValueError(f"network_quantities needs at least one quantity: {', '.join(FIRST_ORDER)}")
+    _check_names(names, None)
+    if getattr(net, "feedback", "backprop") != "backprop":
+        raise ValueError(f"Network(feedback={net.feedback!r}): its δ are not the gradient's, "
+                         "so per-example gradients are not defined")
+    deltas = net.deltas
+    if not deltas or deltas[0].shape[0] != x.shape[0]:
+        raise ValueError("network_quantities reads net.deltas of this x: call "
+                         "net.backprop(x, y) first")
+    collector = Collector(net, tuple(names))
+    a_prev, m = x, x.shape[0]
+    for layer, delta in zip(net.layers, deltas):
+        call = LinearCall(None, delta / m, a_prev, ())
+        sums = {"weight": call.weighted_sum("weight", torch.ones(m)),  # BP4: Σ_n g_n
+                "bias": call.weighted_sum("bias", torch.ones(m))}  # BP3
+        for p, role in ((layer.weight, "weight"), (layer.bias, "bias")):
+            collector.take(p, call, role, sums[role].to(p.dtype))
+        a_prev = layer(a_prev)
+    for rec in collector.records.values():
+        collector.finish(rec["p"], rec)
+
+
+__all__ = ["BatchNormTrainingError", "Collector", "FIRST_ORDER", "KINDS", "LayerCall",
+           "PartialGradientError", "SECOND_ORDER", "collect", "ghost_cheaper",
+           "network_quantities", "rows_overlap"]
