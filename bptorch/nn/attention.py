@@ -197,9 +197,11 @@ class MultiheadAttention(nn.Module):
         q, k, v = (t.unflatten(-1, (h, d)).transpose(1, 2) for t in (q, k, v))
         p = self.dropout if self.training else 0.0  # the mask drawn with torch's RNG
         o, a = BF.attention(q, k, v, bias, p, 1 / math.sqrt(d), recompute=self.recompute)
-        # concat heads, then W^O, on rows in torch's order (L, N): the output is (L, N, E) in
-        # memory as torch's, whatever batch_first says
-        out = self.out_proj(o.permute(2, 0, 1, 3).reshape(L, n, E))
+        # concat heads, then W^O on an (N, L, E) view of rows in torch's order (L, N), so the
+        # examples sit on dim 0 for per-example quantities (bptorch.extensions); the output
+        # is then laid out (L, N, E) in memory as torch's, whatever batch_first says
+        out = self.out_proj(o.permute(2, 0, 1, 3).reshape(L, n, E).transpose(0, 1))
+        out = out.transpose(0, 1).contiguous()
 
         weights = None
         if need_weights:
