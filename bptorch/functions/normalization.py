@@ -29,12 +29,13 @@ them from x so that the second derivative sees their dependence on x.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .base import FLOAT32, LOW_PRECISION, BPFunction, moved
+from .base import FLOAT32, LOW_PRECISION, BPFunction, moved, use_kernel
 
 Dims = tuple[int, ...]
 
@@ -203,6 +204,8 @@ class LayerNormFunction(BPFunction):
     @staticmethod
     def forward(input: Tensor, normalized_shape: tuple[int, ...], weight: Tensor | None,
                 bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        if use_kernel(input):  # bptorch.kernels: the Triton kernel (the file's end)
+            return layer_norm_fwd_triton(input, normalized_shape, weight, bias, eps)
         dims = tuple(range(input.dim() - len(normalized_shape), input.dim()))
         if input.dtype in (torch.float32, torch.float64):  # in place (speed)
             return layer_norm_fwd(input, dims, eps, weight, bias)
@@ -217,6 +220,7 @@ class LayerNormFunction(BPFunction):
         _y, mean, rstd = output
         ctx.mark_non_differentiable(mean, rstd)
         ctx.normalized_shape, ctx.eps = normalized_shape, eps
+        ctx.kernel = use_kernel(input)  # the forward's choice, for the backward
         ctx.save_for_backward(input, weight, mean, rstd)
 
     @staticmethod
@@ -233,6 +237,9 @@ class LayerNormFunction(BPFunction):
         if torch.is_grad_enabled():  # double backward: the out-of-place reference form
             grad_input, grad_weight, grad_bias = norm_bwd(
                 delta, x, mean, rstd, weight, reduce_dims, row_dims, need)
+        elif ctx.kernel:  # bptorch.kernels: the Triton kernel (the file's end)
+            grad_input, grad_weight, grad_bias = layer_norm_bwd_triton(
+                delta, x, mean, rstd, weight, k, need)
         elif x.dtype in (torch.float32, torch.float64):  # the in-place form (speed)
             grad_input, grad_weight, grad_bias = layer_norm_bwd(
                 delta, x, mean, rstd, weight, reduce_dims, need)
@@ -409,3 +416,179 @@ __all__ = ["BLOCK_ELEMENTS", "BatchNormFunction", "LayerNormFunction", "batch_no
 # moved out of this file (one release): the input checks
 __getattr__ = moved(__name__, {"check_batch_norm": "bptorch._checks",
                                "check_layer_norm": "bptorch._checks"})
+
+
+# ---------------------------------------------------------------- Triton kernels
+# The same equations as norm_fwd/norm_bwd, one launch each way where the reference
+# launches about ten (bptorch.kernels picks them: "triton", or "auto" on CUDA). The
+# kernels are built on first use (:func:`_triton_kernels`), so importing this file does
+# not import triton. Each program reads whole rows (LayerNorm) or a whole channel
+# (BatchNorm) in blocks of a power of two, masked at the end; the arithmetic runs in
+# float32 (float64 for float64 inputs). tests/test_kernels.py runs each through Triton's
+# interpreter against the reference and torch.nn.
+_KERNELS: dict[str, Any] = {}
+
+
+def _triton_kernels() -> dict[str, Any]:
+    """The @triton.jit kernels and their custom ops, built once."""
+    if _KERNELS:
+        return _KERNELS
+    import triton
+    import triton.language as tl
+    from torch.library import wrap_triton
+
+    from .base import count_launch, kernel_op
+
+    @triton.jit
+    def layer_norm_fwd_kernel(x_ptr, gamma_ptr, beta_ptr, y_ptr, mean_ptr, rstd_ptr, D, eps,
+                              HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
+                              ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """One row: μ = Σx/D, σ² = Σ(x − μ)²/D, rstd = 1/√(σ² + ε),
+        x̂ = (x − μ)·rstd, y = γ ⊙ x̂ + β; saves μ and rstd for the backward."""
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < D
+        x = tl.load(x_ptr + row * D + cols, mask=mask, other=0.0).to(ACC)
+        mean = tl.sum(x, 0) / D  # μ
+        centred = tl.where(mask, x - mean, 0.0)  # x − μ (0 past the row's end)
+        var = tl.sum(centred * centred, 0) / D  # σ², biased, two passes
+        rstd = 1.0 / tl.sqrt(var + eps)  # rstd = 1/√(σ² + ε)
+        y = centred * rstd  # x̂ = (x − μ)·rstd
+        if HAS_GAMMA:
+            y = y * tl.load(gamma_ptr + cols, mask=mask, other=0.0).to(ACC)  # γ ⊙ x̂
+        if HAS_BETA:
+            y = y + tl.load(beta_ptr + cols, mask=mask, other=0.0).to(ACC)  # + β
+        tl.store(y_ptr + row * D + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(mean_ptr + row, mean)  # saved for the backward, as torch saves them
+        tl.store(rstd_ptr + row, rstd)
+
+    @triton.jit
+    def layer_norm_bwd_kernel(delta_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, dx_ptr,
+                              dgamma_ptr, dbeta_ptr, n_rows, D, rows_per_program,
+                              HAS_GAMMA: tl.constexpr, NEED_X: tl.constexpr,
+                              ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """Rows [pid·r, (pid+1)·r): ∂C/∂x per row, and this program's partial sums of
+        ∂C/∂γ = Σ δ ⊙ x̂ and ∂C/∂β = Σ δ, one row of the (programs, D) buffers each."""
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < D
+        if HAS_GAMMA:
+            gamma = tl.load(gamma_ptr + cols, mask=mask, other=0.0).to(ACC)
+        dgamma = tl.zeros((BLOCK,), dtype=ACC)
+        dbeta = tl.zeros((BLOCK,), dtype=ACC)
+        start = pid.to(tl.int64) * rows_per_program  # int64: row · D may pass 2³¹
+        end = tl.minimum(start + rows_per_program, n_rows)
+        for row in range(start, end):
+            offs = row * D + cols
+            delta = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(ACC)
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+            mean = tl.load(mean_ptr + row).to(ACC)
+            rstd = tl.load(rstd_ptr + row).to(ACC)
+            x_hat = tl.where(mask, (x - mean) * rstd, 0.0)  # x̂ = (x − μ)·rstd, recomputed
+            dgamma += delta * x_hat  # y = γ ⊙ x̂ + β  →  BP4: dγ = Σ δ ⊙ x̂
+            dbeta += delta  # y = γ ⊙ x̂ + β  →  BP3: dβ = Σ δ
+            if NEED_X:
+                if HAS_GAMMA:
+                    dx_hat = delta * gamma  # y = γ ⊙ x̂ + β  →  ∂C/∂x̂ = δ ⊙ γ
+                else:
+                    dx_hat = delta
+                # x̂ = (x − μ(x))·rstd(x)  →  the two reductions (paths through μ and σ²)
+                dx_hat_mean = tl.sum(dx_hat, 0) / D  # mean(∂C/∂x̂)
+                dx_hat_x_hat_mean = tl.sum(dx_hat * x_hat, 0) / D  # mean(∂C/∂x̂ ⊙ x̂)
+                # ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂))
+                dx = (dx_hat - dx_hat_mean - x_hat * dx_hat_x_hat_mean) * rstd
+                tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dgamma_ptr + pid * D + cols, dgamma, mask=mask)
+        tl.store(dbeta_ptr + pid * D + cols, dbeta, mask=mask)
+
+    def _fake_fwd(x, gamma, beta, eps):
+        rows = x.shape[0]
+        acc = _acc_dtype(x)
+        return torch.empty_like(x), x.new_empty(rows, dtype=acc), x.new_empty(rows, dtype=acc)
+
+    @kernel_op("layer_norm_fwd", _fake_fwd)
+    def layer_norm_fwd_op(x: Tensor, gamma: Tensor | None, beta: Tensor | None,
+                          eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        rows, d = x.shape
+        acc = _acc_dtype(x)
+        y = torch.empty_like(x)
+        mean, rstd = x.new_empty(rows, dtype=acc), x.new_empty(rows, dtype=acc)
+        count_launch("layer_norm_fwd")
+        wrap_triton(layer_norm_fwd_kernel)[(rows,)](
+            x, gamma if gamma is not None else x, beta if beta is not None else x, y, mean,
+            rstd, d, eps, HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None,
+            ACC=_TL_ACC[acc], BLOCK=triton.next_power_of_2(d))
+        return y, mean, rstd
+
+    def _fake_bwd(delta, x, mean, rstd, gamma, need_x, programs):
+        d = x.shape[1]
+        acc = _acc_dtype(x)
+        return (torch.empty_like(x), x.new_empty(programs, d, dtype=acc),
+                x.new_empty(programs, d, dtype=acc))
+
+    @kernel_op("layer_norm_bwd", _fake_bwd)
+    def layer_norm_bwd_op(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
+                          gamma: Tensor | None, need_x: bool,
+                          programs: int) -> tuple[Tensor, Tensor, Tensor]:
+        rows, d = x.shape
+        acc = _acc_dtype(x)
+        dx = torch.empty_like(x)
+        dgamma = x.new_empty(programs, d, dtype=acc)  # per-program partial sums
+        dbeta = x.new_empty(programs, d, dtype=acc)
+        count_launch("layer_norm_bwd")
+        wrap_triton(layer_norm_bwd_kernel)[(programs,)](
+            delta, x, mean, rstd, gamma if gamma is not None else x, dx, dgamma, dbeta,
+            rows, d, triton.cdiv(rows, programs), HAS_GAMMA=gamma is not None,
+            NEED_X=need_x, ACC=_TL_ACC[acc], BLOCK=triton.next_power_of_2(d))
+        return dx, dgamma, dbeta
+
+    _TL_ACC.update({torch.float32: tl.float32, torch.float64: tl.float64})
+    _KERNELS.update(layer_norm_fwd=layer_norm_fwd_op, layer_norm_bwd=layer_norm_bwd_op)
+    return _KERNELS
+
+
+_TL_ACC: dict[torch.dtype, Any] = {}  # torch dtype -> triton's, filled with the kernels
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    """The kernels' arithmetic dtype: float64 for float64, float32 otherwise (as torch's)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _programs(rows: int) -> int:
+    """Programs of a backward with per-program partial sums: about 4 rows each, at most
+    1024 (the partial sums, programs by D, are then reduced by one sum over programs)."""
+    return max(1, min(1024, (rows + 3) // 4))
+
+
+def layer_norm_fwd_triton(x: Tensor, normalized_shape: tuple[int, ...], gamma: Tensor | None,
+                          beta: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`layer_norm_fwd` in one kernel: (y, μ, rstd), μ and rstd shaped as the
+    reference's (*, 1, ..., 1)."""
+    k = len(normalized_shape)
+    d = math.prod(normalized_shape)
+    x2 = x.reshape(-1, d).contiguous()
+    y, mean, rstd = _triton_kernels()["layer_norm_fwd"](
+        x2, None if gamma is None else gamma.reshape(d).contiguous(),
+        None if beta is None else beta.reshape(d).contiguous(), eps)
+    stat_shape = (*x.shape[:x.dim() - k], *([1] * k))
+    return y.view(x.shape), mean.view(stat_shape), rstd.view(stat_shape)
+
+
+def layer_norm_bwd_triton(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
+                          gamma: Tensor | None, k: int,
+                          need: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """:func:`norm_bwd` for LayerNorm in one kernel, then the per-program partial sums of
+    ∂C/∂γ and ∂C/∂β reduced over programs (one small sum each)."""
+    d = math.prod(x.shape[x.dim() - k:])
+    x2, delta2 = x.reshape(-1, d).contiguous(), delta.reshape(-1, d).contiguous()
+    programs = _programs(x2.shape[0])
+    dx, dgamma, dbeta = _triton_kernels()["layer_norm_bwd"](
+        delta2, x2, mean.reshape(-1).contiguous(), rstd.reshape(-1).contiguous(),
+        None if gamma is None else gamma.reshape(d).contiguous(), need[0], programs)
+    return (dx.view(x.shape) if need[0] else None,
+            dgamma.sum(0).to(gamma.dtype) if need[1] else None,  # BP4's partial sums, reduced
+            dbeta.sum(0).to(delta.dtype) if need[2] else None)  # BP3's partial sums, reduced
+
+
+__all__ += ["layer_norm_bwd_triton", "layer_norm_fwd_triton"]

@@ -1,0 +1,187 @@
+"""The Triton kernels (bptorch.kernels) and the switch that picks them.
+
+The kernel tests need Triton's interpreter, which runs kernels on CPU tensors only when
+``TRITON_INTERPRET=1`` is set before triton is imported: they run in one child pytest
+process (:func:`test_kernels_through_the_interpreter`) that sets it, and skip in this
+one. Each compares a kernel with the reference (``use("reference")``) and with torch.nn,
+forward and backward with a random upstream gradient, float32 and float64, at small
+non-square shapes whose feature sizes are not powers of two (the kernels' masks).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bptorch
+from bptorch import functional as BF
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+ROOT = Path(__file__).resolve().parents[1]
+interpreter_only = pytest.mark.skipif(
+    not INTERPRET, reason="runs in the TRITON_INTERPRET=1 child process")
+DTYPES = [torch.float32, torch.float64]
+TOL = {torch.float32: dict(rtol=1e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-11)}
+
+
+def _launches(name: str) -> int:
+    return bptorch.kernels.LAUNCHES.get(name, 0)
+
+
+def _grads(y, inputs, g):
+    return torch.autograd.grad(y, [t for t in inputs if t is not None], g)
+
+
+def _close(got, want, dtype):
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+# ---------------------------------------------------------------- the switch
+@pytest.mark.skipif(INTERPRET, reason="the parent checks it")
+def test_import_bptorch_does_not_import_triton():
+    code = ("import sys, bptorch, bptorch.functions.normalization, bptorch.functions.linear; "
+            "assert 'triton' not in sys.modules, 'import bptorch imported triton'; "
+            "bptorch.kernels.current(); "
+            "assert 'triton' not in sys.modules, 'bptorch.kernels imported triton'")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_the_switch_names_default_and_restore():
+    assert bptorch.kernels.current() == "auto"
+    with bptorch.kernels.use("reference") as name:
+        assert name == "reference" and bptorch.kernels.current() == "reference"
+        with bptorch.kernels.use("auto"):
+            assert bptorch.kernels.current() == "auto"
+        assert bptorch.kernels.current() == "reference"
+    assert bptorch.kernels.current() == "auto"
+    with pytest.raises(KeyError), bptorch.kernels.use("reference"):
+        raise KeyError  # restored on the way out of an exception too
+    assert bptorch.kernels.current() == "auto"
+    bptorch.kernels.set_default("reference")
+    try:
+        assert bptorch.kernels.current() == "reference"
+    finally:
+        bptorch.kernels.set_default("auto")
+
+
+@pytest.mark.parametrize("bad", ["cuda", "Triton", ""])
+def test_unknown_names_raise_listing_the_three(bad):
+    with pytest.raises(ValueError, match="'reference', 'triton', 'auto'"):
+        with bptorch.kernels.use(bad):
+            pass
+    with pytest.raises(ValueError, match="'reference', 'triton', 'auto'"):
+        bptorch.kernels.set_default(bad)
+    assert bptorch.kernels.current() == "auto"
+
+
+def _every_kernel_layer(x):
+    """A forward and backward through every layer that has a kernel, on CPU tensors."""
+    x = x.detach().requires_grad_()
+    w = torch.randn(x.shape[-1], dtype=x.dtype, requires_grad=True)
+    y = BF.layer_norm(x, (x.shape[-1],), w, w)
+    y.backward(torch.randn_like(y))
+    return x.grad
+
+
+@pytest.mark.parametrize("name", ["reference", "auto"])
+def test_reference_and_auto_on_cpu_never_launch_a_kernel(name):
+    """use("reference") never calls a kernel; "auto" picks the reference on CPU tensors
+    (here, even in the interpreter's process: "auto" means Triton on CUDA only)."""
+    before = dict(bptorch.kernels.LAUNCHES)
+    with bptorch.kernels.use(name):
+        got = _every_kernel_layer(torch.randn(3, 5, dtype=torch.float64))
+    assert bptorch.kernels.LAUNCHES == before
+    torch.manual_seed(0)
+    want = _every_kernel_layer(torch.randn(3, 5, dtype=torch.float64))
+    assert got.shape == want.shape
+
+
+@pytest.mark.skipif(INTERPRET, reason="the interpreter runs 'triton' on CPU tensors")
+def test_triton_on_a_cpu_tensor_without_the_interpreter_raises():
+    with bptorch.kernels.use("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        BF.layer_norm(torch.randn(2, 3), (3,))
+
+
+@pytest.mark.skipif(INTERPRET, reason="this is the parent")
+def test_kernels_through_the_interpreter():
+    """Every kernel test below, in a child process with TRITON_INTERPRET=1."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                        str(Path(__file__)), "-m", "not slow"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and "failed" not in r.stdout, r.stdout[-2000:]
+
+
+# ---------------------------------------------------------------- LayerNorm
+LN_CASES = [((3, 5, 7), (7,)), ((4, 3, 5), (3, 5)), ((6, 33), (33,))]
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,normalized_shape", LN_CASES)
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_kernels(dtype, shape, normalized_shape, affine):
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    w = torch.randn(normalized_shape, dtype=dtype, requires_grad=True) if affine else None
+    b = torch.randn(normalized_shape, dtype=dtype, requires_grad=True) if affine else None
+    g = torch.randn(shape, dtype=dtype)
+    inputs = (x, w, b)
+    fwd, bwd = _launches("layer_norm_fwd"), _launches("layer_norm_bwd")
+    with bptorch.kernels.use("triton"):
+        y = BF.layer_norm(x, normalized_shape, w, b, 1e-5)
+        grads = _grads(y, inputs, g)
+    assert (_launches("layer_norm_fwd"), _launches("layer_norm_bwd")) == (fwd + 1, bwd + 1)
+    with bptorch.kernels.use("reference"):
+        y_ref = BF.layer_norm(x, normalized_shape, w, b, 1e-5)
+        grads_ref = _grads(y_ref, inputs, g)
+    y_nn = F.layer_norm(x, normalized_shape, w, b, 1e-5)
+    grads_nn = _grads(y_nn, inputs, g)
+    _close((y, *grads), (y_ref, *grads_ref), dtype)
+    _close((y, *grads), (y_nn, *grads_nn), dtype)
+
+
+@interpreter_only
+def test_layer_norm_kernel_saves_mean_and_rstd_and_honours_need():
+    from bptorch.functions.normalization import LayerNormFunction
+
+    x = torch.randn(4, 3, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    with bptorch.kernels.use("triton"):
+        y, mean, rstd = LayerNormFunction.apply(x, (6,), w, None, 1e-5)
+        (gw,) = torch.autograd.grad(y, w, torch.randn_like(y))  # ∂C/∂γ only
+    var, mu = torch.var_mean(x.detach(), -1, keepdim=True, correction=0)
+    torch.testing.assert_close(mean, mu)
+    torch.testing.assert_close(rstd, torch.rsqrt(var + 1e-5))
+    assert gw.shape == (6,)
+
+
+@interpreter_only
+def test_layer_norm_kernels_under_torch_compile():
+    """fullgraph: the kernels are custom ops to Dynamo, no graph break."""
+    x = torch.randn(5, 7, requires_grad=True)
+    w = torch.randn(7, requires_grad=True)
+    g = torch.randn(5, 7)
+
+    def f(x, w):
+        return BF.layer_norm(x, (7,), w, None) * 2
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    with bptorch.kernels.use("triton"):
+        fwd = _launches("layer_norm_fwd")
+        y = compiled(x, w)
+        grads = _grads(y, (x, w), g)
+        assert _launches("layer_norm_fwd") > fwd
+        y_eager = f(x, w)
+        _close((y, *grads), (y_eager, *_grads(y_eager, (x, w), g)), torch.float32)
