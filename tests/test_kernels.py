@@ -185,3 +185,55 @@ def test_layer_norm_kernels_under_torch_compile():
         assert _launches("layer_norm_fwd") > fwd
         y_eager = f(x, w)
         _close((y, *grads), (y_eager, *_grads(y_eager, (x, w), g)), torch.float32)
+
+
+# ---------------------------------------------------------------- BatchNorm
+BN_SHAPES = [(4, 3, 5, 7), (6, 5), (3, 2, 9)]
+
+
+def _batch_norm(x, w, b, rm, rv, training, g, inputs, fn):
+    y = fn(x, rm, rv, w, b, training, 0.1, 1e-5)
+    return (y, *_grads(y, inputs, g))
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_kernels(dtype, shape, training, affine):
+    c = shape[1]
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    w = torch.randn(c, dtype=dtype, requires_grad=True) if affine else None
+    b = torch.randn(c, dtype=dtype, requires_grad=True) if affine else None
+    g = torch.randn(shape, dtype=dtype)
+    running = torch.randn(c, dtype=dtype), torch.rand(c, dtype=dtype) + 0.5
+    inputs = (x, w, b)
+    results = {}
+    for name, fn in (("triton", BF.batch_norm), ("reference", BF.batch_norm),
+                     ("nn", F.batch_norm)):
+        rm, rv = (t.clone() for t in running)
+        launches = _launches("batch_norm_fwd"), _launches("batch_norm_bwd")
+        with bptorch.kernels.use("triton" if name == "triton" else "reference"):
+            out = _batch_norm(x, w, b, rm, rv, training, g, inputs, fn)
+        if name == "triton":  # one launch each way (and one running-statistics update)
+            assert (_launches("batch_norm_fwd"), _launches("batch_norm_bwd")) == (
+                launches[0] + 1, launches[1] + 1)
+        results[name] = (*out, rm, rv)
+    _close(results["triton"], results["reference"], dtype)
+    _close(results["triton"], results["nn"], dtype)
+
+
+@interpreter_only
+def test_running_statistics_kernel():
+    mean, rstd = torch.randn(5, dtype=torch.float64), torch.rand(5, dtype=torch.float64) + 0.5
+    from bptorch.functions.normalization import update_running_stats
+    got, want = [torch.randn(5), torch.rand(5)], [None, None]
+    want = [t.clone() for t in got]
+    before = _launches("running_stats")
+    with bptorch.kernels.use("triton"):
+        update_running_stats(*got, mean.float(), rstd.float(), 1e-5, 7, 0.3)
+    assert _launches("running_stats") == before + 1
+    with bptorch.kernels.use("reference"):
+        update_running_stats(*want, mean.float(), rstd.float(), 1e-5, 7, 0.3)
+    _close(got, want, torch.float32)

@@ -133,6 +133,9 @@ class BatchNormFunction(BPFunction):
     def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None,
                 running_mean: Tensor | None, running_var: Tensor | None,
                 training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        if use_kernel(input):  # bptorch.kernels: the Triton kernel (the file's end)
+            return batch_norm_fwd_triton(input, weight, bias, running_mean, running_var,
+                                         training, eps)
         if input.dtype in LOW_PRECISION:  # statistics and the affine map in float32, y rounded once
             y, mean, rstd = BatchNormFunction.forward(
                 *_float32(input, weight, bias, running_mean, running_var), training, eps)
@@ -160,12 +163,16 @@ class BatchNormFunction(BPFunction):
         _y, mean, rstd = output
         ctx.mark_non_differentiable(mean, rstd)
         ctx.training, ctx.eps = training, eps
+        ctx.kernel = use_kernel(input)  # the forward's choice, for the backward
         ctx.save_for_backward(input, weight, mean, rstd)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor, _grad_mean: Tensor, _grad_rstd: Tensor):
         x, weight, mean, rstd = ctx.saved_tensors
         delta = grad_output
+        if ctx.kernel and not torch.is_grad_enabled():  # bptorch.kernels (the file's end)
+            return (*batch_norm_bwd_triton(delta, x, mean, rstd, weight, ctx.training,
+                                           ctx.needs_input_grad[:3]), None, None, None, None)
         nd = x.dim()
         if ctx.training and torch.is_grad_enabled():  # differentiable, for double backward
             mean, rstd = stats(x, (0, *range(2, nd)), ctx.eps)
@@ -262,6 +269,9 @@ def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None
                          momentum: float) -> None:
     """r ← (1 − m) r + m s, with the batch's μ and its *unbiased* variance σ²·n/(n − 1)
     (n values per channel), as torch; in place, outside autograd."""
+    if use_kernel(mean):  # bptorch.kernels: the Triton kernel (the file's end)
+        return update_running_stats_triton(running_mean, running_var, mean, rstd, eps, n,
+                                           momentum)
     if running_mean is not None:
         running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
     if running_var is not None:
@@ -542,8 +552,171 @@ def _triton_kernels() -> dict[str, Any]:
             NEED_X=need_x, ACC=_TL_ACC[acc], BLOCK=triton.next_power_of_2(d))
         return dx, dgamma, dbeta
 
+    @triton.jit
+    def batch_norm_fwd_kernel(x_ptr, gamma_ptr, beta_ptr, rm_ptr, rv_ptr, y_ptr, mean_ptr,
+                              rstd_ptr, C, S, M, eps, TRAINING: tl.constexpr,
+                              HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
+                              ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """One channel c of x (N, C, S), M = N·S values: μ_B = Σx/M and
+        σ²_B = Σ(x − μ_B)²/M in training (else the running statistics), rstd = 1/√(σ² + ε),
+        then y = x · (γ rstd) + (β − μ γ rstd); saves μ and rstd."""
+        c = tl.program_id(0).to(tl.int64)
+        k = tl.arange(0, BLOCK)
+        if TRAINING:
+            acc = tl.zeros((BLOCK,), dtype=ACC)
+            for i in range(0, M, BLOCK):  # pass 1: Σx
+                idx = i + k
+                offs = (idx // S) * C * S + c * S + idx % S  # x[n, c, s], idx = n·S + s
+                acc += tl.load(x_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+            mean = tl.sum(acc, 0) / M  # μ_B
+            acc = tl.zeros((BLOCK,), dtype=ACC)
+            for i in range(0, M, BLOCK):  # pass 2: Σ(x − μ_B)², two passes as the reference
+                idx = i + k
+                offs = (idx // S) * C * S + c * S + idx % S
+                x = tl.load(x_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+                centred = tl.where(idx < M, x - mean, 0.0)
+                acc += centred * centred
+            rstd = 1.0 / tl.sqrt(tl.sum(acc, 0) / M + eps)  # rstd = 1/√(σ²_B + ε)
+        else:  # eval: the running statistics, constants
+            mean = tl.load(rm_ptr + c).to(ACC)
+            rstd = 1.0 / tl.sqrt(tl.load(rv_ptr + c).to(ACC) + eps)
+        scale = rstd  # γ · rstd
+        if HAS_GAMMA:
+            scale = scale * tl.load(gamma_ptr + c).to(ACC)
+        shift = -mean * scale  # β − μ γ rstd
+        if HAS_BETA:
+            shift = shift + tl.load(beta_ptr + c).to(ACC)
+        for i in range(0, M, BLOCK):  # pass 3: y = γ ⊙ x̂ + β = x · scale + shift
+            idx = i + k
+            offs = (idx // S) * C * S + c * S + idx % S
+            x = tl.load(x_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+            tl.store(y_ptr + offs, (x * scale + shift).to(y_ptr.dtype.element_ty), mask=idx < M)
+        tl.store(mean_ptr + c, mean)
+        tl.store(rstd_ptr + c, rstd)
+
+    @triton.jit
+    def batch_norm_bwd_kernel(delta_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, dx_ptr,
+                              dgamma_ptr, dbeta_ptr, C, S, M, BATCH_STATS: tl.constexpr,
+                              HAS_GAMMA: tl.constexpr, NEED_X: tl.constexpr,
+                              ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """One channel c: ∂C/∂β = Σ δ and ∂C/∂γ = Σ δ ⊙ x̂ (pass 1), then
+        ∂C/∂x = γ rstd (δ − ∂C/∂β/M − x̂ ⊙ ∂C/∂γ/M) (pass 2; γ rstd δ for fixed statistics)."""
+        c = tl.program_id(0).to(tl.int64)
+        k = tl.arange(0, BLOCK)
+        mean = tl.load(mean_ptr + c).to(ACC)
+        rstd = tl.load(rstd_ptr + c).to(ACC)
+        dgamma = tl.zeros((BLOCK,), dtype=ACC)
+        dbeta = tl.zeros((BLOCK,), dtype=ACC)
+        for i in range(0, M, BLOCK):
+            idx = i + k
+            offs = (idx // S) * C * S + c * S + idx % S
+            delta = tl.load(delta_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+            x = tl.load(x_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+            x_hat = tl.where(idx < M, (x - mean) * rstd, 0.0)  # x̂ = (x − μ)·rstd, recomputed
+            dgamma += delta * x_hat  # y = γ ⊙ x̂ + β  →  BP4: dγ = Σ δ ⊙ x̂
+            dbeta += delta  # y = γ ⊙ x̂ + β  →  BP3: dβ = Σ δ
+        dgamma_c = tl.sum(dgamma, 0)
+        dbeta_c = tl.sum(dbeta, 0)
+        tl.store(dgamma_ptr + c, dgamma_c)
+        tl.store(dbeta_ptr + c, dbeta_c)
+        if NEED_X:
+            scale = rstd  # γ · rstd
+            if HAS_GAMMA:
+                scale = scale * tl.load(gamma_ptr + c).to(ACC)
+            for i in range(0, M, BLOCK):
+                idx = i + k
+                offs = (idx // S) * C * S + c * S + idx % S
+                delta = tl.load(delta_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+                if BATCH_STATS:
+                    x = tl.load(x_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+                    x_hat = (x - mean) * rstd
+                    # x̂ = (x − μ(x))·rstd(x)  →  the paths through μ and σ²: BP3's and BP4's
+                    # sums over M; ∂C/∂x = γ rstd (δ − ∂C/∂β/M − x̂ ⊙ ∂C/∂γ/M)
+                    dx = scale * (delta - dbeta_c / M - x_hat * (dgamma_c / M))
+                else:  # fixed statistics: the affine map's backward, ∂C/∂x = γ rstd δ
+                    dx = scale * delta
+                tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=idx < M)
+
+    @triton.jit
+    def running_stats_kernel(rm_ptr, rv_ptr, mean_ptr, rstd_ptr, C, eps, momentum, unbias,
+                             HAS_RM: tl.constexpr, HAS_RV: tl.constexpr, BLOCK: tl.constexpr):
+        """r ← (1 − m) r + m s: s = μ_B for the mean, σ²_B · n/(n − 1) = (1/rstd² − ε) · unbias
+        for the variance (unbiased, as torch); in float64, as the reference."""
+        c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = c < C
+        if HAS_RM:
+            rm = tl.load(rm_ptr + c, mask=mask, other=0.0).to(tl.float64)
+            mean = tl.load(mean_ptr + c, mask=mask, other=0.0).to(tl.float64)
+            rm = (1 - momentum) * rm + momentum * mean
+            tl.store(rm_ptr + c, rm.to(rm_ptr.dtype.element_ty), mask=mask)
+        if HAS_RV:
+            rv = tl.load(rv_ptr + c, mask=mask, other=0.0).to(tl.float64)
+            rstd = tl.load(rstd_ptr + c, mask=mask, other=1.0).to(tl.float64)
+            var = 1.0 / (rstd * rstd) - eps  # the biased σ²_B the forward used
+            rv = (1 - momentum) * rv + momentum * (var * unbias)
+            tl.store(rv_ptr + c, rv.to(rv_ptr.dtype.element_ty), mask=mask)
+
+    def _fake_bn_fwd(x, gamma, beta, running_mean, running_var, training, eps):
+        acc = _acc_dtype(x)
+        c = x.shape[1]
+        return torch.empty_like(x), x.new_empty(c, dtype=acc), x.new_empty(c, dtype=acc)
+
+    @kernel_op("batch_norm_fwd", _fake_bn_fwd)
+    def batch_norm_fwd_op(x: Tensor, gamma: Tensor | None, beta: Tensor | None,
+                          running_mean: Tensor | None, running_var: Tensor | None,
+                          training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        n, c, s = x.shape
+        acc = _acc_dtype(x)
+        y = torch.empty_like(x)
+        mean, rstd = x.new_empty(c, dtype=acc), x.new_empty(c, dtype=acc)
+        count_launch("batch_norm_fwd")
+        wrap_triton(batch_norm_fwd_kernel)[(c,)](
+            x, x if gamma is None else gamma, x if beta is None else beta,
+            x if running_mean is None else running_mean,
+            x if running_var is None else running_var, y, mean, rstd, c, s, n * s, eps,
+            TRAINING=training, HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None,
+            ACC=_TL_ACC[acc], BLOCK=min(1024, triton.next_power_of_2(n * s)))
+        return y, mean, rstd
+
+    def _fake_bn_bwd(delta, x, mean, rstd, gamma, batch_stats, need_x):
+        acc = _acc_dtype(x)
+        c = x.shape[1]
+        return torch.empty_like(x), x.new_empty(c, dtype=acc), x.new_empty(c, dtype=acc)
+
+    @kernel_op("batch_norm_bwd", _fake_bn_bwd)
+    def batch_norm_bwd_op(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
+                          gamma: Tensor | None, batch_stats: bool,
+                          need_x: bool) -> tuple[Tensor, Tensor, Tensor]:
+        n, c, s = x.shape
+        acc = _acc_dtype(x)
+        dx = torch.empty_like(x)
+        dgamma, dbeta = x.new_empty(c, dtype=acc), x.new_empty(c, dtype=acc)
+        count_launch("batch_norm_bwd")
+        wrap_triton(batch_norm_bwd_kernel)[(c,)](
+            delta, x, mean, rstd, x if gamma is None else gamma, dx, dgamma, dbeta, c, s,
+            n * s, BATCH_STATS=batch_stats, HAS_GAMMA=gamma is not None, NEED_X=need_x,
+            ACC=_TL_ACC[acc], BLOCK=min(1024, triton.next_power_of_2(n * s)))
+        return dx, dgamma, dbeta
+
+    def _fake_running(running_mean, running_var, mean, rstd, eps, momentum, unbias):
+        return None
+
+    @kernel_op("running_stats", _fake_running, mutates_args=("running_mean", "running_var"))
+    def running_stats_op(running_mean: Tensor | None, running_var: Tensor | None,
+                         mean: Tensor, rstd: Tensor, eps: float, momentum: float,
+                         unbias: float) -> None:
+        c = mean.numel()
+        count_launch("running_stats")
+        wrap_triton(running_stats_kernel)[(triton.cdiv(c, 256),)](
+            mean if running_mean is None else running_mean,
+            mean if running_var is None else running_var, mean, rstd, c, eps, momentum,
+            unbias, HAS_RM=running_mean is not None, HAS_RV=running_var is not None,
+            BLOCK=256)
+
     _TL_ACC.update({torch.float32: tl.float32, torch.float64: tl.float64})
-    _KERNELS.update(layer_norm_fwd=layer_norm_fwd_op, layer_norm_bwd=layer_norm_bwd_op)
+    _KERNELS.update(layer_norm_fwd=layer_norm_fwd_op, layer_norm_bwd=layer_norm_bwd_op,
+                    batch_norm_fwd=batch_norm_fwd_op, batch_norm_bwd=batch_norm_bwd_op,
+                    running_stats=running_stats_op)
     return _KERNELS
 
 
@@ -591,4 +764,36 @@ def layer_norm_bwd_triton(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
             dbeta.sum(0).to(delta.dtype) if need[2] else None)  # BP3's partial sums, reduced
 
 
-__all__ += ["layer_norm_bwd_triton", "layer_norm_fwd_triton"]
+def batch_norm_fwd_triton(x: Tensor, gamma: Tensor | None, beta: Tensor | None,
+                          running_mean: Tensor | None, running_var: Tensor | None,
+                          training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """:class:`BatchNormFunction`'s forward in one kernel: (y, μ, rstd), μ and rstd (C,)."""
+    x3 = x.reshape(x.shape[0], x.shape[1], -1).contiguous()  # (N, C, S)
+    y, mean, rstd = _triton_kernels()["batch_norm_fwd"](
+        x3, gamma, beta, running_mean, running_var, training, eps)
+    return y.view(x.shape), mean, rstd
+
+
+def batch_norm_bwd_triton(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
+                          gamma: Tensor | None, batch_stats: bool,
+                          need: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """:func:`batch_norm_bwd` in one kernel; μ and rstd (C,); gradients (C,) and x's shape."""
+    x3 = x.reshape(x.shape[0], x.shape[1], -1).contiguous()
+    delta3 = delta.reshape(x3.shape).contiguous()
+    dx, dgamma, dbeta = _triton_kernels()["batch_norm_bwd"](
+        delta3, x3, mean, rstd, gamma, batch_stats, need[0])
+    return (dx.view(x.shape) if need[0] else None,
+            dgamma.to(gamma.dtype) if need[1] and gamma is not None else None,
+            dbeta if need[2] else None)
+
+
+def update_running_stats_triton(running_mean: Tensor | None, running_var: Tensor | None,
+                                mean: Tensor, rstd: Tensor, eps: float, n: int,
+                                momentum: float) -> None:
+    """:func:`update_running_stats` in one kernel, in place."""
+    _triton_kernels()["running_stats"](running_mean, running_var, mean, rstd, eps, momentum,
+                                       n / (n - 1))
+
+
+__all__ += ["batch_norm_bwd_triton", "batch_norm_fwd_triton", "layer_norm_bwd_triton",
+            "layer_norm_fwd_triton", "update_running_stats_triton"]
