@@ -88,6 +88,8 @@ def _every_kernel_layer(x):
     x = x.detach().requires_grad_()
     w = torch.randn(x.shape[-1], dtype=x.dtype, requires_grad=True)
     y = BF.layer_norm(x, (x.shape[-1],), w, w)
+    y = BF.batch_norm(y, None, None, w, w, True)
+    y = BF.gelu(BF.sigmoid(y))
     y.backward(torch.randn_like(y))
     return x.grad
 
@@ -237,3 +239,63 @@ def test_running_statistics_kernel():
     with bptorch.kernels.use("reference"):
         update_running_stats(*want, mean.float(), rstd.float(), 1e-5, 7, 0.3)
     _close(got, want, torch.float32)
+
+
+# ---------------------------------------------------------------- σ'(z) ⊙ g
+SIGMAS = [("sigmoid", {}, torch.sigmoid), ("tanh", {}, torch.tanh), ("relu", {}, F.relu),
+          ("leaky_relu", {"negative_slope": 0.2}, lambda z: F.leaky_relu(z, 0.2)),
+          ("leaky_relu", {"negative_slope": -0.3}, lambda z: F.leaky_relu(z, -0.3)),
+          ("gelu", {"approximate": "none"}, F.gelu),
+          ("gelu", {"approximate": "tanh"}, lambda z: F.gelu(z, approximate="tanh")),
+          ("silu", {}, F.silu)]
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,options,torch_fn", SIGMAS,
+                         ids=[f"{s[0]}{s[1]}" for s in SIGMAS])
+def test_activation_delta_kernel(dtype, name, options, torch_fn):
+    """Dense (σ(a_prev Wᵀ + b)) and the activation layer alone: δ = ∂C/∂a ⊙ σ'(z)."""
+    from bptorch.functions.linear import ActivationFunction, DenseFunction
+
+    act = bptorch.get_activation(name, **options)
+    x = torch.randn(5, 3, 7, dtype=dtype, requires_grad=True)
+    w = torch.randn(11, 7, dtype=dtype, requires_grad=True)
+    b = torch.randn(11, dtype=dtype, requires_grad=True)
+    g = torch.randn(5, 3, 11, dtype=dtype)
+    results = {}
+    for choice in ("triton", "reference"):
+        before = _launches("activation_delta")
+        with bptorch.kernels.use(choice):
+            a = DenseFunction.apply(x, w, b, act)
+            dense = (a, *_grads(a, (x, w, b), g))
+            a2 = ActivationFunction.apply(x, act)
+            alone = (a2, *_grads(a2, (x,), g[..., :7]))
+        assert _launches("activation_delta") == before + (2 if choice == "triton" else 0)
+        results[choice] = (*dense, *alone)
+    a = torch_fn(F.linear(x, w, b))
+    a2 = torch_fn(x)
+    results["torch"] = (a, *_grads(a, (x, w, b), g), a2, *_grads(a2, (x,), g[..., :7]))
+    _close(results["triton"], results["reference"], dtype)
+    _close(results["triton"], results["torch"], dtype)
+
+
+@interpreter_only
+def test_softmax_takes_the_reference_and_double_backward_is_right():
+    """Softmax has no kernel (its Jacobian is not diagonal). Double backward tapes the
+    reference (differentiable), whose own backward may take the kernel again."""
+    from bptorch.functions.linear import ActivationFunction
+
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4, 6, dtype=torch.float64)
+    before = _launches("activation_delta")
+    with bptorch.kernels.use("triton"):
+        a = ActivationFunction.apply(x, bptorch.get_activation("softmax"))
+        torch.autograd.grad(a, x, g)
+        assert _launches("activation_delta") == before
+        a = ActivationFunction.apply(x, bptorch.get_activation("tanh"))
+        (gx,) = torch.autograd.grad(a, x, g, create_graph=True)
+        (ggx,) = torch.autograd.grad(gx, x, g)
+    (want,) = torch.autograd.grad(torch.autograd.grad(
+        torch.tanh(x), x, g, create_graph=True)[0], x, g)
+    _close((ggx,), (want,), torch.float64)
