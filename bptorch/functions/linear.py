@@ -343,7 +343,8 @@ def _triton_kernels() -> dict[str, Any]:
         elif SIGMA == 5:  # gelu, tanh form: u = √(2/π)(z + c z³), t = tanh u,
             # σ'(z) = (1 + t)/2 + z (1 − t²) √(2/π) (1 + 3c z²)/2
             u = 0.7978845608028654 * (s + 0.044715 * s * s * s)
-            t = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)  # tanh u
+            e = tl.exp(-2.0 * tl.abs(u))  # tanh u = sign(u)(1 − e^{−2|u|})/(1 + e^{−2|u|}),
+            t = tl.where(u >= 0, 1.0, -1.0) * (1.0 - e) / (1.0 + e)  # which cannot overflow
             sp = (0.5 * (1.0 + t) + 0.5 * s * (1.0 - t * t) * 0.7978845608028654
                   * (1.0 + 3.0 * 0.044715 * s * s))
         else:  # silu: σ'(z) = s(z)(1 + z(1 − s(z))), s the sigmoid
