@@ -299,3 +299,52 @@ def test_softmax_takes_the_reference_and_double_backward_is_right():
     (want,) = torch.autograd.grad(torch.autograd.grad(
         torch.tanh(x), x, g, create_graph=True)[0], x, g)
     _close((ggx,), (want,), torch.float64)
+
+
+# ---------------------------------------------------------------- cross-entropy BP1
+CE_CASES = [  # (input shape, target kind, options)
+    ((6, 7), "index", {}),
+    ((6, 7), "index", {"reduction": "sum", "weight": True, "ignore_index": 2}),
+    ((5, 7), "prob", {"reduction": "none", "label_smoothing": 0.1}),
+    ((3, 5, 4), "index", {"reduction": "none"}),
+    ((3, 5, 2, 3), "index", {"label_smoothing": 0.2}),
+]
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,kind,options", CE_CASES)
+def test_cross_entropy_bp1_kernel(dtype, shape, kind, options):
+    options = dict(options)
+    c = shape[1]
+    z = torch.randn(shape, dtype=dtype, requires_grad=True)
+    if kind == "index":
+        target = torch.randint(c, (shape[0], *shape[2:]))
+    else:
+        target = torch.softmax(torch.randn(shape, dtype=dtype), 1)
+    if options.pop("weight", False):
+        options["weight"] = torch.rand(c, dtype=dtype) + 0.5
+    results = {}
+    for choice in ("triton", "reference"):
+        before = _launches("cross_entropy_bwd")
+        with bptorch.kernels.use(choice):
+            loss = BF.cross_entropy(z, target, **options)
+            g = torch.randn_like(loss) if choice == "triton" else g
+            results[choice] = (loss, *_grads(loss, (z,), g))
+        assert _launches("cross_entropy_bwd") == before + (choice == "triton")
+    loss = F.cross_entropy(z, target, **options)
+    results["nn"] = (loss, *_grads(loss, (z,), g))
+    _close(results["triton"], results["reference"], dtype)
+    _close(results["triton"], results["nn"], dtype)
+
+
+@interpreter_only
+def test_cross_entropy_soft_target_gradient_takes_the_reference():
+    z = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.softmax(torch.randn(4, 5, dtype=torch.float64), 1).requires_grad_()
+    before = _launches("cross_entropy_bwd")
+    with bptorch.kernels.use("triton"):
+        grads = _grads(BF.cross_entropy(z, y), (z, y), torch.tensor(1.5, dtype=torch.float64))
+    assert _launches("cross_entropy_bwd") == before
+    _close(grads, _grads(F.cross_entropy(z, y), (z, y), torch.tensor(1.5, dtype=torch.float64)),
+           torch.float64)
