@@ -17,6 +17,9 @@ Three names:
     bptorch.kernels.set_default("auto")
     bptorch.kernels.current()     # 'auto'
 
+The starting choice is ``$BPTORCH_KERNELS`` where set (``BPTORCH_KERNELS=reference python
+-m benchmarks.layers --device cuda`` times the reference on a GPU), else "auto".
+
 A Function decides when its forward runs and its backward follows that decision. Layers
 with kernels: LayerNorm and BatchNorm (forward statistics, backward), the activations'
 σ'(z) ⊙ g (Dense and the activation layers); the others run the reference under any name.

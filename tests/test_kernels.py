@@ -23,8 +23,23 @@ from bptorch import functional as BF
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 ROOT = Path(__file__).resolve().parents[1]
-interpreter_only = pytest.mark.skipif(
-    not INTERPRET, reason="runs in the TRITON_INTERPRET=1 child process")
+
+
+@pytest.fixture(params=[
+    pytest.param("cpu", marks=pytest.mark.skipif(
+        not INTERPRET, reason="runs in the TRITON_INTERPRET=1 child process")),
+    pytest.param("cuda", marks=pytest.mark.skipif(
+        INTERPRET or not torch.cuda.is_available(), reason="CUDA not available")),
+])
+def kdevice(request):
+    """Where the kernel tests run: CPU tensors through Triton's interpreter (the child
+    process), CUDA tensors on a GPU (this process). New tensors default to it."""
+    torch.set_default_device(request.param)
+    yield request.param
+    torch.set_default_device(None)
+
+
+interpreter_only = pytest.mark.usefixtures("kdevice")
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: dict(rtol=1e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-11)}
 
@@ -83,6 +98,14 @@ def test_unknown_names_raise_listing_the_three(bad):
     assert bptorch.kernels.current() == "auto"
 
 
+def test_a_bad_bptorch_kernels_variable_raises_at_first_use(monkeypatch):
+    from bptorch.functions import base
+
+    monkeypatch.setitem(base._KERNEL, "choice", "fast")  # as BPTORCH_KERNELS=fast would
+    with pytest.raises(ValueError, match="'fast'; expected one of 'reference', 'triton'"):
+        BF.layer_norm(torch.randn(2, 3), (3,))
+
+
 def _every_kernel_layer(x):
     """A forward and backward through every layer that has a kernel, on CPU tensors."""
     x = x.detach().requires_grad_()
@@ -115,7 +138,7 @@ def test_triton_on_a_cpu_tensor_without_the_interpreter_raises():
 
 @pytest.mark.skipif(INTERPRET, reason="this is the parent")
 def test_kernels_through_the_interpreter():
-    """Every kernel test below, in a child process with TRITON_INTERPRET=1."""
+    """Every kernel test below on CPU tensors, in a child process with TRITON_INTERPRET=1."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT),
            "OMP_NUM_THREADS": "1"}
@@ -348,3 +371,30 @@ def test_cross_entropy_soft_target_gradient_takes_the_reference():
     assert _launches("cross_entropy_bwd") == before
     _close(grads, _grads(F.cross_entropy(z, y), (z, y), torch.tensor(1.5, dtype=torch.float64)),
            torch.float64)
+
+
+# ---------------------------------------------------------------- torch.compile
+@interpreter_only
+def test_every_kernel_under_torch_compile_fullgraph():
+    """Each kernel is one custom op to Dynamo: fullgraph (no graph break), equal to eager.
+    (Under the interpreter the ops are opaque custom ops; on CUDA, triton_ops.)"""
+    x = torch.randn(4, 3, 5, requires_grad=True)
+    w = torch.randn(5, requires_grad=True)
+    cw = torch.randn(3, requires_grad=True)
+    target = torch.tensor([1, 0, 2, 1])
+
+    def f(x, w, cw):
+        y = BF.layer_norm(x, (5,), w, None)
+        y = BF.batch_norm(y, None, None, cw, None, True)
+        y = BF.gelu(y).sum(-1)  # (4, 3)
+        return BF.cross_entropy(y, target)
+
+    names = ("layer_norm_fwd", "layer_norm_bwd", "batch_norm_fwd", "batch_norm_bwd",
+             "activation_delta", "cross_entropy_bwd")
+    with bptorch.kernels.use("triton"):
+        before = [_launches(n) for n in names]
+        loss = torch.compile(f, backend="aot_eager", fullgraph=True)(x, w, cw)
+        grads = torch.autograd.grad(loss, (x, w, cw))
+        assert all(_launches(n) > b for n, b in zip(names, before)), bptorch.kernels.LAUNCHES
+        want = f(x, w, cw)
+        _close((loss, *grads), (want, *torch.autograd.grad(want, (x, w, cw))), torch.float32)

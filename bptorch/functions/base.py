@@ -111,7 +111,8 @@ def _combined_form(cls: type, jvp: Any) -> type:
 # where triton is importable, the reference elsewhere. One process-wide choice, not a
 # thread-local one: autograd runs a CUDA backward on a thread of its own.
 KERNEL_NAMES = ("reference", "triton", "auto")
-_KERNEL = {"choice": "auto"}
+# the starting choice: $BPTORCH_KERNELS if set (benchmarks/cuda.sh times both ways), else auto
+_KERNEL = {"choice": os.environ.get("BPTORCH_KERNELS") or "auto"}
 # asked once each (a dict read after that, which Dynamo traces; functools.cache it breaks on)
 _TRITON: dict[str, bool] = {}
 # kernel name -> launches so far: the tests count them (use("reference") launches none)
@@ -151,6 +152,8 @@ def use_kernel(t: Tensor) -> bool:
     choice = _KERNEL["choice"]
     if choice == "reference" or _functorch_active():
         return False
+    if choice not in KERNEL_NAMES:  # a bad $BPTORCH_KERNELS
+        set_kernel_choice(choice)
     if choice == "auto":
         return t.is_cuda and triton_available()
     if triton_available() and (t.is_cuda or _TRITON["interpret"]):
@@ -164,6 +167,17 @@ def use_kernel(t: Tensor) -> bool:
 def count_launch(name: str) -> None:
     """Record one launch of kernel ``name`` in :data:`KERNEL_LAUNCHES`."""
     KERNEL_LAUNCHES[name] = KERNEL_LAUNCHES.get(name, 0) + 1
+
+
+@torch.compiler.assume_constant_result
+def built(builder: Callable[[], Any]) -> bool:
+    """Run ``builder`` (a family's kernel builder, which imports triton once); True.
+
+    Dynamo cannot trace an import, so it runs this call as it is and takes its result
+    as a constant: a compiled region builds the kernels on first use with no graph break.
+    """
+    builder()
+    return True
 
 
 def kernel_op(name: str, fake: Callable[..., Any], mutates_args: tuple = ()) -> Callable:

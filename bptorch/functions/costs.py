@@ -36,7 +36,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import softplus
 
-from .base import FLOAT32, LOW_PRECISION, BPFunction, count_launch, kernel_op, narrow, use_kernel
+from .base import (FLOAT32, LOW_PRECISION, BPFunction, built, count_launch, kernel_op, narrow,
+                   use_kernel)
 
 # torch's BCELoss safeguards (aten binary_cross_entropy and its backward): the floor
 # on ln a and ln(1 − a), and the floor on the denominator of the gradient.
@@ -490,6 +491,12 @@ _KERNELS: dict[str, Any] = {}
 
 
 def _triton_kernels() -> dict[str, Any]:
+    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
+    built(_build_triton_kernels)
+    return _KERNELS
+
+
+def _build_triton_kernels() -> dict[str, Any]:
     """The @triton.jit kernel and its custom op, built once."""
     if _KERNELS:
         return _KERNELS

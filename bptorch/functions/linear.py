@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..activations import Activation
-from .base import (DELTA_HOOKS, FLOAT32, LOW_PRECISION, LOWER, BPFunction, count_launch,
+from .base import (DELTA_HOOKS, FLOAT32, LOW_PRECISION, LOWER, BPFunction, built, count_launch,
                    kernel_op, report_delta, use_kernel)
 
 Need = tuple[bool, ...]
@@ -312,6 +312,12 @@ _KERNELS: dict[str, Any] = {}
 
 
 def _triton_kernels() -> dict[str, Any]:
+    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
+    built(_build_triton_kernels)
+    return _KERNELS
+
+
+def _build_triton_kernels() -> dict[str, Any]:
     """The @triton.jit kernel and its custom op, built once."""
     if _KERNELS:
         return _KERNELS

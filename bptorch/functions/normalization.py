@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import FLOAT32, LOW_PRECISION, BPFunction, moved, use_kernel
+from .base import FLOAT32, LOW_PRECISION, BPFunction, built, moved, use_kernel
 
 Dims = tuple[int, ...]
 
@@ -440,6 +440,12 @@ _KERNELS: dict[str, Any] = {}
 
 
 def _triton_kernels() -> dict[str, Any]:
+    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
+    built(_build_triton_kernels)
+    return _KERNELS
+
+
+def _build_triton_kernels() -> dict[str, Any]:
     """The @triton.jit kernels and their custom ops, built once."""
     if _KERNELS:
         return _KERNELS
