@@ -169,7 +169,6 @@ def count_launch(name: str) -> None:
     KERNEL_LAUNCHES[name] = KERNEL_LAUNCHES.get(name, 0) + 1
 
 
-@torch.compiler.assume_constant_result
 def built(builder: Callable[[], Any]) -> bool:
     """Run ``builder`` (a family's kernel builder, which imports triton once); True.
 
@@ -178,6 +177,11 @@ def built(builder: Callable[[], Any]) -> bool:
     """
     builder()
     return True
+
+
+# what torch.compiler.assume_constant_result(built) does, without importing torch._dynamo
+# (and triton with it: seconds) at import
+built._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def kernel_op(name: str, fake: Callable[..., Any], mutates_args: tuple = ()) -> Callable:
