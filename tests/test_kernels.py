@@ -398,3 +398,30 @@ def test_every_kernel_under_torch_compile_fullgraph():
         assert all(_launches(n) > b for n, b in zip(names, before)), bptorch.kernels.LAUNCHES
         want = f(x, w, cw)
         _close((loss, *grads), (want, *torch.autograd.grad(want, (x, w, cw))), torch.float32)
+
+
+# ---------------------------------------------------------------- half precision
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kernels_in_half_precision_round_once_as_the_reference(dtype):
+    """float16/bfloat16 in, arithmetic in float32, each result rounded once: the kernels
+    equal the reference to one rounding, on a non-contiguous input (a transposed view)."""
+    x = torch.randn(4, 7, 6, dtype=dtype).transpose(1, 2).requires_grad_()  # (4, 6, 7)
+    w = torch.randn(7, dtype=dtype, requires_grad=True)
+    cw = torch.randn(6, dtype=dtype, requires_grad=True)
+    target = torch.randint(6, (4, 7))
+
+    def f(x, w, cw):
+        y = BF.layer_norm(x, (7,), w, None)
+        y = BF.silu(BF.batch_norm(y, None, None, cw, None, True))
+        return BF.cross_entropy(y, target, reduction="sum")
+
+    results = {}
+    for choice in ("triton", "reference"):
+        with bptorch.kernels.use(choice):
+            loss = f(x, w, cw)
+            results[choice] = (loss, *torch.autograd.grad(loss, (x, w, cw)))
+    for a, b in zip(results["triton"], results["reference"], strict=True):
+        assert a.dtype == b.dtype
+        scale = b.float().abs().max().item()
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=0.03 * scale)
