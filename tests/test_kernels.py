@@ -178,6 +178,23 @@ def test_layer_norm_kernels(dtype, shape, normalized_shape, affine):
 
 
 @interpreter_only
+def test_layer_norm_rows_longer_than_a_block_take_the_reference(monkeypatch):
+    from bptorch.functions import normalization
+
+    monkeypatch.setattr(normalization, "MAX_ROW", 6)
+    x = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 7, dtype=torch.float64)
+    before = _launches("layer_norm_fwd"), _launches("layer_norm_bwd")
+    with bptorch.kernels.use("triton"):
+        y = BF.layer_norm(x, (7,), w, w)
+        grads = _grads(y, (x, w), g)
+    assert (_launches("layer_norm_fwd"), _launches("layer_norm_bwd")) == before
+    y_nn = F.layer_norm(x, (7,), w, w)
+    _close((y, *grads), (y_nn, *_grads(y_nn, (x, w), g)), torch.float64)
+
+
+@interpreter_only
 def test_layer_norm_kernel_saves_mean_and_rstd_and_honours_need():
     from bptorch.functions.normalization import LayerNormFunction
 

@@ -547,6 +547,8 @@ def _build_triton_kernels() -> dict[str, Any]:
 def cross_entropy_bwd_triton(g: Tensor, z: Tensor, q: Tensor) -> Tensor:
     """``ClassCostFunction``'s ∂C/∂z for cross_entropy, g · ((Σq) softmax(z) − q), in one
     kernel; g is one scalar (reduction "sum"/"mean") or one value per position ("none")."""
+    if z.shape[1] > 65536:  # more classes than one block holds: the reference
+        return g * (q.sum(1, keepdim=True) * torch.softmax(z, 1) - q)
     z3 = z.reshape(z.shape[0], z.shape[1], -1).contiguous()  # (N, C, S)
     q3 = q.expand(z.shape).reshape(z3.shape).contiguous()
     g = g.reshape(-1).contiguous() if g.numel() > 1 else g.reshape(1).to(z.dtype)

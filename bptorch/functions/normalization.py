@@ -726,6 +726,9 @@ def _build_triton_kernels() -> dict[str, Any]:
     return _KERNELS
 
 
+# the longest LayerNorm row a kernel program holds in one block; longer rows (rare) take
+# the reference
+MAX_ROW = 65536
 _TL_ACC: dict[torch.dtype, Any] = {}  # torch dtype -> triton's, filled with the kernels
 
 
@@ -746,6 +749,10 @@ def layer_norm_fwd_triton(x: Tensor, normalized_shape: tuple[int, ...], gamma: T
     reference's (*, 1, ..., 1)."""
     k = len(normalized_shape)
     d = math.prod(normalized_shape)
+    if d > MAX_ROW:  # a row past one block: the reference
+        y, mean, rstd = layer_norm_fwd(*_float32(x), tuple(range(x.dim() - k, x.dim())), eps,
+                                       *_float32(gamma, beta))
+        return y.to(x.dtype), mean, rstd
     x2 = x.reshape(-1, d).contiguous()
     y, mean, rstd = _triton_kernels()["layer_norm_fwd"](
         x2, None if gamma is None else gamma.reshape(d).contiguous(),
@@ -760,6 +767,11 @@ def layer_norm_bwd_triton(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
     """:func:`norm_bwd` for LayerNorm in one kernel, then the per-program partial sums of
     ∂C/∂γ and ∂C/∂β reduced over programs (one small sum each)."""
     d = math.prod(x.shape[x.dim() - k:])
+    if d > MAX_ROW:  # a row past one block: the reference
+        grads = layer_norm_bwd(*_float32(delta, x, mean, rstd, gamma),
+                               tuple(range(x.dim() - k, x.dim())), need)
+        return tuple(None if g is None else g.to(t.dtype)
+                     for g, t in zip(grads, (x, gamma if gamma is not None else x, x)))
     x2, delta2 = x.reshape(-1, d).contiguous(), delta.reshape(-1, d).contiguous()
     programs = _programs(x2.shape[0])
     dx, dgamma, dbeta = _triton_kernels()["layer_norm_bwd"](
