@@ -4,6 +4,9 @@
 #   resnet    meanwhile, experiments.resnet on cuda, one run per engine:epochs in $RESNET_RUNS;
 #   bp4       benchmarks.bp4_forms --device cuda (BP4's two written-out forms, ResNet step);
 #   layers    benchmarks.layers --device cuda --no-compile;
+#   kernels   the same rows twice, BPTORCH_KERNELS=reference then =triton (the Triton
+#             kernels of bptorch.kernels off and on; "auto", the layers row, is on), and
+#             tests/test_kernels.py on the GPU (its CUDA cases; the interpreter's on CPU);
 #   cudagraph run.py's CUDA section (steps, throughput, CUDA graph of the explicit step);
 #   compiled  the compiled ResNet step row of benchmarks.layers on cuda.
 # $STAGES picks the stages (default: all). Logs and JSONs go to $OUT (default
@@ -12,7 +15,7 @@
 #   BPTORCH_DATA=~/.cache/bptorch bash benchmarks/cuda.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/bptorch-cuda}
-STAGES=${STAGES:-tests resnet bp4 layers cudagraph compiled}
+STAGES=${STAGES:-tests resnet bp4 layers kernels cudagraph compiled}
 RESNET_RUNS=${RESNET_RUNS:-bptorch:20 native:20 bptorch:30 native:30}
 RESNET_TIMEOUT=${RESNET_TIMEOUT:-300}
 mkdir -p "$OUT"
@@ -54,6 +57,16 @@ fi
 if has layers; then
   timeout 90 $PY -m benchmarks.layers --device cuda --no-compile >>"$bench" 2>&1
   echo "[layers rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
+fi
+if has kernels; then
+  for k in reference triton; do
+    echo "[kernels: BPTORCH_KERNELS=$k]" >>"$bench"
+    BPTORCH_KERNELS=$k timeout 90 $PY -m benchmarks.layers --device cuda --no-compile \
+      >>"$bench" 2>&1
+    echo "[layers, kernels $k, rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
+  done
+  timeout 240 $PY -m pytest -q -p no:cacheprovider -rfE tests/test_kernels.py >>"$bench" 2>&1
+  echo "[test_kernels rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
 fi
 if has cudagraph; then
   timeout 60 $PY -c "

@@ -7,7 +7,8 @@ BP3 ∂C/∂b^l = δ^l; BP4 ∂C/∂W^l = δ^l (a^{l-1})ᵀ).
 ``import bptorch`` loads the math and the modules: ``activations``, ``functions``,
 ``functional``, ``nn``, ``feedback``, ``diagnostics`` and ``Network``. The rest loads on
 first use (``bptorch.compile``, ``bptorch.convert``, ``bptorch.data``,
-``bptorch.distributed``, ``bptorch.threads``, ``bptorch.routing`` (and its
+``bptorch.distributed``, ``bptorch.threads``, ``bptorch.kernels`` (the reference/Triton
+switch), ``bptorch.routing`` (and its
 ``bptorch.coverage``), and the scripts' plumbing ``bptorch.cli`` and
 ``bptorch.presets``): ``compile`` brings torch._dynamo, ``data`` numpy's and torchvision's
 loaders, each seconds that a script which never uses them should not pay.
@@ -25,7 +26,8 @@ from .network import Network
 
 __version__ = "0.1.0"
 
-_LAZY = ("cli", "compile", "convert", "data", "distributed", "presets", "routing", "threads")
+_LAZY = ("cli", "compile", "convert", "data", "distributed", "kernels", "presets", "routing",
+         "threads")
 
 
 def __getattr__(name: str) -> Any:
@@ -44,6 +46,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ACTIVATIONS", "Activation", "Network", "activations", "cli", "compile", "convert",
     "coverage", "data",
-    "diagnostics", "distributed", "feedback", "functional", "functions", "get_activation", "nn",
+    "diagnostics", "distributed", "feedback", "functional", "functions", "get_activation",
+    "kernels", "nn",
     "presets", "routing", "threads",
 ]

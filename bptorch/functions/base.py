@@ -31,6 +31,10 @@ The rest of the plumbing every Function shares lives here too, once:
   ``ctx.needs_input_grad`` (sliced to the differentiable inputs) to the family's pure
   ``*_bwd`` function as ``need``; that function computes a gradient only where
   ``need[i]`` and returns None elsewhere (``setup_context`` may read it too, to save less).
+* **the kernel switch** (:func:`use_kernel`, the choice behind ``bptorch.kernels``): whether
+  a Function's forward and backward run the reference (torch ops) or its family's Triton
+  kernels; ``setup_context`` asks once per call and keeps the answer on ``ctx``, so the
+  backward runs the forward's choice.
 * **the diagnostics hook** (:data:`DELTA_HOOKS`): a layer that computes δ^l = ∂C/∂a ⊙ σ'(z)
   hands it to every callback in the list; ``bptorch.diagnostics`` registers one while it
   records. ``functions/`` imports nothing above itself.
@@ -42,7 +46,9 @@ The rest of the plumbing every Function shares lives here too, once:
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
+import os
 from typing import Any, Callable
 
 import torch
@@ -102,6 +108,104 @@ def _combined_form(cls: type, jvp: Any) -> type:
 
         namespace["jvp"] = staticmethod(jvp_all)
     return type(cls.__name__, (Function,), namespace)
+
+# ---------------------------------------------------------------- the kernel switch
+# "reference": torch ops everywhere; "triton": the Triton kernels (CUDA tensors, or CPU
+# tensors under TRITON_INTERPRET=1, Triton's interpreter); "auto": Triton on CUDA tensors
+# where triton is importable, the reference elsewhere. One process-wide choice, not a
+# thread-local one: autograd runs a CUDA backward on a thread of its own.
+KERNEL_NAMES = ("reference", "triton", "auto")
+# the starting choice: $BPTORCH_KERNELS if set (benchmarks/cuda.sh times both ways), else auto
+_KERNEL = {"choice": os.environ.get("BPTORCH_KERNELS") or "auto"}
+# asked once each (a dict read after that, which Dynamo traces; functools.cache it breaks on)
+_TRITON: dict[str, bool] = {}
+# kernel name -> launches so far: the tests count them (use("reference") launches none)
+KERNEL_LAUNCHES: dict[str, int] = {}
+
+
+def kernel_choice() -> str:
+    """The current choice: one of :data:`KERNEL_NAMES`."""
+    return _KERNEL["choice"]
+
+
+def set_kernel_choice(name: str) -> str:
+    """Make ``name`` the choice; returns the previous one. Unknown names raise ValueError."""
+    if name not in KERNEL_NAMES:
+        raise ValueError(f"bptorch.kernels: unknown kernel choice {name!r}; expected one of "
+                         + ", ".join(repr(n) for n in KERNEL_NAMES))
+    triton_available()  # asked here, outside any compiled region
+    previous, _KERNEL["choice"] = _KERNEL["choice"], name
+    return previous
+
+
+def triton_available() -> bool:
+    """Whether triton is importable (found, not imported: importing it costs a second)."""
+    has = _TRITON.get("available")
+    if has is None:
+        has = _TRITON["available"] = importlib.util.find_spec("triton") is not None
+        _TRITON["interpret"] = os.environ.get("TRITON_INTERPRET") == "1"
+    return has
+
+
+def use_kernel(t: Tensor) -> bool:
+    """Whether a call on ``t`` takes the Triton kernels under the current choice.
+
+    Never under torch.func transforms (a kernel cannot run on batched tensors) and never
+    under "reference". "triton" on a tensor Triton cannot run on raises RuntimeError.
+    """
+    choice = _KERNEL["choice"]
+    if choice == "reference" or _functorch_active():
+        return False
+    if choice not in KERNEL_NAMES:  # a bad $BPTORCH_KERNELS
+        set_kernel_choice(choice)
+    if choice == "auto":
+        return t.is_cuda and triton_available()
+    if triton_available() and (t.is_cuda or _TRITON["interpret"]):
+        return True
+    raise RuntimeError(
+        f"bptorch.kernels: 'triton' runs on CUDA tensors, or on CPU tensors under "
+        f"TRITON_INTERPRET=1 (set before triton is imported); got a {t.device.type} tensor"
+        + ("" if triton_available() else " and triton is not installed"))
+
+
+def count_launch(name: str) -> None:
+    """Record one launch of kernel ``name`` in :data:`KERNEL_LAUNCHES`."""
+    KERNEL_LAUNCHES[name] = KERNEL_LAUNCHES.get(name, 0) + 1
+
+
+def built(builder: Callable[[], Any]) -> bool:
+    """Run ``builder`` (a family's kernel builder, which imports triton once); True.
+
+    Dynamo cannot trace an import, so it runs this call as it is and takes its result
+    as a constant: a compiled region builds the kernels on first use with no graph break.
+    """
+    builder()
+    return True
+
+
+# what torch.compiler.assume_constant_result(built) does, without importing torch._dynamo
+# (and triton with it: seconds) at import
+built._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def kernel_op(name: str, fake: Callable[..., Any], mutates_args: tuple = ()) -> Callable:
+    """A decorator that registers a kernel launcher as the custom op ``bptorch::name``, so
+    that torch.compile sees one op per launch and no graph break.
+
+    On CUDA: ``torch.library.triton_op``, whose body launches through ``wrap_triton``
+    (Inductor sees the Triton kernel itself). Under Triton's interpreter (CPU tensors):
+    ``torch.library.custom_op`` with ``fake`` as its fake, an opaque op, since the
+    interpreter cannot run a kernel on the fake tensors triton_op traces with.
+    """
+    def register(fn: Callable) -> Callable:
+        if _TRITON.get("interpret", os.environ.get("TRITON_INTERPRET") == "1"):
+            op = torch.library.custom_op(f"bptorch::{name}", fn, mutates_args=mutates_args)
+            op.register_fake(fake)
+            return op
+        return torch.library.triton_op(f"bptorch::{name}", fn, mutates_args=mutates_args)
+
+    return register
+
 
 # ---------------------------------------------------------------- diagnostics hook
 # Callbacks ``hook(name, activation, delta, saved, a_prev)`` called by every backward that

@@ -36,7 +36,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import softplus
 
-from .base import FLOAT32, LOW_PRECISION, BPFunction, narrow
+from .base import (FLOAT32, LOW_PRECISION, BPFunction, built, count_launch, kernel_op, narrow,
+                   use_kernel)
 
 # torch's BCELoss safeguards (aten binary_cross_entropy and its backward): the floor
 # on ln a and ln(1 − a), and the floor on the denominator of the gradient.
@@ -320,6 +321,7 @@ class ClassCostFunction(BPFunction):
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
         z, q, denom, from_logits, reduction = inputs
         ctx.from_logits, ctx.reduction = from_logits, reduction
+        ctx.kernel = use_kernel(z)  # bptorch.kernels: the forward's choice, for backward
         ctx.save_for_backward(z, q, denom)
 
     @staticmethod
@@ -332,6 +334,9 @@ class ClassCostFunction(BPFunction):
             # loss.sum() / D → ∂/∂ℓ_n = g / D; every target ignored (D = 0): the loss is
             # 0/0 = NaN, and its gradient 0, as torch's (q = 0 there, so δ is 0 anyway)
             g = torch.where(denom > 0, g / denom, torch.zeros_like(g))
+        if (ctx.kernel and ctx.from_logits and not ctx.needs_input_grad[1]
+                and not torch.is_grad_enabled()):  # bptorch.kernels: BP1 fused (file's end)
+            return cross_entropy_bwd_triton(g, z, q), None, None, None, None
         log_p = torch.log_softmax(z, 1) if ctx.from_logits else z
         grad_z = grad_q = None
         if ctx.needs_input_grad[0]:
@@ -474,3 +479,80 @@ log_softmax_fn = LogSoftmaxFunction.apply
 
 __all__ += ["ClassCostFunction", "LogSoftmaxFunction", "POINTWISE", "PointwiseCostFunction",
             "PointwiseLoss", "class_target", "log_softmax_fn"]
+
+
+# ---------------------------------------------------------------- Triton kernel
+# cross_entropy's BP1 in one launch: softmax, the target's row sum, (Σq) a − q and the
+# upstream factor g, per row, where the reference launches about six. Built on first use
+# (importing this file imports no triton); tests/test_kernels.py runs it through Triton's
+# interpreter against the reference and torch.nn.functional.cross_entropy. The gradient
+# with respect to a soft target (−ln p) and double backward take the reference.
+_KERNELS: dict[str, Any] = {}
+
+
+def _triton_kernels() -> dict[str, Any]:
+    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
+    built(_build_triton_kernels)
+    return _KERNELS
+
+
+def _build_triton_kernels() -> dict[str, Any]:
+    """The @triton.jit kernel and its custom op, built once."""
+    if _KERNELS:
+        return _KERNELS
+    import triton
+    import triton.language as tl
+    from torch.library import wrap_triton
+
+    @triton.jit
+    def cross_entropy_bwd_kernel(g_ptr, z_ptr, q_ptr, dz_ptr, C, S, G_PER_ROW: tl.constexpr,
+                                 ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """One row (n, s) of z (N, C, S), classes strided by S: a = softmax(z),
+        δ = (Σ_k q_k) a − q (BP1; a − y for a target summing to 1), ∂C/∂z = g · δ."""
+        row = tl.program_id(0).to(tl.int64)
+        n, s = row // S, row % S
+        cols = tl.arange(0, BLOCK)
+        mask = cols < C
+        offs = n * C * S + cols * S + s  # z[n, c, s]
+        z = tl.load(z_ptr + offs, mask=mask, other=-float("inf")).to(ACC)
+        q = tl.load(q_ptr + offs, mask=mask, other=0.0).to(ACC)
+        e = tl.exp(z - tl.max(z, 0))  # e^{z − max z}: the stable softmax (0 past the row)
+        a = e / tl.sum(e, 0)  # a = softmax(z)
+        # ℓ = −Σ_c q_c ln softmax(z)_c  →  BP1: δ = (Σ_k q_k) a − q
+        delta = tl.sum(q, 0) * a - q
+        if G_PER_ROW:  # reduction "none": one upstream value per row
+            g = tl.load(g_ptr + row).to(ACC)
+        else:  # "sum"/"mean": one scalar (1/D already in it)
+            g = tl.load(g_ptr).to(ACC)
+        tl.store(dz_ptr + offs, (g * delta).to(dz_ptr.dtype.element_ty), mask=mask)
+
+    def _fake(g, z, q):
+        return torch.empty_like(z)
+
+    @kernel_op("cross_entropy_bwd", _fake)
+    def cross_entropy_bwd_op(g: Tensor, z: Tensor, q: Tensor) -> Tensor:
+        n, c, s = z.shape
+        dz = torch.empty_like(z)
+        acc = tl.float64 if z.dtype == torch.float64 else tl.float32
+        count_launch("cross_entropy_bwd")
+        wrap_triton(cross_entropy_bwd_kernel)[(n * s,)](
+            g, z, q, dz, c, s, G_PER_ROW=g.numel() > 1, ACC=acc,
+            BLOCK=triton.next_power_of_2(c))
+        return dz
+
+    _KERNELS["cross_entropy_bwd"] = cross_entropy_bwd_op
+    return _KERNELS
+
+
+def cross_entropy_bwd_triton(g: Tensor, z: Tensor, q: Tensor) -> Tensor:
+    """``ClassCostFunction``'s ∂C/∂z for cross_entropy, g · ((Σq) softmax(z) − q), in one
+    kernel; g is one scalar (reduction "sum"/"mean") or one value per position ("none")."""
+    if z.shape[1] > 65536:  # more classes than one block holds: the reference
+        return g * (q.sum(1, keepdim=True) * torch.softmax(z, 1) - q)
+    z3 = z.reshape(z.shape[0], z.shape[1], -1).contiguous()  # (N, C, S)
+    q3 = q.expand(z.shape).reshape(z3.shape).contiguous()
+    g = g.reshape(-1).contiguous() if g.numel() > 1 else g.reshape(1).to(z.dtype)
+    return _triton_kernels()["cross_entropy_bwd"](g, z3, q3).view(z.shape)
+
+
+__all__ += ["cross_entropy_bwd_triton"]

@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from ..activations import Activation
-from .base import (DELTA_HOOKS, FLOAT32, LOW_PRECISION, LOWER, PER_EXAMPLE, BPFunction,
-                   per_example, report_delta)
+from .base import (DELTA_HOOKS, FLOAT32, LOW_PRECISION, LOWER, PER_EXAMPLE, BPFunction, built,
+                   count_launch, kernel_op, per_example, report_delta, use_kernel)
 
 Need = tuple[bool, ...]
 
@@ -83,11 +83,11 @@ def sigma_from(activation: Activation, a_prev: Tensor, weight: Tensor, bias: Ten
 
 
 def dense_bwd(grad_output: Tensor, a_prev: Tensor, weight: Tensor, saved: Tensor | None,
-              activation: Activation, need: Need) -> tuple[Tensor, tuple]:
+              activation: Activation, need: Need, kernel: bool = False) -> tuple[Tensor, tuple]:
     """(δ^l, (∂C/∂a_prev, ∂C/∂W, ∂C/∂b)) of a = σ(a_prev Wᵀ + b), given ∂C/∂a^l and the
     tensor σ' comes from (:func:`sigma_from`). ``weight`` as in :func:`linear_bwd`."""
-    # a = σ(z)  →  BP1/BP2: δ^l = ∂C/∂a^l ⊙ σ'(z^l)
-    delta = activation.delta(grad_output, saved)
+    # a = σ(z)  →  BP1/BP2: δ^l = ∂C/∂a^l ⊙ σ'(z^l)  (``kernel``: the Triton kernel, file's end)
+    delta = activation_delta(activation, grad_output, saved, kernel)
     # (softmax in float32 on CUDA under autocast: δ back to the matmuls' dtype)
     return delta, linear_bwd(delta.to(a_prev.dtype), a_prev, weight, need)
 
@@ -207,6 +207,7 @@ class ActivationFunction(BPFunction):
             ctx.mark_dirty(z)  # z now holds a: autograd bumps its version
             z = z_before  # the z that was overwritten, or None
         saved = {"a": output, "z": z}.get(activation.saves)
+        ctx.kernel = use_kernel(output)  # bptorch.kernels: the forward's choice, for backward
         ctx.save_for_backward(saved)
         ctx.save_for_forward(saved)
 
@@ -225,7 +226,7 @@ class ActivationFunction(BPFunction):
         if saved is None and act.saves == "z":  # z was overwritten and not kept
             raise RuntimeError(no_z_message(act.name))
         # a = σ(z)  →  BP1/BP2's factor: ∂C/∂z = ∂C/∂a ⊙ σ'(z)
-        delta = act.delta(grad_output, saved)
+        delta = activation_delta(act, grad_output, saved, ctx.kernel)
         if DELTA_HOOKS:
             report_delta(ctx.name, act, delta, saved)
         return delta, None, None, None, None
@@ -378,6 +379,7 @@ class DenseFunction(BPFunction):
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
         input, weight, bias, activation, name = inputs
         ctx.activation, ctx.name = activation, name
+        ctx.kernel = use_kernel(output)  # bptorch.kernels: the forward's choice, for backward
         saved = dense_saved(activation, input, weight, bias, output)
         ctx.save_for_backward(*saved)
         ctx.save_for_forward(*saved)
@@ -393,7 +395,7 @@ class DenseFunction(BPFunction):
         a_prev, weight, bias, a = ctx.saved_tensors
         saved = sigma_from(ctx.activation, a_prev, weight, bias, a)
         delta, grads = dense_bwd(grad_output, a_prev, weight, saved, ctx.activation,
-                                 ctx.needs_input_grad)
+                                 ctx.needs_input_grad, ctx.kernel)
         if DELTA_HOOKS:
             report_delta(ctx.name, ctx.activation, delta, saved, a_prev=a_prev)
         if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and a^{l-1} to it
@@ -410,3 +412,98 @@ __all__ = ["ActivationFunction", "DenseFunction", "LinearFunction", "NO_Z_MESSAG
            "linear_jvp", "sigma_from"]
 __all__ += ["FLOAT32_ON_CUDA", "KEEPS_NO_Z_IN_PLACE", "PReLUFunction", "no_z_message", "prelu",
             "prelu_alpha", "prelu_bwd", "prelu_fwd"]
+
+
+# ---------------------------------------------------------------- Triton kernel
+# δ = ∂C/∂a ⊙ σ'(z) in one launch, for the elementwise σ whose σ' is a formula of the saved
+# a or z (sigmoid, tanh, relu, leaky_relu, gelu, silu): the same products as each
+# Activation's ``delta``. Softmax (not elementwise), identity (δ = ∂C/∂a) and a user's own σ
+# take ``delta`` under any choice, and so does double backward (create_graph), whose
+# torch ops are differentiable. Built on first use: importing this file imports no triton.
+# tests/test_kernels.py runs it through Triton's interpreter against ``delta`` and torch.
+_SIGMA_CODE = {("sigmoid", None): 0, ("tanh", None): 1, ("relu", None): 2,
+               ("leaky_relu", None): 3, ("gelu", "none"): 4, ("gelu", "tanh"): 5,
+               ("silu", None): 6}
+_KERNELS: dict[str, Any] = {}
+
+
+def _triton_kernels() -> dict[str, Any]:
+    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
+    built(_build_triton_kernels)
+    return _KERNELS
+
+
+def _build_triton_kernels() -> dict[str, Any]:
+    """The @triton.jit kernel and its custom op, built once."""
+    if _KERNELS:
+        return _KERNELS
+    import triton
+    import triton.language as tl
+    from torch.library import wrap_triton
+
+    @triton.jit
+    def activation_delta_kernel(g_ptr, saved_ptr, delta_ptr, n, SIGMA: tl.constexpr,
+                                SLOPE: tl.constexpr, ACC: tl.constexpr,
+                                BLOCK: tl.constexpr):
+        """δ = ∂C/∂a ⊙ σ'(z), σ' from the saved a (sigmoid, tanh, relu) or z (the rest)."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)  # ∂C/∂a
+        s = tl.load(saved_ptr + offs, mask=mask, other=0.0).to(ACC)  # a or z
+        if SIGMA == 0:  # sigmoid: σ'(z) = a(1 − a)
+            sp = s * (1.0 - s)
+        elif SIGMA == 1:  # tanh: σ'(z) = 1 − a²
+            sp = 1.0 - s * s
+        elif SIGMA == 2:  # relu: σ'(z) = 1 where a > 0, else 0 (the subgradient 0 at z = 0)
+            sp = tl.where(s > 0, 1.0, 0.0)
+        elif SIGMA == 3:  # leaky_relu: σ'(z) = 1 where z > 0 (a > 0 alike), else the slope
+            sp = tl.where(s > 0, 1.0, tl.full(s.shape, SLOPE, ACC))  # (exact in float64)
+        elif SIGMA == 4:  # gelu: σ'(z) = Φ(z) + z φ(z)
+            cdf = 0.5 * (1.0 + tl.math.erf(s * 0.7071067811865476))  # Φ(z)
+            pdf = tl.exp(-0.5 * s * s) * 0.3989422804014327  # φ(z) = e^{−z²/2}/√(2π)
+            sp = cdf + s * pdf
+        elif SIGMA == 5:  # gelu, tanh form: u = √(2/π)(z + c z³), t = tanh u,
+            # σ'(z) = (1 + t)/2 + z (1 − t²) √(2/π) (1 + 3c z²)/2
+            u = 0.7978845608028654 * (s + 0.044715 * s * s * s)
+            e = tl.exp(-2.0 * tl.abs(u))  # tanh u = sign(u)(1 − e^{−2|u|})/(1 + e^{−2|u|}),
+            t = tl.where(u >= 0, 1.0, -1.0) * (1.0 - e) / (1.0 + e)  # which cannot overflow
+            sp = (0.5 * (1.0 + t) + 0.5 * s * (1.0 - t * t) * 0.7978845608028654
+                  * (1.0 + 3.0 * 0.044715 * s * s))
+        else:  # silu: σ'(z) = s(z)(1 + z(1 − s(z))), s the sigmoid
+            sig = 1.0 / (1.0 + tl.exp(-s))
+            sp = sig * (1.0 + s * (1.0 - sig))
+        delta = g * sp  # a = σ(z)  →  BP1/BP2: δ = ∂C/∂a ⊙ σ'(z)
+        tl.store(delta_ptr + offs, delta.to(delta_ptr.dtype.element_ty), mask=mask)
+
+    def _fake(grad_output, saved, sigma, slope):
+        return torch.empty_like(grad_output)
+
+    @kernel_op("activation_delta", _fake)
+    def activation_delta_op(grad_output: Tensor, saved: Tensor, sigma: int,
+                            slope: float) -> Tensor:
+        delta = torch.empty_like(grad_output)
+        n = grad_output.numel()
+        acc = tl.float64 if grad_output.dtype == torch.float64 else tl.float32
+        count_launch("activation_delta")
+        wrap_triton(activation_delta_kernel)[(triton.cdiv(n, 1024),)](
+            grad_output, saved, delta, n, SIGMA=sigma, SLOPE=slope, ACC=acc, BLOCK=1024)
+        return delta
+
+    _KERNELS["activation_delta"] = activation_delta_op
+    return _KERNELS
+
+
+def activation_delta(activation: Activation, grad_output: Tensor, saved: Tensor | None,
+                     kernel: bool) -> Tensor:
+    """δ = ∂C/∂a ⊙ σ'(z): the Triton kernel where ``kernel`` (the forward's choice) and a
+    kernel covers σ and no graph of the backward is taped, else ``activation.delta``."""
+    sigma = _SIGMA_CODE.get((activation.name, activation.approximate))
+    if (not kernel or sigma is None or saved is None or torch.is_grad_enabled()
+            or saved.shape != grad_output.shape):
+        return activation.delta(grad_output, saved)
+    slope = activation.negative_slope if activation.negative_slope is not None else 0.0
+    return _triton_kernels()["activation_delta"](
+        grad_output.contiguous(), saved.contiguous(), sigma, slope)
+
+
+__all__ += ["activation_delta"]

@@ -33,12 +33,13 @@ them from x so that the second derivative sees their dependence on x.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .base import FLOAT32, LOW_PRECISION, PER_EXAMPLE, BPFunction, moved, per_example
+from .base import FLOAT32, LOW_PRECISION, PER_EXAMPLE, BPFunction, built, moved, per_example, use_kernel
 
 Dims = tuple[int, ...]
 
@@ -136,6 +137,9 @@ class BatchNormFunction(BPFunction):
     def forward(input: Tensor, weight: Tensor | None, bias: Tensor | None,
                 running_mean: Tensor | None, running_var: Tensor | None,
                 training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        if use_kernel(input):  # bptorch.kernels: the Triton kernel (the file's end)
+            return batch_norm_fwd_triton(input, weight, bias, running_mean, running_var,
+                                         training, eps)
         if input.dtype in LOW_PRECISION:  # statistics and the affine map in float32, y rounded once
             y, mean, rstd = BatchNormFunction.forward(
                 *_float32(input, weight, bias, running_mean, running_var), training, eps)
@@ -163,12 +167,16 @@ class BatchNormFunction(BPFunction):
         _y, mean, rstd = output
         ctx.mark_non_differentiable(mean, rstd)
         ctx.training, ctx.eps = training, eps
+        ctx.kernel = use_kernel(input)  # the forward's choice, for the backward
         ctx.save_for_backward(input, weight, mean, rstd)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor, _grad_mean: Tensor, _grad_rstd: Tensor):
         x, weight, mean, rstd = ctx.saved_tensors
         delta = grad_output
+        if ctx.kernel and not torch.is_grad_enabled():  # bptorch.kernels (the file's end)
+            return (*batch_norm_bwd_triton(delta, x, mean, rstd, weight, ctx.training,
+                                           ctx.needs_input_grad[:3]), None, None, None, None)
         nd = x.dim()
         if ctx.training and torch.is_grad_enabled():  # differentiable, for double backward
             mean, rstd = stats(x, (0, *range(2, nd)), ctx.eps)
@@ -212,6 +220,8 @@ class LayerNormFunction(BPFunction):
     @staticmethod
     def forward(input: Tensor, normalized_shape: tuple[int, ...], weight: Tensor | None,
                 bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        if use_kernel(input):  # bptorch.kernels: the Triton kernel (the file's end)
+            return layer_norm_fwd_triton(input, normalized_shape, weight, bias, eps)
         dims = tuple(range(input.dim() - len(normalized_shape), input.dim()))
         if input.dtype in (torch.float32, torch.float64):  # in place (speed)
             return layer_norm_fwd(input, dims, eps, weight, bias)
@@ -226,6 +236,7 @@ class LayerNormFunction(BPFunction):
         _y, mean, rstd = output
         ctx.mark_non_differentiable(mean, rstd)
         ctx.normalized_shape, ctx.eps = normalized_shape, eps
+        ctx.kernel = use_kernel(input)  # the forward's choice, for the backward
         ctx.save_for_backward(input, weight, mean, rstd)
 
     @staticmethod
@@ -242,6 +253,9 @@ class LayerNormFunction(BPFunction):
         if torch.is_grad_enabled():  # double backward: the out-of-place reference form
             grad_input, grad_weight, grad_bias = norm_bwd(
                 delta, x, mean, rstd, weight, reduce_dims, row_dims, need)
+        elif ctx.kernel:  # bptorch.kernels: the Triton kernel (the file's end)
+            grad_input, grad_weight, grad_bias = layer_norm_bwd_triton(
+                delta, x, mean, rstd, weight, k, need)
         elif x.dtype in (torch.float32, torch.float64):  # the in-place form (speed)
             grad_input, grad_weight, grad_bias = layer_norm_bwd(
                 delta, x, mean, rstd, weight, reduce_dims, need)
@@ -371,6 +385,10 @@ def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None
 
     InstanceNorm's statistics, one per example and channel ((N, C) ``mean`` and ``rstd``,
     n values each), enter averaged over the N examples, as torch averages them."""
+    if use_kernel(mean) and (running_mean is None or mean.numel() == running_mean.numel()):
+        # bptorch.kernels: the Triton kernel (the file's end), for one statistic per channel
+        return update_running_stats_triton(running_mean, running_var, mean, rstd, eps, n,
+                                           momentum)
     if running_mean is not None:
         mean = mean.reshape(-1, running_mean.numel()).mean(0)  # (C,) as it is; (N, C): mean_n
         running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
@@ -527,3 +545,392 @@ __all__ = ["BLOCK_ELEMENTS", "BatchNormFunction", "GroupNormFunction", "LayerNor
 # moved out of this file (one release): the input checks
 __getattr__ = moved(__name__, {"check_batch_norm": "bptorch._checks",
                                "check_layer_norm": "bptorch._checks"})
+
+
+# ---------------------------------------------------------------- Triton kernels
+# The same equations as norm_fwd/norm_bwd, one launch each way where the reference
+# launches about ten (bptorch.kernels picks them: "triton", or "auto" on CUDA). The
+# kernels are built on first use (:func:`_triton_kernels`), so importing this file does
+# not import triton. Each program reads whole rows (LayerNorm) or a whole channel
+# (BatchNorm) in blocks of a power of two, masked at the end; the arithmetic runs in
+# float32 (float64 for float64 inputs). tests/test_kernels.py runs each through Triton's
+# interpreter against the reference and torch.nn.
+_KERNELS: dict[str, Any] = {}
+
+
+def _triton_kernels() -> dict[str, Any]:
+    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
+    built(_build_triton_kernels)
+    return _KERNELS
+
+
+def _build_triton_kernels() -> dict[str, Any]:
+    """The @triton.jit kernels and their custom ops, built once."""
+    if _KERNELS:
+        return _KERNELS
+    import triton
+    import triton.language as tl
+    from torch.library import wrap_triton
+
+    from .base import count_launch, kernel_op
+
+    @triton.jit
+    def layer_norm_fwd_kernel(x_ptr, gamma_ptr, beta_ptr, y_ptr, mean_ptr, rstd_ptr, D, eps,
+                              HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
+                              ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """One row: μ = Σx/D, σ² = Σ(x − μ)²/D, rstd = 1/√(σ² + ε),
+        x̂ = (x − μ)·rstd, y = γ ⊙ x̂ + β; saves μ and rstd for the backward."""
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < D
+        x = tl.load(x_ptr + row * D + cols, mask=mask, other=0.0).to(ACC)
+        mean = tl.sum(x, 0) / D  # μ
+        centred = tl.where(mask, x - mean, 0.0)  # x − μ (0 past the row's end)
+        var = tl.sum(centred * centred, 0) / D  # σ², biased, two passes
+        rstd = 1.0 / tl.sqrt(var + eps)  # rstd = 1/√(σ² + ε)
+        y = centred * rstd  # x̂ = (x − μ)·rstd
+        if HAS_GAMMA:
+            y = y * tl.load(gamma_ptr + cols, mask=mask, other=0.0).to(ACC)  # γ ⊙ x̂
+        if HAS_BETA:
+            y = y + tl.load(beta_ptr + cols, mask=mask, other=0.0).to(ACC)  # + β
+        tl.store(y_ptr + row * D + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(mean_ptr + row, mean)  # saved for the backward, as torch saves them
+        tl.store(rstd_ptr + row, rstd)
+
+    @triton.jit
+    def layer_norm_bwd_kernel(delta_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, dx_ptr,
+                              dgamma_ptr, dbeta_ptr, n_rows, D, rows_per_program,
+                              HAS_GAMMA: tl.constexpr, NEED_X: tl.constexpr,
+                              ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """Rows [pid·r, (pid+1)·r): ∂C/∂x per row, and this program's partial sums of
+        ∂C/∂γ = Σ δ ⊙ x̂ and ∂C/∂β = Σ δ, one row of the (programs, D) buffers each."""
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < D
+        if HAS_GAMMA:
+            gamma = tl.load(gamma_ptr + cols, mask=mask, other=0.0).to(ACC)
+        dgamma = tl.zeros((BLOCK,), dtype=ACC)
+        dbeta = tl.zeros((BLOCK,), dtype=ACC)
+        start = pid.to(tl.int64) * rows_per_program  # int64: row · D may pass 2³¹
+        end = tl.minimum(start + rows_per_program, n_rows)
+        for row in range(start, end):
+            offs = row * D + cols
+            delta = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(ACC)
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+            mean = tl.load(mean_ptr + row).to(ACC)
+            rstd = tl.load(rstd_ptr + row).to(ACC)
+            x_hat = tl.where(mask, (x - mean) * rstd, 0.0)  # x̂ = (x − μ)·rstd, recomputed
+            dgamma += delta * x_hat  # y = γ ⊙ x̂ + β  →  BP4: dγ = Σ δ ⊙ x̂
+            dbeta += delta  # y = γ ⊙ x̂ + β  →  BP3: dβ = Σ δ
+            if NEED_X:
+                if HAS_GAMMA:
+                    dx_hat = delta * gamma  # y = γ ⊙ x̂ + β  →  ∂C/∂x̂ = δ ⊙ γ
+                else:
+                    dx_hat = delta
+                # x̂ = (x − μ(x))·rstd(x)  →  the two reductions (paths through μ and σ²)
+                dx_hat_mean = tl.sum(dx_hat, 0) / D  # mean(∂C/∂x̂)
+                dx_hat_x_hat_mean = tl.sum(dx_hat * x_hat, 0) / D  # mean(∂C/∂x̂ ⊙ x̂)
+                # ∂C/∂x = rstd·(∂C/∂x̂ − mean(∂C/∂x̂) − x̂ ⊙ mean(∂C/∂x̂ ⊙ x̂))
+                dx = (dx_hat - dx_hat_mean - x_hat * dx_hat_x_hat_mean) * rstd
+                tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dgamma_ptr + pid * D + cols, dgamma, mask=mask)
+        tl.store(dbeta_ptr + pid * D + cols, dbeta, mask=mask)
+
+    def _fake_fwd(x, gamma, beta, eps):
+        rows = x.shape[0]
+        acc = _acc_dtype(x)
+        return torch.empty_like(x), x.new_empty(rows, dtype=acc), x.new_empty(rows, dtype=acc)
+
+    @kernel_op("layer_norm_fwd", _fake_fwd)
+    def layer_norm_fwd_op(x: Tensor, gamma: Tensor | None, beta: Tensor | None,
+                          eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        rows, d = x.shape
+        acc = _acc_dtype(x)
+        y = torch.empty_like(x)
+        mean, rstd = x.new_empty(rows, dtype=acc), x.new_empty(rows, dtype=acc)
+        count_launch("layer_norm_fwd")
+        wrap_triton(layer_norm_fwd_kernel)[(rows,)](
+            x, gamma if gamma is not None else x, beta if beta is not None else x, y, mean,
+            rstd, d, eps, HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None,
+            ACC=_TL_ACC[acc], BLOCK=triton.next_power_of_2(d))
+        return y, mean, rstd
+
+    def _fake_bwd(delta, x, mean, rstd, gamma, need_x, programs):
+        d = x.shape[1]
+        acc = _acc_dtype(x)
+        return (torch.empty_like(x), x.new_empty(programs, d, dtype=acc),
+                x.new_empty(programs, d, dtype=acc))
+
+    @kernel_op("layer_norm_bwd", _fake_bwd)
+    def layer_norm_bwd_op(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
+                          gamma: Tensor | None, need_x: bool,
+                          programs: int) -> tuple[Tensor, Tensor, Tensor]:
+        rows, d = x.shape
+        acc = _acc_dtype(x)
+        dx = torch.empty_like(x)
+        dgamma = x.new_empty(programs, d, dtype=acc)  # per-program partial sums
+        dbeta = x.new_empty(programs, d, dtype=acc)
+        count_launch("layer_norm_bwd")
+        wrap_triton(layer_norm_bwd_kernel)[(programs,)](
+            delta, x, mean, rstd, gamma if gamma is not None else x, dx, dgamma, dbeta,
+            rows, d, triton.cdiv(rows, programs), HAS_GAMMA=gamma is not None,
+            NEED_X=need_x, ACC=_TL_ACC[acc], BLOCK=triton.next_power_of_2(d))
+        return dx, dgamma, dbeta
+
+    @triton.jit
+    def batch_norm_fwd_kernel(x_ptr, gamma_ptr, beta_ptr, rm_ptr, rv_ptr, y_ptr, mean_ptr,
+                              rstd_ptr, C, S, M, eps, TRAINING: tl.constexpr,
+                              HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
+                              ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """One channel c of x (N, C, S), M = N·S values: μ_B = Σx/M and
+        σ²_B = Σ(x − μ_B)²/M in training (else the running statistics), rstd = 1/√(σ² + ε),
+        then y = x · (γ rstd) + (β − μ γ rstd); saves μ and rstd."""
+        c = tl.program_id(0).to(tl.int64)
+        k = tl.arange(0, BLOCK)
+        if TRAINING:
+            acc = tl.zeros((BLOCK,), dtype=ACC)
+            for i in range(0, M, BLOCK):  # pass 1: Σx
+                idx = i + k
+                offs = (idx // S) * C * S + c * S + idx % S  # x[n, c, s], idx = n·S + s
+                acc += tl.load(x_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+            mean = tl.sum(acc, 0) / M  # μ_B
+            acc = tl.zeros((BLOCK,), dtype=ACC)
+            for i in range(0, M, BLOCK):  # pass 2: Σ(x − μ_B)², two passes as the reference
+                idx = i + k
+                offs = (idx // S) * C * S + c * S + idx % S
+                x = tl.load(x_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+                centred = tl.where(idx < M, x - mean, 0.0)
+                acc += centred * centred
+            rstd = 1.0 / tl.sqrt(tl.sum(acc, 0) / M + eps)  # rstd = 1/√(σ²_B + ε)
+        else:  # eval: the running statistics, constants
+            mean = tl.load(rm_ptr + c).to(ACC)
+            rstd = 1.0 / tl.sqrt(tl.load(rv_ptr + c).to(ACC) + eps)
+        scale = rstd  # γ · rstd
+        if HAS_GAMMA:
+            scale = scale * tl.load(gamma_ptr + c).to(ACC)
+        shift = -mean * scale  # β − μ γ rstd
+        if HAS_BETA:
+            shift = shift + tl.load(beta_ptr + c).to(ACC)
+        for i in range(0, M, BLOCK):  # pass 3: y = γ ⊙ x̂ + β = x · scale + shift
+            idx = i + k
+            offs = (idx // S) * C * S + c * S + idx % S
+            x = tl.load(x_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+            tl.store(y_ptr + offs, (x * scale + shift).to(y_ptr.dtype.element_ty), mask=idx < M)
+        tl.store(mean_ptr + c, mean)
+        tl.store(rstd_ptr + c, rstd)
+
+    @triton.jit
+    def batch_norm_bwd_kernel(delta_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, dx_ptr,
+                              dgamma_ptr, dbeta_ptr, C, S, M, BATCH_STATS: tl.constexpr,
+                              HAS_GAMMA: tl.constexpr, NEED_X: tl.constexpr,
+                              ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """One channel c: ∂C/∂β = Σ δ and ∂C/∂γ = Σ δ ⊙ x̂ (pass 1), then
+        ∂C/∂x = γ rstd (δ − ∂C/∂β/M − x̂ ⊙ ∂C/∂γ/M) (pass 2; γ rstd δ for fixed statistics)."""
+        c = tl.program_id(0).to(tl.int64)
+        k = tl.arange(0, BLOCK)
+        mean = tl.load(mean_ptr + c).to(ACC)
+        rstd = tl.load(rstd_ptr + c).to(ACC)
+        dgamma = tl.zeros((BLOCK,), dtype=ACC)
+        dbeta = tl.zeros((BLOCK,), dtype=ACC)
+        for i in range(0, M, BLOCK):
+            idx = i + k
+            offs = (idx // S) * C * S + c * S + idx % S
+            delta = tl.load(delta_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+            x = tl.load(x_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+            x_hat = tl.where(idx < M, (x - mean) * rstd, 0.0)  # x̂ = (x − μ)·rstd, recomputed
+            dgamma += delta * x_hat  # y = γ ⊙ x̂ + β  →  BP4: dγ = Σ δ ⊙ x̂
+            dbeta += delta  # y = γ ⊙ x̂ + β  →  BP3: dβ = Σ δ
+        dgamma_c = tl.sum(dgamma, 0)
+        dbeta_c = tl.sum(dbeta, 0)
+        tl.store(dgamma_ptr + c, dgamma_c)
+        tl.store(dbeta_ptr + c, dbeta_c)
+        if NEED_X:
+            scale = rstd  # γ · rstd
+            if HAS_GAMMA:
+                scale = scale * tl.load(gamma_ptr + c).to(ACC)
+            for i in range(0, M, BLOCK):
+                idx = i + k
+                offs = (idx // S) * C * S + c * S + idx % S
+                delta = tl.load(delta_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+                if BATCH_STATS:
+                    x = tl.load(x_ptr + offs, mask=idx < M, other=0.0).to(ACC)
+                    x_hat = (x - mean) * rstd
+                    # x̂ = (x − μ(x))·rstd(x)  →  the paths through μ and σ²: BP3's and BP4's
+                    # sums over M; ∂C/∂x = γ rstd (δ − ∂C/∂β/M − x̂ ⊙ ∂C/∂γ/M)
+                    dx = scale * (delta - dbeta_c / M - x_hat * (dgamma_c / M))
+                else:  # fixed statistics: the affine map's backward, ∂C/∂x = γ rstd δ
+                    dx = scale * delta
+                tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=idx < M)
+
+    @triton.jit
+    def running_stats_kernel(rm_ptr, rv_ptr, mean_ptr, rstd_ptr, C, eps, momentum, unbias,
+                             HAS_RM: tl.constexpr, HAS_RV: tl.constexpr, BLOCK: tl.constexpr):
+        """r ← (1 − m) r + m s: s = μ_B for the mean, σ²_B · n/(n − 1) = (1/rstd² − ε) · unbias
+        for the variance (unbiased, as torch); in float64, as the reference."""
+        c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = c < C
+        if HAS_RM:
+            rm = tl.load(rm_ptr + c, mask=mask, other=0.0).to(tl.float64)
+            mean = tl.load(mean_ptr + c, mask=mask, other=0.0).to(tl.float64)
+            rm = (1 - momentum) * rm + momentum * mean
+            tl.store(rm_ptr + c, rm.to(rm_ptr.dtype.element_ty), mask=mask)
+        if HAS_RV:
+            rv = tl.load(rv_ptr + c, mask=mask, other=0.0).to(tl.float64)
+            rstd = tl.load(rstd_ptr + c, mask=mask, other=1.0).to(tl.float64)
+            var = 1.0 / (rstd * rstd) - eps  # the biased σ²_B the forward used
+            rv = (1 - momentum) * rv + momentum * (var * unbias)
+            tl.store(rv_ptr + c, rv.to(rv_ptr.dtype.element_ty), mask=mask)
+
+    def _fake_bn_fwd(x, gamma, beta, running_mean, running_var, training, eps):
+        acc = _acc_dtype(x)
+        c = x.shape[1]
+        return torch.empty_like(x), x.new_empty(c, dtype=acc), x.new_empty(c, dtype=acc)
+
+    @kernel_op("batch_norm_fwd", _fake_bn_fwd)
+    def batch_norm_fwd_op(x: Tensor, gamma: Tensor | None, beta: Tensor | None,
+                          running_mean: Tensor | None, running_var: Tensor | None,
+                          training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        n, c, s = x.shape
+        acc = _acc_dtype(x)
+        y = torch.empty_like(x)
+        mean, rstd = x.new_empty(c, dtype=acc), x.new_empty(c, dtype=acc)
+        count_launch("batch_norm_fwd")
+        wrap_triton(batch_norm_fwd_kernel)[(c,)](
+            x, x if gamma is None else gamma, x if beta is None else beta,
+            x if running_mean is None else running_mean,
+            x if running_var is None else running_var, y, mean, rstd, c, s, n * s, eps,
+            TRAINING=training, HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None,
+            ACC=_TL_ACC[acc], BLOCK=min(1024, triton.next_power_of_2(n * s)))
+        return y, mean, rstd
+
+    def _fake_bn_bwd(delta, x, mean, rstd, gamma, batch_stats, need_x):
+        acc = _acc_dtype(x)
+        c = x.shape[1]
+        return torch.empty_like(x), x.new_empty(c, dtype=acc), x.new_empty(c, dtype=acc)
+
+    @kernel_op("batch_norm_bwd", _fake_bn_bwd)
+    def batch_norm_bwd_op(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
+                          gamma: Tensor | None, batch_stats: bool,
+                          need_x: bool) -> tuple[Tensor, Tensor, Tensor]:
+        n, c, s = x.shape
+        acc = _acc_dtype(x)
+        dx = torch.empty_like(x)
+        dgamma, dbeta = x.new_empty(c, dtype=acc), x.new_empty(c, dtype=acc)
+        count_launch("batch_norm_bwd")
+        wrap_triton(batch_norm_bwd_kernel)[(c,)](
+            delta, x, mean, rstd, x if gamma is None else gamma, dx, dgamma, dbeta, c, s,
+            n * s, BATCH_STATS=batch_stats, HAS_GAMMA=gamma is not None, NEED_X=need_x,
+            ACC=_TL_ACC[acc], BLOCK=min(1024, triton.next_power_of_2(n * s)))
+        return dx, dgamma, dbeta
+
+    def _fake_running(running_mean, running_var, mean, rstd, eps, momentum, unbias):
+        return None
+
+    @kernel_op("running_stats", _fake_running, mutates_args=("running_mean", "running_var"))
+    def running_stats_op(running_mean: Tensor | None, running_var: Tensor | None,
+                         mean: Tensor, rstd: Tensor, eps: float, momentum: float,
+                         unbias: float) -> None:
+        c = mean.numel()
+        count_launch("running_stats")
+        wrap_triton(running_stats_kernel)[(triton.cdiv(c, 256),)](
+            mean if running_mean is None else running_mean,
+            mean if running_var is None else running_var, mean, rstd, c, eps, momentum,
+            unbias, HAS_RM=running_mean is not None, HAS_RV=running_var is not None,
+            BLOCK=256)
+
+    _TL_ACC.update({torch.float32: tl.float32, torch.float64: tl.float64})
+    _KERNELS.update(layer_norm_fwd=layer_norm_fwd_op, layer_norm_bwd=layer_norm_bwd_op,
+                    batch_norm_fwd=batch_norm_fwd_op, batch_norm_bwd=batch_norm_bwd_op,
+                    running_stats=running_stats_op)
+    return _KERNELS
+
+
+# the longest LayerNorm row a kernel program holds in one block; longer rows (rare) take
+# the reference
+MAX_ROW = 65536
+_TL_ACC: dict[torch.dtype, Any] = {}  # torch dtype -> triton's, filled with the kernels
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    """The kernels' arithmetic dtype: float64 for float64, float32 otherwise (as torch's)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _programs(rows: int) -> int:
+    """Programs of a backward with per-program partial sums: about 4 rows each, at most
+    1024 (the partial sums, programs by D, are then reduced by one sum over programs)."""
+    return max(1, min(1024, (rows + 3) // 4))
+
+
+def layer_norm_fwd_triton(x: Tensor, normalized_shape: tuple[int, ...], gamma: Tensor | None,
+                          beta: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`layer_norm_fwd` in one kernel: (y, μ, rstd), μ and rstd shaped as the
+    reference's (*, 1, ..., 1)."""
+    k = len(normalized_shape)
+    d = math.prod(normalized_shape)
+    if d > MAX_ROW:  # a row past one block: the reference
+        y, mean, rstd = layer_norm_fwd(*_float32(x), tuple(range(x.dim() - k, x.dim())), eps,
+                                       *_float32(gamma, beta))
+        return y.to(x.dtype), mean, rstd
+    x2 = x.reshape(-1, d).contiguous()
+    y, mean, rstd = _triton_kernels()["layer_norm_fwd"](
+        x2, None if gamma is None else gamma.reshape(d).contiguous(),
+        None if beta is None else beta.reshape(d).contiguous(), eps)
+    stat_shape = (*x.shape[:x.dim() - k], *([1] * k))
+    return y.view(x.shape), mean.view(stat_shape), rstd.view(stat_shape)
+
+
+def layer_norm_bwd_triton(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
+                          gamma: Tensor | None, k: int,
+                          need: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """:func:`norm_bwd` for LayerNorm in one kernel, then the per-program partial sums of
+    ∂C/∂γ and ∂C/∂β reduced over programs (one small sum each)."""
+    d = math.prod(x.shape[x.dim() - k:])
+    if d > MAX_ROW:  # a row past one block: the reference
+        grads = layer_norm_bwd(*_float32(delta, x, mean, rstd, gamma),
+                               tuple(range(x.dim() - k, x.dim())), need)
+        return tuple(None if g is None else g.to(t.dtype)
+                     for g, t in zip(grads, (x, gamma if gamma is not None else x, x)))
+    x2, delta2 = x.reshape(-1, d).contiguous(), delta.reshape(-1, d).contiguous()
+    programs = _programs(x2.shape[0])
+    dx, dgamma, dbeta = _triton_kernels()["layer_norm_bwd"](
+        delta2, x2, mean.reshape(-1).contiguous(), rstd.reshape(-1).contiguous(),
+        None if gamma is None else gamma.reshape(d).contiguous(), need[0], programs)
+    return (dx.view(x.shape) if need[0] else None,
+            dgamma.sum(0).to(gamma.dtype) if need[1] else None,  # BP4's partial sums, reduced
+            dbeta.sum(0).to(delta.dtype) if need[2] else None)  # BP3's partial sums, reduced
+
+
+def batch_norm_fwd_triton(x: Tensor, gamma: Tensor | None, beta: Tensor | None,
+                          running_mean: Tensor | None, running_var: Tensor | None,
+                          training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """:class:`BatchNormFunction`'s forward in one kernel: (y, μ, rstd), μ and rstd (C,)."""
+    x3 = x.reshape(x.shape[0], x.shape[1], -1).contiguous()  # (N, C, S)
+    y, mean, rstd = _triton_kernels()["batch_norm_fwd"](
+        x3, gamma, beta, running_mean, running_var, training, eps)
+    return y.view(x.shape), mean, rstd
+
+
+def batch_norm_bwd_triton(delta: Tensor, x: Tensor, mean: Tensor, rstd: Tensor,
+                          gamma: Tensor | None, batch_stats: bool,
+                          need: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """:func:`batch_norm_bwd` in one kernel; μ and rstd (C,); gradients (C,) and x's shape."""
+    x3 = x.reshape(x.shape[0], x.shape[1], -1).contiguous()
+    delta3 = delta.reshape(x3.shape).contiguous()
+    dx, dgamma, dbeta = _triton_kernels()["batch_norm_bwd"](
+        delta3, x3, mean, rstd, gamma, batch_stats, need[0])
+    return (dx.view(x.shape) if need[0] else None,
+            dgamma.to(gamma.dtype) if need[1] and gamma is not None else None,
+            dbeta if need[2] else None)
+
+
+def update_running_stats_triton(running_mean: Tensor | None, running_var: Tensor | None,
+                                mean: Tensor, rstd: Tensor, eps: float, n: int,
+                                momentum: float) -> None:
+    """:func:`update_running_stats` in one kernel, in place."""
+    _triton_kernels()["running_stats"](running_mean, running_var, mean, rstd, eps, momentum,
+                                       n / (n - 1))
+
+
+__all__ += ["batch_norm_bwd_triton", "batch_norm_fwd_triton", "layer_norm_bwd_triton",
+            "layer_norm_fwd_triton", "update_running_stats_triton"]
