@@ -39,7 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import FLOAT32, LOW_PRECISION, PER_EXAMPLE, BPFunction, built, moved, per_example, use_kernel
+from .base import (FLOAT32, LOW_PRECISION, PER_EXAMPLE, BPFunction, built, moved, per_example,
+                   use_kernel)
 
 Dims = tuple[int, ...]
 
