@@ -114,11 +114,15 @@ _activation = activation
 
 
 def _can_overwrite(input: Tensor, inplace: bool) -> bool:
-    """``inplace=True`` overwrites its input as torch's does, except a view that requires
-    grad: autograd forbids overwriting a view a custom Function returned (Flatten's,
-    say, before torchvision's ``Dropout(inplace=True)``), so a view gets the same values
-    out of place; the model's forward uses the returned tensor either way."""
-    return inplace and not (input._is_view() and input.requires_grad and torch.is_grad_enabled())
+    """``inplace=True`` overwrites its input as torch's does, except a view that a custom
+    Function returned (Flatten's, say, before torchvision's ``Dropout(inplace=True)``):
+    autograd forbids overwriting those, so it gets the same values out of place; the
+    model's forward uses the returned tensor either way. torch's own views (a slice, a
+    transpose) are overwritten as torch overwrites them."""
+    if not inplace or not torch.is_grad_enabled():
+        return inplace
+    made_by_function = getattr(type(input.grad_fn), "_forward_cls", None) is not None
+    return not (made_by_function and input._is_view())
 
 
 def apply_activation(

@@ -32,26 +32,41 @@ import time
 import warnings
 from pathlib import Path
 
+from bptorch import cli
+
 ZOOS = ("classification", "segmentation", "video", "optical_flow", "detection")
 # models whose parameters in float64 (twice, with gradients) would not fit in 24 GB
 FLOAT32_ABOVE = 150_000_000
 TOLERANCE = {"float64": 1e-6, "float32": 2e-3}
 
 
+def model_name(value: str) -> str:
+    """A torchvision model name (``torchvision.models.list_models()``)."""
+    from torchvision import models
+    if value not in models.list_models():
+        raise argparse.ArgumentTypeError(f"expected a torchvision model name "
+                                         f"(torchvision.models.list_models()), got {value!r}")
+    return value
+
+
+model_name.bad_examples = ("no_such_model",)  # what tests/test_cli.py tries
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--zoos", nargs="+", choices=ZOOS, default=list(ZOOS))
-    p.add_argument("--models", nargs="+", default=None,
+    p.add_argument("--models", nargs="+", type=model_name, default=None,
                    help="only these torchvision model names (default: every model of --zoos)")
-    p.add_argument("--json", type=Path, default=Path("results/zoo/zoo.json"))
+    p.add_argument("--json", type=cli.json_path, default="results/zoo/zoo.json")
     p.add_argument("--resume", action="store_true", help="skip models already in --json")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds per model")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--from-json", type=Path, default=None, help="read results, run nothing")
+    p.add_argument("--timeout", type=cli.positive_int, default=1800, help="seconds per model")
+    p.add_argument("--threads", type=cli.thread_count, default=1)
+    p.add_argument("--seed", type=cli.non_negative_int, default=0)
+    p.add_argument("--from-json", type=cli.json_file, default=None,
+                   help="read results, run nothing")
     p.add_argument("--table", action="store_true", help="print the markdown table")
-    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one model
+    p.add_argument("--one", type=model_name, default=None, help=argparse.SUPPRESS)  # child process: one model
     return p
 
 
@@ -239,14 +254,16 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = Path(args.json)
     if args.one:
         import torch
         torch.set_num_threads(args.threads)
         print(json.dumps(run_one(args.one, args.seed)))
         return 0
     if args.from_json:
-        rows = json.loads(args.from_json.read_text())["rows"]
+        rows = json.loads(Path(args.from_json).read_text())["rows"]
         print(table(rows))
         return 0
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

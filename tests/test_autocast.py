@@ -312,6 +312,7 @@ TWINS.update({
                         _x(2, 3, 5, 4)),
     "ConvTranspose3d": (lambda: bnn.ConvTranspose3d(2, 3, 2, stride=2),
                         lambda: nn.ConvTranspose3d(2, 3, 2, stride=2), _x(2, 2, 3, 2, 3)),
+})
 # issue 21: the recurrent cells, LSTM's projection, MultiheadAttention's options and the
 # decoder layer (tests/test_seq_new.py has their other checks)
 TWINS.update({

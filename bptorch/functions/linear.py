@@ -114,8 +114,9 @@ def _not_a_view(z: Tensor) -> Tensor:
     torch's linear computes on the rows and returns a view of that (N, n_out) result; a
     view coming out of a custom Function may not be modified in place (a following
     ``ReLU(inplace=True)`` fails), so the same storage is handed out as a tensor that is
-    no view, as torch's matmul does with its own temporaries (no copy)."""
-    return torch.ops.aten._unsafe_view(z, z.shape) if z._is_view() else z
+    no view, as torch's matmul does with its own temporaries (no copy). Decided by the
+    rank, not by ``z._is_view()``, which torch.compile cannot trace."""
+    return torch.ops.aten._unsafe_view(z, z.shape) if z.dim() > 2 else z
 
 
 class LinearFunction(BPFunction):
