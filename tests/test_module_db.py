@@ -13,7 +13,13 @@ import bptorch.nn as bnn
 from bptorch.convert import from_torch_nn
 
 pytest.importorskip("expecttest")  # torch's testing internals need it (the test extra)
+_frozen = torch.backends.flags_frozen()
 common_modules = pytest.importorskip("torch.testing._internal.common_modules")
+# importing torch's test internals freezes torch.backends' flags for the whole process
+# (common_utils calls disable_global_flags); later tests (Opacus's embedding grad sampler
+# sets cudnn flags) need them as they were
+if not _frozen:
+    torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
 
 D = torch.float64
 

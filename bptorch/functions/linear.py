@@ -116,7 +116,7 @@ def _not_a_view(z: Tensor) -> Tensor:
     ``ReLU(inplace=True)`` fails), so the same storage is handed out as a tensor that is
     no view, as torch's matmul does with its own temporaries (no copy). Decided by the
     rank, not by ``z._is_view()``, which torch.compile cannot trace."""
-    return torch.ops.aten._unsafe_view(z, z.shape) if z.dim() > 2 else z
+    return torch.ops.aten._unsafe_view(z, z.shape) if z.dim() != 2 else z
 
 
 class LinearFunction(BPFunction):
