@@ -1,0 +1,172 @@
+"""Sampling a feature map at real-valued points by bilinear interpolation: torchvision's
+``roi_align`` (each box's bins), with its backward written out.
+
+Bilinear interpolation. A point (y, x) between the pixels y₀ = ⌊y⌋, y₁ = y₀ + 1 and
+x₀ = ⌊x⌋, x₁ = x₀ + 1, with l_y = y − y₀, l_x = x − x₀, reads
+
+    v(y, x) = Σ_{corners (i, j)} w_ij X[y_i, x_j],
+    w_00 = (1−l_y)(1−l_x), w_01 = (1−l_y) l_x, w_10 = l_y (1−l_x), w_11 = l_y l_x.
+
+The weights depend on the point, not on X: v is linear in X, ∂v/∂X[y_i, x_j] = w_ij, and
+0 for every other pixel. So, given δ = ∂C/∂v, BP2 through a sample is a scatter:
+
+    ∂C/∂X[y_i, x_j] += w_ij δ      (each sample's δ to its four source pixels, with the
+                                    forward's weights; samples that share a pixel add)
+
+RoIAlign. Box n (its image b, corners scaled by ``spatial_scale``, shifted by ½ pixel if
+``aligned``) is cut into pooled_height × pooled_width bins; bin (p, q) averages a grid of
+g_h × g_w samples at the grid's cell centres (g = ``sampling_ratio``, or ⌈box size / bins⌉
+per box when it is ≤ 0):
+
+    out[n, c, p, q] = (1 / (g_h g_w)) Σ_{samples s of bin (p, q)} v_s(X[b, c])
+    ∂C/∂X[b, c, y_i, x_j] += (1 / (g_h g_w)) w_ij(s) δ[n, c, p, q]  for each sample s, corner ij
+
+torchvision's conventions, kept: a sample further than one pixel outside the map reads 0
+(and gets no gradient); a coordinate in [−1, 0] reads as 0; a sample past the last row or
+column reads that row or column. The boxes take no gradient (torchvision's op gives none).
+
+The sampling plan (indices and weights) is computed once from the boxes and saved; the
+backward is ``index_add``, a differentiable torch op (double backward, gradgradcheck).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import BPFunction
+
+Plan = tuple[list[tuple[Tensor, Tensor]], Tensor]
+
+
+# ---------------------------------------------------------------- the sampling plan
+def _axis(start: Tensor, size: Tensor, bins: int, grid: Tensor, g_max: int,
+          length: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One axis of every box's samples: (low, high, weight of low, weight of high), each
+    (K, bins, g_max); samples beyond a box's own grid and samples outside the map weigh 0."""
+    bin_size = size / bins  # (K,)
+    p = torch.arange(bins, dtype=size.dtype, device=size.device)
+    i = torch.arange(g_max, dtype=size.dtype, device=size.device)
+    g = grid.clamp(min=1).to(size.dtype)
+    # the sample's coordinate: the box start, the bin, the grid cell's centre (torchvision's)
+    t = (start[:, None, None] + p[None, :, None] * bin_size[:, None, None]
+         + (i[None, None, :] + 0.5) * bin_size[:, None, None] / g[:, None, None])
+    inside = (t >= -1.0) & (t <= length) & (i[None, None, :] < grid[:, None, None])
+    t = t.clamp(min=0)  # [−1, 0] reads as 0
+    low = t.floor().long()
+    last = low >= length - 1  # past the last pixel: read the last one
+    low = torch.where(last, length - 1, low)
+    high = torch.where(last, low, low + 1)
+    t = torch.where(last, low.to(t.dtype), t)
+    l = t - low  # l_y (or l_x): the distance from the low pixel
+    zero = torch.zeros((), dtype=t.dtype, device=t.device)
+    return low, high, torch.where(inside, 1 - l, zero), torch.where(inside, l, zero)
+
+
+def roi_align_plan(rois: Tensor, height: int, width: int, spatial_scale: float,
+                   pooled_height: int, pooled_width: int, sampling_ratio: int,
+                   aligned: bool, dtype: torch.dtype) -> Plan:
+    """([(flat pixel index, weight)] per sample and corner, each (K, PH, PW); the
+    per-box count g_h g_w (K,)). The flat index is b·H·W + y·W + x."""
+    rois = rois.detach().to(dtype)
+    offset = 0.5 if aligned else 0.0
+    b = rois[:, 0].long()
+    x0, y0 = rois[:, 1] * spatial_scale - offset, rois[:, 2] * spatial_scale - offset
+    w, h = rois[:, 3] * spatial_scale - offset - x0, rois[:, 4] * spatial_scale - offset - y0
+    if not aligned:
+        w, h = w.clamp(min=1.0), h.clamp(min=1.0)  # torchvision's legacy: boxes ≥ 1 pixel
+    if sampling_ratio > 0:
+        gh = torch.full_like(b, sampling_ratio)
+        gw = torch.full_like(b, sampling_ratio)
+    else:
+        gh = torch.ceil(h / pooled_height).long().clamp(min=0)
+        gw = torch.ceil(w / pooled_width).long().clamp(min=0)
+    count = (gh * gw).clamp(min=1).to(dtype)
+    gh_max = max(int(gh.max()), 1) if len(b) else 1
+    gw_max = max(int(gw.max()), 1) if len(b) else 1
+    ylo, yhi, wylo, wyhi = _axis(y0, h, pooled_height, gh, gh_max, height)
+    xlo, xhi, wxlo, wxhi = _axis(x0, w, pooled_width, gw, gw_max, width)
+    base = (b * height * width)[:, None, None]  # (K, 1, 1)
+    samples = []
+    for iy in range(gh_max):
+        for ix in range(gw_max):
+            for yy, wy in ((ylo, wylo), (yhi, wyhi)):
+                for xx, wx in ((xlo, wxlo), (xhi, wxhi)):
+                    index = base + yy[:, :, None, iy] * width + xx[:, None, :, ix]
+                    weight = wy[:, :, None, iy] * wx[:, None, :, ix]  # w_ij = w_i(y) w_j(x)
+                    samples.append((index, weight))
+    return samples, count
+
+
+# ---------------------------------------------------------------- the reference pair
+def roi_align_fwd(x: Tensor, plan: Plan, pooled: tuple[int, int]) -> Tensor:
+    """out[n, c, p, q] = (1 / count_n) Σ_s Σ_ij w_ij(s) X[b_n, c, y_i, x_j], (K, C, PH, PW)."""
+    samples, count = plan
+    n_rois, channels = count.shape[0], x.shape[1]
+    rows = x.permute(0, 2, 3, 1).reshape(-1, channels)  # (B·H·W, C): one pixel per row
+    out = rows.new_zeros(n_rois * pooled[0] * pooled[1], channels)
+    for index, weight in samples:
+        out = out + weight.reshape(-1, 1) * rows[index.reshape(-1)]  # w_ij X[y_i, x_j]
+    out = out.reshape(n_rois, pooled[0], pooled[1], channels).permute(0, 3, 1, 2)
+    return out / count[:, None, None, None]  # the bin's mean over its samples
+
+
+def roi_align_bwd(delta: Tensor, plan: Plan, shape: torch.Size) -> Tensor:
+    """∂C/∂X of :func:`roi_align_fwd`, given δ = ∂C/∂out (K, C, PH, PW)."""
+    samples, count = plan
+    channels = shape[1]
+    # out = (1 / count) Σ ...  →  δ / count for each sample of the bin
+    delta = delta / count[:, None, None, None]
+    delta_rows = delta.permute(0, 2, 3, 1).reshape(-1, channels)  # (K·PH·PW, C)
+    grad = delta_rows.new_zeros(shape[0] * shape[2] * shape[3], channels)
+    for index, weight in samples:
+        # v = Σ_ij w_ij X[y_i, x_j]  →  BP2: ∂C/∂X[y_i, x_j] += w_ij δ (a scatter)
+        grad = grad.index_add(0, index.reshape(-1), weight.reshape(-1, 1) * delta_rows)
+    return grad.reshape(shape[0], shape[2], shape[3], channels).permute(0, 3, 1, 2)
+
+
+class RoIAlignFunction(BPFunction):
+    """out = RoIAlign(X, boxes): each box's bins, the mean of bilinear samples, as
+    torchvision's ``roi_align`` op (``rois`` (K, 5): image index, x1, y1, x2, y2).
+
+    Backward: each sample's δ / count scattered to its four source pixels with the
+    forward's bilinear weights (:func:`roi_align_bwd`); the boxes get none. Saves the
+    sampling plan (indices and weights, from the boxes), not X: the map is linear in X.
+    Forward mode (``jvp``): dout = RoIAlign(dX, boxes), the same linear map.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
+                pooled_width: int, sampling_ratio: int, aligned: bool) -> Tensor:
+        plan = roi_align_plan(rois, input.shape[2], input.shape[3], spatial_scale,
+                              pooled_height, pooled_width, sampling_ratio, aligned,
+                              input.dtype)
+        return roi_align_fwd(input, plan, (pooled_height, pooled_width))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, rois, scale, ph, pw, ratio, aligned = inputs
+        # the plan again: a few small index tensors, cheaper to rebuild than to thread out
+        ctx.plan = roi_align_plan(rois, x.shape[2], x.shape[3], scale, ph, pw, ratio,
+                                  aligned, x.dtype)
+        ctx.shape, ctx.pooled = x.shape, (ph, pw)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        grad_input = None
+        if ctx.needs_input_grad[0]:
+            grad_input = roi_align_bwd(grad_output, ctx.plan, ctx.shape)
+        return grad_input, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, dx: Tensor, *_rest) -> Tensor:
+        return roi_align_fwd(dx, ctx.plan, ctx.pooled)  # linear in X: the same map
+
+
+roi_align = RoIAlignFunction.apply
+
+__all__ = ["RoIAlignFunction", "roi_align", "roi_align_bwd", "roi_align_fwd", "roi_align_plan"]
