@@ -919,8 +919,8 @@ def abs(input: Tensor) -> Tensor:
 
 
 def clamp(input: Tensor, min: float | None = None, max: float | None = None) -> Tensor:
-    """a = min(max(x, lo), hi) for Python-number bounds; backward δ where lo ≤ x ≤ hi,
-    0 elsewhere. Tensor bounds are NotImplementedError."""
+    """a = min(max(x, lo), hi) for Python-number bounds; backward δ where lo < x < hi,
+    0 elsewhere (at the bounds too, as torch's). Tensor bounds are NotImplementedError."""
     _number_arg("clamp", min)
     _number_arg("clamp", max)
     if min is None and max is None:

@@ -22,7 +22,7 @@ what makes f' cheapest, as the activations do:
     1/√x              −½ x^(−3/2) = −½ a³              a
     x^p (p a number)  p x^(p−1)   (p = 0: 0)           x
     |x|               sgn x       (0 at x = 0, torch's subgradient)   x
-    clamp(x, lo, hi)  1 where lo ≤ x ≤ hi, else 0 (the bounds count as inside,
+    clamp(x, lo, hi)  1 where lo < x < hi, else 0 (0 at the bounds themselves,
                       torch's convention at the kinks)  x
 
 ``neg`` and subtraction only flip signs and add: their backward moves numbers
@@ -133,9 +133,9 @@ def _pow_prime(x: Tensor, p: Number, q: Any) -> Tensor:
 def _clamp_prime(x: Tensor, lo: Number | None, hi: Number | None) -> Tensor:
     inside = torch.ones_like(x, dtype=torch.bool)
     if lo is not None:
-        inside = inside & (x >= lo)  # the bound itself counts as inside, as torch's
+        inside = inside & (x > lo)  # at the bound itself: 0, as torch's
     if hi is not None:
-        inside = inside & (x <= hi)
+        inside = inside & (x < hi)
     return inside.to(x.dtype)
 
 
