@@ -857,7 +857,7 @@ def mul(input: Tensor | float, other: Tensor | float) -> Tensor:
 # NotImplementedError, on which a routed call falls back to torch
 from .functions.arithmetic import DivFunction, PointwiseFunction  # noqa: E402
 from .functions.products import EinsumFunction  # noqa: E402
-from .functions.sampling import RoIAlignFunction  # noqa: E402
+from .functions.sampling import GridSampleFunction, RoIAlignFunction  # noqa: E402
 
 _Number = (int, float, bool)
 
@@ -970,3 +970,24 @@ def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size,
     ph, pw = _pair(output_size)
     return RoIAlignFunction.apply(input, boxes, float(spatial_scale), int(ph), int(pw),
                                   int(sampling_ratio), bool(aligned))
+
+
+def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
+                padding_mode: str = "zeros", align_corners: bool | None = None) -> Tensor:
+    """F.grid_sample on 4-D input, bilinear, "zeros" or "border" padding: X read at the
+    grid's points. Backward: X gets each sample's δ scattered to its four corners with the
+    forward's weights, the grid δ · ∂v/∂x · dx/dg. Other modes, "reflection" and 5-D
+    input are NotImplementedError."""
+    if mode != "bilinear" or padding_mode not in ("zeros", "border"):
+        raise NotImplementedError(f"grid_sample: mode={mode!r}, padding_mode={padding_mode!r}"
+                                  " (bptorch: bilinear, zeros or border)")
+    if not isinstance(input, Tensor) or not isinstance(grid, Tensor) or input.dim() != 4:
+        raise NotImplementedError("grid_sample: bptorch takes 4-D input (N, C, H, W)")
+    if grid.dim() != 4 or grid.shape[-1] != 2 or grid.shape[0] != input.shape[0]:
+        raise ValueError(f"grid_sample: expected grid (N={input.shape[0]}, H_out, W_out, 2), "
+                         f"got {tuple(grid.shape)}")
+    if input.dtype != grid.dtype:
+        raise ValueError(f"grid_sample: input ({input.dtype}) and grid ({grid.dtype}) must "
+                         "have the same dtype")
+    return GridSampleFunction.apply(input, grid, bool(align_corners),
+                                    padding_mode == "border")

@@ -1,7 +1,7 @@
 """The ops a converted model's own forward computes with, written out and routed: einsum,
-div (x / y, x / 2, 2 / x), exp, log, sqrt, rsqrt, pow by a number, abs, clamp, and
-torchvision's roi_align. Each against torch in float64 (forward, backward with a random
-upstream gradient, broadcasting), gradcheck and gradgradcheck, then routed in a toy model
+div (x / y, x / 2, 2 / x), exp, log, sqrt, rsqrt, pow by a number, abs, clamp,
+torchvision's roi_align and F.grid_sample. Each against torch in float64 (forward,
+backward with a random upstream gradient, broadcasting), gradcheck and gradgradcheck, then routed in a toy model
 that equals torch and is complete per bptorch.coverage."""
 from __future__ import annotations
 
@@ -253,7 +253,9 @@ class OpsModel(nn.Module):
         y = y * s.rsqrt() - (1 - torch.clamp_min(y, 0.0).clamp_max(1.5)) + y.div(s.mean())
         img = y.reshape(1, 2, 3, 6)
         pooled = torchvision.ops.roi_align(img, [rois], 2, 1.0, -1, True)
-        return y.sum(-1), pooled
+        grid = torch.tanh(h[..., :2]).reshape(1, 2, 3, 2) * 1.2  # raft's warp: points move
+        warped = nn.functional.grid_sample(img, grid, align_corners=True)
+        return y.sum(-1), pooled, warped
 
 
 def test_a_routed_model_equals_torch_and_is_complete():
@@ -272,5 +274,32 @@ def test_a_routed_model_equals_torch_and_is_complete():
         torch.testing.assert_close(a, b)
     found = bptorch.coverage(ours, x, rois, verbose=False)
     assert found.complete, found.report()
-    for name in ("EinsumFunction", "DivFunction", "PointwiseFunction", "RoIAlignFunction"):
+    for name in ("EinsumFunction", "DivFunction", "PointwiseFunction", "RoIAlignFunction",
+                 "GridSampleFunction"):
         assert found.bptorch[name] > 0, found.report()
+
+
+# ---------------------------------------------------------------- grid_sample
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_grid_sample_equals_torch_and_gradchecks(align_corners, padding_mode):
+    x = _t(2, 3, 5, 6, seed=13)
+    grid = (torch.rand(2, 4, 7, 2, dtype=D) * 2.6 - 1.3).requires_grad_()  # some outside
+    _same_grads(BF.grid_sample(x, grid, "bilinear", padding_mode, align_corners),
+                torch.nn.functional.grid_sample(x, grid, "bilinear", padding_mode,
+                                                align_corners), [x, grid])
+    xs, gs = _t(1, 2, 3, 4), (torch.rand(1, 2, 3, 2, dtype=D) * 2.4 - 1.2).requires_grad_()
+    f = lambda v, g: BF.grid_sample(v, g, "bilinear", padding_mode, align_corners)  # noqa: E731
+    assert gradcheck(f, (xs, gs)) and gradgradcheck(f, (xs, gs))
+
+
+def test_grid_sample_routed_and_its_other_modes_fall_back():
+    x = _t(1, 2, 4, 5, seed=14)
+    grid = (torch.rand(1, 3, 3, 2, dtype=D) * 2 - 1).requires_grad_()
+    tf = torch.nn.functional
+    with routing.RouteMode() as mode:
+        ours = tf.grid_sample(x, grid, align_corners=False)
+        nearest = tf.grid_sample(x, grid, mode="nearest", align_corners=False)
+    assert type(ours.grad_fn).__name__ == "GridSampleFunctionBackward"
+    assert type(nearest.grad_fn).__name__ == "GridSampler2DBackward0"
+    assert mode.fallbacks["grid_sample"] == 1

@@ -5,7 +5,7 @@ forward/backward pair: ``linear`` (linear, activation, dense), ``conv``, ``pool`
 ``dropout`` (dropout and flatten), ``normalization``, ``embedding``, ``attention``,
 ``recurrent``, ``costs``, ``feedback`` (the feedback rules' Functions), ``products``
 (matmul, bmm, the elementwise product and einsum), ``arithmetic`` (div and the pointwise
-functions: exp, log, sqrt, rsqrt, pow, abs, clamp), ``sampling`` (roi_align). ``base`` holds
+functions: exp, log, sqrt, rsqrt, pow, abs, clamp), ``sampling`` (roi_align, grid_sample). ``base`` holds
 the plumbing they share. Nothing here imports ``bptorch.nn`` or anything above it.
 """
 from .attention import AttentionFunction
@@ -22,7 +22,7 @@ from .pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunctio
 from .products import BmmFunction, MatmulFunction, MulFunction
 from .products import EinsumFunction
 from .arithmetic import DivFunction, PointwiseFunction
-from .sampling import RoIAlignFunction
+from .sampling import GridSampleFunction, RoIAlignFunction
 from .recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
 from .recurrent import GRUCellFunction, LSTMCellFunction, RNNCellFunction
 
@@ -35,5 +35,6 @@ __all__ = [
     "MaxPool2dFunction", "RNNLayerFunction", "get_cost",
     "BmmFunction", "MatmulFunction", "MulFunction", "PReLUFunction",
     "GRUCellFunction", "LSTMCellFunction", "RNNCellFunction",
-    "DivFunction", "EinsumFunction", "PointwiseFunction", "RoIAlignFunction",
+    "DivFunction", "EinsumFunction", "GridSampleFunction", "PointwiseFunction",
+    "RoIAlignFunction",
 ]

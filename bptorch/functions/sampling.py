@@ -1,5 +1,6 @@
 """Sampling a feature map at real-valued points by bilinear interpolation: torchvision's
-``roi_align`` (each box's bins), with its backward written out.
+``roi_align`` (each box's bins) and ``F.grid_sample`` (points a grid gives, the grid taking
+a gradient too), with their backward written out.
 
 Bilinear interpolation. A point (y, x) between the pixels y₀ = ⌊y⌋, y₁ = y₀ + 1 and
 x₀ = ⌊x⌋, x₁ = x₀ + 1, with l_y = y − y₀, l_x = x − x₀, reads
@@ -167,6 +168,115 @@ class RoIAlignFunction(BPFunction):
         return roi_align_fwd(dx, ctx.plan, ctx.pooled)  # linear in X: the same map
 
 
-roi_align = RoIAlignFunction.apply
+# ---------------------------------------------------------------- grid_sample
+# F.grid_sample (bilinear) reads X at the points a grid gives in [−1, 1]: x = ((g_x + 1) / 2)
+# (W − 1) with align_corners, ((g_x + 1) W − 1) / 2 without (x' = dx/dg_x = (W − 1) / 2 or
+# W / 2); "border" clamps x to [0, W − 1] (x' = 0 where it clamps, at the bounds too, as
+# torch's), "zeros" reads 0 at every corner outside the map. Here the point moves too: the
+# grid takes a gradient. With l_x = x − x₀, l_y = y − y₀,
+#
+#     v = Σ_ij w_ij X[y_i, x_j],   ∂w/∂x = (1−l_y, l_y) ⊗ (−1, +1),  ∂w/∂y = (−1, +1) ⊗ (1−l_x, l_x)
+#     ∂C/∂X[y_i, x_j] += w_ij δ                    (the scatter, as RoIAlign's)
+#     ∂C/∂g_x = x' Σ_c δ_c Σ_ij (∂w_ij/∂x) X_c[y_i, x_j]    (and g_y alike)
+def _unnormalize(g: Tensor, size: int, align_corners: bool, border: bool) -> tuple[Tensor, Any]:
+    """(the pixel coordinate, its derivative dx/dg) of a grid coordinate g in [−1, 1]."""
+    if align_corners:
+        x, slope = (g + 1) / 2 * (size - 1), (size - 1) / 2
+    else:
+        x, slope = ((g + 1) * size - 1) / 2, size / 2
+    if border:
+        inside = (x > 0) & (x < size - 1)  # clamped: the point no longer moves with g
+        x = x.clamp(0, size - 1)
+        slope = inside.to(x.dtype) * slope
+    return x, slope
 
-__all__ = ["RoIAlignFunction", "roi_align", "roi_align_bwd", "roi_align_fwd", "roi_align_plan"]
+
+def _corners(x: Tensor, y: Tensor, height: int, width: int):
+    """Each corner (i, j): flat index y_i W + x_j (clamped into the map), 0/1 for inside,
+    (1 − l_y or l_y, ∂/∂y of it), (1 − l_x or l_x, ∂/∂x of it)."""
+    x0, y0 = x.floor(), y.floor()
+    lx, ly = x - x0, y - y0
+    for yi, wy, dwy in ((y0, 1 - ly, -1.0), (y0 + 1, ly, 1.0)):
+        for xj, wx, dwx in ((x0, 1 - lx, -1.0), (x0 + 1, lx, 1.0)):
+            inside = (xj >= 0) & (xj <= width - 1) & (yi >= 0) & (yi <= height - 1)
+            index = yi.clamp(0, height - 1).long() * width + xj.clamp(0, width - 1).long()
+            yield index, inside.to(x.dtype), (wy, dwy), (wx, dwx)
+
+
+def grid_sample_fwd(x: Tensor, grid: Tensor, align_corners: bool, border: bool) -> Tensor:
+    """out[n, c, h, w] = Σ_ij w_ij X[n, c, y_i, x_j] at grid[n, h, w], (N, C, Ho, Wo)."""
+    n, c, height, width = x.shape
+    px, _ = _unnormalize(grid[..., 0], width, align_corners, border)
+    py, _ = _unnormalize(grid[..., 1], height, align_corners, border)
+    rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # (N·H·W, C)
+    base = (torch.arange(n, device=x.device) * height * width)[:, None, None]
+    out = rows.new_zeros(grid.shape[0] * grid.shape[1] * grid.shape[2], c)
+    for index, inside, (wy, _), (wx, _) in _corners(px, py, height, width):
+        w = (wy * wx * inside).reshape(-1, 1)  # w_ij, 0 outside the map ("zeros")
+        out = out + w * rows[(base + index).reshape(-1)]
+    return out.reshape(*grid.shape[:3], c).permute(0, 3, 1, 2)
+
+
+def grid_sample_bwd(delta: Tensor, x: Tensor, grid: Tensor, align_corners: bool,
+                    border: bool, need: tuple[bool, ...]) -> tuple[Tensor | None, Tensor | None]:
+    """(∂C/∂X, ∂C/∂grid) of :func:`grid_sample_fwd`, given δ = ∂C/∂out (N, C, Ho, Wo)."""
+    n, c, height, width = x.shape
+    px, sx = _unnormalize(grid[..., 0], width, align_corners, border)
+    py, sy = _unnormalize(grid[..., 1], height, align_corners, border)
+    rows = x.permute(0, 2, 3, 1).reshape(-1, c)
+    delta_rows = delta.permute(0, 2, 3, 1).reshape(-1, c)  # (N·Ho·Wo, C)
+    base = (torch.arange(n, device=x.device) * height * width)[:, None, None]
+    grad_x = delta_rows.new_zeros(rows.shape) if need[0] else None
+    dv_dx = dv_dy = None
+    for index, inside, (wy, dwy), (wx, dwx) in _corners(px, py, height, width):
+        flat = (base + index).reshape(-1)
+        if need[0]:
+            # v = Σ_ij w_ij X[y_i, x_j]  →  BP2: ∂C/∂X[y_i, x_j] += w_ij δ (a scatter)
+            grad_x = grad_x.index_add(0, flat, (wy * wx * inside).reshape(-1, 1) * delta_rows)
+        if need[1]:
+            # v = Σ_ij w_ij X[y_i, x_j]  →  ∂C/∂x = Σ_c δ_c Σ_ij (∂w_ij/∂x) X_c[y_i, x_j]
+            dx_term = (delta_rows * rows[flat]).sum(1).reshape(px.shape) * inside
+            dv_dx = (0 if dv_dx is None else dv_dx) + dwx * wy * dx_term  # ∂w/∂x = ±(wy)
+            dv_dy = (0 if dv_dy is None else dv_dy) + dwy * wx * dx_term  # ∂w/∂y = ±(wx)
+    if need[0]:
+        grad_x = grad_x.reshape(n, height, width, c).permute(0, 3, 1, 2)
+    grad_grid = None
+    if need[1]:
+        # x = unnormalize(g_x)  →  ∂C/∂g_x = ∂C/∂x · dx/dg_x (0 where border clamps)
+        grad_grid = torch.stack((dv_dx * sx, dv_dy * sy), dim=-1)
+    return grad_x, grad_grid
+
+
+class GridSampleFunction(BPFunction):
+    """out = grid_sample(X, grid), bilinear, "zeros" or "border" padding, as F.grid_sample
+    on 4-D input.
+
+    Backward: X gets each sample's δ scattered to its four corners with the forward's
+    weights; the grid gets δ · ∂v/∂x · dx/dg (:func:`grid_sample_bwd`). Saves X and the
+    grid: the grid's gradient reads X at the corners.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input: Tensor, grid: Tensor, align_corners: bool, border: bool) -> Tensor:
+        return grid_sample_fwd(input, grid, align_corners, border)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, grid, ctx.align_corners, ctx.border = inputs
+        ctx.save_for_backward(x, grid)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        x, grid = ctx.saved_tensors
+        grad_x, grad_grid = grid_sample_bwd(grad_output, x, grid, ctx.align_corners,
+                                            ctx.border, ctx.needs_input_grad[:2])
+        return grad_x, grad_grid, None, None
+
+
+roi_align = RoIAlignFunction.apply
+grid_sample = GridSampleFunction.apply
+
+__all__ = ["GridSampleFunction", "RoIAlignFunction", "grid_sample", "grid_sample_bwd",
+           "grid_sample_fwd", "roi_align", "roi_align_bwd", "roi_align_fwd", "roi_align_plan"]
