@@ -303,3 +303,13 @@ def test_grid_sample_routed_and_its_other_modes_fall_back():
     assert type(ours.grad_fn).__name__ == "GridSampleFunctionBackward"
     assert type(nearest.grad_fn).__name__ == "GridSampler2DBackward0"
     assert mode.fallbacks["grid_sample"] == 1
+
+
+def test_grid_sample_border_at_its_bounds_as_torch():
+    """Points exactly on the border (g = ±1 with align_corners) and past it: the grid's
+    gradient is 0 there under "border" padding, as torch's."""
+    x = _t(1, 2, 4, 5, seed=15)
+    grid = torch.tensor([[[[-1.0, 0.3], [1.0, -0.2], [0.4, 1.0], [1.3, -1.2], [0.1, 0.2]]]],
+                        dtype=D, requires_grad=True)
+    _same_grads(BF.grid_sample(x, grid, "bilinear", "border", True),
+                torch.nn.functional.grid_sample(x, grid, "bilinear", "border", True), [x, grid])
