@@ -1,8 +1,8 @@
 """The ops a converted model's own forward computes with, written out and routed: einsum,
 div (x / y, x / 2, 2 / x), exp, log, sqrt, rsqrt, pow by a number, abs, clamp,
 torchvision's roi_align and F.grid_sample. Each against torch in float64 (forward,
-backward with a random upstream gradient, broadcasting), gradcheck and gradgradcheck, then routed in a toy model
-that equals torch and is complete per bptorch.coverage."""
+backward with a random upstream gradient, broadcasting), gradcheck and gradgradcheck,
+then routed in a toy model that equals torch and is complete per bptorch.coverage."""
 from __future__ import annotations
 
 import pytest

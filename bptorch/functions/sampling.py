@@ -26,8 +26,9 @@ torchvision's conventions, kept: a sample further than one pixel outside the map
 (and gets no gradient); a coordinate in [−1, 0] reads as 0; a sample past the last row or
 column reads that row or column. The boxes take no gradient (torchvision's op gives none).
 
-The sampling plan (indices and weights) is computed once from the boxes and saved; the
-backward is ``index_add``, a differentiable torch op (double backward, gradgradcheck).
+The sampling plan (the weights as a sparse matrix M, bins × pixels) is computed from the
+boxes and kept; the forward is M X, the backward Mᵀ δ, a differentiable torch op (double
+backward, gradgradcheck).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from torch import Tensor
 
 from .base import BPFunction
 
-Plan = tuple[list[tuple[Tensor, Tensor]], Tensor]
+Plan = tuple[Tensor, Tensor]
 
 
 # ---------------------------------------------------------------- the sampling plan
@@ -66,11 +67,12 @@ def _axis(start: Tensor, size: Tensor, bins: int, grid: Tensor, g_max: int,
     return low, high, torch.where(inside, 1 - l, zero), torch.where(inside, l, zero)
 
 
-def roi_align_plan(rois: Tensor, height: int, width: int, spatial_scale: float,
-                   pooled_height: int, pooled_width: int, sampling_ratio: int,
-                   aligned: bool, dtype: torch.dtype) -> Plan:
-    """([(flat pixel index, weight)] per sample and corner, each (K, PH, PW); the
-    per-box count g_h g_w (K,)). The flat index is b·H·W + y·W + x."""
+def roi_align_plan(rois: Tensor, n_images: int, height: int, width: int,
+                   spatial_scale: float, pooled_height: int, pooled_width: int,
+                   sampling_ratio: int, aligned: bool, dtype: torch.dtype) -> Plan:
+    """(the weights as a sparse matrix M (K·PH·PW, B·H·W): row (n, p, q) holds each of
+    its samples' four w_ij at column b·H·W + y_i·W + x_j, repeats summed; the per-box
+    count g_h g_w (K,))."""
     rois = rois.detach().to(dtype)
     offset = 0.5 if aligned else 0.0
     b = rois[:, 0].long()
@@ -90,41 +92,48 @@ def roi_align_plan(rois: Tensor, height: int, width: int, spatial_scale: float,
     ylo, yhi, wylo, wyhi = _axis(y0, h, pooled_height, gh, gh_max, height)
     xlo, xhi, wxlo, wxhi = _axis(x0, w, pooled_width, gw, gw_max, width)
     base = (b * height * width)[:, None, None]  # (K, 1, 1)
-    samples = []
+    columns, weights = [], []
     for iy in range(gh_max):
         for ix in range(gw_max):
             for yy, wy in ((ylo, wylo), (yhi, wyhi)):
                 for xx, wx in ((xlo, wxlo), (xhi, wxhi)):
-                    index = base + yy[:, :, None, iy] * width + xx[:, None, :, ix]
-                    weight = wy[:, :, None, iy] * wx[:, None, :, ix]  # w_ij = w_i(y) w_j(x)
-                    samples.append((index, weight))
-    return samples, count
+                    columns.append(base + yy[:, :, None, iy] * width + xx[:, None, :, ix])
+                    weights.append(wy[:, :, None, iy] * wx[:, None, :, ix])  # w_ij = w_i w_j
+    n_rows = len(b) * pooled_height * pooled_width
+    columns = torch.stack([c.reshape(-1) for c in columns])  # (samples·4, K·PH·PW)
+    weights = torch.stack([w.reshape(-1) for w in weights])
+    rows = torch.arange(n_rows, device=rois.device).expand_as(columns)
+    keep = weights != 0
+    matrix = torch.sparse_coo_tensor(torch.stack((rows[keep], columns[keep])), weights[keep],
+                                     (n_rows, n_images * height * width),
+                                     check_invariants=False).coalesce()
+    return matrix, count
 
 
 # ---------------------------------------------------------------- the reference pair
+# The weights w_ij(s) of every sample and corner form a sparse matrix M, one row per bin
+# (n, p, q) and one column per pixel (b, y, x): the forward is out = M X / count, rows of X
+# being pixels (C channels each), and BP2 is its transpose, ∂C/∂X = Mᵀ (δ / count): each
+# sample's δ scattered to its four source pixels with the forward's weights.
 def roi_align_fwd(x: Tensor, plan: Plan, pooled: tuple[int, int]) -> Tensor:
     """out[n, c, p, q] = (1 / count_n) Σ_s Σ_ij w_ij(s) X[b_n, c, y_i, x_j], (K, C, PH, PW)."""
-    samples, count = plan
+    matrix, count = plan
     n_rois, channels = count.shape[0], x.shape[1]
     rows = x.permute(0, 2, 3, 1).reshape(-1, channels)  # (B·H·W, C): one pixel per row
-    out = rows.new_zeros(n_rois * pooled[0] * pooled[1], channels)
-    for index, weight in samples:
-        out = out + weight.reshape(-1, 1) * rows[index.reshape(-1)]  # w_ij X[y_i, x_j]
+    out = torch.sparse.mm(matrix, rows)  # Σ_s Σ_ij w_ij X[y_i, x_j], (K·PH·PW, C)
     out = out.reshape(n_rois, pooled[0], pooled[1], channels).permute(0, 3, 1, 2)
     return out / count[:, None, None, None]  # the bin's mean over its samples
 
 
 def roi_align_bwd(delta: Tensor, plan: Plan, shape: torch.Size) -> Tensor:
     """∂C/∂X of :func:`roi_align_fwd`, given δ = ∂C/∂out (K, C, PH, PW)."""
-    samples, count = plan
+    matrix, count = plan
     channels = shape[1]
     # out = (1 / count) Σ ...  →  δ / count for each sample of the bin
     delta = delta / count[:, None, None, None]
     delta_rows = delta.permute(0, 2, 3, 1).reshape(-1, channels)  # (K·PH·PW, C)
-    grad = delta_rows.new_zeros(shape[0] * shape[2] * shape[3], channels)
-    for index, weight in samples:
-        # v = Σ_ij w_ij X[y_i, x_j]  →  BP2: ∂C/∂X[y_i, x_j] += w_ij δ (a scatter)
-        grad = grad.index_add(0, index.reshape(-1), weight.reshape(-1, 1) * delta_rows)
+    # v = Σ_ij w_ij X[y_i, x_j]  →  BP2: ∂C/∂X[y_i, x_j] += w_ij δ, i.e. Mᵀ δ (a scatter)
+    grad = torch.sparse.mm(matrix.t(), delta_rows)
     return grad.reshape(shape[0], shape[2], shape[3], channels).permute(0, 3, 1, 2)
 
 
@@ -143,17 +152,17 @@ class RoIAlignFunction(BPFunction):
     @staticmethod
     def forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
                 pooled_width: int, sampling_ratio: int, aligned: bool) -> Tensor:
-        plan = roi_align_plan(rois, input.shape[2], input.shape[3], spatial_scale,
-                              pooled_height, pooled_width, sampling_ratio, aligned,
-                              input.dtype)
+        n, _, height, width = input.shape
+        plan = roi_align_plan(rois, n, height, width, spatial_scale, pooled_height,
+                              pooled_width, sampling_ratio, aligned, input.dtype)
         return roi_align_fwd(input, plan, (pooled_height, pooled_width))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
         x, rois, scale, ph, pw, ratio, aligned = inputs
         # the plan again: a few small index tensors, cheaper to rebuild than to thread out
-        ctx.plan = roi_align_plan(rois, x.shape[2], x.shape[3], scale, ph, pw, ratio,
-                                  aligned, x.dtype)
+        ctx.plan = roi_align_plan(rois, x.shape[0], x.shape[2], x.shape[3], scale, ph, pw,
+                                  ratio, aligned, x.dtype)
         ctx.shape, ctx.pooled = x.shape, (ph, pw)
 
     @staticmethod
