@@ -313,3 +313,26 @@ def test_grid_sample_border_at_its_bounds_as_torch():
                         dtype=D, requires_grad=True)
     _same_grads(BF.grid_sample(x, grid, "bilinear", "border", True),
                 torch.nn.functional.grid_sample(x, grid, "bilinear", "border", True), [x, grid])
+
+
+def test_autocast_on_the_cpu_gives_torch_dtypes():
+    """Under CPU autocast (bfloat16): einsum in the lower precision as torch's (its bmm),
+    the elementwise ops in their promoted input dtype, as torch's; gradients close."""
+    x = torch.rand(3, 4, requires_grad=True)
+    y = (torch.rand(3, 4) + 0.5).requires_grad_()
+    pairs = [
+        (lambda a, b: BF.einsum("ij,kj->ik", a, b), lambda a, b: torch.einsum("ij,kj->ik", a, b)),
+        (lambda a, b: BF.div(a.bfloat16(), b), lambda a, b: a.bfloat16() / b),
+        (lambda a, b: BF.exp(a.bfloat16()), lambda a, b: torch.exp(a.bfloat16())),
+        (lambda a, b: BF.clamp(a.bfloat16(), 0.2, 0.8), lambda a, b: a.bfloat16().clamp(0.2, 0.8)),
+    ]
+    for ours, theirs in pairs:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            o, t = ours(x, y), theirs(x, y)
+        assert o.dtype == t.dtype
+        g = torch.randn_like(t)
+        kw = {"allow_unused": True, "materialize_grads": True}
+        for a, b in zip(torch.autograd.grad(o, (x, y), g, **kw),
+                        torch.autograd.grad(t, (x, y), g, **kw)):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)

@@ -29,7 +29,8 @@ what makes f' cheapest, as the activations do:
 (``routing._MOVES``), as ``+`` does.
 
 Every backward is differentiable torch ops (double backward, gradgradcheck). Autocast:
-none of these is on torch's lower-precision list; they run in their inputs' dtype.
+none of these is on torch's lower-precision list; exp, log, rsqrt and pow are on its CUDA
+float32 list (run in float32 there, as torch's), the rest run in their inputs' dtype.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from .base import BPFunction
+from .base import FLOAT32, BPFunction
 from .products import reduce_to
 
 Need = tuple[bool, ...]
@@ -152,6 +153,9 @@ POINTWISE: dict[str, Pointwise] = {
 }
 
 
+FLOAT32_ON_CUDA = {"exp", "log", "rsqrt", "pow"}  # torch's CUDA autocast float32 list
+
+
 class PointwiseFunction(BPFunction):
     """a = f(x), elementwise, for f in :data:`POINTWISE` (``name``), with f's number
     arguments p, q (pow's exponent; clamp's min and max).
@@ -162,6 +166,10 @@ class PointwiseFunction(BPFunction):
     """
 
     generate_vmap_rule = True
+
+    @classmethod
+    def autocast_policy(cls, device_type: str, args: tuple) -> str | None:
+        return FLOAT32 if device_type == "cuda" and args[1] in FLOAT32_ON_CUDA else None
 
     @staticmethod
     def forward(input: Tensor, name: str, p: Any = None, q: Any = None) -> Tensor:
@@ -191,5 +199,5 @@ class PointwiseFunction(BPFunction):
 div = DivFunction.apply
 pointwise = PointwiseFunction.apply
 
-__all__ = ["POINTWISE", "DivFunction", "Pointwise", "PointwiseFunction", "div", "div_bwd",
-           "div_fwd", "pointwise"]
+__all__ = ["FLOAT32_ON_CUDA", "POINTWISE", "DivFunction", "Pointwise", "PointwiseFunction",
+           "div", "div_bwd", "div_fwd", "pointwise"]
