@@ -128,7 +128,10 @@ def _routes(torchvision_loaded: bool) -> dict[Callable, Callable]:
     if hasattr(BF, "roi_align") and torchvision_loaded:
         # torchvision.ops.roi_align calls its op, torch.ops.torchvision.roi_align, which
         # reaches the mode; the op's own argument order (no torchvision import here)
-        table[torch.ops.torchvision.roi_align] = _roi_align_op
+        try:
+            table[torch.ops.torchvision.roi_align] = _roi_align_op
+        except (AttributeError, RuntimeError):  # torchvision without its C++ ops
+            pass
     return table
 
 
@@ -150,6 +153,7 @@ _MOVE_FUNCTIONS = {  # the same, as function names (for unroutable_calls)
     "squeeze", "unsqueeze", "flatten", "narrow", "select", "clone", "add", "sum", "pad",
     "movedim", "expand", "contiguous", "size", "mean", "zeros", "ones", "empty", "tensor", "arange",
     "full", "zeros_like", "ones_like", "empty_like", "is_tensor", "numel", "cumsum",
+    "sub", "rsub", "neg", "negative", "subtract",
 }
 
 
