@@ -1036,3 +1036,144 @@ def mul(input: Tensor | float, other: Tensor | float) -> Tensor:
         input, other = other, input  # x ⊙ y = y ⊙ x: the tensor first
     C.check_mul(input, other)
     return MulFunction.apply(input, other)
+
+
+# ---- elementwise arithmetic (bptorch/functions/arithmetic.py), einsum (products.py) and
+# roi_align (sampling.py), under torch's names and signatures; an option bptorch lacks is
+# NotImplementedError, on which a routed call falls back to torch
+from .functions.arithmetic import DivFunction, PointwiseFunction  # noqa: E402
+from .functions.products import EinsumFunction  # noqa: E402
+from .functions.sampling import GridSampleFunction, RoIAlignFunction  # noqa: E402
+
+_Number = (int, float, bool)
+
+
+def _number_arg(name: str, value) -> None:
+    """A bound or exponent bptorch takes: a Python number (or None)."""
+    if value is not None and not isinstance(value, _Number):
+        raise NotImplementedError(f"{name}: bptorch takes a Python number here, got "
+                                  f"{type(value).__name__}")
+
+
+def div(input: Tensor | float, other: Tensor | float, *,
+        rounding_mode: str | None = None) -> Tensor:
+    """c = x / y, broadcast (either may be a Python number); backward ∂C/∂x = δ / y,
+    ∂C/∂y = −δ x / y², summed back to each shape. ``rounding_mode`` is torch's."""
+    if rounding_mode is not None:
+        raise NotImplementedError("div: rounding_mode (a step function, no gradient)")
+    if not isinstance(input, Tensor) and not isinstance(other, Tensor):
+        raise TypeError("div: expected a tensor operand")
+    return DivFunction.apply(input, other)
+
+
+def _pointwise_call(name: str, input: Tensor, p=None, q=None) -> Tensor:
+    if not isinstance(input, Tensor):
+        raise NotImplementedError(f"{name}: bptorch takes a tensor input")
+    return PointwiseFunction.apply(input, name, p, q)
+
+
+def exp(input: Tensor) -> Tensor:
+    """a = e^x; backward δ ⊙ a."""
+    return _pointwise_call("exp", input)
+
+
+def log(input: Tensor) -> Tensor:
+    """a = ln x; backward δ / x."""
+    return _pointwise_call("log", input)
+
+
+def sqrt(input: Tensor) -> Tensor:
+    """a = √x; backward δ / (2a)."""
+    return _pointwise_call("sqrt", input)
+
+
+def rsqrt(input: Tensor) -> Tensor:
+    """a = 1/√x; backward −½ δ a³."""
+    return _pointwise_call("rsqrt", input)
+
+
+def pow(input: Tensor, exponent: float) -> Tensor:
+    """a = x^p for a Python number p; backward δ ⊙ p x^(p−1). A tensor exponent or base
+    is NotImplementedError."""
+    _number_arg("pow", exponent)
+    return _pointwise_call("pow", input, exponent)
+
+
+def abs(input: Tensor) -> Tensor:
+    """a = |x|; backward δ ⊙ sgn x (0 at x = 0)."""
+    return _pointwise_call("abs", input)
+
+
+def clamp(input: Tensor, min: float | None = None, max: float | None = None) -> Tensor:
+    """a = min(max(x, lo), hi) for Python-number bounds; backward δ where lo < x < hi,
+    0 elsewhere (at the bounds too, as torch's). Tensor bounds are NotImplementedError."""
+    _number_arg("clamp", min)
+    _number_arg("clamp", max)
+    if min is None and max is None:
+        raise TypeError("clamp: at least one of 'min' or 'max' must not be None")
+    return _pointwise_call("clamp", input, min, max)
+
+
+def clamp_min(input: Tensor, min: float) -> Tensor:
+    """clamp(x, min=lo)."""
+    return clamp(input, min, None)
+
+
+def clamp_max(input: Tensor, max: float) -> Tensor:
+    """clamp(x, max=hi)."""
+    return clamp(input, None, max)
+
+
+def einsum(equation: str, *operands: Tensor) -> Tensor:
+    """torch.einsum(equation, *operands) (or a list of operands); backward for operand i:
+    the einsum of δ with the other operands, A_i's and the output's subscripts swapped.
+    torch's sublist form (operand, [0, 1], ...) is NotImplementedError."""
+    if not isinstance(equation, str):
+        raise NotImplementedError("einsum: the sublist form; use an equation string")
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not operands or not all(isinstance(t, Tensor) for t in operands):
+        raise TypeError("einsum: expected tensor operands")
+    return EinsumFunction.apply(equation, *operands)
+
+
+def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size,
+              spatial_scale: float = 1.0, sampling_ratio: int = -1,
+              aligned: bool = False) -> Tensor:
+    """torchvision.ops.roi_align: (K, C, PH, PW), each box's bins the mean of bilinear
+    samples of ``input`` (N, C, H, W). ``boxes`` (K, 5) (image index, x1, y1, x2, y2) or a
+    list of (L, 4) per image. Backward: each sample's δ scattered to its four source
+    pixels with the forward's weights; the boxes get no gradient."""
+    if not isinstance(input, Tensor) or input.dim() != 4:
+        raise ValueError(f"roi_align: expected input (N, C, H, W), got "
+                         f"{getattr(input, 'shape', type(input).__name__)}")
+    if isinstance(boxes, (list, tuple)):
+        boxes = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1)
+                           for i, b in enumerate(boxes)], dim=0)
+    if boxes.dim() != 2 or boxes.shape[1] != 5:
+        raise ValueError(f"roi_align: expected boxes (K, 5) or a list of (L, 4), got "
+                         f"{tuple(boxes.shape)}")
+    ph, pw = _pair(output_size)
+    return RoIAlignFunction.apply(input, boxes, float(spatial_scale), int(ph), int(pw),
+                                  int(sampling_ratio), bool(aligned))
+
+
+def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
+                padding_mode: str = "zeros", align_corners: bool | None = None) -> Tensor:
+    """F.grid_sample on 4-D input, bilinear, "zeros" or "border" padding: X read at the
+    grid's points. Backward: X gets each sample's δ scattered to its four corners with the
+    forward's weights, the grid δ · ∂v/∂x · dx/dg. Other modes, "reflection" and 5-D
+    input are NotImplementedError."""
+    if mode != "bilinear" or padding_mode not in ("zeros", "border"):
+        raise NotImplementedError(f"grid_sample: mode={mode!r}, padding_mode={padding_mode!r}"
+                                  " (bptorch: bilinear, zeros or border)")
+    if not isinstance(input, Tensor) or not isinstance(grid, Tensor) or input.dim() != 4:
+        raise NotImplementedError("grid_sample: bptorch takes 4-D input (N, C, H, W)")
+    if grid.dim() != 4 or grid.shape[-1] != 2 or grid.shape[0] != input.shape[0]:
+        raise ValueError(f"grid_sample: expected grid (N={input.shape[0]}, H_out, W_out, 2), "
+                         f"got {tuple(grid.shape)}")
+    if input.dtype != grid.dtype:
+        raise ValueError(f"grid_sample: input ({input.dtype}) and grid ({grid.dtype}) must "
+                         "have the same dtype")
+    return GridSampleFunction.apply(input, grid, bool(align_corners),
+                                    padding_mode == "border")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,6 +55,18 @@ def _flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     return BF.flatten(input, start_dim, end_dim)
 
 
+def _rdiv(input: Tensor, other: Any) -> Tensor:
+    """``other / input``: Tensor.__rdiv__ (``2 / a``) hands the tensor first."""
+    return BF.div(other, input)
+
+
+def _roi_align_op(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
+                  pooled_width: int, sampling_ratio: int, aligned: bool) -> Tensor:
+    """torch.ops.torchvision.roi_align's arguments, bptorch's roi_align."""
+    return BF.roi_align(input, rois, (pooled_height, pooled_width), spatial_scale,
+                        sampling_ratio, aligned)
+
+
 # torch names that are the same operation as bptorch.functional.<key>, beside F.<key>;
 # flatten differs in its default start_dim (torch 0, nn.Flatten 1), hence a wrapper
 _ALIASES: dict[str, tuple[Any, ...]] = {
@@ -72,14 +85,32 @@ _ALIASES: dict[str, tuple[Any, ...]] = {
     "prelu": (torch.prelu,),
     "hardswish": (),
     "scaled_dot_product_attention": (),
+    # elementwise arithmetic: `a / b` and `a / 2` reach the mode as Tensor.div, `a ** 2` as
+    # Tensor.__pow__; `2 / a` as Tensor.__rdiv__ (handled by _rdiv, the tensor first)
+    "div": (torch.div, Tensor.div, torch.divide, Tensor.divide, torch.true_divide,
+            Tensor.true_divide, Tensor.__truediv__),
+    "exp": (torch.exp, Tensor.exp),
+    "log": (torch.log, Tensor.log),
+    "sqrt": (torch.sqrt, Tensor.sqrt),
+    "rsqrt": (torch.rsqrt, Tensor.rsqrt),
+    "pow": (torch.pow, Tensor.pow, Tensor.__pow__),
+    "abs": (torch.abs, Tensor.abs, Tensor.__abs__),
+    "clamp": (torch.clamp, Tensor.clamp, torch.clip, Tensor.clip),
+    "clamp_min": (torch.clamp_min, Tensor.clamp_min),
+    "clamp_max": (torch.clamp_max, Tensor.clamp_max),
+    "einsum": (torch.einsum,),
 }
 
 
-@functools.cache
 def routes() -> dict[Callable, Callable]:
     """{torch function: bptorch function}: every name ``bptorch.functional`` shares with
     ``torch.nn.functional`` (plus torch's aliases of the same operations), built on first
-    use from what bptorch has now."""
+    use from what bptorch has now (again once torchvision is loaded, for its ops)."""
+    return _routes("torchvision" in sys.modules)
+
+
+@functools.cache
+def _routes(torchvision_loaded: bool) -> dict[Callable, Callable]:
     table: dict[Callable, Callable] = {}
     for name in dir(BF):
         ours = getattr(BF, name)
@@ -92,6 +123,15 @@ def routes() -> dict[Callable, Callable]:
             table[alias] = ours
     if hasattr(BF, "flatten"):
         table[torch.flatten] = table[Tensor.flatten] = _flatten
+    if hasattr(BF, "div"):
+        table[Tensor.__rdiv__] = table[Tensor.__rtruediv__] = _rdiv
+    if hasattr(BF, "roi_align") and torchvision_loaded:
+        # torchvision.ops.roi_align calls its op, torch.ops.torchvision.roi_align, which
+        # reaches the mode; the op's own argument order (no torchvision import here)
+        try:
+            table[torch.ops.torchvision.roi_align] = _roi_align_op
+        except (AttributeError, RuntimeError):  # torchvision without its C++ ops
+            pass
     return table
 
 
@@ -104,12 +144,16 @@ _MOVES = (
     "ConstantPadNd", "ToCopy", "Alias", "Chunk", "Unfold", "Diagonal", "Movedim",
     "TransposeCopy", "ExpandCopy", "PermuteCopy", "IndexSelect", "Gather", "Take",
     "UnsafeSplit", "UnsafeSplitWithSizes", "SplitWithSizesCopy", "Where", "MaskedFill",
+    # a − b, 1 − a and −a: + with a sign flipped (their backward is δ and −δ, as + gives
+    # δ twice); x[idx] = v writes values in place of others (δ[idx] to v, 0 there to x)
+    "Sub", "Rsub", "Neg", "IndexPut",
 )
 _MOVE_FUNCTIONS = {  # the same, as function names (for unroutable_calls)
     "cat", "stack", "split", "chunk", "unbind", "reshape", "view", "permute", "transpose",
     "squeeze", "unsqueeze", "flatten", "narrow", "select", "clone", "add", "sum", "pad",
     "movedim", "expand", "contiguous", "size", "mean", "zeros", "ones", "empty", "tensor", "arange",
     "full", "zeros_like", "ones_like", "empty_like", "is_tensor", "numel", "cumsum",
+    "sub", "rsub", "neg", "negative", "subtract",
 }
 
 

@@ -4,7 +4,8 @@ One file per layer family, each opening with its derivation and its reference
 forward/backward pair: ``linear`` (linear, activation, dense), ``conv``, ``pool``,
 ``dropout`` (dropout and flatten), ``normalization``, ``embedding``, ``attention``,
 ``recurrent``, ``costs``, ``feedback`` (the feedback rules' Functions), ``products``
-(matmul, bmm and the elementwise product). ``base`` holds
+(matmul, bmm, the elementwise product and einsum), ``arithmetic`` (div and the pointwise
+functions: exp, log, sqrt, rsqrt, pow, abs, clamp), ``sampling`` (roi_align, grid_sample). ``base`` holds
 the plumbing they share. Nothing here imports ``bptorch.nn`` or anything above it.
 """
 from .attention import AttentionFunction
@@ -19,6 +20,9 @@ from .linear import PReLUFunction
 from .normalization import BatchNormFunction, LayerNormFunction
 from .pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunction
 from .products import BmmFunction, MatmulFunction, MulFunction
+from .products import EinsumFunction
+from .arithmetic import DivFunction, PointwiseFunction
+from .sampling import GridSampleFunction, RoIAlignFunction
 from .recurrent import GRULayerFunction, LSTMLayerFunction, RNNLayerFunction
 from .recurrent import GRUCellFunction, LSTMCellFunction, RNNCellFunction
 from .pool import (
@@ -42,4 +46,6 @@ __all__ = [
     "AdaptiveMaxPool1dFunction", "AdaptiveMaxPool2dFunction", "AdaptiveMaxPool3dFunction",
     "AdaptiveMaxPoolFunction", "AvgPool1dFunction", "AvgPool3dFunction", "AvgPoolFunction",
     "InterpolateFunction", "MaxPool1dFunction", "MaxPool3dFunction", "MaxPoolFunction",
+    "DivFunction", "EinsumFunction", "GridSampleFunction", "PointwiseFunction",
+    "RoIAlignFunction",
 ]

@@ -249,3 +249,147 @@ mul = MulFunction.apply
 
 __all__ = ["BmmFunction", "MatmulFunction", "MulFunction", "bmm", "matmul", "matmul_bwd",
            "matmul_fwd", "mul", "mul_bwd", "mul_fwd", "reduce_to"]
+
+
+# ---------------------------------------------------------------- einsum
+# C[out] = Σ_{labels not in out} Π_k A_k[s_k]: every operand enters once, as a factor, so
+# C is linear in each operand with the others held fixed (multilinear). Its derivative
+# with respect to A_i is therefore the same sum with A_i's factor taken out:
+#
+#     ∂C/∂A_i[s_i] = Σ_{labels not in s_i} δ[out] Π_{k≠i} A_k[s_k]
+#
+# which is itself an einsum: δ and the other operands in, A_i's subscripts out (the
+# subscripts of A_i and C swap places). C = A B ('ik,kj->ij') gives dA = 'ij,kj->ik'
+# = δ Bᵀ and dB = 'ik,ij->kj' = Aᵀ δ, matmul's pair. Three cases need a step more:
+#
+# * a label only A_i has (summed out in the forward, 'ij->i'): C does not depend on
+#   where along it an element sits, only through the sum, so the gradient is copied
+#   along it (expanded) from the einsum over the other labels;
+# * a label repeated within A_i (a diagonal, 'ii->i'): only the diagonal entries enter
+#   C, so the gradient is the einsum's result on the diagonal and 0 off it, written as
+#   a product with the identity, ∂C/∂A[i, i'] = g[i] 1[i = i'];
+# * a dim of size 1 that broadcasting stretched (the '...' dims, or a label of size 1
+#   against n): the forward copied it, so its gradient is summed back (reduce_to).
+
+
+def _einsum_parse(equation: str, operands: tuple[Tensor, ...]) -> tuple[list[str], str]:
+    """(each operand's subscripts, the output's) with '...' spelled out as letters the
+    equation does not use, and the implicit output ('ij,jk') made explicit as torch makes
+    it: the '...' dims first, then the labels that occur once, in alphabetical order."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(operands):
+        raise ValueError(f"einsum: the equation names {len(terms)} operands, got "
+                         f"{len(operands)}")
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+            if c not in equation]
+    n_ell = max((t.dim() - len(s.replace("...", "")) for s, t in zip(terms, operands)
+                 if "..." in s), default=0)
+    ell = "".join(free[:n_ell])  # the broadcast dims, right-aligned as in broadcasting
+    subs = []
+    for s, t in zip(terms, operands):
+        if "..." in s:
+            k = t.dim() - len(s.replace("...", ""))
+            s = s.replace("...", ell[n_ell - k:] if k else "")
+        if len(s) != t.dim() or not s.isalpha():
+            raise ValueError(f"einsum: subscripts {s!r} for an operand of shape "
+                             f"{tuple(t.shape)}")
+        subs.append(s)
+    if arrow:
+        out = rhs.replace("...", ell)
+    else:
+        counts = "".join(subs)
+        out = ell + "".join(sorted(c for c in set(counts) if counts.count(c) == 1
+                                   and c not in ell))
+    return subs, out
+
+
+def einsum_fwd(equation: str, *operands: Tensor) -> Tensor:
+    """C = torch.einsum(equation, *operands)."""
+    return torch.einsum(equation, *operands)
+
+
+def einsum_bwd(delta: Tensor, equation: str, operands: tuple[Tensor, ...],
+               need: Need) -> list[Tensor | None]:
+    """∂C/∂A_i for each operand i that ``need`` asks for, given δ = ∂C/∂C."""
+    subs, out = _einsum_parse(equation, operands)
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+             if c not in "".join(subs) + out]
+    grads: list[Tensor | None] = []
+    for i, (s_i, a_i) in enumerate(zip(subs, operands)):
+        if not need[i]:
+            grads.append(None)
+            continue
+        others = [(s, t) for k, (s, t) in enumerate(zip(subs, operands)) if k != i]
+        reached = set(out).union(*(set(s) for s, _ in others))
+        unique = "".join(dict.fromkeys(s_i))  # A_i's labels, each once (diagonals folded)
+        kept = "".join(c for c in unique if c in reached)
+        # C = Σ Π_k A_k  →  ∂C/∂A_i = einsum(δ, A_k≠i → s_i): the subscripts swapped
+        g = torch.einsum(",".join([out] + [s for s, _ in others]) + "->" + kept,
+                         delta, *(t for _, t in others))
+        # a label only A_i has: summed out in the forward  →  its gradient copied along it
+        size = dict(zip(s_i, a_i.shape))
+        for c in unique:
+            if c not in reached:
+                g = g.unsqueeze(-1).expand(*g.shape, size[c])
+                kept += c
+        # a repeated label (diagonal)  →  the gradient on the diagonal, 0 off it:
+        # ∂C/∂A[.., i, .., i', ..] = g[.., i, ..] 1[i = i']
+        full, eyes, eye_subs = "", [], []
+        for c in s_i:
+            if c in full:
+                fresh = spare.pop()
+                eyes.append(torch.eye(size[c], dtype=g.dtype, device=g.device))
+                eye_subs.append(c + fresh)
+                full += fresh
+            else:
+                full += c
+        if eyes:
+            g = torch.einsum(",".join([kept] + eye_subs) + "->" + full, g, *eyes)
+        elif kept != full:
+            g = torch.einsum(kept + "->" + full, g)  # A_i's own label order
+        # broadcast dims of size 1 (stretched in the forward)  →  summed back
+        grads.append(reduce_to(g, a_i.shape))
+    return grads
+
+
+class EinsumFunction(BPFunction):
+    """C = einsum(equation, A_1, ..., A_n), every equation torch.einsum takes ('...',
+    implicit output, diagonals, broadcasting).
+
+    Backward, the contraction being multilinear: ∂C/∂A_i = einsum(δ, A_k≠i → s_i), the
+    subscripts of A_i and C swapped (:func:`einsum_bwd`, the derivation above it).
+    Saves the operands, each the others' factor. Forward mode (``jvp``): dC = Σ_i
+    einsum(..., dA_i, ...), the product rule over the factors.
+    """
+
+    generate_vmap_rule = True
+    autocast = LOWER  # torch's einsum runs as bmm, on the lower-precision list
+
+    @staticmethod
+    def forward(equation: str, *operands: Tensor) -> Tensor:
+        return einsum_fwd(equation, *operands)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        ctx.equation = inputs[0]
+        ctx.save_for_backward(*inputs[1:])
+        ctx.save_for_forward(*inputs[1:])
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        operands = ctx.saved_tensors
+        grads = einsum_bwd(grad_output, ctx.equation, operands, ctx.needs_input_grad[1:])
+        return (None, *grads)
+
+    @staticmethod
+    def jvp(ctx: Any, _dequation, *tangents) -> Tensor:
+        operands = ctx.saved_tensors
+        terms = [einsum_fwd(ctx.equation, *operands[:i], d, *operands[i + 1:])
+                 for i, d in enumerate(tangents) if d is not None]
+        return sum(terms[1:], terms[0])  # the product rule: one term per factor
+
+
+einsum = EinsumFunction.apply
+__all__ += ["EinsumFunction", "einsum", "einsum_bwd", "einsum_fwd"]
