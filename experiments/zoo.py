@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these torchvision model names (default: every model of --zoos)")
     p.add_argument("--json", type=cli.json_path, default="results/zoo/zoo.json")
     p.add_argument("--resume", action="store_true",
-                   help="skip models already in --json (those that raised run again)")
+                   help="skip the models --json has as converting, equal and complete "
+                        "(the others run again)")
     p.add_argument("--timeout", type=cli.positive_int, default=1800, help="seconds per model")
     p.add_argument("--threads", type=cli.thread_count, default=1)
     p.add_argument("--seed", type=cli.non_negative_int, default=0)
@@ -96,7 +97,7 @@ def _inputs(name: str, zoo: str, dtype):
     rand = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
     if zoo == "classification":
         size = 224 if name.startswith(("vit_", "maxvit", "swin_v2")) else (
-            96 if name.startswith("inception") else 64)
+            299 if name.startswith("inception") else 64)  # inception's aux head: 299
         return (rand(2, 3, size, size),), {}
     if zoo == "segmentation":
         return (rand(2, 3, 64, 64),), {}
@@ -272,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     if args.resume and args.json.exists():
         rows = json.loads(args.json.read_text())["rows"]
-    done = {r["model"] for r in rows if "error" not in r}  # a row that failed runs again
+    # a row that raised, or that is not yet all three (convert, equal, whole backward), runs
+    # again: the code it measures may have changed since
+    done = {r["model"] for r in rows if "error" not in r
+            and r["converts"] and r["equal"] and r["complete"]}
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     for i, name in enumerate(names):
         if name in done:
