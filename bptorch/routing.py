@@ -46,7 +46,7 @@ from torch.overrides import TorchFunctionMode
 from . import functional as BF
 
 __all__ = ["Coverage", "RouteMode", "coverage", "install", "installed", "other_hooks",
-           "routes", "uninstall", "unroutable_calls"]
+           "routes", "tensors_in", "uninstall", "unroutable_calls"]
 
 
 # ---------------------------------------------------------------- the routing table
@@ -230,7 +230,7 @@ class _Exit:
             mode.__exit__(None, None, None)
             module.__dict__["_bptorch_fallbacks"] = mode.fallbacks  # for coverage()
         if self.warn and output is not None:
-            found = _walk(module, [t for t in _tensors(output) if t.grad_fn is not None])
+            found = _walk(module, [t for t in tensors_in(output) if t.grad_fn is not None])
             if found.torch or found.params_torch:
                 self.warn = False
                 warnings.warn("from_torch_nn(strict=False): part of this model's backward is "
@@ -355,13 +355,16 @@ class Coverage:
         return "bptorch.coverage:\n" + self.report()
 
 
-def _tensors(x: Any) -> list[Tensor]:
+def tensors_in(x: Any) -> list[Tensor]:
+    """Every tensor in a nest of lists, tuples and dicts, in one fixed order: a dict's
+    values by sorted key, so two models' outputs (and their upstream gradients, as
+    :func:`coverage`'s ``grad_outputs``) pair up whatever order each dict was built in."""
     if isinstance(x, Tensor):
         return [x]
     if isinstance(x, dict):
-        return [t for v in x.values() for t in _tensors(v)]
+        return [t for k in sorted(x, key=str) for t in tensors_in(x[k])]
     if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _tensors(v)]
+        return [t for v in x for t in tensors_in(v)]
     return []
 
 
@@ -416,7 +419,8 @@ def coverage(model: nn.Module, *inputs: Any, loss_fn: Callable | None = None,
     whether its gradient came from a bptorch Function or from torch (module doc).
 
     The backward starts from ``loss_fn(output)`` if given, else from every floating output
-    that has a graph, with ``grad_outputs`` (one per such output, in order) or a random
+    that has a graph, with ``grad_outputs`` (one per such output, in the order of
+    :func:`tensors_in`) or a random
     upstream gradient (no extra node either way). Prints the report unless
     ``verbose=False``; returns a :class:`Coverage` (``.complete``, ``.share``, the counts).
     Parameters' ``.grad`` are left as the backward leaves them.
@@ -425,7 +429,7 @@ def coverage(model: nn.Module, *inputs: Any, loss_fn: Callable | None = None,
     with torch.enable_grad():
         output = model(*inputs, **kwargs)
         roots = [loss_fn(output)] if loss_fn is not None else [
-            t for t in _tensors(output) if t.grad_fn is not None and t.is_floating_point()]
+            t for t in tensors_in(output) if t.grad_fn is not None and t.is_floating_point()]
         if not roots:
             raise ValueError("coverage: the model's output has no autograd graph (does any "
                              "parameter or input require grad?)")

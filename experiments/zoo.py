@@ -125,15 +125,6 @@ def _inputs(name: str, zoo: str, dtype):
     return (images, targets), {}
 
 
-def _tensors(x):
-    import torch
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, dict):
-        return [t for k in sorted(x) for t in _tensors(x[k])]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _tensors(v)]
-    return []
 
 
 def _rel(a, b, floor: float = 0.0) -> float:
@@ -148,6 +139,7 @@ def run_one(name: str, seed: int) -> dict:
 
     import bptorch
     from bptorch.convert import from_torch_nn
+    from bptorch.routing import tensors_in
 
     zoo = zoo_of(name)
     row: dict = {"model": name, "zoo": zoo}
@@ -179,7 +171,7 @@ def run_one(name: str, seed: int) -> dict:
 
     torch.manual_seed(seed)
     out_t = model(*args, **fwd_kwargs)
-    outs_t = [t for t in _tensors(out_t) if t.grad_fn is not None and t.is_floating_point()]
+    outs_t = [t for t in tensors_in(out_t) if t.grad_fn is not None and t.is_floating_point()]
     g = torch.Generator().manual_seed(2)
     grads_out = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in outs_t]
     torch.autograd.backward(outs_t, grads_out)
@@ -189,7 +181,7 @@ def run_one(name: str, seed: int) -> dict:
         warnings.simplefilter("ignore")
         found = bptorch.coverage(ours, *args, grad_outputs=grads_out, verbose=False,
                                  **fwd_kwargs)
-    outs_b = [t for t in _tensors(found.output) if t.grad_fn is not None
+    outs_b = [t for t in tensors_in(found.output) if t.grad_fn is not None
               and t.is_floating_point()]
     row["output_rel_err"] = max((_rel(a.detach(), b.detach()) for a, b in zip(outs_b, outs_t)),
                                 default=0.0)

@@ -11,6 +11,7 @@ import torch
 
 import bptorch.nn as bnn
 from bptorch.convert import from_torch_nn
+from bptorch.routing import tensors_in
 
 pytest.importorskip("expecttest")  # torch's testing internals need it (the test extra)
 _frozen = torch.backends.flags_frozen()
@@ -37,14 +38,6 @@ def _twins():
 TWINS = _twins()
 
 
-def _tensors(x):
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, dict):
-        return [t for k in sorted(x) for t in _tensors(x[k])]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _tensors(v)]
-    return []
 
 
 def _leaves(x):
@@ -82,13 +75,13 @@ def _run(cls, sample, training, weights=None):
     args, kwargs = _leaves(sample.forward_input.args), _leaves(sample.forward_input.kwargs)
     torch.manual_seed(1)
     out = m(*args, **kwargs)
-    outs = [o for o in _tensors(out) if o.is_floating_point() and o.grad_fn is not None]
+    outs = [o for o in tensors_in(out) if o.is_floating_point() and o.grad_fn is not None]
     g = torch.Generator().manual_seed(2)
     grads_out = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
-    ins = [t for t in _tensors((args, kwargs)) if t.requires_grad]
+    ins = [t for t in tensors_in((args, kwargs)) if t.requires_grad]
     params = [p for p in m.parameters() if p.requires_grad]
     grads = torch.autograd.grad(outs, ins + params, grads_out, allow_unused=True) if outs else []
-    return m, _tensors(out), list(grads)
+    return m, tensors_in(out), list(grads)
 
 
 @pytest.mark.parametrize("name", sorted(TWINS))
