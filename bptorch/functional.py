@@ -950,7 +950,7 @@ def _pointwise(fn: str, kind: str, input: Tensor, target: Tensor, reduction: str
     if weight is not None:
         weight = weight.expand_as(input)
         if reduction == "mean" and kind in ("mse", "l1"):  # torch's: Σ wℓ / Σ w
-            scale = 1.0 / weight.detach().sum()
+            scale = 1.0 / weight.sum()  # a tensor: w's gradient flows through it too
     if pos_weight is not None:
         pos_weight = pos_weight.expand_as(input)
     return PointwiseCostFunction.apply(input, target, weight, pos_weight, kind, opt,

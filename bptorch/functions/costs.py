@@ -334,7 +334,7 @@ class ClassCostFunction(BPFunction):
             # loss.sum() / D → ∂/∂ℓ_n = g / D; every target ignored (D = 0): the loss is
             # 0/0 = NaN, and its gradient 0, as torch's (q = 0 there, so δ is 0 anyway)
             g = torch.where(denom > 0, g / denom, torch.zeros_like(g))
-        if (ctx.kernel and ctx.from_logits and not ctx.needs_input_grad[1]
+        if (ctx.kernel and ctx.from_logits and not any(ctx.needs_input_grad[1:3])
                 and not torch.is_grad_enabled()):  # bptorch.kernels: BP1 fused (file's end)
             return cross_entropy_bwd_triton(g, z, q), None, None, None, None
         log_p = torch.log_softmax(z, 1) if ctx.from_logits else z
@@ -346,9 +346,15 @@ class ClassCostFunction(BPFunction):
             else:
                 delta = -q  # ℓ_n = −Σ_c q_c x_c → BP1: ∂ℓ/∂x = −q
             grad_z = g * delta
+        grad_denom = None
         if ctx.needs_input_grad[1]:
             grad_q = g * -log_p  # ℓ_n = −Σ_c q_c ln p_c → ∂ℓ/∂q = −ln p
-        return grad_z, grad_q, None, None, None
+        if ctx.needs_input_grad[2] and ctx.reduction == "mean":
+            # C = Σ_n ℓ_n / D (D = Σ_n w_{y_n}: a class weight's graph) → ∂C/∂D = −C / D
+            total = -(q * log_p).sum()
+            grad_denom = torch.where(denom > 0, -grad_output * total / (denom * denom),
+                                     torch.zeros_like(denom))
+        return grad_z, grad_q, grad_denom, None, None
 
 
 class LogSoftmaxFunction(BPFunction):
@@ -437,7 +443,10 @@ class PointwiseCostFunction(BPFunction):
     ``scale`` (1/numel for "mean", 1/N for kl_div's "batchmean", a 0-d 1/Σw for a
     weighted mse or l1 "mean", as torch's).
 
-    Backward, BP1 for an elementwise loss: ∂C/∂x = g · scale · weight ⊙ ∂ℓ/∂x.
+    Backward, BP1 for an elementwise loss: ∂C/∂x = g · scale · weight ⊙ ∂ℓ/∂x; the
+    weights' gradients too, which torch refuses for BCE's (∂C/∂weight = g · scale · loss,
+    ∂ℓ/∂pos_weight = y softplus(−x)) and computes for mse's and l1's, through a 0-d
+    ``scale`` = 1/Σw that is a tensor of the weight's graph (∂C/∂scale = g · Σ weight ⊙ loss).
     Saves x, y, weight and the loss's own tensor argument (pos_weight): ∂ℓ/∂x needs them.
     """
 
@@ -464,15 +473,22 @@ class PointwiseCostFunction(BPFunction):
         x, y, weight, pos_weight = ctx.saved_tensors
         loss = POINTWISE[ctx.kind]
         o = pos_weight if ctx.kind == "bce_logits" else ctx.opt
-        g = grad_output if ctx.reduction == "none" else grad_output * ctx.scale
-        if weight is not None:
-            g = g * weight  # ℓ = weight ⊙ loss → each gradient ⊙ weight
-        grad_x = grad_y = None
+        g_loss = grad_output if ctx.reduction == "none" else grad_output * ctx.scale
+        g = g_loss * weight if weight is not None else g_loss  # ℓ = weight ⊙ loss
+        grad_x = grad_y = grad_w = grad_pw = grad_scale = None
         if ctx.needs_input_grad[0]:
             grad_x = g * loss.grad(x, y, o)  # BP1: ∂C/∂x = g · ∂ℓ/∂x
         if ctx.needs_input_grad[1]:
             grad_y = g * loss.grad_target(x, y, o)
-        return grad_x, grad_y, None, None, None, None, None, None
+        if ctx.needs_input_grad[2]:  # ℓ = weight ⊙ loss → ∂C/∂weight = g · loss
+            grad_w = g_loss * loss.fn(x, y, o)
+        if ctx.needs_input_grad[3]:
+            # ℓ = (1 − y) x + (1 + (p − 1) y) softplus(−x) → ∂ℓ/∂p = y · softplus(−x)
+            grad_pw = g * y * softplus(-x)
+        if ctx.needs_input_grad[7]:  # C = scale · Σ weight ⊙ loss, scale = 1/Σw (mean)
+            wl = loss.fn(x, y, o) * weight if weight is not None else loss.fn(x, y, o)
+            grad_scale = grad_output * wl.sum()
+        return grad_x, grad_y, grad_w, grad_pw, None, None, None, grad_scale
 
 
 log_softmax_fn = LogSoftmaxFunction.apply
