@@ -1092,9 +1092,12 @@ def rsqrt(input: Tensor) -> Tensor:
     return _pointwise_call("rsqrt", input)
 
 
-def pow(input: Tensor, exponent: float) -> Tensor:
-    """a = x^p for a Python number p; backward δ ⊙ p x^(p−1). A tensor exponent or base
-    is NotImplementedError."""
+def pow(input: Tensor | float, exponent: Tensor | float) -> Tensor:
+    """a = x^p for a Python number p, backward δ ⊙ p x^(p−1); or a = c^x for a Python
+    number base c (``torch.pow(2, x)``, ``2 ** x``), backward δ ⊙ a ln c. A tensor
+    raised to a tensor is NotImplementedError."""
+    if isinstance(input, _Number) and isinstance(exponent, Tensor):
+        return _pointwise_call("rpow", exponent, input)
     _number_arg("pow", exponent)
     return _pointwise_call("pow", input, exponent)
 

@@ -60,6 +60,11 @@ def _rdiv(input: Tensor, other: Any) -> Tensor:
     return BF.div(other, input)
 
 
+def _rpow(input: Tensor, other: Any) -> Tensor:
+    """Tensor.__rpow__(x, c) is ``c ** x``: bptorch's pow with the number as the base."""
+    return BF.pow(other, input)
+
+
 def _roi_align_op(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
                   pooled_width: int, sampling_ratio: int, aligned: bool) -> Tensor:
     """torch.ops.torchvision.roi_align's arguments, bptorch's roi_align."""
@@ -125,6 +130,8 @@ def _routes(torchvision_loaded: bool) -> dict[Callable, Callable]:
         table[torch.flatten] = table[Tensor.flatten] = _flatten
     if hasattr(BF, "div"):
         table[Tensor.__rdiv__] = table[Tensor.__rtruediv__] = _rdiv
+    if hasattr(BF, "pow"):
+        table[Tensor.__rpow__] = _rpow
     if hasattr(BF, "roi_align") and torchvision_loaded:
         # torchvision.ops.roi_align calls its op, torch.ops.torchvision.roi_align, which
         # reaches the mode; the op's own argument order (no torchvision import here)

@@ -156,6 +156,26 @@ def test_clamp_and_abs_at_their_kinks_as_torch():
     _same_grads(BF.pow(x, 0), torch.pow(x, 0), [x])
 
 
+@pytest.mark.parametrize("base", [2, 0.5, 3.7])
+def test_number_to_a_tensor_power_equals_torch_and_gradchecks(base):
+    """a = c^x (`2 ** x`, torch.pow(2, x)): ∂C/∂x = δ ⊙ a ln c."""
+    x = _t(3, 5, seed=7)
+    _same_grads(BF.pow(base, x), torch.pow(base, x), [x])
+    assert gradcheck(lambda v: BF.pow(base, v), (x,))
+    assert gradgradcheck(lambda v: BF.pow(base, v), (x,))
+    g = torch.randn(3, 5, dtype=D)
+    (ours_g,) = torch.autograd.grad(BF.pow(base, x), x, g, create_graph=True)
+    (their_g,) = torch.autograd.grad(torch.pow(base, x), x, g, create_graph=True)
+    torch.testing.assert_close(ours_g, their_g)
+    torch.testing.assert_close(torch.func.grad(lambda v: BF.pow(base, v).sum())(x.detach()),
+                               torch.func.grad(lambda v: torch.pow(base, v).sum())(x.detach()))
+
+
+def test_zero_to_a_tensor_power_as_torch():
+    x = torch.tensor([0.0, 0.5, 2.0], dtype=D, requires_grad=True)
+    _same_grads(BF.pow(0, x), torch.pow(0, x), [x])
+
+
 def test_pointwise_create_graph_and_torch_func():
     x = _t(4, 3, positive=True, seed=6)
     g = torch.randn(4, 3, dtype=D)
@@ -214,7 +234,8 @@ def test_what_the_mode_sees_is_routed():
         div = [a / b, a / 2, 2 / a, torch.div(a, b), a.div(b), torch.true_divide(a, b)]
         pointwise = [a ** 2, a.pow(3), torch.pow(a, 0.5), a.exp(), torch.log(a), a.sqrt(),
                      torch.rsqrt(a), abs(a), a.abs(), a.clamp(min=0.7), torch.clamp(a, 0.6, 1.1),
-                     a.clamp_min(0.8), torch.clamp_max(a, 1.0), a.clip(0.7, 1.0)]
+                     a.clamp_min(0.8), torch.clamp_max(a, 1.0), a.clip(0.7, 1.0),
+                     2 ** a, torch.pow(0.5, a)]
         ein = torch.einsum("ij,j->i", a, b)
     assert {type(t.grad_fn).__name__ for t in div} == {"DivFunctionBackward"}
     assert {type(t.grad_fn).__name__ for t in pointwise} == {"PointwiseFunctionBackward"}

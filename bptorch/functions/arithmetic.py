@@ -34,6 +34,7 @@ float32 list (run in float32 there, as torch's), the rest run in their inputs' d
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -131,6 +132,13 @@ def _pow_prime(x: Tensor, p: Number, q: Any) -> Tensor:
     return p * x.pow(p - 1)  # d x^p = p x^(p−1)
 
 
+def _rpow_prime(a: Tensor, c: Number, q: Any) -> Tensor:
+    if c > 0:
+        return a * math.log(c)  # d c^x = c^x ln c = a ln c
+    # c = 0: 0^x is 1 at x = 0 and 0 above, flat there (torch's convention); c < 0: NaN
+    return torch.full_like(a, 0.0 if c == 0 else math.nan)
+
+
 def _clamp_prime(x: Tensor, lo: Number | None, hi: Number | None) -> Tensor:
     inside = torch.ones_like(x, dtype=torch.bool)
     if lo is not None:
@@ -148,12 +156,14 @@ POINTWISE: dict[str, Pointwise] = {
     # (x^(−½))' = −½ x^(−3/2) = −½ a³
     "rsqrt": Pointwise(lambda x, p, q: torch.rsqrt(x), lambda a, p, q: -0.5 * a * a * a, "a"),
     "pow": Pointwise(lambda x, p, q: torch.pow(x, p), _pow_prime, "x"),
+    # a = c^x for a Python number c (`2 ** x`, torch.pow(2, x)): a' = a ln c
+    "rpow": Pointwise(lambda x, p, q: torch.pow(p, x), _rpow_prime, "a"),
     "abs": Pointwise(lambda x, p, q: torch.abs(x), lambda x, p, q: torch.sgn(x), "x"),
     "clamp": Pointwise(lambda x, p, q: torch.clamp(x, p, q), _clamp_prime, "x"),
 }
 
 
-FLOAT32_ON_CUDA = {"exp", "log", "rsqrt", "pow"}  # torch's CUDA autocast float32 list
+FLOAT32_ON_CUDA = {"exp", "log", "rsqrt", "pow", "rpow"}  # torch's CUDA autocast float32 list
 
 
 class PointwiseFunction(BPFunction):
