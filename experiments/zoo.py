@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-json", type=cli.json_file, default=None,
                    help="read results, run nothing")
     p.add_argument("--table", action="store_true", help="print the markdown table")
+    p.add_argument("--write-docs", action="store_true",
+                   help="write the table to docs/zoo.md and the per-zoo summary into "
+                        "README.md (between its zoo-summary markers)")
     p.add_argument("--one", type=model_name, default=None, help=argparse.SUPPRESS)  # child process: one model
     return p
 
@@ -247,6 +250,63 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[dict]) -> str:
+    """One line per zoo: how many models convert, equal torch, run their whole backward
+    in bptorch, and do all three."""
+    from torchvision import models
+    lines = ["| zoo | models | converts (strict) | equals torch | whole backward in bptorch "
+             "| all three |", "|---|---|---|---|---|---|"]
+    for zoo in ZOOS:
+        n = len(models.list_models(module=models if zoo == "classification"
+                                   else getattr(models, zoo)))
+        zr = [r for r in rows if r["zoo"] == zoo and "error" not in r]
+        count = lambda key: sum(bool(r[key]) for r in zr)  # noqa: E731
+        all3 = sum(r["converts"] and r["equal"] and r["complete"] for r in zr)
+        lines.append(f"| {zoo.replace('_', ' ')} | {n} | {count('converts')} | "
+                     f"{count('equal')} | {count('complete')} | {all3} ({100 * all3 / n:.0f}%) |")
+    return "\n".join(lines)
+
+
+DOC_HEAD = """# torchvision's zoo through bptorch
+
+Issue 21's test of "drop-in for real": every model of torchvision's classification,
+segmentation, video, optical-flow and detection zoos (`weights=None`), one row each, made by
+[`experiments/zoo.py`](../experiments/zoo.py). Back to the [README](../README.md).
+
+* **converts**: `bptorch.convert.from_torch_nn(model, strict=True)` succeeds;
+* **equals torch**: one forward and backward of the converted model and of torch's, from
+  the same weights, input, seed and random upstream gradient, in float64 unless the row
+  says float32; the worst relative error over the outputs and every parameter gradient,
+  each against a floor of 1e-6 of the largest gradient (a gradient that is zero in exact
+  arithmetic is roundoff in both engines); ✓ at ≤ 1e-6 (float64) or 2e-3 (float32);
+* **whole backward in bptorch**: [`bptorch.coverage`](layers.md#a-models-own-functional-calls-and-bptorchcoverage)
+  finds no torch node that computes, and every parameter's whole gradient comes from
+  bptorch Functions; the percentage is the share of parameters whose gradient does.
+
+Each model runs in its own process, training mode, on the shared 2-core CPU; the inputs
+(batch, image size, clip length) are `_inputs` in the script. Detection models train:
+their output is the dict of losses, each given its own random upstream gradient.
+
+```text
+python -m experiments.zoo --json results/zoo/zoo.json --resume     # resumes; hours
+python -m experiments.zoo --from-json results/zoo/zoo.json --write-docs  # this page
+```
+
+"""
+README_BEGIN, README_END = "<!-- zoo-summary:begin -->", "<!-- zoo-summary:end -->"
+
+
+def write_docs(rows: list[dict], root: Path = Path(".")) -> None:
+    """docs/zoo.md (the table) and README.md's per-zoo summary, from the rows."""
+    (root / "docs" / "zoo.md").write_text(DOC_HEAD + summary(rows) + "\n\n" + table(rows)
+                                          + "\n")
+    readme = root / "README.md"
+    text = readme.read_text()
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_BEGIN}\n{summary(rows)}\n{README_END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -258,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.from_json:
         rows = json.loads(Path(args.from_json).read_text())["rows"]
-        print(table(rows))
+        if args.write_docs:
+            write_docs(rows)
+        else:
+            print(table(rows))
         return 0
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     names = args.models or model_names(args.zoos)
