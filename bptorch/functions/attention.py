@@ -43,8 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import LOW_PRECISION, LOWER, BPFunction, built, count_launch, kernel_op, moved, \
-    use_kernel
+from .base import (LOW_PRECISION, LOWER, BPFunction, count_launch, kernel_family, kernel_op,
+                   moved, use_kernel)
 
 
 # ---------------------------------------------------------------- the reference pair
@@ -229,23 +229,15 @@ __all__ = ["AttentionFunction", "attention_bwd", "attention_fwd", "bool_to_bias"
 # dtype (bfloat16 on the tensor cores), their sums in float32. Built on first use
 # (importing this file imports no triton); tests/test_kernels2.py runs them through
 # Triton's interpreter against the reference and torch's scaled_dot_product_attention.
-_KERNELS: dict[str, Any] = {}
 # (BLOCK_M, BLOCK_N): query rows and key rows a program holds; small under the
-# interpreter (its tests then cross several tiles at small shapes)
+# interpreter (its tests then cross several tiles at small shapes). The CUDA choices are
+# flash attention's usual starting point, not yet tuned on a GPU.
 ATTENTION_BLOCKS = {"cuda": (64, 64), "cpu": (16, 16)}
-MAX_HEAD_DIM = 256  # E and Ev up to this in one block; larger take the reference
-
-
-def _triton_kernels() -> dict[str, Any]:
-    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
-    built(_build_triton_kernels)
-    return _KERNELS
+MAX_HEAD_DIM = 128  # E and Ev up to this in one block (shared memory); larger: the reference
 
 
 def _build_triton_kernels() -> dict[str, Any]:
-    """The @triton.jit kernels and their custom ops, built once."""
-    if _KERNELS:
-        return _KERNELS
+    """Each kernel's custom op by name (run once, on first use: :func:`base.kernel_family`)."""
     import triton
     import triton.language as tl
     from torch.library import wrap_triton
@@ -396,13 +388,16 @@ def _build_triton_kernels() -> dict[str, Any]:
         """The compile-time constants of one call: blocks, arithmetic, dot precision."""
         block_m, block_n = ATTENTION_BLOCKS["cuda" if q.is_cuda else "cpu"]
         wide = q.dtype == torch.float64
-        return dict(ACC=tl.float64 if wide else tl.float32,
+        meta = dict(ACC=tl.float64 if wide else tl.float32,
                     # float32 inputs: IEEE products (TF32's 10-bit mantissa would not equal
-                    # the reference); half inputs take the tensor cores' own
+                    # the reference); half inputs: the default, which only fp32 operands read
                     PREC="ieee" if q.dtype in (torch.float32, torch.float64) else "tf32",
                     BLOCK_M=block_m, BLOCK_N=block_n,
                     BLOCK_E=max(16, triton.next_power_of_2(q.shape[-1])),
                     BLOCK_EV=max(16, triton.next_power_of_2(v.shape[-1])))
+        if q.is_cuda:  # fewer pipeline stages for 4- and 8-byte tiles (shared memory)
+            meta.update(num_warps=4, num_stages=3 if q.element_size() == 2 else 2)
+        return meta
 
     def _fake_fwd(q, k, v, scale, causal):
         return (q.new_empty(*q.shape[:2], v.shape[-1]),
@@ -433,15 +428,18 @@ def _build_triton_kernels() -> dict[str, Any]:
         block_m, block_n = meta["BLOCK_M"], meta["BLOCK_N"]
         count_launch("attention_bwd")  # three launches: D, then dK and dV, then dQ
         wrap_triton(attention_rowdot_kernel)[(triton.cdiv(L, block_m), batch)](
-            o, do, d, L, EV, ACC=meta["ACC"], BLOCK_M=block_m, BLOCK_EV=meta["BLOCK_EV"])
+            o, do, d, L, EV, ACC=meta["ACC"], BLOCK_M=block_m, BLOCK_EV=meta["BLOCK_EV"],
+            **{k: meta[k] for k in ("num_warps", "num_stages") if k in meta})
         wrap_triton(attention_bwd_dkdv_kernel)[(triton.cdiv(S, block_n), batch)](
             q, k, v, do, lse, d, dk, dv, L, S, E, EV, scale, CAUSAL=causal, **meta)
         wrap_triton(attention_bwd_dq_kernel)[(triton.cdiv(L, block_m), batch)](
             q, k, v, do, lse, d, dq, L, S, E, EV, scale, CAUSAL=causal, **meta)
         return dq, dk, dv
 
-    _KERNELS.update(attention_fwd=attention_fwd_op, attention_bwd=attention_bwd_op)
-    return _KERNELS
+    return dict(attention_fwd=attention_fwd_op, attention_bwd=attention_bwd_op)
+
+
+_triton_kernels = kernel_family(_build_triton_kernels)
 
 
 def _acc_dtype(x: Tensor) -> torch.dtype:

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import PER_EXAMPLE, BPFunction, built, count_launch, kernel_op, moved, per_example, \
-    use_kernel
+from .base import (PER_EXAMPLE, BPFunction, count_launch, kernel_family, kernel_op, moved,
+                   per_example, use_kernel)
 
 
 def embedding_fwd(input: Tensor, weight: Tensor) -> Tensor:
@@ -100,20 +100,11 @@ __all__ = ["EmbeddingFunction", "embedding_bwd", "embedding_fwd"]
 # (float64 for float64), then round once to the table's dtype. Built on first use;
 # tests/test_kernels2.py runs it through Triton's interpreter against the reference and
 # torch.nn.functional.embedding.
-_KERNELS: dict[str, Any] = {}
 EMBEDDING_BLOCK = 256  # columns of D a program holds
 
 
-def _triton_kernels() -> dict[str, Any]:
-    """The kernel, built first if need be (in a compiled region too: :func:`base.built`)."""
-    built(_build_triton_kernels)
-    return _KERNELS
-
-
 def _build_triton_kernels() -> dict[str, Any]:
-    """The @triton.jit kernel and its custom op, built once."""
-    if _KERNELS:
-        return _KERNELS
+    """Each kernel's custom op by name (run once, on first use: :func:`base.kernel_family`)."""
     import triton
     import triton.language as tl
     from torch.library import wrap_triton
@@ -154,8 +145,10 @@ def _build_triton_kernels() -> dict[str, Any]:
                 BLOCK=EMBEDDING_BLOCK)
         return dw
 
-    _KERNELS["embedding_bwd"] = embedding_bwd_op
-    return _KERNELS
+    return {"embedding_bwd": embedding_bwd_op}
+
+
+_triton_kernels = kernel_family(_build_triton_kernels)
 
 
 def embedding_bwd_triton(delta: Tensor, input: Tensor, num_embeddings: int,

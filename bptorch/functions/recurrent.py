@@ -54,8 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import (LOWER, PER_EXAMPLE, BPFunction, built, count_launch, kernel_op, per_example,
-                   use_kernel)
+from .base import (LOWER, PER_EXAMPLE, BPFunction, count_launch, kernel_family, kernel_op,
+                   per_example, use_kernel)
 
 # a collection is on (bptorch.extensions): _weight_grads leaves (δ^ih, δ^hh) and (x, h_prev)
 # here, and the Function's backward that called it hands them on with its ctx
@@ -572,20 +572,11 @@ __all__ = ["GRUCellFunction", "GRULayerFunction", "LSTMCellFunction", "LSTMLayer
 # (float64 for float64). Built on first use (importing this file imports no triton);
 # tests/test_kernels2.py runs them through Triton's interpreter against the reference and
 # torch.nn.LSTM/GRU. Double backward and torch.func take the reference.
-_KERNELS: dict[str, Any] = {}
 GATE_BLOCK = 1024  # elements (n, j) a program holds
 
 
-def _triton_kernels() -> dict[str, Any]:
-    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
-    built(_build_triton_kernels)
-    return _KERNELS
-
-
 def _build_triton_kernels() -> dict[str, Any]:
-    """The @triton.jit kernels and their custom ops, built once."""
-    if _KERNELS:
-        return _KERNELS
+    """Each kernel's custom op by name (run once, on first use: :func:`base.kernel_family`)."""
     import triton
     import triton.language as tl
     from torch.library import wrap_triton
@@ -753,9 +744,11 @@ def _build_triton_kernels() -> dict[str, Any]:
                 HAS_GOUT=gout is not None, ACC=_acc(gates))
         return d_ih, d_hh, dhz
 
-    _KERNELS.update(lstm_gates_fwd=lstm_gates_fwd_op, lstm_gates_bwd=lstm_gates_bwd_op,
-                    gru_gates_fwd=gru_gates_fwd_op, gru_gates_bwd=gru_gates_bwd_op)
-    return _KERNELS
+    return dict(lstm_gates_fwd=lstm_gates_fwd_op, lstm_gates_bwd=lstm_gates_bwd_op,
+                gru_gates_fwd=gru_gates_fwd_op, gru_gates_bwd=gru_gates_bwd_op)
+
+
+_triton_kernels = kernel_family(_build_triton_kernels)
 
 
 def _c(t: Tensor | None) -> Tensor | None:
