@@ -6,7 +6,11 @@
 #   layers    benchmarks.layers --device cuda --no-compile;
 #   kernels   the same rows twice, BPTORCH_KERNELS=reference then =triton (the Triton
 #             kernels of bptorch.kernels off and on; "auto", the layers row, is on), and
-#             tests/test_kernels.py on the GPU (its CUDA cases; the interpreter's on CPU);
+#             tests/test_kernels.py and tests/test_kernels2.py on the GPU (their CUDA
+#             cases; the interpreter's on CPU). On CUDA the rows include attention at
+#             (32, 8, 1024, 64) bfloat16 against F.scaled_dot_product_attention and
+#             LSTM(256, 256) against cuDNN (benchmarks.layers.cuda_cases), and Embedding,
+#             whose backward is the scatter-add kernel under "triton"/"auto";
 #   cudagraph run.py's CUDA section (steps, throughput, CUDA graph of the explicit step);
 #   compiled  the compiled ResNet step row of benchmarks.layers on cuda.
 # $STAGES picks the stages (default: all). Logs and JSONs go to $OUT (default
@@ -55,17 +59,18 @@ if has bp4; then
   echo "[bp4_forms rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
 fi
 if has layers; then
-  timeout 90 $PY -m benchmarks.layers --device cuda --no-compile >>"$bench" 2>&1
+  timeout 120 $PY -m benchmarks.layers --device cuda --no-compile >>"$bench" 2>&1
   echo "[layers rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
 fi
 if has kernels; then
   for k in reference triton; do
     echo "[kernels: BPTORCH_KERNELS=$k]" >>"$bench"
-    BPTORCH_KERNELS=$k timeout 90 $PY -m benchmarks.layers --device cuda --no-compile \
+    BPTORCH_KERNELS=$k timeout 120 $PY -m benchmarks.layers --device cuda --no-compile \
       >>"$bench" 2>&1
     echo "[layers, kernels $k, rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
   done
-  timeout 240 $PY -m pytest -q -p no:cacheprovider -rfE tests/test_kernels.py >>"$bench" 2>&1
+  timeout 240 $PY -m pytest -q -p no:cacheprovider -rfE tests/test_kernels.py \
+    tests/test_kernels2.py >>"$bench" 2>&1
   echo "[test_kernels rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
 fi
 if has cudagraph; then

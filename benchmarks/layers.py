@@ -14,6 +14,8 @@ unless ``--threads``; timings are interleaved (bptorch, native, bptorch, ...) wi
 * Embedding(50,000, 256) on (64, 128) int64 indices (its backward: a scatter-add of δ
   into the rows used; torch's: ``embedding_dense_backward``);
 * GELU (exact, erf) on (64, 128, 256);
+* on CUDA only: scaled_dot_product_attention at (32, 8, 1024, 64) in bfloat16 (Q, K, V)
+  against torch's, and LSTM(256, 256) over 128 steps of batch 64 against torch's (cuDNN);
 * the small ResNet of ``experiments.resnet`` (16/32/64 maps, two basic blocks a stage,
   0.17 M parameters) at batch 64: one training step, ``zero_grad`` + forward + cost
   (log-likelihood of the softmax) + backward + ``SGD.step``, the bptorch net against the
@@ -50,12 +52,16 @@ from .timing import Target, interleaved, profiler_table, ratio, saved_bytes
 from .sequence import kept_bytes
 
 TARGETS = {"batchnorm": 3.5, "layernorm": 3.5, "embedding": 1.3, "gelu": 1.3,
-           "resnet": 1.3, "resnet_compiled": 1.2}
+           "resnet": 1.3, "resnet_compiled": 1.2,
+           # issue 23's targets for the two CUDA-only rows (their Triton kernels)
+           "attention": 1.2, "lstm": 2.0}
 BN = (64, 64, 14, 14)
 LN = (64, 128, 256)
 EMB = dict(num=50_000, dim=256, idx=(64, 128))
 GELU = (64, 128, 256)
 RESNET_BATCH = 64
+ATTENTION = (32, 8, 1024, 64)  # (batch, heads, L = S, E), bfloat16, no mask: CUDA only
+LSTM = dict(seq=128, batch=64, size=256)  # LSTM(256, 256), one layer: CUDA only (cuDNN)
 
 
 def _fwd_bwd(forward: Callable[[], torch.Tensor], grad: torch.Tensor,
@@ -95,6 +101,53 @@ def layer_cases(device: str = "cpu") -> list[tuple]:
         (f"Embedding {EMB['num']:,}×{EMB['dim']}, indices {EMB['idx']}", "embedding", *emb,
          idx, torch.randn(*EMB["idx"], EMB["dim"], device=device)),
         (f"GELU {GELU}", "gelu", *gelu, x_gelu, torch.randn(*GELU, device=device)),
+    ] + (cuda_cases(device) if device == "cuda" else [])
+
+
+class _Attention(nn.Module):
+    """softmax(Q Kᵀ/√E) V of a (3, *, L, E) tensor packing Q, K and V, with ``sdpa``
+    (bptorch's or torch's scaled_dot_product_attention): one input, as the rows take."""
+
+    def __init__(self, sdpa: Callable) -> None:
+        super().__init__()
+        self.sdpa = sdpa
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        return self.sdpa(*qkv.unbind(0))
+
+
+class _Output(nn.Module):
+    """A recurrent layer's output alone (the rows backpropagate one tensor)."""
+
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0]
+
+
+def cuda_cases(device: str) -> list[tuple]:
+    """The rows of issue 23's attention and LSTM targets, on a GPU only (at these sizes
+    the CPU would take minutes): attention at (32, 8, 1024, 64) in bfloat16 against
+    torch's scaled_dot_product_attention (its flash kernel there), LSTM(256, 256) over
+    128 steps of batch 64 against torch's (cuDNN)."""
+    from bptorch import functional as BF
+
+    torch.manual_seed(0)
+    qkv = torch.randn(3, *ATTENTION, device=device, dtype=torch.bfloat16, requires_grad=True)
+    attn = (_Attention(BF.scaled_dot_product_attention),
+            _Attention(nn.functional.scaled_dot_product_attention))
+    lstm = _twins(_Output(bnn.LSTM(LSTM["size"], LSTM["size"])),
+                  _Output(nn.LSTM(LSTM["size"], LSTM["size"])))
+    lstm = tuple(m.to(device) for m in lstm)
+    x = torch.randn(LSTM["seq"], LSTM["batch"], LSTM["size"], device=device,
+                    requires_grad=True)
+    return [
+        (f"attention {ATTENTION}, bfloat16, no mask", "attention", *attn, qkv,
+         torch.randn(*ATTENTION, device=device, dtype=torch.bfloat16)),
+        (f"LSTM({LSTM['size']}, {LSTM['size']}), {LSTM['seq']} steps × batch "
+         f"{LSTM['batch']}", "lstm", *lstm, x, torch.randn_like(x)),
     ]
 
 

@@ -17,6 +17,7 @@ from . import _checks as C
 from ._checks import check_cost_inputs, check_floating, check_linear
 from .activations import Activation, get_activation
 from .functions.attention import AttentionFunction, bool_to_bias, causal_bias
+from .functions.attention import FlashAttentionFunction, flash_attention_applies
 from .functions.base import IntPair
 from .functions.conv import Conv2dFunction
 from .functions.conv import ConvNdFunction, ConvTransposeNdFunction, ModePadFunction
@@ -802,6 +803,11 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
         raise NotImplementedError("scaled_dot_product_attention: enable_gqa=True (grouped-"
                                   "query attention) is not implemented in bptorch")
     C.check_attention(query, key, value, attn_mask, is_causal)
+    if attn_mask is None and dropout_p == 0.0 and flash_attention_applies(query, key, value):
+        # bptorch.kernels: the flash kernels (functions/attention.py's end); an explicit
+        # mask and dropout take the reference below
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        return FlashAttentionFunction.apply(query, key, value, scale, is_causal)[0]
     if is_causal:
         bias = causal_bias(query.shape[-2], key.shape[-2], query)
     elif attn_mask is not None and attn_mask.dtype == torch.bool:

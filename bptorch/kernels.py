@@ -25,6 +25,10 @@ with kernels: LayerNorm and BatchNorm (forward statistics, backward), the activa
 σ'(z) ⊙ g (Dense and the activation layers); the others run the reference under any name.
 Double backward (``create_graph=True``) and ``torch.func`` transforms always take the
 reference, whose torch ops are differentiable and batchable.
+
+More layers with kernels: scaled_dot_product_attention with no mask or the causal one and
+no dropout (flash-style forward saving the row log-sum-exp, tiled backward), the gate
+products of LSTM and GRU steps (layers and cells), and Embedding's scatter-add.
 """
 from __future__ import annotations
 

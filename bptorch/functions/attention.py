@@ -43,7 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import LOW_PRECISION, LOWER, BPFunction, moved
+from .base import (LOW_PRECISION, LOWER, BPFunction, count_launch, kernel_family, kernel_op,
+                   moved, use_kernel)
 
 
 # ---------------------------------------------------------------- the reference pair
@@ -204,6 +205,311 @@ def bool_to_bias(keep: Tensor, dtype: torch.dtype) -> Tensor:
 
 __all__ = ["AttentionFunction", "attention_bwd", "attention_fwd", "bool_to_bias",
            "causal_bias", "safe_softmax", "scores"]
+
+
+# ---------------------------------------------------------------- Triton kernels
+# The same equations in tiles, as flash attention computes them (bptorch.kernels picks
+# them: "triton", or "auto" on CUDA), for scaled_dot_product_attention with no mask or
+# the causal one and no dropout; an explicit mask (B is then an (L, S) tensor to read) and
+# dropout (M is one) take the reference above, and so do double backward and torch.func.
+#
+# forward, one program per block of BLOCK_M query rows, the key blocks in turn (the
+# "online" softmax: the running row max m and row sum l are rescaled as each block raises
+# m, so no L × S tensor is ever formed):
+#     S_blk = scale · Q_blk K_jᵀ (−∞ where masked),  m' = max(m, rowmax S_blk),
+#     l = l e^{m − m'} + rowsum e^{S_blk − m'},  O_acc = O_acc e^{m − m'} + e^{S_blk − m'} V_j
+#     O = O_acc / l,  lse = m + ln l   (saved: L numbers a row instead of P's L·S)
+# backward, P recomputed tile by tile from lse, P = exp(S − lse), and
+#     D = rowsum(dO ⊙ O)  (= rowsum(dP ⊙ P): dP = dO Vᵀ and O = P V, so Σ_j dP_ij P_ij
+#                          = dO_i · Σ_j P_ij v_j = dO_i · O_i, one dot a row, no L × S)
+#     dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ⊙ (dP − D),  dK = dSᵀ Q · scale,  dQ = dS K · scale
+# in two kernels: one per key block (dK, dV: sums over the query blocks) and one per query
+# block (dQ: a sum over the key blocks), so that no program adds into another's rows.
+# Arithmetic in float32 (float64 for float64 inputs); the matmuls' inputs in the tensors'
+# dtype (bfloat16 on the tensor cores), their sums in float32. Built on first use
+# (importing this file imports no triton); tests/test_kernels2.py runs them through
+# Triton's interpreter against the reference and torch's scaled_dot_product_attention.
+# (BLOCK_M, BLOCK_N): query rows and key rows a program holds; small under the
+# interpreter (its tests then cross several tiles at small shapes). The CUDA choices are
+# flash attention's usual starting point, not yet tuned on a GPU.
+ATTENTION_BLOCKS = {"cuda": (64, 64), "cpu": (16, 16)}
+MAX_HEAD_DIM = 128  # E and Ev up to this in one block (shared memory); larger: the reference
+
+
+def _build_triton_kernels() -> dict[str, Any]:
+    """Each kernel's custom op by name (run once, on first use: :func:`base.kernel_family`)."""
+    import triton
+    import triton.language as tl
+    from torch.library import wrap_triton
+
+    @triton.jit
+    def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, L, S, E, EV, scale,
+                             CAUSAL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr):
+        """Query rows [m·BLOCK_M, (m+1)·BLOCK_M) of head b: O = softmax(scale · Q Kᵀ) V,
+        one key block at a time (online softmax); lse = m + ln l saved for backward."""
+        b = tl.program_id(1).to(tl.int64)
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        e, ev = tl.arange(0, BLOCK_E), tl.arange(0, BLOCK_EV)
+        q = tl.load(q_ptr + b * L * E + rows[:, None] * E + e[None, :],
+                    mask=(rows[:, None] < L) & (e[None, :] < E), other=0.0)
+        m_i = tl.full((BLOCK_M,), float("-inf"), ACC)  # running row max of S
+        l_i = tl.zeros((BLOCK_M,), ACC)  # running Σ_j e^{s_ij − m}
+        acc = tl.zeros((BLOCK_M, BLOCK_EV), ACC)  # running Σ_j e^{s_ij − m} v_j
+        hi = S
+        if CAUSAL:  # keys j ≤ i only: no block past this query block's last row
+            hi = tl.minimum(S, (tl.program_id(0) + 1) * BLOCK_M)
+        for start in range(0, hi, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            k = tl.load(k_ptr + b * S * E + cols[:, None] * E + e[None, :],
+                        mask=(cols[:, None] < S) & (e[None, :] < E), other=0.0)
+            v = tl.load(v_ptr + b * S * EV + cols[:, None] * EV + ev[None, :],
+                        mask=(cols[:, None] < S) & (ev[None, :] < EV), other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * scale  # scale·Q Kᵀ
+            keep = cols[None, :] < S
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= rows[:, None])  # B = −∞ above the diagonal
+            s = tl.where(keep, s, float("-inf"))
+            # key 0 is in the first block and never masked, so m is finite from then on
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp(s - m_new[:, None])  # e^{S − m'}
+            alpha = tl.exp(m_i - m_new)  # e^{m − m'}: the old sums rescaled to the new max
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v,
+                                                input_precision=PREC).to(ACC)
+            m_i = m_new
+        o = acc / l_i[:, None]  # O = P V, P = e^{S − m} / l
+        tl.store(o_ptr + b * L * EV + rows[:, None] * EV + ev[None, :],
+                 o.to(o_ptr.dtype.element_ty), mask=(rows[:, None] < L) & (ev[None, :] < EV))
+        tl.store(lse_ptr + b * L + rows, m_i + tl.log(l_i), mask=rows < L)  # lse = m + ln l
+
+    @triton.jit
+    def attention_rowdot_kernel(o_ptr, do_ptr, d_ptr, L, EV, ACC: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_EV: tl.constexpr):
+        """D = rowsum(dO ⊙ O) for BLOCK_M rows of head b (= rowsum(dP ⊙ P))."""
+        b = tl.program_id(1).to(tl.int64)
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        ev = tl.arange(0, BLOCK_EV)
+        offs = b * L * EV + rows[:, None] * EV + ev[None, :]
+        mask = (rows[:, None] < L) & (ev[None, :] < EV)
+        o = tl.load(o_ptr + offs, mask=mask, other=0.0).to(ACC)
+        do = tl.load(do_ptr + offs, mask=mask, other=0.0).to(ACC)
+        tl.store(d_ptr + b * L + rows, tl.sum(do * o, 1), mask=rows < L)
+
+    @triton.jit
+    def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dk_ptr, dv_ptr,
+                                  L, S, E, EV, scale, CAUSAL: tl.constexpr, ACC: tl.constexpr,
+                                  PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+                                  BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+                                  BLOCK_EV: tl.constexpr):
+        """Key rows [n·BLOCK_N, (n+1)·BLOCK_N) of head b: dV = Pᵀ dO and dK = dSᵀ Q · scale,
+        summed over the query blocks, P recomputed from lse."""
+        b = tl.program_id(1).to(tl.int64)
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        e, ev = tl.arange(0, BLOCK_E), tl.arange(0, BLOCK_EV)
+        k = tl.load(k_ptr + b * S * E + cols[:, None] * E + e[None, :],
+                    mask=(cols[:, None] < S) & (e[None, :] < E), other=0.0)
+        v = tl.load(v_ptr + b * S * EV + cols[:, None] * EV + ev[None, :],
+                    mask=(cols[:, None] < S) & (ev[None, :] < EV), other=0.0)
+        dk = tl.zeros((BLOCK_N, BLOCK_E), ACC)
+        dv = tl.zeros((BLOCK_N, BLOCK_EV), ACC)
+        lo = 0
+        if CAUSAL:  # rows i ≥ j only: none before the query block holding this key block's first
+            lo = (tl.program_id(0) * BLOCK_N // BLOCK_M) * BLOCK_M
+        for start in range(lo, L, BLOCK_M):
+            rows = start + tl.arange(0, BLOCK_M)
+            q = tl.load(q_ptr + b * L * E + rows[:, None] * E + e[None, :],
+                        mask=(rows[:, None] < L) & (e[None, :] < E), other=0.0)
+            do = tl.load(do_ptr + b * L * EV + rows[:, None] * EV + ev[None, :],
+                         mask=(rows[:, None] < L) & (ev[None, :] < EV), other=0.0)
+            lse = tl.load(lse_ptr + b * L + rows, mask=rows < L, other=0.0)
+            d = tl.load(d_ptr + b * L + rows, mask=rows < L, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * scale  # scale·Q Kᵀ
+            keep = (rows[:, None] < L) & (cols[None, :] < S)
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= rows[:, None])
+            p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)  # P = exp(S − lse), recomputed
+            # O = P V  →  dV = Pᵀ dO
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC).to(ACC)
+            # O = P V  →  dP = dO Vᵀ
+            dp = tl.dot(do, tl.trans(v), input_precision=PREC).to(ACC)
+            # P = softmax(S)  →  dS = P ⊙ (dP − rowsum(dO ⊙ O)), the softmax's BP1
+            ds = p * (dp - d[:, None])
+            # S = scale · Q Kᵀ  →  dK = dSᵀ Q · scale (the scale once, after the sum)
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC).to(ACC)
+        tl.store(dk_ptr + b * S * E + cols[:, None] * E + e[None, :],
+                 (dk * scale).to(dk_ptr.dtype.element_ty),
+                 mask=(cols[:, None] < S) & (e[None, :] < E))
+        tl.store(dv_ptr + b * S * EV + cols[:, None] * EV + ev[None, :],
+                 dv.to(dv_ptr.dtype.element_ty), mask=(cols[:, None] < S) & (ev[None, :] < EV))
+
+    @triton.jit
+    def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dq_ptr,
+                                L, S, E, EV, scale, CAUSAL: tl.constexpr, ACC: tl.constexpr,
+                                PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+                                BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+                                BLOCK_EV: tl.constexpr):
+        """Query rows [m·BLOCK_M, (m+1)·BLOCK_M) of head b: dQ = dS K · scale, summed over
+        the key blocks, dS = P ⊙ (dP − D) recomputed as in the kernel above."""
+        b = tl.program_id(1).to(tl.int64)
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        e, ev = tl.arange(0, BLOCK_E), tl.arange(0, BLOCK_EV)
+        q = tl.load(q_ptr + b * L * E + rows[:, None] * E + e[None, :],
+                    mask=(rows[:, None] < L) & (e[None, :] < E), other=0.0)
+        do = tl.load(do_ptr + b * L * EV + rows[:, None] * EV + ev[None, :],
+                     mask=(rows[:, None] < L) & (ev[None, :] < EV), other=0.0)
+        lse = tl.load(lse_ptr + b * L + rows, mask=rows < L, other=0.0)
+        d = tl.load(d_ptr + b * L + rows, mask=rows < L, other=0.0)
+        dq = tl.zeros((BLOCK_M, BLOCK_E), ACC)
+        hi = S
+        if CAUSAL:
+            hi = tl.minimum(S, (tl.program_id(0) + 1) * BLOCK_M)
+        for start in range(0, hi, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            k = tl.load(k_ptr + b * S * E + cols[:, None] * E + e[None, :],
+                        mask=(cols[:, None] < S) & (e[None, :] < E), other=0.0)
+            v = tl.load(v_ptr + b * S * EV + cols[:, None] * EV + ev[None, :],
+                        mask=(cols[:, None] < S) & (ev[None, :] < EV), other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * scale  # scale·Q Kᵀ
+            keep = (rows[:, None] < L) & (cols[None, :] < S)
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= rows[:, None])
+            p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)  # P = exp(S − lse), recomputed
+            dp = tl.dot(do, tl.trans(v), input_precision=PREC).to(ACC)  # dP = dO Vᵀ
+            ds = p * (dp - d[:, None])  # dS = P ⊙ (dP − rowsum(dO ⊙ O))
+            # S = scale · Q Kᵀ  →  dQ = dS K · scale
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC).to(ACC)
+        tl.store(dq_ptr + b * L * E + rows[:, None] * E + e[None, :],
+                 (dq * scale).to(dq_ptr.dtype.element_ty),
+                 mask=(rows[:, None] < L) & (e[None, :] < E))
+
+    def _meta(q: Tensor, k: Tensor, v: Tensor) -> dict[str, Any]:
+        """The compile-time constants of one call: blocks, arithmetic, dot precision."""
+        block_m, block_n = ATTENTION_BLOCKS["cuda" if q.is_cuda else "cpu"]
+        wide = q.dtype == torch.float64
+        meta = dict(ACC=tl.float64 if wide else tl.float32,
+                    # float32 inputs: IEEE products (TF32's 10-bit mantissa would not equal
+                    # the reference); half inputs: the default, which only fp32 operands read
+                    PREC="ieee" if q.dtype in (torch.float32, torch.float64) else "tf32",
+                    BLOCK_M=block_m, BLOCK_N=block_n,
+                    BLOCK_E=max(16, triton.next_power_of_2(q.shape[-1])),
+                    BLOCK_EV=max(16, triton.next_power_of_2(v.shape[-1])))
+        if q.is_cuda:  # fewer pipeline stages for 4- and 8-byte tiles (shared memory)
+            meta.update(num_warps=4, num_stages=3 if q.element_size() == 2 else 2)
+        return meta
+
+    def _fake_fwd(q, k, v, scale, causal):
+        return (q.new_empty(*q.shape[:2], v.shape[-1]),
+                q.new_empty(q.shape[:2], dtype=_acc_dtype(q)))
+
+    @kernel_op("attention_fwd", _fake_fwd)
+    def attention_fwd_op(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                         causal: bool) -> tuple[Tensor, Tensor]:
+        (batch, L, E), S, EV = q.shape, k.shape[1], v.shape[2]
+        o = q.new_empty(batch, L, EV)
+        lse = q.new_empty(batch, L, dtype=_acc_dtype(q))
+        meta = _meta(q, k, v)
+        count_launch("attention_fwd")
+        wrap_triton(attention_fwd_kernel)[(triton.cdiv(L, meta["BLOCK_M"]), batch)](
+            q, k, v, o, lse, L, S, E, EV, scale, CAUSAL=causal, **meta)
+        return o, lse
+
+    def _fake_bwd(do, q, k, v, o, lse, scale, causal):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    @kernel_op("attention_bwd", _fake_bwd)
+    def attention_bwd_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+                         scale: float, causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+        (batch, L, E), S, EV = q.shape, k.shape[1], v.shape[2]
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        d = torch.empty_like(lse)  # D = rowsum(dO ⊙ O)
+        meta = _meta(q, k, v)
+        block_m, block_n = meta["BLOCK_M"], meta["BLOCK_N"]
+        count_launch("attention_bwd")  # three launches: D, then dK and dV, then dQ
+        wrap_triton(attention_rowdot_kernel)[(triton.cdiv(L, block_m), batch)](
+            o, do, d, L, EV, ACC=meta["ACC"], BLOCK_M=block_m, BLOCK_EV=meta["BLOCK_EV"],
+            **{k: meta[k] for k in ("num_warps", "num_stages") if k in meta})
+        wrap_triton(attention_bwd_dkdv_kernel)[(triton.cdiv(S, block_n), batch)](
+            q, k, v, do, lse, d, dk, dv, L, S, E, EV, scale, CAUSAL=causal, **meta)
+        wrap_triton(attention_bwd_dq_kernel)[(triton.cdiv(L, block_m), batch)](
+            q, k, v, do, lse, d, dq, L, S, E, EV, scale, CAUSAL=causal, **meta)
+        return dq, dk, dv
+
+    return dict(attention_fwd=attention_fwd_op, attention_bwd=attention_bwd_op)
+
+
+_triton_kernels = kernel_family(_build_triton_kernels)
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    """The kernels' arithmetic dtype: float64 for float64, float32 otherwise."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def flash_attention_applies(query: Tensor, key: Tensor, value: Tensor) -> bool:
+    """Whether :class:`FlashAttentionFunction` takes a call with no mask (or the causal one)
+    and no dropout: the kernel choice says Triton, the three have the same batch dims
+    (no broadcasting), and E, Ev ≤ :data:`MAX_HEAD_DIM`, L, S ≥ 1."""
+    return (use_kernel(query) and query.shape[:-2] == key.shape[:-2] == value.shape[:-2]
+            and max(query.shape[-1], value.shape[-1]) <= MAX_HEAD_DIM
+            and query.shape[-2] > 0 and key.shape[-2] > 0 and query.dtype == key.dtype
+            == value.dtype)
+
+
+def _heads(t: Tensor) -> Tensor:
+    """(*, L, E) -> (B, L, E), contiguous: one program grid row per (batch, head)."""
+    return t.reshape(-1, t.shape[-2], t.shape[-1]).contiguous()
+
+
+class FlashAttentionFunction(BPFunction):
+    """O = softmax(scale · Q Kᵀ + B) V with B = 0 or the causal mask (keys j ≤ i), in
+    tiles: the Triton kernels above. Returns (O, lse), lse the row log-sum-exp
+    (not differentiable), which is all backward keeps besides Q, K, V and O.
+
+    Backward (δ = dO = ∂C/∂O): D = rowsum(dO ⊙ O); per tile P = exp(S − lse),
+    dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP − D), dQ = dS K·scale, dK = dSᵀ Q·scale, the
+    equations of :func:`attention_bwd` with rowsum(dP ⊙ P) = D. Double backward
+    (``create_graph=True``) takes the reference, P recomputed with differentiable ops.
+
+    Batch-first: query (*, L, E), key (*, S, E), value (*, S, Ev), equal batch dims.
+    """
+
+    autocast = LOWER  # as AttentionFunction: torch's attention is a lower-precision op
+
+    @staticmethod
+    def forward(query: Tensor, key: Tensor, value: Tensor, scale: float,
+                causal: bool) -> tuple[Tensor, Tensor]:
+        o, lse = _triton_kernels()["attention_fwd"](_heads(query), _heads(key), _heads(value),
+                                                    scale, causal)
+        return o.view(*query.shape[:-1], value.shape[-1]), lse.view(query.shape[:-1])
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        query, key, value, scale, causal = inputs
+        o, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.scale, ctx.causal = scale, causal
+        ctx.save_for_backward(query, key, value, o, lse)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor, _grad_lse: Tensor | None):
+        q, k, v, o, lse = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph: the reference, P a function of Q and K
+            bias = causal_bias(q.shape[-2], k.shape[-2], q) if ctx.causal else None
+            p, _lse = safe_softmax(scores(q, k, bias, ctx.scale))
+            dq, dk, dv, _db = attention_bwd(grad_output, None, q, k, v, p, None, ctx.scale,
+                                            (*need, False))
+            return dq, dk, dv, None, None
+        dq, dk, dv = _triton_kernels()["attention_bwd"](
+            _heads(grad_output), _heads(q), _heads(k), _heads(v), _heads(o),
+            lse.reshape(-1, q.shape[-2]).contiguous(), ctx.scale, ctx.causal)
+        return (dq.view(q.shape) if need[0] else None, dk.view(k.shape) if need[1] else None,
+                dv.view(v.shape) if need[2] else None, None, None)
+
+
+__all__ += ["FlashAttentionFunction", "flash_attention_applies"]
 
 # moved out of this file (one release): the input checks
 __getattr__ = moved(__name__, {"check_attention": "bptorch._checks"})

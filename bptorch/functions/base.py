@@ -188,6 +188,26 @@ def built(builder: Callable[[], Any]) -> bool:
 built._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
+def kernel_family(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """``kernels()`` for one family of Triton kernels: the dict of custom ops ``build``
+    returns (it imports triton and defines the @triton.jit kernels), built by the first
+    call and kept. Each family's file ends with ``_triton_kernels = kernel_family(build)``,
+    so importing it imports no triton; a compiled region may make the first call (the
+    build runs through :func:`built`, a constant to Dynamo: no graph break)."""
+    cache: dict[str, Any] = {}
+
+    def fill() -> dict[str, Any]:
+        if not cache:
+            cache.update(build())
+        return cache
+
+    def kernels() -> dict[str, Any]:
+        built(fill)
+        return cache
+
+    return kernels
+
+
 def kernel_op(name: str, fake: Callable[..., Any], mutates_args: tuple = ()) -> Callable:
     """A decorator that registers a kernel launcher as the custom op ``bptorch::name``, so
     that torch.compile sees one op per launch and no graph break.

@@ -36,8 +36,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import softplus
 
-from .base import (FLOAT32, LOW_PRECISION, BPFunction, built, count_launch, kernel_op, narrow,
-                   use_kernel)
+from .base import (FLOAT32, LOW_PRECISION, BPFunction, count_launch, kernel_family, kernel_op,
+                   narrow, use_kernel)
 
 # torch's BCELoss safeguards (aten binary_cross_entropy and its backward): the floor
 # on ln a and ln(1 − a), and the floor on the denominator of the gradient.
@@ -503,19 +503,10 @@ __all__ += ["ClassCostFunction", "LogSoftmaxFunction", "POINTWISE", "PointwiseCo
 # (importing this file imports no triton); tests/test_kernels.py runs it through Triton's
 # interpreter against the reference and torch.nn.functional.cross_entropy. The gradient
 # with respect to a soft target (−ln p) and double backward take the reference.
-_KERNELS: dict[str, Any] = {}
-
-
-def _triton_kernels() -> dict[str, Any]:
-    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
-    built(_build_triton_kernels)
-    return _KERNELS
 
 
 def _build_triton_kernels() -> dict[str, Any]:
-    """The @triton.jit kernel and its custom op, built once."""
-    if _KERNELS:
-        return _KERNELS
+    """Each kernel's custom op by name (run once, on first use: :func:`base.kernel_family`)."""
     import triton
     import triton.language as tl
     from torch.library import wrap_triton
@@ -556,8 +547,10 @@ def _build_triton_kernels() -> dict[str, Any]:
             BLOCK=triton.next_power_of_2(c))
         return dz
 
-    _KERNELS["cross_entropy_bwd"] = cross_entropy_bwd_op
-    return _KERNELS
+    return {"cross_entropy_bwd": cross_entropy_bwd_op}
+
+
+_triton_kernels = kernel_family(_build_triton_kernels)
 
 
 def cross_entropy_bwd_triton(g: Tensor, z: Tensor, q: Tensor) -> Tensor:

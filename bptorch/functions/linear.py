@@ -29,8 +29,9 @@ import torch
 from torch import Tensor
 
 from ..activations import Activation
-from .base import (DELTA_HOOKS, FLOAT32, LOW_PRECISION, LOWER, PER_EXAMPLE, BPFunction, built,
-                   count_launch, kernel_op, per_example, report_delta, use_kernel)
+from .base import (DELTA_HOOKS, FLOAT32, LOW_PRECISION, LOWER, PER_EXAMPLE, BPFunction,
+                   count_launch, kernel_family, kernel_op, per_example, report_delta,
+                   use_kernel)
 
 Need = tuple[bool, ...]
 
@@ -425,19 +426,10 @@ __all__ += ["FLOAT32_ON_CUDA", "KEEPS_NO_Z_IN_PLACE", "PReLUFunction", "no_z_mes
 _SIGMA_CODE = {("sigmoid", None): 0, ("tanh", None): 1, ("relu", None): 2,
                ("leaky_relu", None): 3, ("gelu", "none"): 4, ("gelu", "tanh"): 5,
                ("silu", None): 6}
-_KERNELS: dict[str, Any] = {}
-
-
-def _triton_kernels() -> dict[str, Any]:
-    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
-    built(_build_triton_kernels)
-    return _KERNELS
 
 
 def _build_triton_kernels() -> dict[str, Any]:
-    """The @triton.jit kernel and its custom op, built once."""
-    if _KERNELS:
-        return _KERNELS
+    """Each kernel's custom op by name (run once, on first use: :func:`base.kernel_family`)."""
     import triton
     import triton.language as tl
     from torch.library import wrap_triton
@@ -490,8 +482,10 @@ def _build_triton_kernels() -> dict[str, Any]:
             grad_output, saved, delta, n, SIGMA=sigma, SLOPE=slope, ACC=acc, BLOCK=1024)
         return delta
 
-    _KERNELS["activation_delta"] = activation_delta_op
-    return _KERNELS
+    return {"activation_delta": activation_delta_op}
+
+
+_triton_kernels = kernel_family(_build_triton_kernels)
 
 
 def activation_delta(activation: Activation, grad_output: Tensor, saved: Tensor | None,

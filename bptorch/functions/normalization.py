@@ -39,8 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import (FLOAT32, LOW_PRECISION, PER_EXAMPLE, BPFunction, built, moved, per_example,
-                   use_kernel)
+from .base import (FLOAT32, LOW_PRECISION, PER_EXAMPLE, BPFunction, kernel_family, moved,
+                   per_example, use_kernel)
 
 Dims = tuple[int, ...]
 
@@ -556,19 +556,10 @@ __getattr__ = moved(__name__, {"check_batch_norm": "bptorch._checks",
 # (BatchNorm) in blocks of a power of two, masked at the end; the arithmetic runs in
 # float32 (float64 for float64 inputs). tests/test_kernels.py runs each through Triton's
 # interpreter against the reference and torch.nn.
-_KERNELS: dict[str, Any] = {}
-
-
-def _triton_kernels() -> dict[str, Any]:
-    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
-    built(_build_triton_kernels)
-    return _KERNELS
 
 
 def _build_triton_kernels() -> dict[str, Any]:
-    """The @triton.jit kernels and their custom ops, built once."""
-    if _KERNELS:
-        return _KERNELS
+    """Each kernel's custom op by name (run once, on first use: :func:`base.kernel_family`)."""
     import triton
     import triton.language as tl
     from torch.library import wrap_triton
@@ -840,10 +831,12 @@ def _build_triton_kernels() -> dict[str, Any]:
             BLOCK=256)
 
     _TL_ACC.update({torch.float32: tl.float32, torch.float64: tl.float64})
-    _KERNELS.update(layer_norm_fwd=layer_norm_fwd_op, layer_norm_bwd=layer_norm_bwd_op,
-                    batch_norm_fwd=batch_norm_fwd_op, batch_norm_bwd=batch_norm_bwd_op,
-                    running_stats=running_stats_op)
-    return _KERNELS
+    return dict(layer_norm_fwd=layer_norm_fwd_op, layer_norm_bwd=layer_norm_bwd_op,
+                batch_norm_fwd=batch_norm_fwd_op, batch_norm_bwd=batch_norm_bwd_op,
+                running_stats=running_stats_op)
+
+
+_triton_kernels = kernel_family(_build_triton_kernels)
 
 
 # the longest LayerNorm row a kernel program holds in one block; longer rows (rare) take

@@ -54,7 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOWER, PER_EXAMPLE, BPFunction, per_example
+from .base import (LOWER, PER_EXAMPLE, BPFunction, count_launch, kernel_family, kernel_op,
+                   per_example, use_kernel)
 
 # a collection is on (bptorch.extensions): _weight_grads leaves (δ^ih, δ^hh) and (x, h_prev)
 # here, and the Function's backward that called it hands them on with its ctx
@@ -257,7 +258,15 @@ def lstm_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tens
     for t in reversed(range(x.shape[0])):
         dhs[t] = dh = _upstream(grad_output, t, dh)  # ∂C/∂h_t
         deltas[t], dh, dc = lstm_step_bwd(dh, dc, gates[t], cs[t], c_prev[t], w_hh, w_hr)
-    delta = torch.stack(deltas)  # (T, N, 4H)
+    return _lstm_grads(torch.stack(deltas), dhs, dh, dc, x, h0, w_ih, output, gates, cs, need,
+                       w_hr)
+
+
+def _lstm_grads(delta: Tensor, dhs: list[Tensor], dh: Tensor, dc: Tensor, x: Tensor,
+                h0: Tensor, w_ih: Tensor, output: Tensor, gates: Tensor, cs: Tensor,
+                need: tuple[bool, ...], w_hr: Tensor | None) -> tuple[Tensor | None, ...]:
+    """:func:`lstm_bwd`'s gradients from every step's δ (T, N, 4H), ∂C/∂h_t (for W_hr) and
+    what reached h_0 and c_0: BP3 and BP4 over all steps at once."""
     need_x, need_h0, need_c0, *need_params = need
     grad_x, *grads = _weight_grads(delta, delta, x, _h_prev(h0, output), w_ih,
                                    (need_x, *need_params[:4]))
@@ -295,6 +304,8 @@ class LSTMLayerFunction(BPFunction):
     def forward(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                 b_ih: Tensor | None, b_hh: Tensor | None,
                 w_hr: Tensor | None = None) -> tuple[Tensor, ...]:
+        if use_kernel(input):  # bptorch.kernels: the gate kernels (the file's end)
+            return lstm_fwd_triton(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
         return lstm_fwd(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
 
     @staticmethod
@@ -303,6 +314,7 @@ class LSTMLayerFunction(BPFunction):
         out, _h_n, _c_n, gates, cs = output
         ctx.mark_non_differentiable(gates, cs)
         ctx.set_materialize_grads(False)
+        ctx.kernel = use_kernel(x)  # bptorch.kernels: the forward's choice, for backward
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, gates, cs)
 
     @staticmethod
@@ -310,8 +322,10 @@ class LSTMLayerFunction(BPFunction):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, gates, cs = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the gates as functions of the inputs
             out, _h, _c, gates, cs = lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        grads = lstm_bwd(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, out, gates,
-                         cs, ctx.needs_input_grad, w_hr)
+        # bptorch.kernels: the gate kernels (the file's end), outside create_graph
+        bwd = lstm_bwd_triton if ctx.kernel and not torch.is_grad_enabled() else lstm_bwd
+        grads = bwd(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, out, gates, cs,
+                    ctx.needs_input_grad, w_hr)
         if PER_EXAMPLE and _FACTORS:  # a collection is on: δ and a^{l-1} of both matmuls
             grads = per_example("lstm", ctx, grads, *_FACTORS.pop())
         return grads
@@ -402,6 +416,8 @@ class GRULayerFunction(BPFunction):
     @staticmethod
     def forward(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
                 b_hh: Tensor | None) -> tuple[Tensor, ...]:
+        if use_kernel(input):  # bptorch.kernels: the gate kernels (the file's end)
+            return gru_fwd_triton(input, h0, w_ih, w_hh, b_ih, b_hh)
         return gru_fwd(input, h0, w_ih, w_hh, b_ih, b_hh)
 
     @staticmethod
@@ -410,6 +426,7 @@ class GRULayerFunction(BPFunction):
         out, _h_n, gates, hns = output
         ctx.mark_non_differentiable(gates, hns)
         ctx.set_materialize_grads(False)
+        ctx.kernel = use_kernel(x)  # bptorch.kernels: the forward's choice, for backward
         ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, out, gates, hns)
 
     @staticmethod
@@ -417,8 +434,10 @@ class GRULayerFunction(BPFunction):
         x, h0, w_ih, w_hh, b_ih, b_hh, out, gates, hns = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the gates as functions of the inputs
             out, _h, gates, hns = gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh)
-        grads = gru_bwd(grad_output, grad_h_n, x, h0, w_ih, w_hh, out, gates, hns,
-                        ctx.needs_input_grad)
+        # bptorch.kernels: the gate kernels (the file's end), outside create_graph
+        bwd = gru_bwd_triton if ctx.kernel and not torch.is_grad_enabled() else gru_bwd
+        grads = bwd(grad_output, grad_h_n, x, h0, w_ih, w_hh, out, gates, hns,
+                    ctx.needs_input_grad)
         if PER_EXAMPLE and _FACTORS:  # a collection is on: δ and a^{l-1} of both matmuls
             grads = per_example("recurrent", ctx, grads, *_FACTORS.pop())
         return grads
@@ -472,7 +491,8 @@ class LSTMCellFunction(BPFunction):
     @staticmethod
     def forward(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
                 b_ih: Tensor | None, b_hh: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        return lstm_step(F.linear(input, w_ih, b_ih), h, c, w_hh, b_hh)
+        step = lstm_step_triton if use_kernel(input) else lstm_step  # bptorch.kernels
+        return step(F.linear(input, w_ih, b_ih), h, c, w_hh, b_hh)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -480,6 +500,7 @@ class LSTMCellFunction(BPFunction):
         _h1, c1, gates = output
         ctx.mark_non_differentiable(gates)
         ctx.set_materialize_grads(False)
+        ctx.kernel = use_kernel(x)  # bptorch.kernels: the forward's choice, for backward
         ctx.save_for_backward(x, h, c, w_ih, w_hh, b_ih, b_hh, c1, gates)
 
     @staticmethod
@@ -490,7 +511,9 @@ class LSTMCellFunction(BPFunction):
         need_x, need_h, need_c, *need_params = ctx.needs_input_grad
         dh = grad_h if grad_h is not None else _zeros_like_state(h)
         dc = grad_c if grad_c is not None else _zeros_like_state(c)
-        delta, dh, dc = lstm_step_bwd(dh, dc, gates, c1, c, w_hh)
+        step_bwd = (lstm_step_bwd_triton if ctx.kernel and not torch.is_grad_enabled()
+                    else lstm_step_bwd)  # bptorch.kernels, outside create_graph
+        delta, dh, dc = step_bwd(dh, dc, gates, c1, c, w_hh)
         grad_x, *grads = _weight_grads(delta, delta, x, h, w_ih, (need_x, *need_params))
         return (grad_x, dh if need_h else None, dc if need_c else None, *grads)
 
@@ -508,13 +531,15 @@ class GRUCellFunction(BPFunction):
     @staticmethod
     def forward(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
                 b_hh: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        return gru_step(F.linear(input, w_ih, b_ih), hx, w_hh, b_hh)
+        step = gru_step_triton if use_kernel(input) else gru_step  # bptorch.kernels
+        return step(F.linear(input, w_ih, b_ih), hx, w_hh, b_hh)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         x, hx, w_ih, w_hh, b_ih, b_hh = inputs
         _h1, gates, hn = output
         ctx.mark_non_differentiable(gates, hn)
+        ctx.kernel = use_kernel(x)  # bptorch.kernels: the forward's choice, for backward
         ctx.save_for_backward(x, hx, w_ih, w_hh, b_ih, b_hh, gates, hn)
 
     @staticmethod
@@ -523,7 +548,9 @@ class GRUCellFunction(BPFunction):
         if torch.is_grad_enabled():  # create_graph: the gates as functions of the inputs
             _h1, gates, hn = gru_step(F.linear(x, w_ih, b_ih), hx, w_hh, b_hh)
         need_x, need_h, *need_params = ctx.needs_input_grad
-        delta_ih, delta_hh, dh = gru_step_bwd(grad_output, hx, gates, hn, w_hh)
+        step_bwd = (gru_step_bwd_triton if ctx.kernel and not torch.is_grad_enabled()
+                    else gru_step_bwd)  # bptorch.kernels, outside create_graph
+        delta_ih, delta_hh, dh = step_bwd(grad_output, hx, gates, hn, w_hh)
         grad_x, *grads = _weight_grads(delta_ih, delta_hh, x, hx, w_ih, (need_x, *need_params))
         return (grad_x, dh if need_h else None, *grads)
 
@@ -532,3 +559,305 @@ __all__ = ["GRUCellFunction", "GRULayerFunction", "LSTMCellFunction", "LSTMLayer
            "RNNCellFunction", "RNNLayerFunction", "gru_bwd", "gru_fwd", "gru_step",
            "gru_step_bwd", "lstm_bwd", "lstm_fwd", "lstm_step", "lstm_step_bwd", "rnn_bwd",
            "rnn_fwd", "rnn_step", "rnn_step_bwd"]
+
+
+# ---------------------------------------------------------------- Triton kernels
+# The gate products of one step in one launch each way, where the reference launches
+# about ten elementwise ops forward and twenty backward (bptorch.kernels picks them:
+# "triton", or "auto" on CUDA). The GEMMs stay torch matmuls: each step is one GEMM and
+# one gate kernel forward (z_t = z_in + h_{t−1} W_hhᵀ, b_hh folded into z_in once for a
+# whole sequence), one gate kernel and one GEMM backward ((W_hh)ᵀ δ_t). One program per
+# BLOCK of the step's N·H elements (n, j), each reading its gates at j, H + j, 2H + j,
+# (3H + j) of row n; tanh z = 2σ(2z) − 1, which cannot overflow. Arithmetic in float32
+# (float64 for float64). Built on first use (importing this file imports no triton);
+# tests/test_kernels2.py runs them through Triton's interpreter against the reference and
+# torch.nn.LSTM/GRU. Double backward and torch.func take the reference.
+GATE_BLOCK = 1024  # elements (n, j) a program holds
+
+
+def _build_triton_kernels() -> dict[str, Any]:
+    """Each kernel's custom op by name (run once, on first use: :func:`base.kernel_family`)."""
+    import triton
+    import triton.language as tl
+    from torch.library import wrap_triton
+
+    @triton.jit
+    def lstm_gates_fwd_kernel(z_ptr, c_prev_ptr, m_ptr, c_ptr, gates_ptr, H, n_elem,
+                              ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """(i, f, g, o) = (σ, σ, tanh, σ)(z), c_t = f ⊙ c_{t−1} + i ⊙ g, m_t = o ⊙ tanh(c_t)."""
+        idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # (n, j) = n·H + j
+        mask = idx < n_elem
+        row = (idx // H) * 4 * H + idx % H  # z[n, j]: gate i; f, g, o at +H, +2H, +3H
+        i = tl.sigmoid(tl.load(z_ptr + row, mask=mask, other=0.0).to(ACC))
+        f = tl.sigmoid(tl.load(z_ptr + row + H, mask=mask, other=0.0).to(ACC))
+        g = 2.0 * tl.sigmoid(2.0 * tl.load(z_ptr + row + 2 * H, mask=mask, other=0.0).to(ACC)) - 1.0
+        o = tl.sigmoid(tl.load(z_ptr + row + 3 * H, mask=mask, other=0.0).to(ACC))
+        c = f * tl.load(c_prev_ptr + idx, mask=mask, other=0.0).to(ACC) + i * g  # c_t
+        m = o * (2.0 * tl.sigmoid(2.0 * c) - 1.0)  # m_t = o ⊙ tanh(c_t)
+        out = gates_ptr.dtype.element_ty
+        tl.store(gates_ptr + row, i.to(out), mask=mask)  # kept: σ' comes from them
+        tl.store(gates_ptr + row + H, f.to(out), mask=mask)
+        tl.store(gates_ptr + row + 2 * H, g.to(out), mask=mask)
+        tl.store(gates_ptr + row + 3 * H, o.to(out), mask=mask)
+        tl.store(c_ptr + idx, c.to(c_ptr.dtype.element_ty), mask=mask)
+        tl.store(m_ptr + idx, m.to(m_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def lstm_gates_bwd_kernel(dm_ptr, gout_ptr, dc_ptr, gates_ptr, c_ptr, c_prev_ptr,
+                              delta_ptr, dc_prev_ptr, H, n_elem, HAS_GOUT: tl.constexpr,
+                              ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """Each gate's δ from dm_t (+ the output's ∂C/∂h_t) and the cell path's dc, and
+        dc_{t−1} = dc_t ⊙ f_t."""
+        idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = idx < n_elem
+        row = (idx // H) * 4 * H + idx % H
+        dm = tl.load(dm_ptr + idx, mask=mask, other=0.0).to(ACC)
+        if HAS_GOUT:  # ∂C/∂h_t = what step t+1 sent back + what the output at step t sends
+            dm += tl.load(gout_ptr + idx, mask=mask, other=0.0).to(ACC)
+        i = tl.load(gates_ptr + row, mask=mask, other=0.0).to(ACC)
+        f = tl.load(gates_ptr + row + H, mask=mask, other=0.0).to(ACC)
+        g = tl.load(gates_ptr + row + 2 * H, mask=mask, other=0.0).to(ACC)
+        o = tl.load(gates_ptr + row + 3 * H, mask=mask, other=0.0).to(ACC)
+        c_prev = tl.load(c_prev_ptr + idx, mask=mask, other=0.0).to(ACC)
+        tanh_c = 2.0 * tl.sigmoid(2.0 * tl.load(c_ptr + idx, mask=mask, other=0.0).to(ACC)) - 1.0
+        # m_t = o ⊙ tanh(c_t)  →  dc_t = dm_t ⊙ o_t ⊙ (1 − tanh² c_t) + dc_{t+1} ⊙ f_{t+1}
+        dc = tl.load(dc_ptr + idx, mask=mask, other=0.0).to(ACC) + dm * o * (1.0 - tanh_c * tanh_c)
+        delta_i = dc * g * i * (1.0 - i)  # c_t = f ⊙ c_{t−1} + i ⊙ g  →  δ_i = dc ⊙ g ⊙ σ'(z_i)
+        delta_f = dc * c_prev * f * (1.0 - f)  # →  δ_f = dc ⊙ c_{t−1} ⊙ σ'(z_f)
+        delta_g = dc * i * (1.0 - g * g)  # →  δ_g = dc ⊙ i ⊙ tanh'(z_g)
+        delta_o = dm * tanh_c * o * (1.0 - o)  # m_t = o ⊙ tanh(c_t)  →  δ_o = dm ⊙ tanh c ⊙ σ'(z_o)
+        out = delta_ptr.dtype.element_ty
+        tl.store(delta_ptr + row, delta_i.to(out), mask=mask)
+        tl.store(delta_ptr + row + H, delta_f.to(out), mask=mask)
+        tl.store(delta_ptr + row + 2 * H, delta_g.to(out), mask=mask)
+        tl.store(delta_ptr + row + 3 * H, delta_o.to(out), mask=mask)
+        # c_t = f ⊙ c_{t−1} + …  →  dc_{t−1} = dc_t ⊙ f_t, the cell path
+        tl.store(dc_prev_ptr + idx, (dc * f).to(dc_prev_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def gru_gates_fwd_kernel(gi_ptr, gh_ptr, h_prev_ptr, h_ptr, gates_ptr, hn_ptr, H, n_elem,
+                             ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """r = σ(i_r + h_r), z = σ(i_z + h_z), n = tanh(i_n + r ⊙ h_n),
+        h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}, given gi = W_ih x + b_ih and gh = W_hh h + b_hh."""
+        idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = idx < n_elem
+        row = (idx // H) * 3 * H + idx % H  # gate r at row; z, n at +H, +2H
+        r = tl.sigmoid(tl.load(gi_ptr + row, mask=mask, other=0.0).to(ACC)
+                       + tl.load(gh_ptr + row, mask=mask, other=0.0).to(ACC))
+        z = tl.sigmoid(tl.load(gi_ptr + row + H, mask=mask, other=0.0).to(ACC)
+                       + tl.load(gh_ptr + row + H, mask=mask, other=0.0).to(ACC))
+        h_n = tl.load(gh_ptr + row + 2 * H, mask=mask, other=0.0).to(ACC)  # W_hn h + b_hn
+        u = tl.load(gi_ptr + row + 2 * H, mask=mask, other=0.0).to(ACC) + r * h_n
+        n = 2.0 * tl.sigmoid(2.0 * u) - 1.0  # n = tanh(i_n + r ⊙ h_n)
+        h = (1.0 - z) * n + z * tl.load(h_prev_ptr + idx, mask=mask, other=0.0).to(ACC)
+        out = gates_ptr.dtype.element_ty
+        tl.store(gates_ptr + row, r.to(out), mask=mask)
+        tl.store(gates_ptr + row + H, z.to(out), mask=mask)
+        tl.store(gates_ptr + row + 2 * H, n.to(out), mask=mask)
+        tl.store(hn_ptr + idx, h_n.to(hn_ptr.dtype.element_ty), mask=mask)  # kept: δ_r needs it
+        tl.store(h_ptr + idx, h.to(h_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def gru_gates_bwd_kernel(dh_ptr, gout_ptr, h_prev_ptr, gates_ptr, hn_ptr, d_ih_ptr,
+                             d_hh_ptr, dhz_ptr, H, n_elem, HAS_GOUT: tl.constexpr,
+                             ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """δ^ih = (δ_r; δ_z; δ_n), δ^hh = (δ_r; δ_z; r ⊙ δ_n) and the z ⊙ h_{t−1} path
+        dh_t ⊙ z, from dh_t (+ the output's ∂C/∂h_t)."""
+        idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = idx < n_elem
+        row = (idx // H) * 3 * H + idx % H
+        dh = tl.load(dh_ptr + idx, mask=mask, other=0.0).to(ACC)
+        if HAS_GOUT:  # ∂C/∂h_t = what step t+1 sent back + what the output at step t sends
+            dh += tl.load(gout_ptr + idx, mask=mask, other=0.0).to(ACC)
+        r = tl.load(gates_ptr + row, mask=mask, other=0.0).to(ACC)
+        z = tl.load(gates_ptr + row + H, mask=mask, other=0.0).to(ACC)
+        n = tl.load(gates_ptr + row + 2 * H, mask=mask, other=0.0).to(ACC)
+        h_prev = tl.load(h_prev_ptr + idx, mask=mask, other=0.0).to(ACC)
+        h_n = tl.load(hn_ptr + idx, mask=mask, other=0.0).to(ACC)
+        # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}  →  δ_n = dh ⊙ (1 − z) ⊙ tanh'(z_n)
+        delta_n = dh * (1.0 - z) * (1.0 - n * n)
+        # →  δ_z = dh ⊙ (h_{t−1} − n) ⊙ σ'(z_z)
+        delta_z = dh * (h_prev - n) * z * (1.0 - z)
+        # z_n = i_n + r ⊙ h_n  →  δ_r = δ_n ⊙ h_n ⊙ σ'(z_r)
+        delta_r = delta_n * h_n * r * (1.0 - r)
+        out = d_ih_ptr.dtype.element_ty
+        tl.store(d_ih_ptr + row, delta_r.to(out), mask=mask)
+        tl.store(d_ih_ptr + row + H, delta_z.to(out), mask=mask)
+        tl.store(d_ih_ptr + row + 2 * H, delta_n.to(out), mask=mask)
+        tl.store(d_hh_ptr + row, delta_r.to(out), mask=mask)
+        tl.store(d_hh_ptr + row + H, delta_z.to(out), mask=mask)
+        tl.store(d_hh_ptr + row + 2 * H, (delta_n * r).to(out), mask=mask)  # r gates h_n
+        # h_t = … + z ⊙ h_{t−1}  →  dh_t ⊙ z (the GEMM adds (W_hh)ᵀ δ^hh)
+        tl.store(dhz_ptr + idx, (dh * z).to(dhz_ptr.dtype.element_ty), mask=mask)
+
+    def _launch(kernel, n_elem: int, *args, **meta) -> None:
+        wrap_triton(kernel)[(triton.cdiv(n_elem, GATE_BLOCK),)](*args, BLOCK=GATE_BLOCK, **meta)
+
+    def _acc(t: Tensor):
+        return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+    def _fake_lstm_fwd(z, c_prev):
+        return torch.empty_like(c_prev), torch.empty_like(c_prev), torch.empty_like(z)
+
+    @kernel_op("lstm_gates_fwd", _fake_lstm_fwd)
+    def lstm_gates_fwd_op(z: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        m, c, gates = torch.empty_like(c_prev), torch.empty_like(c_prev), torch.empty_like(z)
+        count_launch("lstm_gates_fwd")
+        _launch(lstm_gates_fwd_kernel, c.numel(), z, c_prev, m, c, gates, c.shape[-1],
+                c.numel(), ACC=_acc(z))
+        return m, c, gates
+
+    def _fake_lstm_bwd(dm, gout, dc, gates, c, c_prev):
+        return torch.empty_like(gates), torch.empty_like(c)
+
+    @kernel_op("lstm_gates_bwd", _fake_lstm_bwd)
+    def lstm_gates_bwd_op(dm: Tensor, gout: Tensor | None, dc: Tensor, gates: Tensor,
+                          c: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+        delta, dc_prev = torch.empty_like(gates), torch.empty_like(c)
+        count_launch("lstm_gates_bwd")
+        _launch(lstm_gates_bwd_kernel, c.numel(), dm, gout if gout is not None else dm, dc,
+                gates, c, c_prev, delta, dc_prev, c.shape[-1], c.numel(),
+                HAS_GOUT=gout is not None, ACC=_acc(gates))
+        return delta, dc_prev
+
+    def _fake_gru_fwd(gi, gh, h_prev):
+        return torch.empty_like(h_prev), torch.empty_like(gi), torch.empty_like(h_prev)
+
+    @kernel_op("gru_gates_fwd", _fake_gru_fwd)
+    def gru_gates_fwd_op(gi: Tensor, gh: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        h, gates, hn = torch.empty_like(h_prev), torch.empty_like(gi), torch.empty_like(h_prev)
+        count_launch("gru_gates_fwd")
+        _launch(gru_gates_fwd_kernel, h.numel(), gi, gh, h_prev, h, gates, hn, h.shape[-1],
+                h.numel(), ACC=_acc(gi))
+        return h, gates, hn
+
+    def _fake_gru_bwd(dh, gout, h_prev, gates, hn):
+        return torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(h_prev)
+
+    @kernel_op("gru_gates_bwd", _fake_gru_bwd)
+    def gru_gates_bwd_op(dh: Tensor, gout: Tensor | None, h_prev: Tensor, gates: Tensor,
+                         hn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        d_ih, d_hh, dhz = torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(dh)
+        count_launch("gru_gates_bwd")
+        _launch(gru_gates_bwd_kernel, dh.numel(), dh, gout if gout is not None else dh, h_prev,
+                gates, hn, d_ih, d_hh, dhz, dh.shape[-1], dh.numel(),
+                HAS_GOUT=gout is not None, ACC=_acc(gates))
+        return d_ih, d_hh, dhz
+
+    return dict(lstm_gates_fwd=lstm_gates_fwd_op, lstm_gates_bwd=lstm_gates_bwd_op,
+                gru_gates_fwd=gru_gates_fwd_op, gru_gates_bwd=gru_gates_bwd_op)
+
+
+_triton_kernels = kernel_family(_build_triton_kernels)
+
+
+def _c(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def lstm_step_triton(z_in: Tensor, h_prev: Tensor, c_prev: Tensor, w_hh: Tensor,
+                     b_hh: Tensor | None, w_hr: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`lstm_step` as one GEMM, z = z_in + b_hh + h_{t−1} W_hhᵀ, and one gate kernel."""
+    z = torch.addmm(z_in if b_hh is None else z_in + b_hh, h_prev, w_hh.t())
+    m, c, gates = _triton_kernels()["lstm_gates_fwd"](z, c_prev.contiguous())
+    return (m if w_hr is None else F.linear(m, w_hr)), c, gates
+
+
+def lstm_step_bwd_triton(dh: Tensor, dc: Tensor, gates: Tensor, c: Tensor, c_prev: Tensor,
+                         w_hh: Tensor, w_hr: Tensor | None = None,
+                         grad_output: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`lstm_step_bwd` as one gate kernel and one GEMM ((W_hh)ᵀ δ_t). ``grad_output``
+    (no projection only): the output's ∂C/∂h_t, added to dh inside the kernel."""
+    dm = dh if w_hr is None else dh @ w_hr  # h_t = W_hr m_t  →  dm_t = (W_hr)ᵀ dh_t
+    delta, dc_prev = _triton_kernels()["lstm_gates_bwd"](
+        dm.contiguous(), _c(grad_output), dc.contiguous(), gates.contiguous(), c.contiguous(),
+        c_prev.contiguous())
+    return delta, delta @ w_hh, dc_prev
+
+
+def gru_step_triton(gi: Tensor, h_prev: Tensor, w_hh: Tensor,
+                    b_hh: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`gru_step` as one GEMM, W_hh h_{t−1} + b_hh, and one gate kernel."""
+    return _triton_kernels()["gru_gates_fwd"](gi.contiguous(), F.linear(h_prev, w_hh, b_hh),
+                                              h_prev.contiguous())
+
+
+def gru_step_bwd_triton(dh: Tensor, h_prev: Tensor, gates: Tensor, hn: Tensor, w_hh: Tensor,
+                        grad_output: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`gru_step_bwd` as one gate kernel and one GEMM: dh_{t−1} = dh ⊙ z + (W_hh)ᵀ δ^hh
+    (``grad_output``: the output's ∂C/∂h_t, added to dh inside the kernel)."""
+    d_ih, d_hh, dhz = _triton_kernels()["gru_gates_bwd"](
+        dh.contiguous(), _c(grad_output), h_prev.contiguous(), gates.contiguous(),
+        hn.contiguous())
+    return d_ih, d_hh, torch.addmm(dhz, d_hh, w_hh)
+
+
+def lstm_fwd_triton(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+                    b_ih: Tensor | None, b_hh: Tensor | None,
+                    w_hr: Tensor | None = None) -> tuple[Tensor, ...]:
+    """:func:`lstm_fwd` with :func:`lstm_step_triton` at each step; b_hh added to the input
+    part once for all steps."""
+    z_in = F.linear(x, w_ih, b_ih)  # every step's input part in one matmul
+    if b_hh is not None:
+        z_in = z_in + b_hh
+    h, c, hs, cs, gates = h0, c0, [], [], []
+    for t in range(x.shape[0]):
+        h, c, gate = lstm_step_triton(z_in[t], h, c, w_hh, None, w_hr)
+        hs.append(h), cs.append(c), gates.append(gate)
+    return torch.stack(hs), h, c, torch.stack(gates), torch.stack(cs)
+
+
+def lstm_bwd_triton(grad_output: Tensor | None, grad_h_n: Tensor | None,
+                    grad_c_n: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor,
+                    w_hh: Tensor, output: Tensor, gates: Tensor, cs: Tensor,
+                    need: tuple[bool, ...], w_hr: Tensor | None = None
+                    ) -> tuple[Tensor | None, ...]:
+    """:func:`lstm_bwd` with :func:`lstm_step_bwd_triton` at each step."""
+    dh = grad_h_n if grad_h_n is not None else _zeros_like_state(h0)
+    dc = grad_c_n if grad_c_n is not None else _zeros_like_state(c0)
+    c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])
+    deltas: list[Tensor] = [dh] * x.shape[0]
+    dhs: list[Tensor] = [dh] * x.shape[0]  # ∂C/∂h_t, for W_hr's BP4 (projection only)
+    for t in reversed(range(x.shape[0])):
+        g_t = None if grad_output is None else grad_output[t]
+        if w_hr is not None:  # ∂C/∂h_t in full before (W_hr)ᵀ: added here, kept for BP4
+            dhs[t] = dh = _upstream(grad_output, t, dh)
+            g_t = None
+        deltas[t], dh, dc = lstm_step_bwd_triton(dh, dc, gates[t], cs[t], c_prev[t], w_hh,
+                                                 w_hr, g_t)
+    return _lstm_grads(torch.stack(deltas), dhs, dh, dc, x, h0, w_ih, output, gates, cs, need,
+                       w_hr)
+
+
+def gru_fwd_triton(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                   b_hh: Tensor | None) -> tuple[Tensor, ...]:
+    """:func:`gru_fwd` with :func:`gru_step_triton` at each step."""
+    gi = F.linear(x, w_ih, b_ih)  # every step's input part in one matmul
+    h, hs, gates, hns = h0, [], [], []
+    for t in range(x.shape[0]):
+        h, gate, h_n = gru_step_triton(gi[t], h, w_hh, b_hh)
+        hs.append(h), gates.append(gate), hns.append(h_n)
+    return torch.stack(hs), h, torch.stack(gates), torch.stack(hns)
+
+
+def gru_bwd_triton(grad_output: Tensor | None, grad_h_n: Tensor | None, x: Tensor, h0: Tensor,
+                   w_ih: Tensor, w_hh: Tensor, output: Tensor, gates: Tensor, hns: Tensor,
+                   need: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
+    """:func:`gru_bwd` with :func:`gru_step_bwd_triton` at each step."""
+    h_prev = _h_prev(h0, output)
+    dh = grad_h_n if grad_h_n is not None else _zeros_like_state(h0)
+    deltas_ih: list[Tensor] = [dh] * x.shape[0]
+    deltas_hh: list[Tensor] = [dh] * x.shape[0]
+    for t in reversed(range(x.shape[0])):
+        g_t = None if grad_output is None else grad_output[t]
+        deltas_ih[t], deltas_hh[t], dh = gru_step_bwd_triton(dh, h_prev[t], gates[t], hns[t],
+                                                             w_hh, g_t)
+    need_x, need_h0, *need_params = need
+    grad_x, *grads = _weight_grads(torch.stack(deltas_ih), torch.stack(deltas_hh), x, h_prev,
+                                   w_ih, (need_x, *need_params))
+    return (grad_x, dh if need_h0 else None, *grads)
+
+
+__all__ += ["gru_bwd_triton", "gru_fwd_triton", "gru_step_bwd_triton", "gru_step_triton",
+            "lstm_bwd_triton", "lstm_fwd_triton", "lstm_step_bwd_triton", "lstm_step_triton"]
