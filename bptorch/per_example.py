@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .functions.conv import conv2d_bwd, conv_unfold, conv_weight_grad
+from .functions.products import _einsum_parse
 
 
 def ghost_cheaper(t: int, p: int, d: int) -> bool:
@@ -472,17 +473,152 @@ def stack_steps(calls: list[tuple[LayerCall, str]]) -> tuple[LayerCall, str]:
     return StepsCall(delta, a), parts[0][1]
 
 
+# ---------------------------------------------------------------- products with a parameter
+# A routed forward's own products (``x @ self.W``, ``self.gamma * x``, ``torch.einsum(...,
+# self.W)``) with a parameter operand. As every layer's, the examples are dim 0 of the
+# output δ and of the other operand; a parameter indexed by the examples themselves has no
+# per-example gradient of its own, and a form not written here raises, never a guess.
+def _no_form(op: str, why: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"per-example quantities of a parameter operand of {op}: {why}. Supported: "
+        "x @ W (W 2-d, x (N, *, k)), W @ x (W 2-d, x (N, *, k, n)), a parameter broadcast "
+        "against (N, ...) in * (no example axis of its own), and einsum where the "
+        "parameter's subscripts exclude the output's first (the examples') and repeat none")
+
+
+class MatmulCall(LayerCall):
+    """C = A B with one operand a 2-d parameter: a linear layer, so its per-example forms.
+    B = W (k, n), A (N, *, k): z = a Wᵀ with Wᵀ = B, g_n = (Σ_t δ_{n,t} a_{n,t}ᵀ)ᵀ. A = W
+    (m, k), B (N, *, k, n): each column j of B is a row, z_j = W b_j, g_n = Σ_j δ_{n,·j}
+    b_{n,·j}ᵀ. The ghost norm over the rows either way (the norm ignores the transpose)."""
+
+    slots = {0: "input", 1: "other"}
+
+    def __init__(self, ctx: Any, delta: Tensor, operands: tuple, grads: tuple) -> None:
+        a, b = operands
+        self.dtype = _low(delta).dtype
+        self.parts: dict[str, tuple[LinearCall, bool]] = {}
+        if grads[1] is not None and b.dim() == 2 and a.dim() >= 2:  # x @ W
+            self.parts["other"] = (StepsCall(*_rows(delta, a, self.dtype)), True)
+        if grads[0] is not None and a.dim() == 2 and b.dim() >= 3:  # W @ x
+            rows = _rows(delta.transpose(-1, -2), b.transpose(-1, -2), self.dtype)
+            self.parts["input"] = (StepsCall(*rows), False)
+        self.n = delta.shape[0]
+
+    def _part(self, role: str) -> tuple[LinearCall, bool]:
+        part = self.parts.get(role)
+        if part is None:
+            raise _no_form("matmul", "the parameter is not 2-d, or the other operand has "
+                           "no (N, ...) batch of its own")
+        return part
+
+    def grad_batch(self, role: str) -> Tensor:
+        call, transposed = self._part(role)
+        g = LinearCall.grad_batch(call, "weight")  # (N, p, d)
+        return g.transpose(1, 2) if transposed else g
+
+    def batch_l2(self, role: str) -> Tensor:
+        return LinearCall.batch_l2(self._part(role)[0], "weight")
+
+    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+        call, transposed = self._part(role)
+        g = LinearCall.weighted_sum(call, "weight", c)
+        return g.t() if transposed else g
+
+
+def _rows(delta: Tensor, a: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """δ (N, *, p) and a (N, *, d) as (N, T, p) and (N, T, d), a broadcast to δ's batch."""
+    a = a.expand(*delta.shape[:-1], a.shape[-1])
+    n = delta.shape[0]
+    return (delta.reshape(n, -1, delta.shape[-1]).to(dtype),
+            a.reshape(n, -1, a.shape[-1]).to(dtype))
+
+
+class MulCall(LayerCall):
+    """c = x ⊙ y with one operand a parameter P broadcast against (N, ...): example n's
+    ∂C/∂P = δ_n ⊙ (the other operand)_n summed over the axes P was stretched along."""
+
+    slots = {0: "input", 1: "other"}
+
+    def __init__(self, ctx: Any, delta: Tensor, operands: tuple, grads: tuple) -> None:
+        self.delta, self.operands, self.grads = delta, operands, grads
+        self.n = delta.shape[0] if delta.dim() else 1
+        self.dtype = _low(delta).dtype
+
+    def grad_batch(self, role: str) -> Tensor:
+        x, y = self.operands
+        p, other = (x, y) if role == "input" else (y, x)
+        delta = self.delta
+        shape = (1,) * (delta.dim() - p.dim()) + tuple(p.shape)  # P aligned to δ
+        if delta.dim() == 0 or (shape[0] != 1 and self.n != 1):
+            raise _no_form("mul", "the parameter has the examples' axis (dim 0) itself")
+        per = (delta * other).to(self.dtype)  # (N, ...): c = x ⊙ y → ∂C/∂P = δ ⊙ other
+        stretched = tuple(d for d in range(1, per.dim()) if shape[d] == 1 and per.shape[d] != 1)
+        if stretched:
+            per = per.sum(stretched, keepdim=True)
+        return per.reshape(self.n, *p.shape)
+
+
+class EinsumCall(LayerCall):
+    """C = einsum(s_1, …, s_k → out) with operand i a parameter: example n's ∂C/∂A_i is the
+    backward's einsum with the examples' label (out's first) kept, δ and the other
+    operands in, out[0] + s_i out. Forward arguments (equation, *operands)."""
+
+    slots = {i + 1: f"operand{i}" for i in range(52)}  # as many as einsum has letters
+
+    def __init__(self, ctx: Any, delta: Tensor, operands: tuple, grads: tuple) -> None:
+        self.delta, self.operands, self.equation = delta, operands, ctx.equation
+        self.n, self.dtype = delta.shape[0], _low(delta).dtype
+
+    @staticmethod
+    def input_index(slot: int, n_inputs: int) -> int:
+        return slot - 1  # the equation is not a tensor
+
+    def grad_batch(self, role: str) -> Tensor:
+        i = int(role[len("operand"):])
+        subs, out = _einsum_parse(self.equation, self.operands)
+        s_i, e = subs[i], out[:1]
+        others = [(s, t) for k, (s, t) in enumerate(zip(subs, self.operands)) if k != i]
+        reached = set(out).union(*(set(s) for s, _ in others))
+        if not e or e in s_i or len(set(s_i)) != len(s_i) or not set(s_i) <= reached:
+            raise _no_form("einsum", f"equation {self.equation!r}, operand {i}")
+        # C = Σ Π_k A_k  →  ∂C/∂A_i per example: the backward's einsum, the label e kept
+        g = torch.einsum(",".join([out] + [s for s, _ in others]) + "->" + e + s_i,
+                         self.delta.to(self.dtype),
+                         *(t.to(self.dtype) for _, t in others))
+        shape = self.operands[i].shape
+        stretched = tuple(d + 1 for d, m in enumerate(shape) if m == 1 and g.shape[d + 1] != 1)
+        if stretched:  # a size-1 dim broadcasting stretched: summed back
+            g = g.sum(stretched, keepdim=True)
+        return g
+
+
+
+class BmmCall(LayerCall):
+    """bmm with a parameter operand: refused (C_i = A_i B_i pairs batch entries, not
+    examples; a shared matrix is matmul's x @ W)."""
+
+    slots = {0: "input", 1: "mat2"}
+
+    def __init__(self, ctx: Any, delta: Tensor, operands: tuple, grads: tuple) -> None:
+        raise _no_form("bmm", "its batch entries pair A_i with B_i one to one, so a "
+                       "parameter operand is one matrix per batch entry; a matrix shared "
+                       "by the batch is matmul's x @ W")
+
+
 KINDS: dict[str, type[LayerCall]] = {
     "linear": LinearCall, "conv2d": Conv2dCall, "embedding": EmbeddingCall,
     "layer_norm": LayerNormCall, "batch_norm_eval": BatchNormEvalCall,
     "recurrent": RecurrentCall, "lstm": LSTMCall,
     "conv": ConvNdCall, "conv_transpose": ConvTransposeNdCall, "group_norm": GroupNormCall,
     "prelu": PReLUCall, "cell": CellCall, "lstm_cell": LSTMCellCall,
+    "matmul": MatmulCall, "mul": MulCall, "einsum": EinsumCall, "bmm": BmmCall,
 }
 
 
 __all__ = ["BatchNormEvalCall", "CellCall", "ConvNdCall", "ConvTransposeNdCall",
-           "GroupNormCall", "LSTMCellCall", "PReLUCall", "StepsCall", "stack_steps",
+           "BmmCall", "EinsumCall", "GroupNormCall", "LSTMCellCall", "MatmulCall", "MulCall",
+           "PReLUCall", "StepsCall", "stack_steps",
            "Conv2dCall", "EmbeddingCall", "KINDS", "LSTMCall", "LayerCall",
            "LayerNormCall", "LinearCall", "RecurrentCall", "TimeFirstLinearCall",
            "ghost_cheaper"]

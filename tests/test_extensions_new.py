@@ -563,3 +563,74 @@ def test_under_autocast_bfloat16_conv1d_and_group_norm():
         torch.testing.assert_close(p.batch_l2, p.grad_batch.flatten(1).square().sum(1))
         assert (p.batch_l2 - l2).abs().max() <= 0.25 * l2.abs().max()
         assert (p.grad_batch - gb).abs().max() <= 0.25 * gb.abs().max()
+
+
+# ---------------------------------------------------------------- products with a parameter
+class Products(nn.Module):
+    """A routed forward with its own products on parameters: x @ W, W @ x, a layer scale
+    γ * x (ConvNeXt's), an einsum with a weight, and q @ kᵀ between activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 5))  # x @ W: (N, T, 4) → (N, T, 5)
+        self.v = nn.Parameter(torch.randn(2, 3))  # W @ x: (N, 3, 5) → (N, 2, 5)
+        self.scale = nn.Parameter(torch.randn(5))  # broadcast over (N, 2, 5)
+        self.e = nn.Parameter(torch.randn(5, 3))  # einsum 'ntd,de->nte'
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):  # (N, 3, 4)
+        h = torch.tanh(x @ self.w)  # (N, 3, 5)
+        h = self.scale * (self.v @ h)  # (N, 2, 5)
+        a = torch.softmax(h @ h.transpose(1, 2), -1)  # (N, 2, 2): no parameter
+        h = torch.einsum("ntd,de->nte", a @ h, self.e)  # (N, 2, 3)
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_products_with_a_parameter_operand(reduction):
+    g = torch.Generator().manual_seed(9)
+    torch.manual_seed(3)
+    model = _perturb(Products().to(D), g)
+    x = torch.randn(N, 3, 4, generator=g, dtype=D)
+    y = torch.randint(0, 3, (N,), generator=g)
+    _check(model, x, y, reduction)
+    _check(model, x, y, reduction, ("batch_l2",))
+
+
+@pytest.mark.parametrize("ghost", [True, False])
+def test_products_batch_l2_by_either_form(ghost, monkeypatch):
+    monkeypatch.setattr(per_example, "ghost_cheaper", lambda t, p, d: ghost)
+    g = torch.Generator().manual_seed(9)
+    torch.manual_seed(3)
+    model = _perturb(Products().to(D), g)
+    x = torch.randn(N, 3, 4, generator=g, dtype=D)
+    y = torch.randint(0, 3, (N,), generator=g)
+    _check(model, x, y, "sum", ("batch_l2", "variance"))
+
+
+def test_products_without_a_per_example_form_are_errors():
+    """A parameter indexed by the examples (bmm's per-entry matrices, a (N, ...) factor),
+    or an einsum form not written: a clear error, never a guess."""
+    x = torch.randn(N, 3, 4, dtype=D)
+
+    class Per(nn.Module):
+        def __init__(self, op):
+            super().__init__()
+            self.op = op
+            self.p = nn.Parameter(torch.randn(N, 4, 2, dtype=D))
+            self.q = nn.Parameter(torch.randn(N, 1, 1, dtype=D))
+
+        def forward(self, x):
+            if self.op == "bmm":
+                return torch.bmm(x, self.p)
+            if self.op == "mul":
+                return x * self.q
+            return torch.einsum("nij,njk->nik", x, self.p)
+
+    for op, match in (("bmm", "bmm: its batch entries"), ("mul", "mul: the parameter has "),
+                      ("einsum", "einsum: equation 'nij,njk->nik'")):
+        model = from_torch_nn(Per(op))
+        with pytest.raises(NotImplementedError, match=match):
+            with collect(model, "batch_l2"):
+                model(x).sum().backward()
+        assert PER_EXAMPLE == []
