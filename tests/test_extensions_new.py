@@ -634,3 +634,40 @@ def test_products_without_a_per_example_form_are_errors():
             with collect(model, "batch_l2"):
                 model(x).sum().backward()
         assert PER_EXAMPLE == []
+
+
+# ---------------------------------------------------------------- clipping (bptorch.privacy)
+@pytest.mark.parametrize("case", ["conv1d", "conv3d", "conv_transpose2d", "conv_transpose3d",
+                                  "group_norm", "instance_norm1d", "prelu", "lstm_cell",
+                                  "gru_cell", "products"])
+def test_clipped_sum_in_the_backward(case):
+    """Each new family's ``weighted_sum`` (BP4 with δ_n scaled, what private training runs):
+    ``.grad`` = Σ_n c_n g_n with c_n = min(1, C/‖g_n‖), ‖g_n‖ over all the parameters,
+    from the per-example loop; C between the smallest and largest norm, so both kinds of
+    c_n occur."""
+    from bptorch.privacy import ClippingCollector
+
+    if case in CONV_FAMILIES:
+        model, x, y = _conv_net(case, 0)
+    elif case in ("lstm_cell", "gru_cell"):
+        model, x, y = _cell_case(case[:-5], 1)
+    elif case == "products":
+        g = torch.Generator().manual_seed(9)
+        torch.manual_seed(3)
+        model = _perturb(Products().to(D), g)
+        x, y = torch.randn(N, 3, 4, generator=g, dtype=D), torch.randint(0, 3, (N,), generator=g)
+    else:
+        model, x, y = _norm_case(case)
+    twin = from_torch_nn(model)
+    ref = _loop(model, x, y, "sum")
+    norms = torch.stack([g.flatten(1).square().sum(1) for g in ref.values()]).sum(0).sqrt()
+    bound = float(norms.median())
+    clip = (bound / (norms + 1e-6)).clamp(max=1.0)
+    assert (clip < 1).any() and (clip == 1).any()
+    collector = ClippingCollector(twin, bound, "sum")
+    collector.install()
+    _loss("sum")(twin(x), y).backward()
+    assert PER_EXAMPLE == []
+    torch.testing.assert_close(collector.per_sample_norms, norms)
+    for name, p in twin.named_parameters():
+        torch.testing.assert_close(p.grad, torch.tensordot(clip, ref[name], 1), msg=name)
