@@ -34,7 +34,10 @@ the examples of a batch (each δ_n then depends on the others): an error naming 
 
 Covered (``KINDS``): linear and dense layers, Conv2d, Embedding, LayerNorm, BatchNorm
 in eval mode, RNN/LSTM/GRU (through time), and MultiheadAttention through its linear
-projections (chunks of ``in_proj_weight`` by rows). The explicit engine's ``Network``:
+projections (chunks of ``in_proj_weight`` by rows); Conv1d/Conv3d, ConvTranspose1d/2d/3d,
+GroupNorm and InstanceNorm, PReLU's α, the cells (a cell run over T steps: its steps
+joined, :func:`_stack_steps`), and a routed forward's products with a parameter operand
+(docs/extensions.md has the table). The explicit engine's ``Network``:
 :func:`network_quantities`. The second-order quantities (``diag_ggn_exact``,
 ``diag_ggn_mc``, ``kflr``, ``kfac``) are not here yet; asking for them says so.
 """

@@ -551,7 +551,8 @@ class MulCall(LayerCall):
         delta = self.delta
         shape = (1,) * (delta.dim() - p.dim()) + tuple(p.shape)  # P aligned to δ
         if delta.dim() == 0 or (shape[0] != 1 and self.n != 1):
-            raise _no_form("mul", "the parameter has the examples' axis (dim 0) itself")
+            raise _no_form("mul", "the parameter spans the output's dim 0 (the examples' "
+                           "axis), so each example has its own entries of it")
         per = (delta * other).to(self.dtype)  # (N, ...): c = x ⊙ y → ∂C/∂P = δ ⊙ other
         stretched = tuple(d for d in range(1, per.dim()) if shape[d] == 1 and per.shape[d] != 1)
         if stretched:

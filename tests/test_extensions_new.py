@@ -627,7 +627,7 @@ def test_products_without_a_per_example_form_are_errors():
                 return x * self.q
             return torch.einsum("nij,njk->nik", x, self.p)
 
-    for op, match in (("bmm", "bmm: its batch entries"), ("mul", "mul: the parameter has "),
+    for op, match in (("bmm", "bmm: its batch entries"), ("mul", "mul: the parameter spans the output's dim 0"),
                       ("einsum", "einsum: equation 'nij,njk->nik'")):
         model = from_torch_nn(Per(op))
         with pytest.raises(NotImplementedError, match=match):
