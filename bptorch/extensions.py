@@ -34,7 +34,10 @@ the examples of a batch (each δ_n then depends on the others): an error naming 
 
 Covered (``KINDS``): linear and dense layers, Conv2d, Embedding, LayerNorm, BatchNorm
 in eval mode, RNN/LSTM/GRU (through time), and MultiheadAttention through its linear
-projections (chunks of ``in_proj_weight`` by rows). The explicit engine's ``Network``:
+projections (chunks of ``in_proj_weight`` by rows); Conv1d/Conv3d, ConvTranspose1d/2d/3d,
+GroupNorm and InstanceNorm, PReLU's α, the cells (a cell run over T steps: its steps
+joined, :func:`_stack_steps`), and a routed forward's products with a parameter operand
+(docs/extensions.md has the table). The explicit engine's ``Network``:
 :func:`network_quantities`. The second-order quantities (``diag_ggn_exact``,
 ``diag_ggn_mc``, ``kflr``, ``kfac``) are not here yet; asking for them says so.
 """
@@ -47,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from .functions.base import PER_EXAMPLE
-from .per_example import KINDS, LayerCall, LinearCall, ghost_cheaper
+from .per_example import KINDS, LayerCall, LinearCall, ghost_cheaper, stack_steps
 
 FIRST_ORDER = ("grad_batch", "batch_l2", "sum_grad_squared", "variance")
 SECOND_ORDER = ("diag_ggn_exact", "diag_ggn_mc", "kflr", "kfac")
@@ -162,6 +165,8 @@ class Collector:
         rec["parts"].append(rows)
         _add(rec, "grad", grad, rows, p.shape)
         names = self.names
+        if getattr(call, "stackable", False) and "grad_batch" not in names:
+            rec.setdefault("steps", []).append((call, role))  # a cell's step: stack_steps
         if "grad_batch" in names:
             _add(rec, "grad_batch", call.grad_batch(role).to(grad.dtype), rows,
                  (call.n, *p.shape), batched=True)
@@ -189,6 +194,8 @@ class Collector:
     def finish(self, p: Tensor, rec: dict[str, Any]) -> None:
         """Leave the asked quantities on ``p`` as BackPACK names them."""
         names, gb = self.names, rec.get("grad_batch")
+        if gb is None and rec["uses"] > 1 and len(rec.get("steps", ())) == len(rec["parts"]):
+            _stack_steps(rec, names)  # a cell run over T steps: its uses as one sequence
         if gb is None and rec["uses"] > 1 and set(names) - {"grad_batch"}:
             raise RuntimeError(
                 f"parameter {self.names_of[id(p)]!r} is used by {rec['uses']} layer calls in "
@@ -210,6 +217,18 @@ class Collector:
         if "variance" in names:  # BackPACK's: Σ g_n²/N − (Σ g_n / N)²
             n = rec["n"]
             p.variance = sgs / n - (rec["grad"].to(dtype) / n) ** 2
+
+
+def _stack_steps(rec: dict[str, Any], names: tuple[str, ...]) -> None:
+    """A parameter used by every step of a cell (``stackable`` calls): the steps' δ and
+    a^{l−1} joined on a step axis, g_n = Σ_t δ_{n,t} a_{n,t}ᵀ as a layer over time, and
+    its norms (the ghost norm over T) and squares formed from that."""
+    call, role = stack_steps(rec.pop("steps"))
+    rec["uses"] = 1
+    if "batch_l2" in names:
+        rec["batch_l2"] = call.batch_l2(role)
+    if "sum_grad_squared" in names or "variance" in names:
+        rec["sum_grad_squared"] = call.sum_grad_squared(role)
 
 
 def _add(rec: dict[str, Any], key: str, value: Tensor, rows: slice | None,

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .functions.conv import conv2d_bwd
+from .functions.conv import conv2d_bwd, conv_unfold, conv_weight_grad
+from .functions.products import _einsum_parse
 
 
 def ghost_cheaper(t: int, p: int, d: int) -> bool:
@@ -309,13 +310,316 @@ class BatchNormEvalCall(LayerCall):
         return (self.delta * self.x_hat).sum(2)  # ∂C/∂γ_n = Σ δ ⊙ x̂
 
 
+# ---------------------------------------------------------------- the layers of issue 21
+class ConvNdCall(LayerCall):
+    """Conv1d, Conv2d's N-d twin and Conv3d (``ConvNdFunction``): the linear layer on each
+    patch, as :class:`Conv2dCall`, for any number of spatial dims. a_col (N, g, K, P) is
+    a^{l−1} gathered at every tap of every output position (``conv_unfold``), δ_col
+    (N, g, C_out/g, P); g_n = Σ_p δ_{n,p} a_col,n,pᵀ per group; the ghost norm over the P
+    positions where :func:`ghost_cheaper`. The backward hands a^{l−1} already padded at
+    the end ("same" with an even kernel)."""
+
+    slots = {1: "weight", 2: "bias"}
+
+    def __init__(self, ctx: Any, delta: Tensor, a_prev: Tensor, grads: tuple) -> None:
+        self.n = delta.shape[0]
+        self.dtype = _low(delta).dtype
+        self.ctx, self.groups = ctx, ctx.groups
+        self.delta_map, self.a_prev = delta.to(self.dtype), a_prev.to(self.dtype)
+        self.kernel = None if grads[1] is None else tuple(grads[1].shape[2:])
+
+    def _shape(self) -> torch.Size:  # (C_out, C_in/g, *k)
+        c_in = self.a_prev.shape[1] // self.groups
+        return torch.Size((self.delta_map.shape[1], c_in, *self.kernel))
+
+    def _cols(self) -> tuple[Tensor, Tensor]:
+        """(δ_col (N, g, C_out/g, P), a_col (N, g, C_in/g·K, P))."""
+        ctx, g, n = self.ctx, self.groups, self.n
+        a_col = conv_unfold(self.a_prev, self.kernel, ctx.stride, ctx.padding, ctx.dilation,
+                            self.delta_map.shape[2:])  # (N, C_in·K, P)
+        delta_col = self.delta_map.reshape(n, g, self.delta_map.shape[1] // g, -1)
+        return delta_col, a_col.unflatten(1, (g, -1))
+
+    def _positions(self) -> tuple[int, ...]:
+        return tuple(range(2, self.delta_map.dim()))
+
+    def grad_batch(self, role: str) -> Tensor:
+        if role == "bias":
+            return self.delta_map.sum(self._positions())  # BP3 per example: Σ_p δ_p
+        delta_col, a_col = self._cols()
+        g_n = torch.einsum("ngop,ngkp->ngok", delta_col, a_col)  # BP4 per example
+        return g_n.reshape(self.n, *self._shape())
+
+    def batch_l2(self, role: str) -> Tensor:
+        if role == "bias":
+            return self.delta_map.sum(self._positions()).square().sum(1)
+        delta_col, a_col = self._cols()
+        positions, p, k = a_col.shape[3], delta_col.shape[2], a_col.shape[2]
+        if ghost_cheaper(positions, p, k):  # ghost norm over positions, per group
+            gram_a = a_col.transpose(2, 3) @ a_col  # (N, g, P, P)
+            gram_delta = delta_col.transpose(2, 3) @ delta_col
+            return (gram_a * gram_delta).sum((1, 2, 3))
+        g_n = torch.einsum("ngop,ngkp->ngok", delta_col, a_col)
+        return g_n.square().sum((1, 2, 3))
+
+    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+        shape = (-1, *(1,) * (self.delta_map.dim() - 1))
+        delta = self.delta_map * c.to(self.dtype).reshape(shape)  # δ_n scaled
+        if role == "bias":
+            return delta.sum((0, *self._positions()))  # BP3
+        ctx = self.ctx  # BP4, the backward's own
+        return conv_weight_grad(delta, self.a_prev, self.kernel, ctx.stride, ctx.padding,
+                                ctx.dilation, ctx.groups)
+
+
+class ConvTransposeNdCall(ConvNdCall):
+    """ConvTranspose1d/2d/3d: z = T_Wᵀ a^{l−1} + b, weight (C_in, C_out/g, *k). Its BP4 is
+    the convolution's with a^{l−1} and δ swapped (functions/conv.py): δ's patches gathered
+    at a^{l−1}'s P positions, δ_col (N, g, C_out/g·K, P), and a (N, g, C_in/g, P), so
+    g_n = Σ_p a_{n,p} δ_col,n,pᵀ per group, the ghost norm over a^{l−1}'s positions."""
+
+    def _shape(self) -> torch.Size:  # (C_in, C_out/g, *k)
+        c_out = self.delta_map.shape[1] // self.groups
+        return torch.Size((self.a_prev.shape[1], c_out, *self.kernel))
+
+    def _cols(self) -> tuple[Tensor, Tensor]:
+        """The convolution's (δ_col, a_col) with the roles swapped: (a (N, g, C_in/g, P),
+        δ_col (N, g, C_out/g·K, P))."""
+        ctx, g, n = self.ctx, self.groups, self.n
+        delta_col = conv_unfold(self.delta_map, self.kernel, ctx.stride, ctx.padding,
+                                ctx.dilation, self.a_prev.shape[2:])  # (N, C_out·K, P)
+        a = self.a_prev.reshape(n, g, self.a_prev.shape[1] // g, -1)
+        return a, delta_col.unflatten(1, (g, -1))
+
+    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+        if role == "bias":
+            return super().weighted_sum(role, c)
+        shape = (-1, *(1,) * (self.a_prev.dim() - 1))
+        a = self.a_prev * c.to(self.dtype).reshape(shape)  # each example's term scaled
+        ctx = self.ctx  # BP4, the backward's own: the convolution's, a and δ swapped
+        return conv_weight_grad(a, self.delta_map, self.kernel, ctx.stride, ctx.padding,
+                                ctx.dilation, ctx.groups)
+
+
+class GroupNormCall(BatchNormEvalCall):
+    """GroupNorm and InstanceNorm (statistics per example): y = γ ⊙ x̂ + β per channel on
+    (N, C, *), so ∂C/∂γ_n = Σ_* δ ⊙ x̂ and ∂C/∂β_n = Σ_* δ over example n's positions, as
+    BatchNorm's eval mode; x̂ is the backward's own, each example's statistics. Gradient
+    slots (input, num_groups, weight, bias, eps)."""
+
+    slots = {2: "weight", 3: "bias"}
+    input_index = LayerNormCall.input_index
+
+
+class PReLUCall(LayerCall):
+    """a = max(z, 0) + α_c min(z, 0): the slope's BP4 per example, ∂C/∂α_c of example n =
+    Σ δ_n ⊙ min(z_n, 0) over its positions of channel c (all of them for one slope), δ =
+    ∂C/∂a. A 1-d input is one example (its one channel: torch's rule for 1-d input)."""
+
+    slots = {1: "weight"}
+
+    def __init__(self, ctx: Any, delta: Tensor, z: Tensor, grads: tuple) -> None:
+        self.dtype = torch.promote_types(_low(delta).dtype, _low(z).dtype)
+        per_element = delta.to(self.dtype) * z.to(self.dtype).clamp(max=0)
+        if z.dim() < 2:
+            per_element = per_element.reshape(1, *per_element.shape)  # one example
+        self.n = per_element.shape[0]
+        self.shape = grads[1].shape
+        if self.shape.numel() == 1:  # one slope: every position of every channel
+            self.g = per_element.reshape(self.n, -1).sum(1).reshape(self.n, *self.shape)
+        else:  # (N, C): every dim but the examples' and the channels'
+            self.g = per_element.sum(tuple(range(2, per_element.dim())))
+
+    def grad_batch(self, role: str) -> Tensor:
+        return self.g
+
+
+class CellCall(RecurrentCall):
+    """RNNCell and GRUCell, one step (N, H_in) batch-first: W_ih x + b_ih and W_hh h + b_hh
+    are two linear layers, one row per example (g_n = δ_n x_nᵀ and δ_n h_nᵀ). A cell run
+    over T steps uses its weights T times; :func:`stack_steps` joins the steps' rows into
+    one (N, T, ·) linear call, so g_n = Σ_t δ_{n,t} x_{n,t}ᵀ and the ghost norm over T, as
+    the layers'. Gradient slots (x, h, W_ih, W_hh, b_ih, b_hh)."""
+
+    stackable = True  # the collector keeps each step's δ and a for :func:`stack_steps`
+
+    def __init__(self, ctx: Any, deltas: tuple, inputs: tuple, grads: tuple) -> None:
+        (delta_ih, delta_hh), (x, h_prev) = deltas, inputs
+        self.ih = LinearCall(ctx, delta_ih, x, grads)
+        self.hh = LinearCall(ctx, delta_hh, h_prev, grads)
+        self.n, self.dtype = self.ih.n, self.ih.dtype
+
+
+class LSTMCellCall(CellCall):
+    """LSTMCell: as :class:`CellCall`, the gates' δ stacked (i; f; g; o); gradient slots
+    (x, h, c, W_ih, W_hh, b_ih, b_hh)."""
+
+    slots = LSTMCall.slots
+
+
+class StepsCall(LinearCall):
+    """The steps of a cell run over time as one linear call: δ (N, T, p) and a (N, T, d)."""
+
+    def __init__(self, delta: Tensor, a: Tensor) -> None:
+        self.n, self.dtype, self.delta, self.a = delta.shape[0], delta.dtype, delta, a
+
+
+def stack_steps(calls: list[tuple[LayerCall, str]]) -> tuple[LayerCall, str]:
+    """One (call, role) for a parameter used by the stackable calls ``calls`` (a cell's
+    steps): their linear parts' rows joined on the step axis, g_n = Σ_t δ_{n,t} a_{n,t}ᵀ."""
+    parts = [call._part(role) for call, role in calls]
+    delta = torch.cat([part.delta for part, _ in parts], 1)  # (N, T, p)
+    a = torch.cat([part.a for part, _ in parts], 1)  # (N, T, d)
+    return StepsCall(delta, a), parts[0][1]
+
+
+# ---------------------------------------------------------------- products with a parameter
+# A routed forward's own products (``x @ self.W``, ``self.gamma * x``, ``torch.einsum(...,
+# self.W)``) with a parameter operand. As every layer's, the examples are dim 0 of the
+# output δ and of the other operand; a parameter indexed by the examples themselves has no
+# per-example gradient of its own, and a form not written here raises, never a guess.
+def _no_form(op: str, why: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"per-example quantities of a parameter operand of {op}: {why}. Supported: "
+        "x @ W (W 2-d, x (N, *, k)), W @ x (W 2-d, x (N, *, k, n)), a parameter broadcast "
+        "against (N, ...) in * (no example axis of its own), and einsum where the "
+        "parameter's subscripts exclude the output's first (the examples') and repeat none")
+
+
+class MatmulCall(LayerCall):
+    """C = A B with one operand a 2-d parameter: a linear layer, so its per-example forms.
+    B = W (k, n), A (N, *, k): z = a Wᵀ with Wᵀ = B, g_n = (Σ_t δ_{n,t} a_{n,t}ᵀ)ᵀ. A = W
+    (m, k), B (N, *, k, n): each column j of B is a row, z_j = W b_j, g_n = Σ_j δ_{n,·j}
+    b_{n,·j}ᵀ. The ghost norm over the rows either way (the norm ignores the transpose)."""
+
+    slots = {0: "input", 1: "other"}
+
+    def __init__(self, ctx: Any, delta: Tensor, operands: tuple, grads: tuple) -> None:
+        a, b = operands
+        self.dtype = _low(delta).dtype
+        self.parts: dict[str, tuple[LinearCall, bool]] = {}
+        if grads[1] is not None and b.dim() == 2 and a.dim() >= 2:  # x @ W
+            self.parts["other"] = (StepsCall(*_rows(delta, a, self.dtype)), True)
+        if grads[0] is not None and a.dim() == 2 and b.dim() >= 3:  # W @ x
+            rows = _rows(delta.transpose(-1, -2), b.transpose(-1, -2), self.dtype)
+            self.parts["input"] = (StepsCall(*rows), False)
+        self.n = delta.shape[0]
+
+    def _part(self, role: str) -> tuple[LinearCall, bool]:
+        part = self.parts.get(role)
+        if part is None:
+            raise _no_form("matmul", "the parameter is not 2-d, or the other operand has "
+                           "no (N, ...) batch of its own")
+        return part
+
+    def grad_batch(self, role: str) -> Tensor:
+        call, transposed = self._part(role)
+        g = LinearCall.grad_batch(call, "weight")  # (N, p, d)
+        return g.transpose(1, 2) if transposed else g
+
+    def batch_l2(self, role: str) -> Tensor:
+        return LinearCall.batch_l2(self._part(role)[0], "weight")
+
+    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+        call, transposed = self._part(role)
+        g = LinearCall.weighted_sum(call, "weight", c)
+        return g.t() if transposed else g
+
+
+def _rows(delta: Tensor, a: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """δ (N, *, p) and a (N, *, d) as (N, T, p) and (N, T, d), a broadcast to δ's batch."""
+    a = a.expand(*delta.shape[:-1], a.shape[-1])
+    n = delta.shape[0]
+    return (delta.reshape(n, -1, delta.shape[-1]).to(dtype),
+            a.reshape(n, -1, a.shape[-1]).to(dtype))
+
+
+class MulCall(LayerCall):
+    """c = x ⊙ y with one operand a parameter P broadcast against (N, ...): example n's
+    ∂C/∂P = δ_n ⊙ (the other operand)_n summed over the axes P was stretched along."""
+
+    slots = {0: "input", 1: "other"}
+
+    def __init__(self, ctx: Any, delta: Tensor, operands: tuple, grads: tuple) -> None:
+        self.delta, self.operands, self.grads = delta, operands, grads
+        self.n = delta.shape[0] if delta.dim() else 1
+        self.dtype = _low(delta).dtype
+
+    def grad_batch(self, role: str) -> Tensor:
+        x, y = self.operands
+        p, other = (x, y) if role == "input" else (y, x)
+        delta = self.delta
+        shape = (1,) * (delta.dim() - p.dim()) + tuple(p.shape)  # P aligned to δ
+        if delta.dim() == 0 or (shape[0] != 1 and self.n != 1):
+            raise _no_form("mul", "the parameter spans the output's dim 0 (the examples' "
+                           "axis), so each example has its own entries of it")
+        per = (delta * other).to(self.dtype)  # (N, ...): c = x ⊙ y → ∂C/∂P = δ ⊙ other
+        stretched = tuple(d for d in range(1, per.dim()) if shape[d] == 1 and per.shape[d] != 1)
+        if stretched:
+            per = per.sum(stretched, keepdim=True)
+        return per.reshape(self.n, *p.shape)
+
+
+class EinsumCall(LayerCall):
+    """C = einsum(s_1, …, s_k → out) with operand i a parameter: example n's ∂C/∂A_i is the
+    backward's einsum with the examples' label (out's first) kept, δ and the other
+    operands in, out[0] + s_i out. Forward arguments (equation, *operands)."""
+
+    slots = {i + 1: f"operand{i}" for i in range(52)}  # as many as einsum has letters
+
+    def __init__(self, ctx: Any, delta: Tensor, operands: tuple, grads: tuple) -> None:
+        self.delta, self.operands, self.equation = delta, operands, ctx.equation
+        self.n, self.dtype = delta.shape[0], _low(delta).dtype
+
+    @staticmethod
+    def input_index(slot: int, n_inputs: int) -> int:
+        return slot - 1  # the equation is not a tensor
+
+    def grad_batch(self, role: str) -> Tensor:
+        i = int(role[len("operand"):])
+        subs, out = _einsum_parse(self.equation, self.operands)
+        s_i, e = subs[i], out[:1]
+        others = [(s, t) for k, (s, t) in enumerate(zip(subs, self.operands)) if k != i]
+        reached = set(out).union(*(set(s) for s, _ in others))
+        if not e or e in s_i or len(set(s_i)) != len(s_i) or not set(s_i) <= reached:
+            raise _no_form("einsum", f"equation {self.equation!r}, operand {i}")
+        # C = Σ Π_k A_k  →  ∂C/∂A_i per example: the backward's einsum, the label e kept
+        g = torch.einsum(",".join([out] + [s for s, _ in others]) + "->" + e + s_i,
+                         self.delta.to(self.dtype),
+                         *(t.to(self.dtype) for _, t in others))
+        shape = self.operands[i].shape
+        stretched = tuple(d + 1 for d, m in enumerate(shape) if m == 1 and g.shape[d + 1] != 1)
+        if stretched:  # a size-1 dim broadcasting stretched: summed back
+            g = g.sum(stretched, keepdim=True)
+        return g
+
+
+
+class BmmCall(LayerCall):
+    """bmm with a parameter operand: refused (C_i = A_i B_i pairs batch entries, not
+    examples; a shared matrix is matmul's x @ W)."""
+
+    slots = {0: "input", 1: "mat2"}
+
+    def __init__(self, ctx: Any, delta: Tensor, operands: tuple, grads: tuple) -> None:
+        raise _no_form("bmm", "its batch entries pair A_i with B_i one to one, so a "
+                       "parameter operand is one matrix per batch entry; a matrix shared "
+                       "by the batch is matmul's x @ W")
+
+
 KINDS: dict[str, type[LayerCall]] = {
     "linear": LinearCall, "conv2d": Conv2dCall, "embedding": EmbeddingCall,
     "layer_norm": LayerNormCall, "batch_norm_eval": BatchNormEvalCall,
     "recurrent": RecurrentCall, "lstm": LSTMCall,
+    "conv": ConvNdCall, "conv_transpose": ConvTransposeNdCall, "group_norm": GroupNormCall,
+    "prelu": PReLUCall, "cell": CellCall, "lstm_cell": LSTMCellCall,
+    "matmul": MatmulCall, "mul": MulCall, "einsum": EinsumCall, "bmm": BmmCall,
 }
 
 
-__all__ = ["BatchNormEvalCall", "Conv2dCall", "EmbeddingCall", "KINDS", "LSTMCall", "LayerCall",
+__all__ = ["BatchNormEvalCall", "CellCall", "ConvNdCall", "ConvTransposeNdCall",
+           "BmmCall", "EinsumCall", "GroupNormCall", "LSTMCellCall", "MatmulCall", "MulCall",
+           "PReLUCall", "StepsCall", "stack_steps",
+           "Conv2dCall", "EmbeddingCall", "KINDS", "LSTMCall", "LayerCall",
            "LayerNormCall", "LinearCall", "RecurrentCall", "TimeFirstLinearCall",
            "ghost_cheaper"]

@@ -578,7 +578,10 @@ class ConvNdFunction(BPFunction):
             grad_weight = form.weight_grad(delta, a_prev, weight.shape[2:], *opts)
         if need[2]:
             grad_bias = conv_bias_grad(delta)  # z = … + b  →  BP3
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None
+        grads = grad_input, grad_weight, grad_bias, None, None, None, None, None
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and a^{l-1} to it
+            grads = per_example("conv", ctx, grads, delta, a_prev)
+        return grads
 
 
 class ConvTransposeNdFunction(BPFunction):
@@ -635,7 +638,10 @@ class ConvTransposeNdFunction(BPFunction):
             grad_weight = form.weight_grad(a_prev, delta, weight.shape[2:], *opts)
         if need[2]:
             grad_bias = conv_bias_grad(delta)  # z = … + b  →  BP3
-        return grad_input, grad_weight, grad_bias, *(None,) * 6
+        grads = grad_input, grad_weight, grad_bias, *(None,) * 6
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and a^{l-1} to it
+            grads = per_example("conv_transpose", ctx, grads, delta, a_prev)
+        return grads
 
 
 # ---------------------------------------------------------------- padding modes

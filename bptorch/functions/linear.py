@@ -300,7 +300,10 @@ class PReLUFunction(BPFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         z, weight = ctx.saved_tensors
-        return prelu_bwd(grad_output, z, weight, ctx.needs_input_grad)
+        grads = prelu_bwd(grad_output, z, weight, ctx.needs_input_grad)
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ = ∂C/∂a and z to it
+            grads = per_example("prelu", ctx, grads, grad_output, z)
+        return grads
 
     @staticmethod
     def jvp(ctx: Any, dz, dweight) -> Tensor:

@@ -373,7 +373,12 @@ class GroupNormFunction(BPFunction):
             grad_weight = grad_weight.reshape(weight.shape).to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.reshape(x.shape[1]).to(ctx.bias_dtype)
-        return grad_input, None, grad_weight, grad_bias, None
+        grads = grad_input, None, grad_weight, grad_bias, None
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and x̂ (γ's a^{l-1}) to
+            # it; the statistics are each example's own, so its δ_n are its own
+            x_hat = ((_float32(x4)[0] - mean) * rstd).reshape(x.shape)
+            grads = per_example("group_norm", ctx, grads, grad_output, x_hat)
+        return grads
 
 
 # ---------------------------------------------------------------- running statistics

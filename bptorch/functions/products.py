@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import LOWER, BPFunction
+from .base import LOWER, PER_EXAMPLE, BPFunction, per_example
 
 Need = tuple[bool, ...]
 
@@ -147,7 +147,10 @@ class MatmulFunction(BPFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a, b = ctx.saved_tensors
-        return matmul_bwd(grad_output, a, b, ctx.needs_input_grad)
+        grads = matmul_bwd(grad_output, a, b, ctx.needs_input_grad)
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and both factors to it
+            grads = per_example("matmul", ctx, grads, grad_output, (a, b))
+        return grads
 
     @staticmethod
     def jvp(ctx: Any, da, db) -> Tensor:
@@ -188,6 +191,8 @@ class BmmFunction(BPFunction):
             grad_a = torch.bmm(delta, b.transpose(1, 2))  # C_i = A_i B_i → dA_i = δ_i B_iᵀ
         if ctx.needs_input_grad[1]:
             grad_b = torch.bmm(a.transpose(1, 2), delta)  # C_i = A_i B_i → dB_i = A_iᵀ δ_i
+        if PER_EXAMPLE:  # a collection is on: a parameter operand is refused there
+            return per_example("bmm", ctx, (grad_a, grad_b), delta, (a, b))
         return grad_a, grad_b
 
     @staticmethod
@@ -228,7 +233,10 @@ class MulFunction(BPFunction):
         x, y = ctx.saved_tensors
         if y is None:
             y = ctx.y_number
-        return mul_bwd(grad_output, x, y, ctx.needs_input_grad)
+        grads = mul_bwd(grad_output, x, y, ctx.needs_input_grad)
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and both factors to it
+            grads = per_example("mul", ctx, grads, grad_output, (x, y))
+        return grads
 
     @staticmethod
     def jvp(ctx: Any, dx, dy) -> Tensor:
@@ -380,8 +388,11 @@ class EinsumFunction(BPFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         operands = ctx.saved_tensors
-        grads = einsum_bwd(grad_output, ctx.equation, operands, ctx.needs_input_grad[1:])
-        return (None, *grads)
+        grads = (None, *einsum_bwd(grad_output, ctx.equation, operands,
+                                   ctx.needs_input_grad[1:]))
+        if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and the operands to it
+            grads = per_example("einsum", ctx, grads, grad_output, operands)
+        return grads
 
     @staticmethod
     def jvp(ctx: Any, _dequation, *tangents) -> Tensor:

@@ -474,7 +474,10 @@ class RNNCellFunction(BPFunction):
         need_x, need_h, *need_params = ctx.needs_input_grad[:6]
         delta, dh = rnn_step_bwd(grad_output, h, w_hh, ctx.relu)
         grad_x, *grads = _weight_grads(delta, delta, x, hx, w_ih, (need_x, *need_params))
-        return (grad_x, dh if need_h else None, *grads, None)
+        grads = (grad_x, dh if need_h else None, *grads, None)
+        if PER_EXAMPLE and _FACTORS:  # a collection is on: δ and a^{l-1} of both matmuls
+            grads = per_example("cell", ctx, grads, *_FACTORS.pop())
+        return grads
 
 
 class LSTMCellFunction(BPFunction):
@@ -515,7 +518,10 @@ class LSTMCellFunction(BPFunction):
                     else lstm_step_bwd)  # bptorch.kernels, outside create_graph
         delta, dh, dc = step_bwd(dh, dc, gates, c1, c, w_hh)
         grad_x, *grads = _weight_grads(delta, delta, x, h, w_ih, (need_x, *need_params))
-        return (grad_x, dh if need_h else None, dc if need_c else None, *grads)
+        grads = (grad_x, dh if need_h else None, dc if need_c else None, *grads)
+        if PER_EXAMPLE and _FACTORS:  # a collection is on: δ and a^{l-1} of both matmuls
+            grads = per_example("lstm_cell", ctx, grads, *_FACTORS.pop())
+        return grads
 
 
 class GRUCellFunction(BPFunction):
@@ -552,7 +558,10 @@ class GRUCellFunction(BPFunction):
                     else gru_step_bwd)  # bptorch.kernels, outside create_graph
         delta_ih, delta_hh, dh = step_bwd(grad_output, hx, gates, hn, w_hh)
         grad_x, *grads = _weight_grads(delta_ih, delta_hh, x, hx, w_ih, (need_x, *need_params))
-        return (grad_x, dh if need_h else None, *grads)
+        grads = (grad_x, dh if need_h else None, *grads)
+        if PER_EXAMPLE and _FACTORS:  # a collection is on: δ and a^{l-1} of both matmuls
+            grads = per_example("cell", ctx, grads, *_FACTORS.pop())
+        return grads
 
 
 __all__ = ["GRUCellFunction", "GRULayerFunction", "LSTMCellFunction", "LSTMLayerFunction",
