@@ -7,8 +7,8 @@ detection zoos (``weights=None``), one row:
    error, and the model is converted with ``strict=False`` for the next two columns);
 2. **equals torch**: one forward and backward of the converted model and of torch's, from
    the same weights, input, seed and random upstream gradient, in float64 (float32 for the
-   models too large for this machine's memory in float64, and raft, which casts to float32
-   itself): the worst relative error over the
+   models too large for this machine's memory in float64; raft's float32 pixel grid is
+   built in float64, :func:`_coords_in_default_dtype`): the worst relative error over the
    outputs and over every parameter gradient, ``max|a − b| / max|b|``;
 3. **whole backward in bptorch**: ``bptorch.coverage``: no torch node that computes, and
    every parameter's whole gradient from bptorch Functions.
@@ -127,6 +127,22 @@ def _inputs(name: str, zoo: str, dtype):
 
 
 
+def _coords_in_default_dtype() -> None:
+    """raft's ``make_coords_grid`` casts its pixel grid to float32 (``.float()``): in a
+    float64 run the first flow, ``coords1 − coords0``, is float32 and the motion encoder's
+    float64 convolution rejects it. The grid holds small integers, exact in either dtype:
+    build it in the default dtype instead, for torch's run and ours alike (the forward is
+    otherwise raft's own)."""
+    import torch
+    from torchvision.models.optical_flow import raft
+    make = getattr(raft.make_coords_grid, "__wrapped__", raft.make_coords_grid)
+
+    def make_coords_grid(*args, **kwargs):
+        return make(*args, **kwargs).to(torch.get_default_dtype())
+    make_coords_grid.__wrapped__ = make
+    raft.make_coords_grid = make_coords_grid
+
+
 def _rel(a, b, floor: float = 0.0) -> float:
     scale = max(float(b.abs().max()) if b.numel() else 0.0, floor)
     err = float((a - b).abs().max()) if b.numel() else 0.0
@@ -151,10 +167,10 @@ def run_one(name: str, seed: int) -> dict:
         kwargs["weights_backbone"] = None
     model = models.get_model(name, **kwargs)
     n_params = sum(p.numel() for p in model.parameters())
-    # float32 for the models too large for float64 here, and for raft, whose forward casts
-    # its inputs to float32 itself
-    dtype = (torch.float64 if n_params <= FLOAT32_ABOVE and zoo != "optical_flow"
-             else torch.float32)
+    # float32 for the models too large for float64 here
+    dtype = torch.float64 if n_params <= FLOAT32_ABOVE else torch.float32
+    if zoo == "optical_flow":
+        _coords_in_default_dtype()
     model = model.to(dtype).train()
     torch.set_default_dtype(dtype)  # tensors a model makes in its forward (raft's grids)
     row.update(params=n_params, dtype=str(dtype).removeprefix("torch."))
