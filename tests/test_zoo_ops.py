@@ -248,3 +248,35 @@ def test_unfold_and_fold_are_routed():
     assert type(a.grad_fn).__name__ == "UnfoldFunctionBackward"
     assert type(b.grad_fn).__name__ == "FoldFunctionBackward"
     assert type(c.grad_fn).__name__ == "UnfoldBackward0"
+
+
+# ---------------------------------------------------------------- the zoo's lean float64 run
+def test_the_zoo_lean_run_shares_weights_and_compares_as_the_eager_one():
+    """experiments.zoo's path for the largest models: the converted model shares torch's
+    weight storage, each gradient leaves memory as it is accumulated (torch's to a file),
+    and the comparison equals the eager one, a planted difference included."""
+    from experiments import zoo
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * 3 * 4, 5)).to(D)
+    ours = zoo._convert_sharing(model)
+    assert isinstance(ours[0], bnn.Conv2d) and not any(p.is_meta for p in model.parameters())
+    for (k, p_t), p_b in zip(model.named_parameters(), ours.parameters()):
+        assert p_b is not p_t and p_b.data_ptr() == p_t.data_ptr(), k
+    assert ours[1].running_mean.data_ptr() != model[1].running_mean.data_ptr()
+    x = torch.randn(2, 2, 5, 6, dtype=D)
+    g = torch.randn(2, 5, dtype=D)
+    eager = [torch.autograd.grad(m(x), list(m.parameters()), g) for m in (model, ours)]
+    lean = zoo._LeanGrads(model, D)
+    lean.keep(model)
+    lean.compare(ours)
+    model(x).backward(g)
+    assert all(p.grad is None for p in model.parameters())
+    ours(x).backward(1.5 * g)  # a planted difference: every gradient 1.5 times torch's
+    assert all(p.grad is None for p in ours.parameters())
+    floor, worst, where = lean.worst()
+    assert floor == 1e-6 * max(float(t.abs().max()) for t in eager[0])
+    for (k, _), b in zip(model.named_parameters(), eager[1]):
+        assert lean.error[k] == pytest.approx(0.5 * float(b.abs().max()), rel=1e-9), k
+    assert worst == pytest.approx(0.5, rel=1e-9) and where is not None
+    assert lean.scale["0.weight"] == float(eager[0][0].abs().max())
