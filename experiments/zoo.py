@@ -281,9 +281,11 @@ def run_one(name: str, seed: int) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     # float32 for the models too large for float64 here
     dtype = torch.float64 if n_params <= FLOAT32_ABOVE else torch.float32
-    lean = n_params > FLOAT32_ABOVE and _fits_lean(n_params)  # float64, the weights once
-    if lean:
+    lean = n_params > FLOAT32_ABOVE  # the weights once (float64 where they fit)
+    if lean and _fits_lean(n_params):
         dtype = torch.float64
+    if lean:
+        row["available_gib"] = round(_available_bytes() / 2**30, 1)
     if zoo == "optical_flow":
         _coords_in_default_dtype()
     model = model.to(dtype).train()
