@@ -6,9 +6,10 @@ detection zoos (``weights=None``), one row:
 1. **converts**: ``bptorch.convert.from_torch_nn(model, strict=True)`` succeeds (else the
    error, and the model is converted with ``strict=False`` for the next two columns);
 2. **equals torch**: one forward and backward of the converted model and of torch's, from
-   the same weights, input, seed and random upstream gradient, in float64 (float32 for the
-   models too large for this machine's memory in float64; raft's float32 pixel grid is
-   built in float64, :func:`_coords_in_default_dtype`): the worst relative error over the
+   the same weights, input, seed and random upstream gradient, in float64 (the models above
+   FLOAT32_ABOVE parameters lean, their weights held once, float32 only where even that
+   does not fit in memory; raft's float32 pixel grid is built in float64,
+   :func:`_coords_in_default_dtype`): the worst relative error over the
    outputs and over every parameter gradient, ``max|a − b| / max|b|``;
 3. **whole backward in bptorch**: ``bptorch.coverage``: no torch node that computes, and
    every parameter's whole gradient from bptorch Functions.
@@ -35,7 +36,8 @@ from pathlib import Path
 from bptorch import cli
 
 ZOOS = ("classification", "segmentation", "video", "optical_flow", "detection")
-# models whose parameters in float64 (twice, with gradients) would not fit in 24 GB
+# models whose parameters in float64 (twice, with gradients) would not fit in 24 GB: they
+# run lean (the weights once, see _LeanGrads), in float32 only where even that does not fit
 FLOAT32_ABOVE = 150_000_000
 TOLERANCE = {"float64": 1e-6, "float32": 2e-3}
 
