@@ -923,3 +923,60 @@ def check_mul(input: Tensor, other) -> None:
     elif not isinstance(other, (int, float, bool)):
         raise TypeError(f"mul: other must be a tensor or a Python number, got "
                         f"{type(other).__name__}")
+
+
+# ---------------------------------------------------------------- unfold and fold
+def _check_blocks(fn: str, kernel_size: Pair, dilation: Pair, padding: Pair,
+                  stride: Pair) -> None:
+    """Pairs of ints, kernel, dilation and stride >= 1, padding >= 0 (torch's rules)."""
+    for name, v in (("kernel_size", kernel_size), ("dilation", dilation),
+                    ("padding", padding), ("stride", stride)):
+        if len(v) != 2 or not all(isinstance(x, int) for x in v):
+            raise ValueError(f"{fn}: {name} must be an int or a pair of ints, got {v}")
+    if min(kernel_size) < 1 or min(dilation) < 1 or min(stride) < 1:
+        raise ValueError(f"{fn}: kernel_size, dilation and stride must be >= 1, got "
+                         f"{kernel_size}, {dilation}, {stride}")
+    if min(padding) < 0:
+        raise ValueError(f"{fn}: padding must be >= 0, got {padding}")
+
+
+def fold_blocks(size: Pair, kernel_size: Pair, dilation: Pair, padding: Pair,
+                stride: Pair) -> Pair:
+    """The number of sliding blocks along each axis of a map of ``size``."""
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, d, p, s in
+                 zip(size, kernel_size, dilation, padding, stride))
+
+
+def check_unfold(input: Tensor, kernel_size: Pair, dilation: Pair, padding: Pair,
+                 stride: Pair) -> None:
+    """F.unfold: a floating (N, C, H, W) or (C, H, W) map with at least one block."""
+    check_4d("input", input, unbatched=True)
+    _check_blocks("unfold", kernel_size, dilation, padding, stride)
+    blocks = fold_blocks(input.shape[-2:], kernel_size, dilation, padding, stride)
+    if min(blocks) < 1:
+        raise ValueError(f"unfold: the input's spatial size {_shape(input)[-2:]} holds no "
+                         f"block of kernel_size={kernel_size}, dilation={dilation}, "
+                         f"padding={padding}, stride={stride} (blocks: {blocks})")
+
+
+def check_fold(input: Tensor, output_size: Pair, kernel_size: Pair, dilation: Pair,
+               padding: Pair, stride: Pair) -> None:
+    """F.fold: a floating (N, C·k_h·k_w, L) or (C·k_h·k_w, L) tensor, L the number of blocks
+    of the output's size."""
+    check_floating("input", input)
+    if input.dim() not in (2, 3):
+        raise ValueError(f"fold: expected input of shape (N, C*k_h*k_w, L) or (C*k_h*k_w, L), "
+                         f"got shape {_shape(input)} ({input.dim()} dims)")
+    if len(output_size) != 2 or min(output_size) < 1:
+        raise ValueError(f"fold: output_size must be a pair of ints >= 1, got {output_size}")
+    _check_blocks("fold", kernel_size, dilation, padding, stride)
+    taps = kernel_size[0] * kernel_size[1]
+    if input.shape[-2] % taps:
+        raise ValueError(f"fold: the input's dim {input.dim() - 2} ({input.shape[-2]}) must be "
+                         f"divisible by the kernel's k_h*k_w = {taps} (C*k_h*k_w)")
+    blocks = fold_blocks(output_size, kernel_size, dilation, padding, stride)
+    if min(blocks) < 1 or input.shape[-1] != blocks[0] * blocks[1]:
+        raise ValueError(f"fold: output_size={output_size}, kernel_size={kernel_size}, "
+                         f"dilation={dilation}, padding={padding}, stride={stride} give "
+                         f"{blocks[0]}x{blocks[1]} blocks, but the input's last dim (L) is "
+                         f"{input.shape[-1]}")

@@ -44,6 +44,7 @@ TWIN_NAMES = (
     "MaxPool1d", "MaxPool3d", "AvgPool1d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool3d",
     "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d", "Upsample",
     "UpsamplingNearest2d", "UpsamplingBilinear2d",
+    "Fold", "Unfold",
 )
 # torch.nn modules whose forward only composes their children (and a few functions): the
 # children are converted, then _fix_composite (or, back to torch, _unfix_composite) makes

@@ -1186,3 +1186,31 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
                          "have the same dtype")
     return GridSampleFunction.apply(input, grid, bool(align_corners),
                                     padding_mode == "border")
+
+
+# ---- unfold (im2col) and fold (col2im) (bptorch/functions/fold.py), under torch's names
+from .functions.fold import FoldFunction, UnfoldFunction  # noqa: E402
+
+
+def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
+    """a_col = unfold(a): the sliding blocks of input (N, C, H, W) or (C, H, W) as columns,
+    (N, C·k_h·k_w, L) or (C·k_h·k_w, L). Backward: fold(δ), each δ added back onto the pixel
+    it was read from."""
+    kernel_size, dilation, padding, stride = (_pair(v) for v in (kernel_size, dilation,
+                                                                 padding, stride))
+    C.check_unfold(input, kernel_size, dilation, padding, stride)
+    return _unbatched(lambda x: UnfoldFunction.apply(x, kernel_size, dilation, padding,
+                                                     stride), input)
+
+
+def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
+    """a = fold(a_col): columns (N, C·k_h·k_w, L) or (C·k_h·k_w, L) summed back onto maps
+    (N, C, *output_size) or (C, *output_size), overlapping blocks adding up. Backward:
+    unfold(δ), each entry reads its pixel's δ."""
+    output_size, kernel_size, dilation, padding, stride = (
+        _pair(v) for v in (output_size, kernel_size, dilation, padding, stride))
+    C.check_fold(input, output_size, kernel_size, dilation, padding, stride)
+    if input.dim() == 2:
+        return FoldFunction.apply(input.unsqueeze(0), output_size, kernel_size, dilation,
+                                  padding, stride).squeeze(0)
+    return FoldFunction.apply(input, output_size, kernel_size, dilation, padding, stride)

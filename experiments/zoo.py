@@ -6,9 +6,10 @@ detection zoos (``weights=None``), one row:
 1. **converts**: ``bptorch.convert.from_torch_nn(model, strict=True)`` succeeds (else the
    error, and the model is converted with ``strict=False`` for the next two columns);
 2. **equals torch**: one forward and backward of the converted model and of torch's, from
-   the same weights, input, seed and random upstream gradient, in float64 (float32 for the
-   models too large for this machine's memory in float64, and raft, which casts to float32
-   itself): the worst relative error over the
+   the same weights, input, seed and random upstream gradient, in float64 (the models above
+   FLOAT32_ABOVE parameters lean, their weights held once, float32 only where even that
+   does not fit in memory; raft's float32 pixel grid is built in float64,
+   :func:`_coords_in_default_dtype`): the worst relative error over the
    outputs and over every parameter gradient, ``max|a − b| / max|b|``;
 3. **whole backward in bptorch**: ``bptorch.coverage``: no torch node that computes, and
    every parameter's whole gradient from bptorch Functions.
@@ -35,7 +36,8 @@ from pathlib import Path
 from bptorch import cli
 
 ZOOS = ("classification", "segmentation", "video", "optical_flow", "detection")
-# models whose parameters in float64 (twice, with gradients) would not fit in 24 GB
+# models whose parameters in float64 (twice, with gradients) would not fit in 24 GB: they
+# run lean (the weights once, see _LeanGrads), in float32 only where even that does not fit
 FLOAT32_ABOVE = 150_000_000
 TOLERANCE = {"float64": 1e-6, "float32": 2e-3}
 
@@ -130,6 +132,134 @@ def _inputs(name: str, zoo: str, dtype):
 
 
 
+def _coords_in_default_dtype() -> None:
+    """raft's ``make_coords_grid`` casts its pixel grid to float32 (``.float()``): in a
+    float64 run the first flow, ``coords1 − coords0``, is float32 and the motion encoder's
+    float64 convolution rejects it. The grid holds small integers, exact in either dtype:
+    build it in the default dtype instead, for torch's run and ours alike (the forward is
+    otherwise raft's own)."""
+    import torch
+    from torchvision.models.optical_flow import raft
+    make = getattr(raft.make_coords_grid, "__wrapped__", raft.make_coords_grid)
+
+    def make_coords_grid(*args, **kwargs):
+        return make(*args, **kwargs).to(torch.get_default_dtype())
+    make_coords_grid.__wrapped__ = make
+    raft.make_coords_grid = make_coords_grid
+
+
+# ---------------------------------------------------------------- the largest models, lean
+# Above FLOAT32_ABOVE parameters a float64 run holds one copy of the weights, not four: the
+# converted model shares torch's weight storage (converted from a weightless meta copy), and
+# each gradient leaves memory as soon as it is accumulated, torch's to a file-backed tensor,
+# ours compared with it there (post-accumulate-grad hooks). Peak: the weights once, the
+# activations and one layer's gradient. Float32 only where even that does not fit.
+def _available_bytes() -> int:
+    """MemAvailable of /proc/meminfo (0 where unreadable)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _fits_lean(n_params: int) -> bool:
+    """The float64 weights once, a quarter as much again (the largest gradients in flight)
+    and 1.5 GiB for the activations and the rest."""
+    return _available_bytes() >= 1.25 * 8 * n_params + 1.5 * 2**30
+
+
+def _put_back(root, params: dict, buffers: dict, share: bool) -> None:
+    """Give ``root``'s modules the weights ``params`` (the same Parameters, or with
+    ``share`` new Parameters on the same storage) and ``buffers`` (copies with ``share``)."""
+    from torch import nn
+    for prefix, module in root.named_modules(remove_duplicate=False):
+        where = prefix + "." if prefix else ""
+        for k, p in module._parameters.items():
+            if p is not None:
+                real = params[where + k]
+                module._parameters[k] = (nn.Parameter(real.detach(), real.requires_grad)
+                                         if share else real)
+        for k, b in module._buffers.items():
+            if b is not None:
+                module._buffers[k] = buffers[where + k].clone() if share else buffers[where + k]
+
+
+def _convert_sharing(model, strict: bool = True):
+    """``from_torch_nn(model, strict)`` whose parameters share ``model``'s storage (buffers
+    copied): converted from ``model`` moved to the meta device (no copy of the weights),
+    then the weights put back in both."""
+    from bptorch.convert import from_torch_nn
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers(remove_duplicate=False))
+    model.to("meta")
+    try:
+        ours = from_torch_nn(model, strict=strict)
+    finally:
+        _put_back(model, params, buffers, share=False)
+    _put_back(ours, params, buffers, share=True)
+    assert not any(t.is_meta for t in (*ours.parameters(), *ours.buffers()))
+    return ours
+
+
+class _LeanGrads:
+    """torch's parameter gradients kept in a file-backed tensor as each is accumulated
+    (``keep``), ours compared with them there (``compare``); both leave memory at once."""
+
+    def __init__(self, model, dtype) -> None:
+        import tempfile
+
+        import torch
+        self.where, n = {}, 0
+        for k, p in model.named_parameters():
+            self.where[k] = (n, p.shape)
+            n += p.numel()
+        self._file = tempfile.NamedTemporaryFile(suffix=".zoo-grads")
+        self.store = torch.from_file(self._file.name, shared=True, size=max(n, 1), dtype=dtype)
+        self.scale: dict[str, float] = {}  # max|∂C/∂w| of torch's, per parameter
+        self.error: dict[str, float] = {}  # max|ours − torch's|
+
+    def _slot(self, k):
+        start, shape = self.where[k]
+        return self.store[start:start + shape.numel()].view(shape)
+
+    def keep(self, model) -> None:
+        for k, p in model.named_parameters():
+            def hook(p, k=k):
+                self._slot(k).copy_(p.grad)
+                self.scale[k] = float(p.grad.abs().max()) if p.grad.numel() else 0.0
+                p.grad = None
+            p.register_post_accumulate_grad_hook(hook)
+
+    def compare(self, ours) -> None:
+        for k, p in ours.named_parameters():
+            def hook(p, k=k):
+                if k not in self.scale:  # ours has a gradient where torch's has none
+                    self.error[k] = float("inf")
+                elif p.grad.numel():
+                    self.error[k] = float((p.grad - self._slot(k)).abs().max())
+                else:
+                    self.error[k] = 0.0
+                p.grad = None
+            p.register_post_accumulate_grad_hook(hook)
+
+    def worst(self) -> tuple[float, float | None, str | None]:
+        """(the floor, the worst relative error, its parameter), as the eager comparison."""
+        floor = 1e-6 * max(self.scale.values(), default=0.0)
+        worst, where = 0.0, None
+        for k in self.where:
+            if (k in self.scale) != (k in self.error):
+                return floor, float("inf"), k
+            if k in self.scale:
+                scale = max(self.scale[k], floor)
+                r = self.error[k] / scale if scale > 0 else self.error[k]
+                if r > worst:
+                    worst, where = r, k
+        return floor, worst, where
+
+
 def _rel(a, b, floor: float = 0.0) -> float:
     scale = max(float(b.abs().max()) if b.numel() else 0.0, floor)
     err = float((a - b).abs().max()) if b.numel() else 0.0
@@ -154,14 +284,22 @@ def run_one(name: str, seed: int) -> dict:
         kwargs["weights_backbone"] = None
     model = models.get_model(name, **kwargs)
     n_params = sum(p.numel() for p in model.parameters())
-    # float32 for the models too large for float64 here, and for raft, whose forward casts
-    # its inputs to float32 itself
-    dtype = (torch.float64 if n_params <= FLOAT32_ABOVE and zoo != "optical_flow"
-             else torch.float32)
+    # float32 for the models too large for float64 here
+    dtype = torch.float64 if n_params <= FLOAT32_ABOVE else torch.float32
+    lean = n_params > FLOAT32_ABOVE  # the weights once (float64 where they fit)
+    if lean and _fits_lean(n_params):
+        dtype = torch.float64
+    if lean:
+        row["available_gib"] = round(_available_bytes() / 2**30, 1)
+    if zoo == "optical_flow":
+        _coords_in_default_dtype()
     model = model.to(dtype).train()
     torch.set_default_dtype(dtype)  # tensors a model makes in its forward (raft's grids)
     row.update(params=n_params, dtype=str(dtype).removeprefix("torch."))
     t0 = time.perf_counter()
+    if lean:
+        from_torch_nn = _convert_sharing  # noqa: F811  (the same conversion, no weight copy)
+        row["lean"] = True
     try:
         ours = from_torch_nn(model, strict=True)
         row["converts"] = True
@@ -171,6 +309,10 @@ def run_one(name: str, seed: int) -> dict:
             warnings.simplefilter("ignore")
             ours = from_torch_nn(model, strict=False)
     args, fwd_kwargs = _inputs(name, zoo, dtype)
+    if lean:
+        lean_grads = _LeanGrads(model, dtype)
+        lean_grads.keep(model)
+        lean_grads.compare(ours)
 
     torch.manual_seed(seed)
     out_t = model(*args, **fwd_kwargs)
@@ -205,6 +347,8 @@ def run_one(name: str, seed: int) -> dict:
         r = _rel(p_b.grad, p_t.grad, floor)
         if r > worst:
             worst, where = r, k
+    if lean:  # the gradients left memory as they came: compared by the hooks
+        floor, worst, where = lean_grads.worst()
     row.update(grad_rel_err=worst, worst_param=where)
     tol = TOLERANCE[row["dtype"]]
     row["equal"] = row["output_rel_err"] <= tol and worst <= tol

@@ -266,6 +266,13 @@ ROUND_TRIP_CASES["MultiheadAttention"] += [
     (lambda: nn.MultiheadAttention(8, 2, add_bias_kv=True, add_zero_attn=True, kdim=5, vdim=3),
      lambda: (_x(3, 2, 8), _x(4, 2, 5), _x(4, 2, 3)))]
 
+# issue 21: raft's F.unfold, as nn.Unfold and its adjoint nn.Fold
+ROUND_TRIP_CASES.update({
+    "Unfold": [(lambda: nn.Unfold((2, 3), dilation=(1, 2), padding=1, stride=(2, 1)),
+                lambda: (_x(2, 3, 7, 9),))],
+    "Fold": [(lambda: nn.Fold((6, 11), 2, stride=(1, 3)), lambda: (_x(2, 3 * 4, 20),))],
+})
+
 
 def _round_trip_cases():
     from bptorch.convert import TWIN_NAMES

@@ -32,6 +32,7 @@ from .pool import (
     MaxPool1dFunction, MaxPool3dFunction, MaxPoolFunction,
 )
 from .upsample import InterpolateFunction
+from .fold import FoldFunction, UnfoldFunction
 
 __all__ = [
     "ActivationFunction", "AdaptiveAvgPool2dFunction", "AttentionFunction",
@@ -48,4 +49,5 @@ __all__ = [
     "InterpolateFunction", "MaxPool1dFunction", "MaxPool3dFunction", "MaxPoolFunction",
     "DivFunction", "EinsumFunction", "GridSampleFunction", "PointwiseFunction",
     "RoIAlignFunction",
+    "FoldFunction", "UnfoldFunction",
 ]

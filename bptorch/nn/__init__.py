@@ -46,6 +46,7 @@ from .pool import (
     AvgPool1d, AvgPool3d, MaxPool1d, MaxPool3d,
 )
 from .upsample import Upsample, UpsamplingBilinear2d, UpsamplingNearest2d
+from .fold import Fold, Unfold
 
 # torch's, re-exported: the objects a model definition builds with, not copies
 TORCH_REEXPORTS = ["Module", "ModuleDict", "ModuleList", "Parameter", "ParameterDict",
@@ -72,6 +73,7 @@ __all__ = [
     "AdaptiveAvgPool1d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
     "AdaptiveMaxPool3d", "AvgPool1d", "AvgPool3d", "MaxPool1d", "MaxPool3d",
     "Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d",
+    "Fold", "Unfold",
     *TORCH_REEXPORTS,
 ]
 
