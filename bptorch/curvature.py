@@ -358,6 +358,17 @@ class Curvature:
                         "torch's own autograd, not a covered bptorch layer: second-order "
                         f"quantities cover {COVERED}")
                 continue
+            for nxt, _ in node.next_functions:  # a layer with parameters we do not cover
+                p = getattr(nxt, "variable", None)
+                if p is not None and id(p) in self.params:
+                    name, module = self.modules[id(p)]
+                    layer = (f"{type(module).__name__} {name!r}"
+                             if hasattr(node, "_forward_cls") else
+                             f"torch's own {type(node).__name__} on parameter "
+                             f"{self.names_of[id(p)]!r} (torch's own autograd)")
+                    raise NotCoveredError(
+                        f"{layer} is not covered by the second-order quantities "
+                        f"({', '.join(self.names)}); they cover {COVERED}")
             n_out = len(node._input_metadata)
             call = node.apply if hasattr(node, "_forward_cls") else node
             edges = [i for i, (nxt, _) in enumerate(node.next_functions) if nxt is not None]
@@ -372,7 +383,11 @@ class Curvature:
             self.walking = True
             try:
                 with torch.no_grad():
-                    outs = torch.func.vmap(backward)(s)
+                    try:
+                        outs = torch.func.vmap(backward)(s)
+                    except RuntimeError:  # an op with no batching rule: column by column
+                        cols = [backward(col) for col in s]
+                        outs = tuple(torch.stack(g) for g in zip(*cols))
             finally:
                 self.walking = False
             for i, g in zip(kept, outs):
