@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from .functions.conv import Conv2dFunction, conv2d_input_grad
 from .functions.embedding import EmbeddingFunction
-from .functions.linear import DenseFunction, LinearFunction, sigma_from
+from .functions.linear import ActivationFunction, DenseFunction, LinearFunction, sigma_from
 from .nn import cost as bcost
 
 SECOND_ORDER = ("diag_ggn_exact", "diag_ggn_mc", "kflr", "kfac")
@@ -275,6 +275,9 @@ _STOP_CLASSES = {id(c) for cls in (LinearFunction, DenseFunction, Conv2dFunction
                                    EmbeddingFunction) for c in (cls._eager, cls._functorch)}
 
 
+_ACTIVATIONS = {id(ActivationFunction._eager), id(ActivationFunction._functorch)}
+
+
 def _stops(node: Any) -> bool:
     return id(getattr(node, "_forward_cls", None)) in _STOP_CLASSES
 
@@ -369,6 +372,14 @@ class Curvature:
                     raise NotCoveredError(
                         f"{layer} is not covered by the second-order quantities "
                         f"({', '.join(self.names)}); they cover {COVERED}")
+            is_activation = id(getattr(node, "_forward_cls", None)) in _ACTIVATIONS
+            saved = node.saved_tensors[0] if is_activation else None
+            if is_activation and (saved is not None or node.activation.saves is None):
+                # a = σ(z): BP2's ⊙ σ'(z), broadcast over the V columns (no vmap needed)
+                with torch.no_grad():
+                    s = node.activation.delta(s, saved)
+                stack.append((node.next_functions[0][0], s))
+                continue
             n_out = len(node._input_metadata)
             call = node.apply if hasattr(node, "_forward_cls") else node
             edges = [i for i, (nxt, _) in enumerate(node.next_functions) if nxt is not None]
