@@ -459,6 +459,7 @@ class Curvature:
                                   f"{self._where(ctx)} from the loss's input")
         saved = ctx.saved_tensors
         s = _low(s)
+        down = ctx.next_functions[0][0] is not None  # does the input take a gradient?
         if kind == "linear":
             if hasattr(ctx, "activation"):  # Dense: the columns at a^l, through σ' first
                 a_prev_, weight, bias, a = saved
@@ -466,17 +467,17 @@ class Curvature:
                 s = ctx.activation.delta(s, None if sp_from is None else _low(sp_from))
             weight = saved[1]
             forms = LinearCurvature(s, _low(a_prev))
-            s_in = (s @ _low(weight)).to(s.dtype)  # BP2: Wᵀ S, each column
+            s_in = (s @ _low(weight)).to(s.dtype) if down else None  # BP2: Wᵀ S, per column
         elif kind == "conv2d":
             weight = saved[1]
             forms = Conv2dCurvature(ctx, s, _low(a_prev), weight.shape)
-            s_in = self._conv_down(ctx, s, a_prev, weight)
+            s_in = self._conv_down(ctx, s, a_prev, weight) if down else None
         else:
             forms = EmbeddingCurvature(ctx, s, a_prev)
             s_in = None
         for p, role in self.parameters_of(ctx, slots or {}, input_index):
             self._take(p, role, forms)
-        if s_in is not None and ctx.next_functions[0][0] is not None:
+        if s_in is not None:
             self.push(ctx.next_functions[0][0], s_in)
         return False
 
