@@ -311,9 +311,8 @@ class Curvature:
         """From the loss's input f: S for each asked quantity (the exact one shared by
         diag_ggn_exact and kflr, one draw per Monte-Carlo name, in the asked order),
         stacked on one V axis and sent down from f's node."""
-        if self.seeded:
-            raise RuntimeError("collect: loss_fn was called twice before one backward; "
-                               "second-order quantities take one loss call per backward")
+        if self.seeded:  # called again before the backward: the last call's loss counts
+            self.pending.clear()
         if f.dim() != 2:
             raise NotCoveredError(f"second-order quantities need the loss's input as (N, C), "
                                   f"got shape {tuple(f.shape)}")

@@ -372,3 +372,27 @@ def test_a_broken_square_root_is_caught(monkeypatch):
     got = _collect(from_torch_nn(model, strict=True), x, y, loss_fn, "diag_ggn_exact")
     p = got["4.weight"]
     assert not torch.allclose(p.diag_ggn_exact, ggn["4.weight"].diagonal().reshape(p.shape))
+
+
+def test_several_samples_and_the_last_loss_call():
+    """mc_samples=M draws as BackPACK's DiagGGNMC(mc_samples=M); a loss called twice
+    before one backward counts once, the last call."""
+    from backpack.extensions import DiagGGNMC
+    model, x = _case("mlp")
+    y, loss_fn = _target("ce"), _loss_fn("ce", "mean")
+    twin = from_torch_nn(model, strict=True)
+    got = _collect(twin, x, y, loss_fn, "diag_ggn_mc", seed=9, mc_samples=3)
+    ext_model, ext_loss = backpack.extend(model), backpack.extend(_loss_fn("ce", "mean"))
+    torch.manual_seed(9)
+    with backpack.backpack(DiagGGNMC(mc_samples=3)):
+        ext_loss(ext_model(x), y).backward()
+    for p, q in zip(got.values(), ext_model.parameters()):
+        torch.testing.assert_close(p.diag_ggn_mc, q.diag_ggn_mc)
+    once = {k: p.diag_ggn_exact for k, p in _collect(twin, x, y, loss_fn,
+                                                     "diag_ggn_exact").items()}
+    twin.zero_grad()
+    with collect(twin, "diag_ggn_exact", loss_fn=loss_fn):
+        loss_fn(twin(x[:3]), y[:3])  # a first call, not backpropagated
+        loss_fn(twin(x), y).backward()
+    for k, p in twin.named_parameters():
+        torch.testing.assert_close(p.diag_ggn_exact, once[k])
