@@ -218,10 +218,16 @@ class Conv2dCurvature:
         s, g = self.s, self.groups
         if role == "bias":
             return s.sum((3, 4)).square().sum((0, 1))
-        a_col = self._a_col().unflatten(1, (g, -1))  # (N, g, K, P)
-        s_col = s.flatten(3).unflatten(2, (g, -1))  # (V, N, g, O/g, P)
-        js = torch.einsum("vngop,ngkp->vngok", s_col, a_col)  # each column's BP4
-        return js.square().sum((0, 1)).reshape(self.shape)
+        a_col = self._a_col().unflatten(1, (g, -1)).flatten(0, 1)  # (N·g, K, P)
+        a_col_t = a_col.transpose(1, 2)  # (N·g, P, K)
+        n = self.n
+        diag = None
+        for s_v in s:  # one column at a time: no (V, N, |W|) tensor, no permuted copy of S
+            s_col = s_v.reshape(n * g, -1, a_col.shape[2])  # (N·g, O/g, P)
+            js = torch.bmm(s_col, a_col_t)  # this column's BP4, per example: (N·g, O/g, K)
+            js = js.square().unflatten(0, (n, g)).sum(0)  # (g, O/g, K)
+            diag = js if diag is None else diag + js
+        return diag.reshape(self.shape)
 
     def kron_g(self) -> Tensor:
         if self.groups != 1:
