@@ -502,16 +502,16 @@ class Curvature:
                 f"parameter {self.names_of[id(p)]!r} is used by more than one layer call in "
                 "one backward (shared weights): second-order quantities do not cover it")
         rec = self.results[id(p)] = {}
-        full = forms.s
+        full, a_factor = forms.s, None
         for name in self.names:
-            forms.s = full[self.columns[name]]
+            forms.s = full[self.columns[name]]  # this name's columns: exact, or its draw
             if name.startswith("diag"):
                 rec[name] = forms.diag(role)
             elif role == "bias":
                 rec[name] = [forms.kron_g()]
-            else:
-                rec[name] = [forms.kron_g(), rec.get("_A") if "_A" in rec else forms.kron_a()]
-                rec["_A"] = rec[name][1]
+            else:  # A depends on a^{l−1} only: formed once for kflr and kfac
+                a_factor = forms.kron_a() if a_factor is None else a_factor
+                rec[name] = [forms.kron_g(), a_factor]
         forms.s = full
 
     def finish(self) -> None:
