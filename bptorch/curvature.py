@@ -510,8 +510,9 @@ class Curvature:
             elif role == "bias":
                 rec[name] = [forms.kron_g()]
             else:  # A depends on a^{l−1} only: formed once for kflr and kfac
+                g_factor = forms.kron_g()
                 a_factor = forms.kron_a() if a_factor is None else a_factor
-                rec[name] = [forms.kron_g(), a_factor]
+                rec[name] = [g_factor, a_factor]
         forms.s = full
 
     def finish(self) -> None:
