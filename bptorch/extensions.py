@@ -39,7 +39,7 @@ GroupNorm and InstanceNorm, PReLU's α, the cells (a cell run over T steps: its 
 joined, :func:`_stack_steps`), and a routed forward's products with a parameter operand
 (docs/extensions.md has the table). The explicit engine's ``Network``:
 :func:`network_quantities`. The second-order quantities (``diag_ggn_exact``,
-``diag_ggn_mc``, ``kflr``, ``kfac``) are not here yet; asking for them says so.
+``diag_ggn_mc``, ``kflr``, ``kfac``) ride on the same backward: ``bptorch.curvature``.
 """
 from __future__ import annotations
 
@@ -49,11 +49,11 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
+from .curvature import SECOND_ORDER, Curvature, network_curvature
 from .functions.base import PER_EXAMPLE
 from .per_example import KINDS, LayerCall, LinearCall, ghost_cheaper, stack_steps
 
 FIRST_ORDER = ("grad_batch", "batch_l2", "sum_grad_squared", "variance")
-SECOND_ORDER = ("diag_ggn_exact", "diag_ggn_mc", "kflr", "kfac")
 
 
 class PartialGradientError(RuntimeError):
@@ -86,6 +86,7 @@ class Collector:
                     self.params[id(p)] = p
                     self.names_of[id(p)] = full
         self.queued = False
+        self.curvature: Curvature | None = None  # the second-order part, when asked
         self.records: dict[int, dict[str, Any]] = {}
         self.grad_state: dict[int, tuple[int, int] | None] = {}
 
@@ -120,6 +121,9 @@ class Collector:
         if kind == "batch_norm":
             raise BatchNormTrainingError(self._batch_norm_message(ctx))
         cls = KINDS.get(kind)
+        if self.curvature is not None and self.curvature(
+                kind, ctx, delta, a_prev, cls and cls.slots, cls and cls.input_index):
+            return grads  # called inside the curvature's vmapped walk: BP2 only
         if cls is None:
             return grads
         call, out = None, list(grads)
@@ -189,6 +193,8 @@ class Collector:
             else:
                 p.grad.add_(grad)
             self.finish(p, rec)
+        if self.curvature is not None:
+            self.curvature.finish()
         self.start()
 
     def finish(self, p: Tensor, rec: dict[str, Any]) -> None:
@@ -267,23 +273,23 @@ def rows_overlap(rows: slice | None, parts: list[slice | None]) -> bool:
 
 def _check_names(names: tuple[str, ...], loss_fn: Any) -> None:
     for name in names:
-        if name in SECOND_ORDER:
-            raise NotImplementedError(
-                f"{name!r} is a second-order quantity; bptorch.extensions does not compute "
-                f"{', '.join(SECOND_ORDER)} yet. Supported: {', '.join(FIRST_ORDER)}.")
-        if name not in FIRST_ORDER:
+        if name not in FIRST_ORDER and name not in SECOND_ORDER:
             raise ValueError(f"unknown quantity {name!r}: bptorch.extensions.collect "
-                             f"supports {', '.join(FIRST_ORDER)} (BackPACK's names)")
+                             f"supports {', '.join(FIRST_ORDER + SECOND_ORDER)} "
+                             "(BackPACK's names)")
 
 
 @contextlib.contextmanager
-def collect(model: nn.Module, *names: str, loss_fn: Any = None) -> Iterator[Collector]:
+def collect(model: nn.Module, *names: str, loss_fn: Any = None,
+            mc_samples: int = 1) -> Iterator[Collector]:
     """Collect per-example quantities during the ``loss.backward()`` run inside the block.
 
     ``names``: any of ``grad_batch``, ``batch_l2``, ``sum_grad_squared``, ``variance``
     (BackPACK's names, scalings and layouts). When the backward ends each of ``model``'s
-    parameters holds ``.grad`` as usual and one attribute per name. ``loss_fn`` is for the
-    second-order quantities (not yet).
+    parameters holds ``.grad`` as usual and one attribute per name. The second-order
+    names (``diag_ggn_exact``, ``diag_ggn_mc``, ``kflr``, ``kfac``: ``bptorch.curvature``)
+    need ``loss_fn``, the loss module called on the model's output inside the block;
+    ``mc_samples``: the Monte-Carlo columns of ``diag_ggn_mc`` and ``kfac`` (BackPACK's 1).
 
         with collect(model, "batch_l2"):
             loss_fn(model(x), y).backward()
@@ -293,8 +299,14 @@ def collect(model: nn.Module, *names: str, loss_fn: Any = None) -> Iterator[Coll
         raise ValueError(f"collect needs at least one quantity: {', '.join(FIRST_ORDER)}")
     _check_names(names, loss_fn)
     collector = Collector(model, tuple(names))
+    handle = None
+    if set(names) & set(SECOND_ORDER):
+        collector.curvature = Curvature(tuple(names), loss_fn, mc_samples, collector.params,
+                                        collector.names_of, collector.modules)
+        # the loss's input is read when loss_fn is called (its forward; nothing else)
+        handle = loss_fn.register_forward_hook(collector.curvature.forward_hook)
     for p in collector.params.values():  # no stale results from an earlier collection
-        for name in FIRST_ORDER:
+        for name in FIRST_ORDER + SECOND_ORDER:
             if hasattr(p, name):
                 delattr(p, name)
     collector.start()
@@ -304,15 +316,18 @@ def collect(model: nn.Module, *names: str, loss_fn: Any = None) -> Iterator[Coll
         collector.check_untouched()
     finally:
         PER_EXAMPLE.remove(collector)
+        if handle is not None:
+            handle.remove()
 
 
 @torch.no_grad()
-def network_quantities(net: nn.Module, x: Tensor, *names: str) -> None:
+def network_quantities(net: nn.Module, x: Tensor, *names: str, mc_samples: int = 1) -> None:
     """The same quantities for the explicit engine: after ``net.backprop(x, y)`` (a
     ``bptorch.network.Network``), from its per-example ``net.deltas`` and the activations
     a^{l−1}, recomputed from ``x`` by one forward (the engine keeps only δ). Scaled as
     on the autograd path: the engine's cost is the batch mean, so g_n = δ_n a_nᵀ / N.
-    Leaves each quantity on ``layers[l].weight`` and ``.bias`` as :func:`collect` does."""
+    Leaves each quantity on ``layers[l].weight`` and ``.bias`` as :func:`collect` does;
+    the second-order ones from the engine's cost (``bptorch.curvature.network_curvature``)."""
     if not names:
         raise ValueError(f"network_quantities needs at least one quantity: {', '.join(FIRST_ORDER)}")
     _check_names(names, None)
@@ -334,6 +349,9 @@ def network_quantities(net: nn.Module, x: Tensor, *names: str) -> None:
         a_prev = layer(a_prev)
     for rec in collector.records.values():
         collector.finish(rec["p"], rec)
+    second = tuple(name for name in names if name in SECOND_ORDER)
+    if second:
+        network_curvature(net, x, second, mc_samples)
 
 
 __all__ = ["BatchNormTrainingError", "Collector", "FIRST_ORDER", "KINDS", "LayerCall",

@@ -1,0 +1,130 @@
+"""Second-order quantities (issue 22): one training step with ``collect(..., "kfac")`` and
+the others, against a plain bptorch step, and BackPACK's own step for the same quantity.
+
+Nets as the issue's: MLP [784, 100, 10] (ReLU) at batch 128 and LeNet-5 (ReLU, max
+pooling) at batch 64, 10 classes, cross-entropy. A step is forward, loss and backward
+(``zero_grad`` first). The timings are interleaved repeats in one process (the machine is
+shared: read the ratios, which are measured side by side), median per row.
+
+    python -m benchmarks.curvature --json results/curvature.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from bptorch.convert import from_torch_nn
+from bptorch.extensions import collect
+
+NAMES = ("diag_ggn_mc", "kfac", "diag_ggn_exact", "kflr")
+TARGETS = {"diag_ggn_mc": 1.5, "kfac": 1.5, "diag_ggn_exact": 2.5, "kflr": 2.5}
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def lenet5() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
+NETS = {"mlp": (mlp, 128), "lenet5": (lenet5, 64)}
+
+
+def steps(net: str) -> dict[str, Callable[[], None]]:
+    """name -> one step: "plain" (bptorch), each quantity in bptorch, and BackPACK's."""
+    build, batch = NETS[net]
+    torch.manual_seed(0)
+    model = build()
+    twin = from_torch_nn(model, strict=True)
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def plain() -> None:
+        twin.zero_grad()
+        loss_fn(twin(x), y).backward()
+
+    out = {"plain": plain}
+    for name in NAMES:
+        def step(name: str = name) -> None:
+            twin.zero_grad()
+            with collect(twin, name, loss_fn=loss_fn):
+                loss_fn(twin(x), y).backward()
+        out[name] = step
+    try:
+        import backpack
+        from backpack.extensions import KFAC, KFLR, DiagGGNExact, DiagGGNMC
+    except ImportError:
+        return out
+    ext_model, ext_loss = backpack.extend(build()), backpack.extend(nn.CrossEntropyLoss())
+    ext_model.load_state_dict(model.state_dict())
+    extensions = {"diag_ggn_mc": DiagGGNMC, "kfac": KFAC, "diag_ggn_exact": DiagGGNExact,
+                  "kflr": KFLR}
+    for name, ext in extensions.items():
+        def bp_step(ext=ext) -> None:
+            ext_model.zero_grad()
+            with backpack.backpack(ext()):
+                ext_loss(ext_model(x), y).backward()
+        out[f"backpack_{name}"] = bp_step
+    return out
+
+
+def measure(net: str, repeats: int, inner: int) -> dict[str, float]:
+    """Median seconds per step of each row, the rows interleaved in every repeat."""
+    fns = steps(net)
+    for fn in fns.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times[name].append((time.perf_counter() - t0) / inner)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", nargs="+", default=list(NETS))
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--inner", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for net in args.nets:
+        t = measure(net, args.repeats, args.inner)
+        base = t["plain"]
+        print(f"{net}: plain bptorch step {base * 1e3:.2f} ms")
+        for name in NAMES:
+            row = {"net": net, "quantity": name, "plain_ms": base * 1e3,
+                   "bptorch_ms": t[name] * 1e3, "ratio": t[name] / base,
+                   "target": TARGETS[name]}
+            if f"backpack_{name}" in t:
+                row["backpack_ms"] = t[f"backpack_{name}"] * 1e3
+                row["backpack_ratio"] = t[f"backpack_{name}"] / base
+            rows.append(row)
+            bp = (f", BackPACK {row['backpack_ms']:.2f} ms ({row['backpack_ratio']:.2f}×)"
+                  if "backpack_ms" in row else "")
+            print(f"  {name:15s} {row['bptorch_ms']:7.2f} ms  {row['ratio']:.2f}× "
+                  f"(target ≤ {row['target']}×){bp}")
+    if args.json:
+        config = {k: v for k, v in vars(args).items() if k != "json"}
+        config["torch"] = torch.__version__
+        with open(args.json, "w") as f:
+            json.dump({"config": config, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,583 @@
+"""Curvature from the written-out backward: BackPACK's second-order extensions.
+
+The generalised Gauss–Newton matrix of a loss ℓ(f(x_n, θ), y_n) summed over the batch is
+
+    G(θ) = Σ_n J_nᵀ H_n J_n,        J_n = ∂f_n/∂θ,  H_n = ∂²ℓ/∂f_n²  (PSD for these losses)
+
+Write H_n = S_n S_nᵀ with S_n of shape (C, V), V columns (the C outputs for the exact
+factor, M sampled vectors for Monte-Carlo). Then G = Σ_n Σ_v (J_nᵀ s_{n,v})(J_nᵀ s_{n,v})ᵀ:
+each column s_{n,v} goes down the network exactly as an error δ does, through BP2,
+
+    S^l = (W^{l+1})ᵀ S^{l+1} ⊙ σ'(z^l)          (BP2 for V vectors at once)
+
+and where BP3/BP4 would form δ_n a_nᵀ, the column's Jacobian-vector product with the
+layer's parameters is s^l_{n,v} (a^{l−1}_n)ᵀ. So, per layer (a the layer's input):
+
+    diag_ggn(W) = Σ_{n,v} (s_{n,v} a_nᵀ)² = Σ_n (Σ_v s_{n,v}²) (a_n²)ᵀ   (one matmul)
+    diag_ggn(b) = Σ_{n,v} s_{n,v}²
+    kflr / kfac = [G, A],  G = Σ_{n,v} s_{n,v} s_{n,v}ᵀ,  A = Σ_n a_n a_nᵀ / N
+
+(BackPACK's layouts and normalisations; for a convolution s and a carry a position axis:
+its BP4 per position, and G sums s over positions first, as BackPACK's.)
+
+Where it runs: each covered layer's written-out backward already hands its δ and a^{l−1}
+to the active collector (``functions.base.PER_EXAMPLE``); inside :func:`collect` the
+collector keeps, beside the backward's δ, the V columns S that reached that layer, forms
+the quantities above from S and a^{l−1}, and passes Wᵀ S down (the family's own BP2 with a
+leading V axis). Between two such layers (activations, pooling, flatten, any torch op)
+S goes through that node's own backward, vmapped over the V columns. The loss's S is
+formed from the loss's input when ``loss_fn`` is called inside the block.
+
+Covered: Linear and Dense (``kflr``/``kfac`` on 2-d inputs, as BackPACK), Conv2d (stride,
+padding, dilation; ``groups`` for the diagonals; "same"), Embedding (the diagonals). Any
+other layer with parameters raises :class:`NotCoveredError` naming it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .functions.conv import Conv2dFunction, conv2d_input_grad
+from .functions.embedding import EmbeddingFunction
+from .functions.linear import ActivationFunction, DenseFunction, LinearFunction, sigma_from
+from .nn import cost as bcost
+
+SECOND_ORDER = ("diag_ggn_exact", "diag_ggn_mc", "kflr", "kfac")
+EXACT = ("diag_ggn_exact", "kflr")  # the loss's exact square root, C columns
+SAMPLED = ("diag_ggn_mc", "kfac")  # one Monte-Carlo square root each, M columns
+COVERED = "Linear, Dense, Conv2d and Embedding (diagonals)"
+
+
+class NotCoveredError(NotImplementedError):
+    """A layer the second-order quantities do not cover, or a setting they do not."""
+
+
+class MissingLossError(ValueError):
+    """No loss the second-order quantities can read."""
+
+
+# ---------------------------------------------------------------- the loss's square root
+# Each readable loss: its input f (N, C) and the square root S of ∂²ℓ/∂f², shape
+# (V, N, C), V columns per example, scaled for the reduction (1/√N under a mean over N
+# examples, 1/√(N·C) for MSELoss's mean over every element, as torch and BackPACK).
+def loss_kind(loss_fn: Any) -> tuple[str, str]:
+    """(kind, reduction) of a loss the second-order quantities can read, else
+    :class:`MissingLossError` saying what is missing.
+
+    kinds: "softmax" (torch.nn.CrossEntropyLoss, its bptorch twin,
+    ``LogLikelihoodCost(logits=True)``), "mse" (torch.nn.MSELoss and twin), "quadratic"
+    (``QuadraticCost``), "sigmoid" (``CrossEntropyCost(logits=True)``)."""
+    if loss_fn is None:
+        raise MissingLossError(
+            "second-order quantities need the loss: pass loss_fn= (torch.nn.CrossEntropyLoss "
+            "or MSELoss, bptorch.nn's twins, or a bptorch cost: QuadraticCost, "
+            "LogLikelihoodCost(logits=True), CrossEntropyCost(logits=True)), the module "
+            "called on the model's output inside the block")
+    reduction = getattr(loss_fn, "reduction", None)
+    kind = None
+    if isinstance(loss_fn, (nn.CrossEntropyLoss, bcost.CrossEntropyLoss)):
+        if loss_fn.weight is not None or loss_fn.ignore_index != -100:
+            raise NotCoveredError("second-order quantities: CrossEntropyLoss with class "
+                                  "weights or an ignore_index is not covered (as BackPACK)")
+        kind = "softmax"
+    elif isinstance(loss_fn, (nn.MSELoss, bcost.MSELoss)):
+        kind = "mse"
+    elif isinstance(loss_fn, bcost.QuadraticCost):
+        kind = "quadratic"
+    elif isinstance(loss_fn, (bcost.LogLikelihoodCost, bcost.CrossEntropyCost)):
+        if not loss_fn.logits:
+            raise MissingLossError(
+                f"{type(loss_fn).__name__}(logits=False) takes probabilities: its Hessian "
+                "square root is read on the logits; use logits=True on z^L")
+        kind = "softmax" if isinstance(loss_fn, bcost.LogLikelihoodCost) else "sigmoid"
+    if kind is None:
+        raise MissingLossError(
+            f"second-order quantities cannot read the loss {type(loss_fn).__name__}: they "
+            "need torch.nn.CrossEntropyLoss or MSELoss (or bptorch.nn's twins), or a "
+            "bptorch cost (QuadraticCost, LogLikelihoodCost/CrossEntropyCost with "
+            "logits=True)")
+    if reduction not in ("mean", "sum"):
+        raise MissingLossError(f"second-order quantities need reduction 'mean' or 'sum', "
+                               f"got {reduction!r}")
+    return kind, reduction
+
+
+def _normalisation(kind: str, f: Tensor) -> int:
+    """The divisor of reduction="mean": the rows N, or every element for MSELoss."""
+    return f.numel() if kind == "mse" else f.numel() // f.shape[-1]
+
+
+def sqrt_hessian(kind: str, reduction: str, f: Tensor) -> Tensor:
+    """The exact square root, (C, N, C): H = S Sᵀ per example.
+
+    softmax + NLL: H = diag(p) − p pᵀ = S Sᵀ with S = diag(√p) − p √pᵀ, since
+    (diag(√p) − p√pᵀ)(diag(√p) − √p pᵀ) = diag(p) − 2ppᵀ + p(√p·√p)pᵀ and √p·√p = 1.
+    sigmoid + BCE: H = diag(σ(1 − σ)). MSE (x − y)²: H = 2I. ½‖a − y‖²: H = I."""
+    n, c = f.shape
+    if kind == "softmax":
+        p = torch.softmax(f, 1)
+        tau = p.sqrt()
+        eye = torch.eye(c, dtype=f.dtype, device=f.device)
+        # S[v, n, c] = √p_c (δ_vc − √p_v √p_c)
+        s = tau[None] * (eye[:, None, :] - tau.t()[:, :, None] * tau[None])
+    else:
+        if kind == "sigmoid":
+            sig = torch.sigmoid(f)
+            diag = (sig * (1 - sig)).sqrt()
+        else:
+            diag = f.new_full((n, c), math.sqrt(2.0) if kind == "mse" else 1.0)
+        s = torch.diag_embed(diag, dim1=0, dim2=2)  # (C, N, C): S[v, n, c] = δ_vc d_nc
+    if reduction == "mean":
+        s = s / math.sqrt(_normalisation(kind, f))
+    return s
+
+
+def sqrt_hessian_sampled(kind: str, reduction: str, f: Tensor, mc_samples: int) -> Tensor:
+    """A Monte-Carlo square root, (M, N, C): s = ∇_f ℓ(f, ŷ)/√M with ŷ drawn from the
+    model's own distribution p(y | f), so E[s sᵀ]·M = H. Drawn as BackPACK draws them
+    (the same generator calls), so a seeded run gives BackPACK's samples."""
+    if kind == "softmax":  # ŷ ~ Categorical(softmax f): ∇ = p − onehot(ŷ)
+        p = torch.softmax(f, 1)
+        y = torch.distributions.Categorical(p).sample(torch.Size([mc_samples]))
+        s = p[None] - F.one_hot(y, f.shape[1]).to(p.dtype)
+    elif kind == "mse":  # ŷ ~ N(f, ½): ∇ of (f − ŷ)² is 2(f − ŷ); BackPACK's sign, 2(ŷ − f)
+        y = torch.distributions.Normal(f, torch.tensor(math.sqrt(0.5), device=f.device)
+                                       ).sample(torch.Size([mc_samples]))
+        s = 2 * (y - f[None])
+    elif kind == "quadratic":  # ŷ ~ N(a, 1): ∇ of ½‖a − ŷ‖² = a − ŷ
+        s = f[None] - torch.normal(f[None].expand(mc_samples, *f.shape), 1.0)
+    else:  # sigmoid: ŷ ~ Bernoulli(σ(f)): ∇ = σ(f) − ŷ
+        sig = torch.sigmoid(f)
+        s = sig[None] - torch.bernoulli(sig[None].expand(mc_samples, *f.shape))
+    s = s / math.sqrt(mc_samples)
+    if reduction == "mean":
+        s = s / math.sqrt(_normalisation(kind, f))
+    return s
+
+
+# ---------------------------------------------------------------- per-family forms
+def _low(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+class LinearCurvature:
+    """z = a Wᵀ + b on (N, *, d). ``s``: (V, N, *, p), the columns at z.
+
+    diag(W) = Σ_{v,n} (Σ_t s_{v,n,t} a_{n,t}ᵀ)²; one row per example: (Σ_v s²)ᵀ (a²).
+    G = Σ_{v,n} s sᵀ, A = Σ_n a aᵀ / N (2-d inputs only, as BackPACK)."""
+
+    def __init__(self, s: Tensor, a_prev: Tensor) -> None:
+        self.s, self.a = s, a_prev.to(s.dtype)
+        self.n = a_prev.shape[0]
+
+    def diag(self, role: str) -> Tensor:
+        s, a = self.s, self.a
+        if role == "bias":
+            s = s.flatten(2, -2).sum(2) if s.dim() > 3 else s  # Σ_t, BP3 per example
+            return s.square().sum((0, 1))
+        if a.dim() == 2:  # Σ_n (Σ_v s_{v,n}²) (a_n²)ᵀ: BP4 of the squares
+            return s.square().sum(0).t() @ a.square()
+        sf, af = s.flatten(2, -2), a.flatten(1, -2)  # (V, N, T, p), (N, T, d)
+        return torch.einsum("vntp,ntd->vnpd", sf, af).square().sum((0, 1))
+
+    def kron_g(self) -> Tensor:
+        if self.a.dim() != 2:
+            raise NotCoveredError(f"kflr/kfac of a linear layer on {self.a.dim()}-d input: "
+                                  "Kronecker factors are defined for 2-d (N, d) input "
+                                  "only (as BackPACK)")
+        s = self.s.flatten(0, 1)  # (V·N, p)
+        return s.t() @ s
+
+    def kron_a(self) -> Tensor:
+        return self.a.t() @ self.a / self.n
+
+
+class Conv2dCurvature:
+    """The linear layer on each patch: a_col (N, g, K, P), s (V, N, g, C_out/g, P).
+
+    diag(W) = Σ_{v,n} (Σ_p s_p a_col,pᵀ)², per group; diag(b) = Σ_{v,n} (Σ_p s_p)².
+    G = Σ_{v,n} (Σ_p s_p)(Σ_p s_p)ᵀ, A = Σ_{n,p} a_col a_colᵀ / N (BackPACK's; groups 1)."""
+
+    def __init__(self, ctx: Any, s: Tensor, a_prev: Tensor, weight_shape: torch.Size) -> None:
+        (eh, ew) = ctx.extra
+        if eh or ew:  # "same" with an even kernel: the odd padding row, as the backward
+            a_prev = F.pad(a_prev, (0, ew, 0, eh))
+        self.ctx, self.s, self.a = ctx, s, a_prev.to(s.dtype)
+        self.n, self.shape, self.groups = a_prev.shape[0], weight_shape, ctx.groups
+
+    def _a_col(self) -> Tensor:
+        ctx = self.ctx
+        return F.unfold(self.a, tuple(self.shape[2:]), ctx.dilation, ctx.padding,
+                        ctx.stride)  # (N, C·kh·kw, P)
+
+    def diag(self, role: str) -> Tensor:
+        s, g = self.s, self.groups
+        if role == "bias":
+            return s.sum((3, 4)).square().sum((0, 1))
+        a_col = self._a_col().unflatten(1, (g, -1)).flatten(0, 1)  # (N·g, K, P)
+        a_col_t = a_col.transpose(1, 2)  # (N·g, P, K)
+        n = self.n
+        diag = None
+        for s_v in s:  # one column at a time: no (V, N, |W|) tensor, no permuted copy of S
+            s_col = s_v.reshape(n * g, -1, a_col.shape[2])  # (N·g, O/g, P)
+            js = torch.bmm(s_col, a_col_t)  # this column's BP4, per example: (N·g, O/g, K)
+            js = js.square().unflatten(0, (n, g)).sum(0)  # (g, O/g, K)
+            diag = js if diag is None else diag + js
+        return diag.reshape(self.shape)
+
+    def kron_g(self) -> Tensor:
+        if self.groups != 1:
+            raise NotCoveredError(f"kflr/kfac of a grouped Conv2d (groups={self.groups}): "
+                                  "not covered (as BackPACK)")
+        s = self.s.sum((3, 4)).flatten(0, 1)  # (V·N, C_out): Σ_p s_p
+        return s.t() @ s
+
+    def kron_a(self) -> Tensor:
+        a_col = self._a_col()  # (N, K, P)
+        x = a_col.transpose(1, 2).reshape(-1, a_col.shape[1])
+        return x.t() @ x / self.n
+
+
+class EmbeddingCurvature:
+    """z = W e_i: example n's column v is s_{v,n,t} added into the rows i_{n,t} it looked
+    up; diag(W) sums its squares per (example, row), over the columns."""
+
+    def __init__(self, ctx: Any, s: Tensor, index: Tensor) -> None:
+        if ctx.scale_grad_by_freq:
+            raise NotCoveredError("second-order quantities of an Embedding with "
+                                  "scale_grad_by_freq=True: not covered (as BackPACK)")
+        self.v = ctx.num_embeddings
+        n = index.shape[0] if index.dim() else 1
+        index = index.reshape(n, -1)  # (N, T)
+        s = s.reshape(s.shape[0], n, index.shape[1], s.shape[-1])  # (V, N, T, D)
+        if ctx.padding_idx is not None:  # the padding row's Jacobian is 0
+            s = s * (index != ctx.padding_idx)[None, :, :, None].to(s.dtype)
+        example = torch.arange(n, device=index.device).repeat_interleave(index.shape[1])
+        self.key = example * self.v + index.reshape(-1)  # one key per (example, row)
+        self.s = s.flatten(1, 2)  # (V, N·T, D)
+
+    def diag(self, role: str) -> Tensor:
+        keys, inverse = torch.unique(self.key, return_inverse=True)
+        rows = self.s.new_zeros(self.s.shape[0], keys.shape[0], self.s.shape[2])
+        rows.index_add_(1, inverse, self.s)  # Σ_t over an example's uses of a row
+        table = rows.new_zeros(self.v, rows.shape[2])
+        return table.index_add_(0, keys % self.v, rows.square().sum(0))
+
+    def kron_g(self) -> Tensor:
+        raise NotCoveredError("kflr/kfac of an Embedding: not covered (BackPACK 1.7.1 has "
+                              "no Kronecker factors for it either); diag_ggn_exact and "
+                              "diag_ggn_mc are")
+
+    kron_a = kron_g
+
+
+# the Functions whose backward takes the columns S itself (a reporting layer of a family
+# above): the walk stops there and leaves S for that backward
+_STOP_CLASSES = {id(c) for cls in (LinearFunction, DenseFunction, Conv2dFunction,
+                                   EmbeddingFunction) for c in (cls._eager, cls._functorch)}
+
+
+_ACTIVATIONS = {id(ActivationFunction._eager), id(ActivationFunction._functorch)}
+
+
+def _stops(node: Any) -> bool:
+    return id(getattr(node, "_forward_cls", None)) in _STOP_CLASSES
+
+
+# ---------------------------------------------------------------- the collector's part
+class Curvature:
+    """The second-order half of a collection: seeds S at the loss's input, carries it
+    down the backward beside δ, and leaves the quantities on the parameters.
+
+    ``params``, ``names_of``, ``modules``: the collector's maps (id → parameter, its
+    name, its module) for the messages.
+    """
+
+    def __init__(self, names: tuple[str, ...], loss_fn: Any, mc_samples: int,
+                 params: dict[int, Tensor], names_of: dict[int, str],
+                 modules: dict[int, tuple[str, nn.Module]]) -> None:
+        self.kind, self.reduction = loss_kind(loss_fn)
+        if mc_samples < 1:
+            raise ValueError(f"mc_samples must be at least 1, got {mc_samples}")
+        self.names = tuple(n for n in names if n in SECOND_ORDER)
+        self.mc_samples = mc_samples
+        self.params, self.names_of, self.modules = params, names_of, modules
+        self.pending: dict[Any, Tensor] = {}
+        self.columns: dict[str, slice] = {}
+        self.results: dict[int, dict[str, Any]] = {}
+        self.walking = False
+        self.seeded = False
+
+    # ---- the seed: the loss's S, when the loss is called
+    def seed(self, f: Tensor) -> None:
+        """From the loss's input f: S for each asked quantity (the exact one shared by
+        diag_ggn_exact and kflr, one draw per Monte-Carlo name, in the asked order),
+        stacked on one V axis and sent down from f's node."""
+        if self.seeded:  # called again before the backward: the last call's loss counts
+            self.pending.clear()
+        if f.dim() != 2:
+            raise NotCoveredError(f"second-order quantities need the loss's input as (N, C), "
+                                  f"got shape {tuple(f.shape)}")
+        node = f.grad_fn
+        with torch.no_grad():
+            f = _low(f.detach())
+            parts, start = [], 0
+            if any(n in EXACT for n in self.names):
+                parts.append(sqrt_hessian(self.kind, self.reduction, f))
+                for n in EXACT:
+                    self.columns[n] = slice(0, parts[-1].shape[0])
+                start = parts[-1].shape[0]
+            for name in self.names:
+                if name in SAMPLED:
+                    parts.append(sqrt_hessian_sampled(self.kind, self.reduction, f,
+                                                      self.mc_samples))
+                    self.columns[name] = slice(start, start + self.mc_samples)
+                    start += self.mc_samples
+            self.seeded = True
+            self.push(node, torch.cat(parts))
+
+    def forward_hook(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        """Read the loss's input (loss_fn's forward, inside the block): nothing else."""
+        if inputs[0].grad_fn is not None:
+            self.seed(inputs[0])
+
+    # ---- BP2 for the V columns between two covered layers: each node's own backward
+    def push(self, node: Any, s: Tensor) -> None:
+        """Send the columns ``s`` (V, *) into ``node``: left for a covered layer's
+        backward, or passed through the node's own backward vmapped over V."""
+        stack = [(node, s)]
+        while stack:
+            node, s = stack.pop()
+            if node is None:
+                continue
+            if _stops(node):
+                prev = self.pending.get(node)
+                self.pending[node] = s if prev is None else prev + s
+                continue
+            variable = getattr(node, "variable", None)
+            if variable is not None or type(node).__name__ == "AccumulateGrad":
+                if variable is not None and id(variable) in self.params:
+                    raise NotCoveredError(
+                        f"parameter {self.names_of[id(variable)]!r} takes its gradient from "
+                        "torch's own autograd, not a covered bptorch layer: second-order "
+                        f"quantities cover {COVERED}")
+                continue
+            for nxt, _ in node.next_functions:  # a layer with parameters we do not cover
+                p = getattr(nxt, "variable", None)
+                if p is not None and id(p) in self.params:
+                    name, module = self.modules[id(p)]
+                    layer = (f"{type(module).__name__} {name!r}"
+                             if hasattr(node, "_forward_cls") else
+                             f"torch's own {type(node).__name__} on parameter "
+                             f"{self.names_of[id(p)]!r} (torch's own autograd)")
+                    raise NotCoveredError(
+                        f"{layer} is not covered by the second-order quantities "
+                        f"({', '.join(self.names)}); they cover {COVERED}")
+            is_activation = id(getattr(node, "_forward_cls", None)) in _ACTIVATIONS
+            saved = node.saved_tensors[0] if is_activation else None
+            if is_activation and (saved is not None or node.activation.saves is None):
+                # a = σ(z): BP2's ⊙ σ'(z), broadcast over the V columns (no vmap needed)
+                with torch.no_grad():
+                    s = node.activation.delta(s, saved)
+                stack.append((node.next_functions[0][0], s))
+                continue
+            n_out = len(node._input_metadata)
+            call = node.apply if hasattr(node, "_forward_cls") else node
+            edges = [i for i, (nxt, _) in enumerate(node.next_functions) if nxt is not None]
+            kept: list[int] = []  # the edges whose gradient the backward gave
+
+            def backward(col: Tensor) -> tuple:
+                grads = call(col, *(None,) * (n_out - 1))
+                grads = grads if isinstance(grads, tuple) else (grads,)
+                kept[:] = [i for i in edges if grads[i] is not None]
+                return tuple(grads[i] for i in kept)
+
+            self.walking = True
+            try:
+                with torch.no_grad():
+                    try:
+                        outs = torch.func.vmap(backward)(s)
+                    except RuntimeError:  # an op with no batching rule: column by column
+                        cols = [backward(col) for col in s]
+                        outs = tuple(torch.stack(g) for g in zip(*cols))
+            finally:
+                self.walking = False
+            for i, g in zip(kept, outs):
+                stack.append((node.next_functions[i][0], g))
+
+    # ---- the hook: a covered layer's backward
+    def parameters_of(self, ctx: Any, slots: dict[int, str],
+                      input_index: Callable[[int, int], int]) -> list[tuple[Tensor, str]]:
+        """The collected parameters among a layer call's inputs, with their roles."""
+        found = []
+        for slot, role in slots.items():
+            inputs = ctx.next_functions
+            index = input_index(slot, len(inputs))
+            if index >= len(inputs):
+                continue
+            node = inputs[index][0]
+            p = getattr(node, "variable", None)
+            if p is None and type(node).__name__ == "SplitBackward0":
+                raise NotCoveredError(f"{self._where(ctx)}: a parameter used in chunks "
+                                      f"(MultiheadAttention's in_proj_weight) is not covered "
+                                      f"by second-order quantities; they cover {COVERED}")
+            if p is not None and id(p) in self.params:
+                found.append((p, role))
+        return found
+
+    def _where(self, ctx: Any) -> str:
+        for node, _ in ctx.next_functions:
+            p = getattr(node, "variable", None)
+            if p is not None and id(p) in self.modules:
+                name, module = self.modules[id(p)]
+                return f"{type(module).__name__} {name!r}"
+        return f"the layer {type(ctx).__name__}"
+
+    def __call__(self, kind: str, ctx: Any, delta: Tensor | None, a_prev: Any,
+                 slots: dict[int, str] | None, input_index: Callable | None) -> bool:
+        """One reporting layer call. True when it came from inside :meth:`push`'s vmapped
+        backward (the caller then returns its gradients as they are)."""
+        if self.walking:  # a reporting layer reached by the walk: not a covered family
+            if slots and self.parameters_of(ctx, slots, input_index):
+                raise NotCoveredError(
+                    f"{self._where(ctx)} (a {kind} layer) is not covered by the second-order "
+                    f"quantities ({', '.join(self.names)}); they cover {COVERED}")
+            return True
+        s = self.pending.pop(ctx, None)
+        if kind not in ("linear", "conv2d", "embedding") or not _stops(ctx):
+            if slots and self.parameters_of(ctx, slots, input_index):
+                raise NotCoveredError(
+                    f"{self._where(ctx)} (a {kind} layer) is not covered by the second-order "
+                    f"quantities ({', '.join(self.names)}); they cover {COVERED}")
+            return False
+        if s is None:
+            if not self.seeded:
+                raise MissingLossError(
+                    "second-order quantities: loss_fn was not called inside the collect "
+                    "block on this model's output, so no loss Hessian reached "
+                    f"{self._where(ctx)}")
+            raise NotCoveredError(f"second-order quantities: no curvature reached "
+                                  f"{self._where(ctx)} from the loss's input")
+        saved = ctx.saved_tensors
+        s = _low(s)
+        down = ctx.next_functions[0][0] is not None  # does the input take a gradient?
+        if kind == "linear":
+            if hasattr(ctx, "activation"):  # Dense: the columns at a^l, through σ' first
+                a_prev_, weight, bias, a = saved
+                sp_from = sigma_from(ctx.activation, a_prev_, weight, bias, a)
+                s = ctx.activation.delta(s, None if sp_from is None else _low(sp_from))
+            weight = saved[1]
+            forms = LinearCurvature(s, _low(a_prev))
+            s_in = (s @ _low(weight)).to(s.dtype) if down else None  # BP2: Wᵀ S, per column
+        elif kind == "conv2d":
+            weight = saved[1]
+            forms = Conv2dCurvature(ctx, s, _low(a_prev), weight.shape)
+            s_in = self._conv_down(ctx, s, a_prev, weight) if down else None
+        else:
+            forms = EmbeddingCurvature(ctx, s, a_prev)
+            s_in = None
+        for p, role in self.parameters_of(ctx, slots or {}, input_index):
+            self._take(p, role, forms)
+        if s_in is not None:
+            self.push(ctx.next_functions[0][0], s_in)
+        return False
+
+    @staticmethod
+    def _conv_down(ctx: Any, s: Tensor, a_prev: Tensor, weight: Tensor) -> Tensor:
+        """BP2 of Conv2d for the V columns: one transposed convolution of (V·N, ...)."""
+        (eh, ew), (h, w) = ctx.extra, a_prev.shape[2:]
+        g = conv2d_input_grad(s.flatten(0, 1), _low(weight).to(s.dtype),
+                              (h + eh, w + ew), ctx.stride, ctx.padding, ctx.dilation,
+                              ctx.groups)
+        return g[:, :, :h, :w].unflatten(0, s.shape[:2])
+
+    def _take(self, p: Tensor, role: str, forms: Any) -> None:
+        rec = self.results.get(id(p))
+        if rec is not None:
+            raise NotCoveredError(
+                f"parameter {self.names_of[id(p)]!r} is used by more than one layer call in "
+                "one backward (shared weights): second-order quantities do not cover it")
+        rec = self.results[id(p)] = {}
+        full, a_factor = forms.s, None
+        for name in self.names:
+            forms.s = full[self.columns[name]]  # this name's columns: exact, or its draw
+            if name.startswith("diag"):
+                rec[name] = forms.diag(role)
+            elif role == "bias":
+                rec[name] = [forms.kron_g()]
+            else:  # A depends on a^{l−1} only: formed once for kflr and kfac
+                g_factor = forms.kron_g()
+                a_factor = forms.kron_a() if a_factor is None else a_factor
+                rec[name] = [g_factor, a_factor]
+        forms.s = full
+
+    def finish(self) -> None:
+        """At the backward's end: each parameter's quantities, as BackPACK names them."""
+        results, self.results = self.results, {}
+        pending, self.pending = self.pending, {}
+        self.seeded = False
+        for i, rec in results.items():
+            p = self.params[i]
+            for name in self.names:
+                value = rec[name]
+                value = ([v.to(p.dtype) for v in value] if isinstance(value, list)
+                         else value.to(p.dtype))
+                setattr(p, name, value)
+        if pending:
+            raise RuntimeError("second-order quantities: the backward ended with curvature "
+                               "left undelivered (a covered layer's backward did not run)")
+
+
+# ---------------------------------------------------------------- the explicit engine
+@torch.no_grad()
+def network_curvature(net: nn.Module, x: Tensor, names: tuple[str, ...],
+                      mc_samples: int = 1) -> None:
+    """The second-order quantities for a ``bptorch.network.Network``: its cost's S at the
+    output (the batch mean, as the engine's cost), then down its Dense layers by the same
+    BP2 for V columns, forming each layer's quantities from S and a^{l−1}."""
+    kind = {"quadratic": "quadratic", "cross_entropy": "sigmoid",
+            "log_likelihood": "softmax"}[net.cost]
+    plan = net._plan()
+    activations, z_l, sp_from = net._feedforward(x, plan, keep_z_L=True)
+    if kind == "quadratic":  # ½‖a − y‖² on a^L: S at a^L, then through σ' of the output
+        f = activations[-1]
+    else:  # the logits forms: S at z^L
+        f = z_l
+    parts, columns, start = [], {}, 0
+    if any(n in EXACT for n in names):
+        parts.append(sqrt_hessian(kind, "mean", f))
+        for n in EXACT:
+            columns[n] = slice(0, parts[-1].shape[0])
+        start = parts[-1].shape[0]
+    for name in names:
+        if name in SAMPLED:
+            parts.append(sqrt_hessian_sampled(kind, "mean", f, mc_samples))
+            columns[name] = slice(start, start + mc_samples)
+            start += mc_samples
+    s = torch.cat(parts)
+    if kind == "quadratic":
+        s = plan[-1][3].delta(s, sp_from[-1])  # S at z^L = S at a^L ⊙ σ'(z^L)
+    for l in range(len(plan) - 1, -1, -1):
+        layer, weight, bias, _act = plan[l]
+        forms = LinearCurvature(s, activations[l])
+        for p, role in ((weight, "weight"), (bias, "bias")):
+            for name in names:
+                forms.s = s[columns[name]]
+                if name.startswith("diag"):
+                    value = forms.diag(role)
+                elif role == "bias":
+                    value = [forms.kron_g()]
+                else:
+                    value = [forms.kron_g(), forms.kron_a()]
+                setattr(p, name, value)
+        if l:
+            s = plan[l - 1][3].delta(s @ weight, sp_from[l - 1])  # BP2: (Wᵀ S) ⊙ σ'(z)
+
+
+__all__ = ["COVERED", "Conv2dCurvature", "Curvature", "EmbeddingCurvature", "LinearCurvature",
+           "MissingLossError", "NotCoveredError", "SECOND_ORDER", "loss_kind",
+           "network_curvature", "sqrt_hessian", "sqrt_hessian_sampled"]
