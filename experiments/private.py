@@ -81,7 +81,7 @@ TARGET = {"mnist": 0.980, "fashion-mnist": 0.860}  # issue 22, with tanh, at ε 
 DEFAULTS: dict[str, Any] = dict(
     dataset="mnist", activation="tanh", epochs=40, batch_size=None, eta=None, momentum=0.9,
     noise_multiplier=None, max_grad_norm=0.1, delta=1e-5, accountant="rdp", seed=0,
-    train_size=None, data_dir=None, threads=1)
+    train_size=None, test_size=None, data_dir=None, threads=1)
 EVAL_CHUNK = 2_000
 
 
@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights, Poisson batches, noise (default 0)")
     p.add_argument("--train-size", type=cli.positive_int,
                    help="train on the first N images (default all 60,000)")
+    p.add_argument("--test-size", type=cli.positive_int,
+                   help="evaluate on the first N test images (default all 10,000)")
     p.add_argument("--data-dir", type=cli.folder,
                    help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--threads", type=cli.thread_count, help="torch intra-op threads (default 1)")
@@ -266,6 +268,8 @@ def _main(argv: Sequence[str] | None) -> dict:
     if c["train_size"] is not None:
         x_train, y_train = x_train[:c["train_size"]], y_train[:c["train_size"]]
     x_test, y_test = data.test[0].view(-1, 1, 28, 28), data.test[1]
+    if c["test_size"] is not None:
+        x_test, y_test = x_test[:c["test_size"]], y_test[:c["test_size"]]
 
     torch.manual_seed(c["seed"])  # the initial weights: torch.nn's init
     net = build_net(c["activation"])
@@ -285,7 +289,7 @@ def _main(argv: Sequence[str] | None) -> dict:
         poisson_sampling=False, noise_generator=noise)
     loader = poisson_data_loader(loader, generator=sampling)  # q = 1/len(loader)
     cost = bnn.LogLikelihoodCost(logits=True)  # mean cross-entropy of softmax(z^L)
-    config.update(n_train=len(x_train), sample_rate=1 / len(loader),
+    config.update(n_train=len(x_train), n_test=len(x_test), sample_rate=1 / len(loader),
                   steps_per_epoch=len(loader),
                   expected_batch_size=optimizer.expected_batch_size,
                   sampling="Poisson (opacus DPDataLoader)",
