@@ -117,7 +117,7 @@ class Conv2dCall(LayerCall):
     def __init__(self, ctx: Any, delta: Tensor, a_prev: Tensor, grads: tuple) -> None:
         self.n = delta.shape[0]
         self.dtype = _low(delta).dtype
-        self.kernel = None if grads[1] is None else tuple(grads[1].shape[2:])
+        self.kernel = ctx.kernel_size
         (eh, ew) = ctx.extra
         if eh or ew:  # "same" with an even kernel: the odd padding row, as the backward
             a_prev = nn.functional.pad(a_prev, (0, ew, 0, eh))
