@@ -189,13 +189,14 @@ class DPOptimizer(torch.optim.Optimizer):
         same order ⇒ same noise)."""
         std = self.noise_multiplier * self.max_grad_norm
         for p in self.params:
+            # in place: .grad is the collector's own Σ_n c_n g_n, no one else holds it
             summed = p.grad if p.grad is not None else torch.zeros_like(p)
             if std > 0:
-                summed = summed + torch.normal(0, std, p.shape, device=p.device,
-                                               generator=self.generator, dtype=p.dtype)
-            p.grad = summed
+                summed.add_(torch.normal(0, std, p.shape, device=p.device,
+                                         generator=self.generator, dtype=p.dtype))
             if self.loss_reduction == "mean":
-                p.grad = p.grad / self.expected_batch_size
+                summed.div_(self.expected_batch_size)
+            p.grad = summed
 
     def step(self, closure: Any = None) -> Any:
         if closure is not None:
