@@ -207,6 +207,10 @@ def opacus_private(mode: str) -> Callable:
     return make
 
 
+BACKPACK_NAMES = {"BatchL2Grad": "batch_l2", "SumGradSquared": "sum_grad_squared",
+                  "Variance": "variance"}
+
+
 def backpack_quantity(extension: str) -> Callable:
     """BackPACK's step with one of its first-order extensions."""
     def make(net: str, model: nn.Module, x: Tensor, y: Tensor) -> Step:
@@ -221,7 +225,13 @@ def backpack_quantity(extension: str) -> Callable:
             with backpack.backpack(make_ext()):
                 loss.backward()
         step = sgd_step(extended, x, y, optimizer, backward)
-        step()  # BackPACK raises on a layer it lacks only when the backward reaches it
+        step()  # BackPACK raises on some layers it lacks when the backward reaches them,
+        # and passes others by silently: then some parameters lack the quantity
+        attribute = BACKPACK_NAMES[extension]
+        missing = [n for n, p in extended.named_parameters() if not hasattr(p, attribute)]
+        if missing:
+            raise RuntimeError(f"BackPACK left {attribute} off {len(missing)} parameters "
+                               f"({', '.join(missing[:3])}, ...): a layer it does not cover")
         return step
     return make
 
