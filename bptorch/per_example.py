@@ -29,6 +29,12 @@ def _low(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def _norm2(t: Tensor) -> Tensor:
+    """‖t_n‖² of each row n, by one reduction: no t² the size of t (a^{l−1} of a wide
+    input layer would double a step's peak memory)."""
+    return torch.linalg.vector_norm(t.flatten(1), dim=1).square()
+
+
 # ---------------------------------------------------------------- per-layer forms
 class LayerCall:
     """One layer call's δ and a^{l−1}, and its parameters' per-example quantities.
@@ -100,7 +106,7 @@ class LinearCall(LayerCall):
         if role == "bias":
             return self.delta.sum(1).square().sum(1)
         if self.delta.shape[1] == 1:  # ‖δ_n a_nᵀ‖² = ‖δ_n‖² ‖a_n‖²
-            return self.delta.square().sum((1, 2)) * self.a.square().sum((1, 2))
+            return _norm2(self.delta) * _norm2(self.a)
         t, p, d = self.delta.shape[1], self.delta.shape[2], self.a.shape[2]
         if ghost_cheaper(t, p, d):  # ghost norm: Σ_{t,s} (a_t·a_s)(δ_t·δ_s)
             gram_a = self.a @ self.a.transpose(1, 2)  # (N, T, T)
