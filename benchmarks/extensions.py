@@ -3,7 +3,7 @@
     python -m benchmarks.extensions                         # all nets, writes the JSON
     python -m benchmarks.extensions --nets mlp --repeats 5  # one net
     python -m benchmarks.extensions --from-json benchmarks/extensions.json --markdown benchmarks/RESULTS.md
-    python -m benchmarks.extensions --profile lenet5 private   # where a row's time goes
+    python -m benchmarks.extensions --profile lenet5/private   # where a row's time goes
 
 Issue 22, item 7. Four nets, each built once from torch.nn (the same weights serve
 bptorch, through ``from_torch_nn``, Opacus and BackPACK):
@@ -449,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="saved results: write their section (with --markdown) only")
     p.add_argument("--markdown", metavar="PATH", type=cli.output_path(".md"),
                    help="put the table into this file's section (benchmarks/RESULTS.md)")
-    p.add_argument("--profile", nargs=2, metavar=("NET", "QUANTITY"),
+    p.add_argument("--profile", metavar="NET/QUANTITY",
+                   choices=[f"{n}/{q}" for n in NETS for q in QUANTITIES],
                    help="torch.profiler's top ops of NET's plain step and QUANTITY's step")
     return p
 
@@ -466,7 +467,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(markdown(result))
         return result
     if args.profile:
-        return profile(*args.profile)
+        return profile(*args.profile.split("/"))
     names = [n for n in (args.quantities or QUANTITIES) if known(n)]
     skipped = [n for n in (args.quantities or QUANTITIES) if n not in names]
     if skipped:
@@ -495,9 +496,6 @@ def profile(net: str, name: str) -> dict:
     from benchmarks.timing import profiler_table
     from bptorch.convert import from_torch_nn
 
-    if net not in NETS or name not in QUANTITIES:
-        raise SystemExit(f"--profile NET QUANTITY: NET in {list(NETS)}, QUANTITY in "
-                         f"{list(QUANTITIES)}")
     build, shape = NETS[net]
     torch.manual_seed(0)
     model = build()
