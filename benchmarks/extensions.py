@@ -368,7 +368,10 @@ def markdown(result: dict) -> str:
              "step, the peak bytes held above the start, against a plain step's. Peers: their "
              "own absolute step time for the same quantity (Opacus: hooks, and ghost clipping "
              "for the private step; — where the peer refuses the net). Load average (1 min) "
-             "before → after each net's timing, on " + f"{m['cpus']} CPUs.", "",
+             "before → after each net's timing, on " + f"{m['cpus']} CPUs: a load above the "
+             "CPU count means other processes shared the cores, and the ratios then vary "
+             "from run to run by tenths (the paired ratio and the ratio of the two medians "
+             "can disagree); read them as rough.", "",
              "| net | batch | plain ms | quantity | bptorch ms | × plain | target | "
              "peak × plain | Opacus ms | Opacus ghost ms | BackPACK ms | load |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
