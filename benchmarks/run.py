@@ -593,10 +593,25 @@ def main(argv: list[str] | None = None) -> str:
               f"{time.perf_counter() - t0:.0f} s.\n\n{machine()}\n")
     md = "\n".join([header, tt.markdown()] + [t.markdown() for t in tables])
     print(tt.markdown())
+    md += _kept_sections(args.out)
     with open(args.out, "w") as f:
         f.write(md)
     print(f"wrote {args.out}", file=sys.stderr)
     return md
+
+
+def _kept_sections(path: str) -> str:
+    """The sections other scripts keep in ``path`` between their own markers
+    (``<!-- benchmarks.NAME: begin -->`` … ``end -->``, e.g. benchmarks.extensions): a
+    rerun of this suite leaves them in place."""
+    import re
+
+    try:
+        text = open(path).read()
+    except OSError:
+        return ""
+    blocks = re.finditer(r"<!-- (benchmarks\.\w+): begin -->.*?<!-- \1: end -->", text, re.S)
+    return "".join("\n" + b.group(0) + "\n" for b in blocks)
 
 
 if __name__ == "__main__":

@@ -127,8 +127,9 @@ class Collector:
         if cls is None:
             return grads
         call, out = None, list(grads)
+        skipped = getattr(ctx, "collected_slots", ())  # sums the collector forms itself
         for slot, role in cls.slots.items():
-            if slot >= len(out) or out[slot] is None:
+            if slot >= len(out) or (out[slot] is None and slot not in skipped):
                 continue
             inputs = ctx.next_functions
             p, rows = _parameter_of(*inputs[cls.input_index(slot, len(inputs))])

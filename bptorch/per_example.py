@@ -30,6 +30,12 @@ def _low(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def _norm2(t: Tensor) -> Tensor:
+    """‖t_n‖² of each row n, by one reduction: no t² the size of t (a^{l−1} of a wide
+    input layer would double a step's peak memory)."""
+    return torch.linalg.vector_norm(t.flatten(1), dim=1).square()
+
+
 # ---------------------------------------------------------------- per-layer forms
 class LayerCall:
     """One layer call's δ and a^{l−1}, and its parameters' per-example quantities.
@@ -60,6 +66,19 @@ class LayerCall:
     def weighted_sum(self, role: str, c: Tensor) -> Tensor:  # param shape
         return torch.tensordot(c.to(self.dtype), self.grad_batch(role), 1)
 
+    def kept(self, role: str, g_n: Tensor) -> Tensor:
+        """``g_n`` (N, *param shape), kept for :meth:`weighted_sum` while this call lives:
+        where the norm had to form the per-example gradients anyway, the clipped sum is
+        Σ_n c_n g_n from them, cheaper than a second BP4. A collector that drops the call
+        after the norm (``bptorch.extensions``) frees it at once."""
+        self.__dict__.setdefault("_kept", {})[role] = g_n
+        return g_n
+
+    def from_kept(self, role: str, c: Tensor) -> Tensor | None:
+        """Σ_n c_n g_n from the kept g_n, or None if the norm did not form them."""
+        g_n = self.__dict__.get("_kept", {}).pop(role, None)
+        return None if g_n is None else torch.tensordot(c.to(g_n.dtype), g_n, 1)
+
 
 class LinearCall(LayerCall):
     """z = a_prev Wᵀ + b on (N, *, d): g_n = Σ_t δ_{n,t} a_{n,t}ᵀ over the extra axes *.
@@ -88,13 +107,13 @@ class LinearCall(LayerCall):
         if role == "bias":
             return self.delta.sum(1).square().sum(1)
         if self.delta.shape[1] == 1:  # ‖δ_n a_nᵀ‖² = ‖δ_n‖² ‖a_n‖²
-            return self.delta.square().sum((1, 2)) * self.a.square().sum((1, 2))
+            return _norm2(self.delta) * _norm2(self.a)
         t, p, d = self.delta.shape[1], self.delta.shape[2], self.a.shape[2]
         if ghost_cheaper(t, p, d):  # ghost norm: Σ_{t,s} (a_t·a_s)(δ_t·δ_s)
             gram_a = self.a @ self.a.transpose(1, 2)  # (N, T, T)
             gram_delta = self.delta @ self.delta.transpose(1, 2)
             return (gram_a * gram_delta).sum((1, 2))
-        return super().batch_l2(role)
+        return self.kept(role, self.grad_batch(role)).flatten(1).square().sum(1)
 
     def sum_grad_squared(self, role: str) -> Tensor:
         if role == "weight" and self.delta.shape[1] == 1:  # Σ_n δ_n² (a_n²)ᵀ, one matmul
@@ -102,6 +121,8 @@ class LinearCall(LayerCall):
         return super().sum_grad_squared(role)
 
     def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+        if (summed := self.from_kept(role, c)) is not None:  # Σ_n c_n g_n, g_n at hand
+            return summed
         delta = self.delta * c.to(self.dtype)[:, None, None]  # each example's δ scaled
         if role == "bias":
             return delta.sum((0, 1))  # BP3
@@ -118,7 +139,7 @@ class Conv2dCall(LayerCall):
     def __init__(self, ctx: Any, delta: Tensor, a_prev: Tensor, grads: tuple) -> None:
         self.n = delta.shape[0]
         self.dtype = _low(delta).dtype
-        self.kernel = None if grads[1] is None else tuple(grads[1].shape[2:])
+        self.kernel = ctx.kernel_size
         (eh, ew) = ctx.extra
         if eh or ew:  # "same" with an even kernel: the odd padding row, as the backward
             a_prev = nn.functional.pad(a_prev, (0, ew, 0, eh))
@@ -155,10 +176,12 @@ class Conv2dCall(LayerCall):
             gram_a = a_col.transpose(2, 3) @ a_col  # (N, g, P, P)
             gram_delta = delta_col.transpose(2, 3) @ delta_col
             return (gram_a * gram_delta).sum((1, 2, 3))
-        g_n = torch.einsum("ngop,ngkp->ngok", delta_col, a_col)
-        return g_n.square().sum((1, 2, 3))
+        g_n = torch.einsum("ngop,ngkp->ngok", delta_col, a_col)  # BP4 per example
+        return self.kept(role, g_n).square().sum((1, 2, 3))
 
     def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+        if (summed := self.from_kept(role, c)) is not None:  # Σ_n c_n g_n, g_n at hand
+            return summed.reshape(self._shape())
         delta = self.delta_map * c.to(self.dtype)[:, None, None, None]  # δ_n scaled
         if role == "bias":
             return delta.sum((0, 2, 3))  # BP3

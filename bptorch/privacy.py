@@ -19,7 +19,10 @@ and the backward meets the layers one at a time. The choices are
   adds the layer's ‖g_n^l‖² by its cheapest form (‖δ_n‖²‖a_n‖², or the Gram form for
   sequences and convolutions: ``bptorch.extensions``) and keeps δ and a^{l−1}. When the
   backward ends (a callback queued on autograd's engine), c_n is known and each layer's
-  clipped sum is its own BP4 on the scaled δ. The memory held is the δ's and a's of the
+  clipped sum is its own BP4 on the scaled δ. The layer's own unclipped BP3/BP4 is never
+  formed (the collector turns those slots of ``need`` off before the backward reaches them:
+  ``functions.base.per_example_need``), so a private step is one backward, the norms
+  and one reweighted BP4 per layer. The memory held is the δ's and a's of the
   step, which a plain step holds at its peak as well (a^{l−1} until each layer's backward,
   δ as it goes); no N × |W| tensor is formed.
 
@@ -43,8 +46,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .extensions import BatchNormTrainingError, Collector, rows_overlap
-from .per_example import LayerCall
+from .extensions import BatchNormTrainingError, Collector, _parameter_of, rows_overlap
+from .per_example import KINDS, LayerCall
 from .functions.base import PER_EXAMPLE
 
 _INSTALL = "pip install 'bptorch[privacy]' (opacus, dp-accounting)"
@@ -73,7 +76,24 @@ class ClippingCollector(Collector):
         if self not in PER_EXAMPLE:
             PER_EXAMPLE.append(self)
 
-    def take(self, p: Tensor, call: LayerCall, role: str, grad: Tensor,
+    def skip(self, kind: str, ctx: Any, need: tuple) -> tuple:
+        """``need`` with the model's parameters' slots off: their unclipped sums are never
+        formed, since :meth:`end` forms the clipped ones (``functions.base.per_example_need``).
+        The slots skipped are noted on ``ctx`` for :meth:`__call__`."""
+        cls = KINDS.get(kind)
+        if cls is None:
+            return need
+        out, skipped, inputs = list(need), [], ctx.next_functions
+        for slot in cls.slots:
+            if slot < len(out) and out[slot]:
+                p, _rows = _parameter_of(*inputs[cls.input_index(slot, len(inputs))])
+                if p is not None and id(p) in self.params:
+                    out[slot] = False
+                    skipped.append(slot)
+        ctx.collected_slots = tuple(skipped)
+        return tuple(out)
+
+    def take(self, p: Tensor, call: LayerCall, role: str, grad: Tensor | None,
              rows: slice | None = None) -> None:
         if rows_overlap(rows, [r for q, _, _, r in self.calls if q is p]):
             raise RuntimeError(
@@ -169,13 +189,14 @@ class DPOptimizer(torch.optim.Optimizer):
         same order ⇒ same noise)."""
         std = self.noise_multiplier * self.max_grad_norm
         for p in self.params:
+            # in place: .grad is the collector's own Σ_n c_n g_n, no one else holds it
             summed = p.grad if p.grad is not None else torch.zeros_like(p)
             if std > 0:
-                summed = summed + torch.normal(0, std, p.shape, device=p.device,
-                                               generator=self.generator, dtype=p.dtype)
-            p.grad = summed
+                summed.add_(torch.normal(0, std, p.shape, device=p.device,
+                                         generator=self.generator, dtype=p.dtype))
             if self.loss_reduction == "mean":
-                p.grad = p.grad / self.expected_batch_size
+                summed.div_(self.expected_batch_size)
+            p.grad = summed
 
     def step(self, closure: Any = None) -> Any:
         if closure is not None:

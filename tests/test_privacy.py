@@ -245,3 +245,36 @@ def test_the_private_optimizer_takes_a_learning_rate_scheduler():
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
     assert isinstance(optimizer, torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("case", ["mlp", "conv", "rnn", "lstm", "gru"])
+def test_a_private_backward_forms_no_unclipped_sum(case, monkeypatch):
+    """The layers skip their own BP3/BP4 under clipping (the collector forms the clipped
+    sums from δ): every BP3/BP4 routine sees its parameter slots off in a private
+    backward, and on in a plain one (so the recorder sees them)."""
+    import bptorch.functions.conv as conv
+    import bptorch.functions.linear as linear
+    import bptorch.functions.recurrent as recurrent
+
+    seen = []
+
+    def recording(module, name, params):  # params: the slots of `need` that are BP3/BP4
+        original = getattr(module, name)
+
+        def wrapped(*args):
+            need = args[-1] if name != "conv2d_backward" else args[4]
+            seen.append(tuple(need[i] for i in params))
+            return original(*args)
+        monkeypatch.setattr(module, name, wrapped)
+
+    recording(linear, "linear_bwd", (1, 2))
+    recording(conv, "conv2d_backward", (1, 2))
+    recording(recurrent, "_weight_grads", (1, 2, 3, 4))
+    model, x, y = _case(case)
+    twin = from_torch_nn(model, strict=False)
+    nn.CrossEntropyLoss()(twin(x), y).backward()
+    assert seen and all(all(s) for s in seen)  # a plain backward forms every sum
+    seen.clear()
+    module = _private(twin, x, y, "mean")
+    assert seen and not any(any(s) for s in seen)  # a private one none of them
+    assert all(p.grad is not None for p in module.parameters())

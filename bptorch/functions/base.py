@@ -258,6 +258,16 @@ def per_example(kind: str, ctx: Any, grads: tuple, delta: Tensor | None,
     return PER_EXAMPLE[-1](kind, ctx, grads, delta, a_prev)
 
 
+def per_example_need(kind: str, ctx: Any, need: tuple) -> tuple:
+    """``need`` (``ctx.needs_input_grad``) less the parameter sums the active collector
+    forms itself: a clipping collector (``bptorch.privacy``) forms Σ_n c_n g_n from δ and
+    a^{l−1} when the backward ends (BP4 with δ_n scaled), so the layer skips its unclipped
+    BP4 and the private step costs one backward. Called before BP3/BP4; the collector
+    notes the skipped slots on ``ctx`` (``ctx.collected_slots``)."""
+    skip = getattr(PER_EXAMPLE[-1], "skip", None)
+    return tuple(need) if skip is None else skip(kind, ctx, tuple(need))
+
+
 # ---------------------------------------------------------------- autocast
 # The policies, after torch's own autocast op lists (torch.amp, "Autocast Op Reference"):
 #   "lower"    the op is on the lower-precision list (linear, matmul, conv, bmm, attention,

@@ -51,6 +51,7 @@ from torch.nn.functional import (
 )
 
 from .base import LOWER, PER_EXAMPLE, BPFunction, Padding, Pair, moved, per_example
+from .base import per_example_need
 
 Sizes = tuple[int, ...]  # one int per spatial dim: (L,), (H, W) or (D, H, W)
 
@@ -171,7 +172,10 @@ class Conv2dFunction(BPFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a_prev, weight = ctx.saved_tensors
-        grads = conv2d_backward(ctx, grad_output, a_prev, weight)
+        need = ctx.needs_input_grad[:3]
+        if PER_EXAMPLE:  # a clipping collector forms BP3/BP4 itself: skipped here
+            need = per_example_need("conv2d", ctx, need)
+        grads = conv2d_backward(ctx, grad_output, a_prev, weight, need)
         if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and a^{l-1} to it
             grads = per_example("conv2d", ctx, grads, grad_output, a_prev)
         return (*grads, None, None, None, None, None)
@@ -192,13 +196,15 @@ def conv2d_setup(ctx: Any, inputs: tuple) -> None:
     _input, weight, _bias, stride, padding, dilation, groups, path = inputs
     ctx.padding, ctx.extra = conv2d_padding(padding, weight.shape[2:], stride, dilation)
     ctx.stride, ctx.dilation, ctx.groups, ctx.path = stride, dilation, groups, path
+    ctx.kernel_size = tuple(weight.shape[2:])  # for the per-example collectors
 
 
-def conv2d_backward(ctx: Any, delta: Tensor, a_prev: Tensor,
-                    weight: Tensor) -> tuple[Tensor | None, ...]:
+def conv2d_backward(ctx: Any, delta: Tensor, a_prev: Tensor, weight: Tensor,
+                    need: tuple | None = None) -> tuple[Tensor | None, ...]:
     """(∂C/∂a_prev, ∂C/∂W, ∂C/∂b) on ``ctx.path``. ``weight``: the matrix BP2 passes δ
-    down through (W, or a feedback rule's B: BP3 and BP4 read only its shape)."""
-    need = ctx.needs_input_grad[:3]
+    down through (W, or a feedback rule's B: BP3 and BP4 read only its shape). ``need``:
+    which of the three to form (default ``ctx.needs_input_grad``)."""
+    need = (ctx.needs_input_grad if need is None else need)[:3]
     (eh, ew), (h, w) = ctx.extra, a_prev.shape[2:]
     # "same" with an even kernel: the odd bottom/right padding row is part of the input
     # the backward sees; its error is cropped off below

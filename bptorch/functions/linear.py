@@ -30,8 +30,8 @@ from torch import Tensor
 
 from ..activations import Activation
 from .base import (DELTA_HOOKS, FLOAT32, LOW_PRECISION, LOWER, PER_EXAMPLE, BPFunction,
-                   count_launch, kernel_family, kernel_op, per_example, report_delta,
-                   use_kernel)
+                   count_launch, kernel_family, kernel_op, per_example, per_example_need,
+                   report_delta, use_kernel)
 
 Need = tuple[bool, ...]
 
@@ -148,7 +148,10 @@ class LinearFunction(BPFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor):
         a_prev, weight = ctx.saved_tensors
-        grads = linear_bwd(grad_output, a_prev, weight, ctx.needs_input_grad)
+        need = ctx.needs_input_grad
+        if PER_EXAMPLE:  # a clipping collector forms BP3/BP4 itself: skipped here
+            need = per_example_need("linear", ctx, need)
+        grads = linear_bwd(grad_output, a_prev, weight, need)
         if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and a^{l-1} to it
             grads = per_example("linear", ctx, grads, grad_output, a_prev)
         return grads
@@ -399,8 +402,11 @@ class DenseFunction(BPFunction):
     def backward(ctx: Any, grad_output: Tensor):
         a_prev, weight, bias, a = ctx.saved_tensors
         saved = sigma_from(ctx.activation, a_prev, weight, bias, a)
+        need = ctx.needs_input_grad
+        if PER_EXAMPLE:  # a clipping collector forms BP3/BP4 itself: skipped here
+            need = per_example_need("linear", ctx, need)
         delta, grads = dense_bwd(grad_output, a_prev, weight, saved, ctx.activation,
-                                 ctx.needs_input_grad, ctx.kernel)
+                                 need, ctx.kernel)
         if DELTA_HOOKS:
             report_delta(ctx.name, ctx.activation, delta, saved, a_prev=a_prev)
         if PER_EXAMPLE:  # a collection is on (bptorch.extensions): δ and a^{l-1} to it

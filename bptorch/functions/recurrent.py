@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import (LOWER, PER_EXAMPLE, BPFunction, count_launch, kernel_family, kernel_op,
-                   per_example, use_kernel)
+                   per_example, per_example_need, use_kernel)
 
 # a collection is on (bptorch.extensions): _weight_grads leaves (δ^ih, δ^hh) and (x, h_prev)
 # here, and the Function's backward that called it hands them on with its ctx
@@ -181,8 +181,10 @@ class RNNLayerFunction(BPFunction):
     def backward(ctx: Any, grad_output: Tensor | None, grad_h_n: Tensor | None):
         # the saved output is this Function's own, so double backward needs no rerun
         x, h0, w_ih, w_hh, output = ctx.saved_tensors
-        grads = rnn_bwd(grad_output, grad_h_n, x, h0, w_ih, w_hh, output, ctx.relu,
-                        ctx.needs_input_grad[:6])
+        need = ctx.needs_input_grad[:6]
+        if PER_EXAMPLE:  # a clipping collector forms BP3/BP4 itself: skipped here
+            need = per_example_need("recurrent", ctx, need)
+        grads = rnn_bwd(grad_output, grad_h_n, x, h0, w_ih, w_hh, output, ctx.relu, need)
         if PER_EXAMPLE and _FACTORS:  # a collection is on: δ and a^{l-1} of both matmuls
             grads = per_example("recurrent", ctx, grads, *_FACTORS.pop())
         return (*grads, None)
@@ -322,10 +324,13 @@ class LSTMLayerFunction(BPFunction):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, gates, cs = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the gates as functions of the inputs
             out, _h, _c, gates, cs = lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        need = ctx.needs_input_grad
+        if PER_EXAMPLE:  # a clipping collector forms BP3/BP4 itself: skipped here
+            need = per_example_need("lstm", ctx, need)
         # bptorch.kernels: the gate kernels (the file's end), outside create_graph
         bwd = lstm_bwd_triton if ctx.kernel and not torch.is_grad_enabled() else lstm_bwd
         grads = bwd(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, out, gates, cs,
-                    ctx.needs_input_grad, w_hr)
+                    need, w_hr)
         if PER_EXAMPLE and _FACTORS:  # a collection is on: δ and a^{l-1} of both matmuls
             grads = per_example("lstm", ctx, grads, *_FACTORS.pop())
         return grads
@@ -434,10 +439,12 @@ class GRULayerFunction(BPFunction):
         x, h0, w_ih, w_hh, b_ih, b_hh, out, gates, hns = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the gates as functions of the inputs
             out, _h, gates, hns = gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh)
+        need = ctx.needs_input_grad
+        if PER_EXAMPLE:  # a clipping collector forms BP3/BP4 itself: skipped here
+            need = per_example_need("recurrent", ctx, need)
         # bptorch.kernels: the gate kernels (the file's end), outside create_graph
         bwd = gru_bwd_triton if ctx.kernel and not torch.is_grad_enabled() else gru_bwd
-        grads = bwd(grad_output, grad_h_n, x, h0, w_ih, w_hh, out, gates, hns,
-                    ctx.needs_input_grad)
+        grads = bwd(grad_output, grad_h_n, x, h0, w_ih, w_hh, out, gates, hns, need)
         if PER_EXAMPLE and _FACTORS:  # a collection is on: δ and a^{l-1} of both matmuls
             grads = per_example("recurrent", ctx, grads, *_FACTORS.pop())
         return grads
