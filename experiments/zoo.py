@@ -40,6 +40,8 @@ FLOAT32_ABOVE = 150_000_000
 TOLERANCE = {"float64": 1e-6, "float32": 2e-3}
 # the detection transforms' resize (min and max side, px) where torchvision's is 800/1333
 DETECTION_SIZE = (160, 224)
+# RoIs sampled per image for the models with a mask or keypoint head (torchvision: 512)
+DETECTION_ROIS = 16
 
 
 def model_name(value: str) -> str:
@@ -122,7 +124,9 @@ def _inputs(name: str, zoo: str, dtype):
             t["masks"] = torch.zeros(2, h, w, dtype=torch.uint8)
             t["masks"][:, 10:40, 10:50] = 1
         if "keypoint" in name:
-            t["keypoints"] = torch.tensor([[[20.0, 30.0, 1.0]] * 17] * 2, dtype=dtype)
+            t["labels"] = torch.tensor([1, 1])  # its two classes: background and person
+            # float32 whatever the model's dtype: RoIHeads rejects other keypoint dtypes
+            t["keypoints"] = torch.tensor([[[20.0, 30.0, 1.0]] * 17] * 2, dtype=torch.float32)
         targets.append(t)
     return (images, targets), {}
 
@@ -152,13 +156,19 @@ def run_one(name: str, seed: int) -> dict:
     if zoo in ("detection", "segmentation"):
         kwargs["weights_backbone"] = None
     model = models.get_model(name, **kwargs)
-    t = getattr(model, "transform", None)
-    if zoo == "detection" and t.fixed_size is None and max(t.min_size) > 320:
+    transform = getattr(model, "transform", None)
+    if zoo == "detection" and transform.fixed_size is None and max(transform.min_size) > 320:
         # the R-CNN, RetinaNet and FCOS transforms resize every image to 800 px (min side)
         # by default: a resnet50-FPN there, in float64, twice, would not fit this machine's
         # memory. Their images are resized to DETECTION_SIZE instead (the same layers,
         # code paths and losses; SSD's fixed 300 and 320 and the 320 model's are kept)
-        t.min_size, t.max_size = (DETECTION_SIZE[0],), DETECTION_SIZE[1]
+        transform.min_size, transform.max_size = (DETECTION_SIZE[0],), DETECTION_SIZE[1]
+    heads = getattr(model, "roi_heads", None)
+    if zoo == "detection" and heads is not None and (heads.has_mask() or heads.has_keypoint()):
+        # a per-RoI convolutional head (mask: 4 convs, keypoint: 8 convs of 512 channels at
+        # 14×14) runs on every positive sampled RoI, up to a quarter of 512 per image: TFLOPs
+        # in float64 here. The sampler draws DETECTION_ROIS per image instead
+        heads.fg_bg_sampler.batch_size_per_image = DETECTION_ROIS
     n_params = sum(p.numel() for p in model.parameters())
     # float32 for the models too large for float64 here, and for raft, whose forward casts
     # its inputs to float32 itself
@@ -170,6 +180,8 @@ def run_one(name: str, seed: int) -> dict:
     if zoo == "detection":
         # the resize of its transform (min side, max side), which every image goes through
         row["image_size"] = [model.transform.min_size[0], model.transform.max_size]
+        if heads is not None:
+            row["rois_per_image"] = heads.fg_bg_sampler.batch_size_per_image
     t0 = time.perf_counter()
     try:
         ours = from_torch_nn(model, strict=True)
