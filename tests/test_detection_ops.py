@@ -134,8 +134,10 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_autocast_on_the_cpu_gives_torch_dtypes():
     x, y = torch.rand(3, 4, requires_grad=True), torch.rand(4, requires_grad=True)
-    pairs = [(lambda a, b: BF.maximum(a.bfloat16(), b), lambda a, b: torch.maximum(a.bfloat16(), b)),
-             (lambda a, b: BF.normalize(a.bfloat16()), lambda a, b: nn.functional.normalize(a.bfloat16()))]
+    pairs = [(lambda a, b: BF.maximum(a.bfloat16(), b),
+              lambda a, b: torch.maximum(a.bfloat16(), b)),
+             (lambda a, b: BF.normalize(a.bfloat16()),
+              lambda a, b: nn.functional.normalize(a.bfloat16()))]
     for ours, theirs in pairs:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             o, t = ours(x, y), theirs(x, y)
