@@ -40,7 +40,7 @@ FLOAT32_ABOVE = 150_000_000
 TOLERANCE = {"float64": 1e-6, "float32": 2e-3}
 # the detection transforms' resize (min and max side, px) where torchvision's is 800/1333
 DETECTION_SIZE = (160, 224)
-# RoIs sampled per image for the models with a mask or keypoint head (torchvision: 512)
+# RoIs sampled per image for the models with a convolutional RoI head (torchvision: 512)
 DETECTION_ROIS = 16
 
 
@@ -164,10 +164,12 @@ def run_one(name: str, seed: int) -> dict:
         # code paths and losses; SSD's fixed 300 and 320 and the 320 model's are kept)
         transform.min_size, transform.max_size = (DETECTION_SIZE[0],), DETECTION_SIZE[1]
     heads = getattr(model, "roi_heads", None)
-    if zoo == "detection" and heads is not None and (heads.has_mask() or heads.has_keypoint()):
-        # a per-RoI convolutional head (mask: 4 convs, keypoint: 8 convs of 512 channels at
-        # 14×14) runs on every positive sampled RoI, up to a quarter of 512 per image: TFLOPs
-        # in float64 here. The sampler draws DETECTION_ROIS per image instead
+    if zoo == "detection" and heads is not None and any(
+            isinstance(m, torch.nn.Conv2d) for m in heads.modules()):
+        # a per-RoI convolutional head (the v2 box head: 4 convs at 7×7 on every sampled
+        # RoI, 512 per image; mask: 4 convs, keypoint: 8 convs of 512 channels at 14×14 on
+        # the positive ones): TFLOPs in float64 here. The sampler draws DETECTION_ROIS per
+        # image instead
         heads.fg_bg_sampler.batch_size_per_image = DETECTION_ROIS
     n_params = sum(p.numel() for p in model.parameters())
     # float32 for the models too large for float64 here, and for raft, whose forward casts
