@@ -1214,3 +1214,47 @@ def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=
         return FoldFunction.apply(input.unsqueeze(0), output_size, kernel_size, dilation,
                                   padding, stride).squeeze(0)
     return FoldFunction.apply(input, output_size, kernel_size, dilation, padding, stride)
+# ---- the larger and the smaller of two tensors, and Lp normalization
+# (bptorch/functions/arithmetic.py), under torch's names and signatures
+from .functions.arithmetic import ExtremumFunction, NormalizeFunction  # noqa: E402
+
+
+def _extremum(name: str, input: Tensor, other: Tensor, larger: bool) -> Tensor:
+    if not isinstance(input, Tensor) or not isinstance(other, Tensor):
+        raise TypeError(f"{name}: expected two tensors, got {type(input).__name__} and "
+                        f"{type(other).__name__}")
+    if not (input.is_floating_point() and other.is_floating_point()):
+        raise NotImplementedError(f"{name}: bptorch takes floating tensors (no gradient "
+                                  "otherwise)")
+    torch.broadcast_shapes(input.shape, other.shape)  # torch's error for shapes that differ
+    return ExtremumFunction.apply(input, other, larger)
+
+
+def maximum(input: Tensor, other: Tensor) -> Tensor:
+    """c = max(x, y) elementwise, broadcast; backward δ to the larger, δ/2 to each at a tie,
+    summed back to each shape."""
+    return _extremum("maximum", input, other, True)
+
+
+def minimum(input: Tensor, other: Tensor) -> Tensor:
+    """c = min(x, y) elementwise, broadcast; backward δ to the smaller, δ/2 to each at a
+    tie, summed back to each shape."""
+    return _extremum("minimum", input, other, False)
+
+
+def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12,
+              out: Tensor | None = None) -> Tensor:
+    """y = x / max(‖x‖_p, ε) along ``dim``; backward δ / d − [n > ε] (Σ δ x / d²) ∂n/∂x.
+    p < 1, p = ∞ and ``out`` are NotImplementedError."""
+    if out is not None:
+        raise NotImplementedError("normalize: out= (no gradient through it)")
+    if not isinstance(p, _Number) or not (1 <= float(p) < math.inf):
+        raise NotImplementedError(f"normalize: bptorch takes a finite p ≥ 1, got {p!r}")
+    if not isinstance(input, Tensor) or not input.is_floating_point():
+        raise NotImplementedError("normalize: bptorch takes a floating tensor")
+    if input.dim() == 0:
+        raise IndexError("normalize: expected a tensor with at least one dimension")
+    dim = dim + input.dim() if dim < 0 else dim
+    if not 0 <= dim < input.dim():
+        raise IndexError(f"normalize: dim {dim} out of range for a {input.dim()}-D input")
+    return NormalizeFunction.apply(input, float(p), int(dim), float(eps))

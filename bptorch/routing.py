@@ -72,6 +72,26 @@ def _roi_align_op(input: Tensor, rois: Tensor, spatial_scale: float, pooled_heig
                         sampling_ratio, aligned)
 
 
+def _two_tensors(name: str, args: tuple, kwargs: dict) -> tuple[Tensor, Tensor]:
+    """torch.max/min's elementwise form (a, b), or NotImplementedError for the others
+    (a reduction, with or without dim: a routed call falls back to torch's)."""
+    other = args[1] if len(args) > 1 else kwargs.get("other")
+    if len(args) + len(kwargs) != 2 or not isinstance(other, Tensor):
+        raise NotImplementedError(f"{name}: bptorch routes the elementwise form "
+                                  f"{name}(input, other) only")
+    return args[0], other
+
+
+def _max(*args: Any, **kwargs: Any) -> Tensor:
+    """torch.max(a, b): bptorch's maximum (its other forms: NotImplementedError)."""
+    return BF.maximum(*_two_tensors("max", args, kwargs))
+
+
+def _min(*args: Any, **kwargs: Any) -> Tensor:
+    """torch.min(a, b): bptorch's minimum (its other forms: NotImplementedError)."""
+    return BF.minimum(*_two_tensors("min", args, kwargs))
+
+
 # torch names that are the same operation as bptorch.functional.<key>, beside F.<key>;
 # flatten differs in its default start_dim (torch 0, nn.Flatten 1), hence a wrapper
 _ALIASES: dict[str, tuple[Any, ...]] = {
@@ -104,6 +124,10 @@ _ALIASES: dict[str, tuple[Any, ...]] = {
     "clamp_min": (torch.clamp_min, Tensor.clamp_min),
     "clamp_max": (torch.clamp_max, Tensor.clamp_max),
     "einsum": (torch.einsum,),
+    # the larger and the smaller of two tensors (generalized_box_iou_loss's box corners);
+    # torch.max/min(a, b) reach them through _max and _min below
+    "maximum": (torch.maximum, Tensor.maximum),
+    "minimum": (torch.minimum, Tensor.minimum),
 }
 
 
@@ -132,6 +156,9 @@ def _routes(torchvision_loaded: bool) -> dict[Callable, Callable]:
         table[Tensor.__rdiv__] = table[Tensor.__rtruediv__] = _rdiv
     if hasattr(BF, "pow"):
         table[Tensor.__rpow__] = _rpow
+    if hasattr(BF, "maximum"):
+        table[torch.max] = table[Tensor.max] = _max
+        table[torch.min] = table[Tensor.min] = _min
     if hasattr(BF, "roi_align") and torchvision_loaded:
         # torchvision.ops.roi_align calls its op, torch.ops.torchvision.roi_align, which
         # reaches the mode; the op's own argument order (no torchvision import here)

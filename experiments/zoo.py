@@ -40,6 +40,10 @@ ZOOS = ("classification", "segmentation", "video", "optical_flow", "detection")
 # run lean (the weights once, see _LeanGrads), in float32 only where even that does not fit
 FLOAT32_ABOVE = 150_000_000
 TOLERANCE = {"float64": 1e-6, "float32": 2e-3}
+# the detection transforms' resize (min and max side, px) where torchvision's is 800/1333
+DETECTION_SIZE = (160, 224)
+# RoIs sampled per image for the models with a convolutional RoI head (torchvision: 512)
+DETECTION_ROIS = 16
 
 
 def model_name(value: str) -> str:
@@ -125,7 +129,9 @@ def _inputs(name: str, zoo: str, dtype):
             t["masks"] = torch.zeros(2, h, w, dtype=torch.uint8)
             t["masks"][:, 10:40, 10:50] = 1
         if "keypoint" in name:
-            t["keypoints"] = torch.tensor([[[20.0, 30.0, 1.0]] * 17] * 2, dtype=dtype)
+            t["labels"] = torch.tensor([1, 1])  # its two classes: background and person
+            # float32 whatever the model's dtype: RoIHeads rejects other keypoint dtypes
+            t["keypoints"] = torch.tensor([[[20.0, 30.0, 1.0]] * 17] * 2, dtype=torch.float32)
         targets.append(t)
     return (images, targets), {}
 
@@ -283,6 +289,21 @@ def run_one(name: str, seed: int) -> dict:
     if zoo in ("detection", "segmentation"):
         kwargs["weights_backbone"] = None
     model = models.get_model(name, **kwargs)
+    transform = getattr(model, "transform", None)
+    if zoo == "detection" and transform.fixed_size is None and max(transform.min_size) > 320:
+        # the R-CNN, RetinaNet and FCOS transforms resize every image to 800 px (min side)
+        # by default: a resnet50-FPN there, in float64, twice, would not fit this machine's
+        # memory. Their images are resized to DETECTION_SIZE instead (the same layers,
+        # code paths and losses; SSD's fixed 300 and 320 and the 320 model's are kept)
+        transform.min_size, transform.max_size = (DETECTION_SIZE[0],), DETECTION_SIZE[1]
+    heads = getattr(model, "roi_heads", None)
+    if zoo == "detection" and heads is not None and any(
+            isinstance(m, torch.nn.Conv2d) for m in heads.modules()):
+        # a per-RoI convolutional head (the v2 box head: 4 convs at 7×7 on every sampled
+        # RoI, 512 per image; mask: 4 convs, keypoint: 8 convs of 512 channels at 14×14 on
+        # the positive ones): TFLOPs in float64 here. The sampler draws DETECTION_ROIS per
+        # image instead
+        heads.fg_bg_sampler.batch_size_per_image = DETECTION_ROIS
     n_params = sum(p.numel() for p in model.parameters())
     # float32 for the models too large for float64 here
     dtype = torch.float64 if n_params <= FLOAT32_ABOVE else torch.float32
@@ -296,6 +317,11 @@ def run_one(name: str, seed: int) -> dict:
     model = model.to(dtype).train()
     torch.set_default_dtype(dtype)  # tensors a model makes in its forward (raft's grids)
     row.update(params=n_params, dtype=str(dtype).removeprefix("torch."))
+    if zoo == "detection":
+        # the resize of its transform (min side, max side), which every image goes through
+        row["image_size"] = [model.transform.min_size[0], model.transform.max_size]
+        if heads is not None:
+            row["rois_per_image"] = heads.fg_bg_sampler.batch_size_per_image
     t0 = time.perf_counter()
     if lean:
         from_torch_nn = _convert_sharing  # noqa: F811  (the same conversion, no weight copy)

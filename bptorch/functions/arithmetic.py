@@ -211,3 +211,137 @@ pointwise = PointwiseFunction.apply
 
 __all__ = ["FLOAT32_ON_CUDA", "POINTWISE", "DivFunction", "Pointwise", "PointwiseFunction",
            "div", "div_bwd", "div_fwd", "pointwise"]
+
+
+# ---------------------------------------------------------------- the larger and the smaller
+# c = max(x, y) elementwise (broadcast) picks one operand per element: c = x where x > y,
+# y where y > x. So dc = dx there and dc = dy here, and given δ = ∂C/∂c
+#
+#     ∂C/∂x = δ ⊙ [x > y],    ∂C/∂y = δ ⊙ [y > x],
+#
+# at a tie (x = y, the kink) δ/2 to each: torch's subgradient, the mean of the one-sided
+# slopes. min(x, y) is the same with < for >. Each summed back to its operand's shape
+# (reduce_to), as the quotient's.
+def extremum_bwd(delta: Tensor, x: Tensor, y: Tensor, larger: bool,
+                 need: Need) -> tuple[Tensor | None, Tensor | None]:
+    """(∂C/∂x, ∂C/∂y) of c = max(x, y) (``larger``) or min(x, y), given δ = ∂C/∂c."""
+    x_wins = (x > y) if larger else (x < y)  # c = x there
+    tie = x == y  # c = x = y: half of δ to each
+    half = delta * 0.5
+    grad_x = grad_y = None
+    if need[0]:
+        # c = x where x wins → ∂C/∂x = δ there, δ/2 at a tie, 0 where y wins
+        grad_x = reduce_to(torch.where(x_wins, delta, torch.where(tie, half, 0.0)), x.shape)
+    if need[1]:
+        # c = y where y wins → ∂C/∂y = δ there, δ/2 at a tie, 0 where x wins
+        y_wins = ~(x_wins | tie)
+        grad_y = reduce_to(torch.where(y_wins, delta, torch.where(tie, half, 0.0)), y.shape)
+    return grad_x, grad_y
+
+
+class ExtremumFunction(BPFunction):
+    """c = max(x, y) (``larger``) or min(x, y), elementwise, broadcast, two tensors.
+
+    Backward: δ to the operand that was picked, δ/2 to each at a tie, summed back to each
+    shape (:func:`extremum_bwd`). Saves x and y: which one was picked is read from both.
+    Forward mode (``jvp``): dc = dx where x was picked, dy where y was, the mean at a tie.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input: Tensor, other: Tensor, larger: bool) -> Tensor:
+        return torch.maximum(input, other) if larger else torch.minimum(input, other)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, y, ctx.larger = inputs
+        ctx.save_for_backward(x, y)
+        ctx.save_for_forward(x, y)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        x, y = ctx.saved_tensors
+        return (*extremum_bwd(grad_output, x, y, ctx.larger, ctx.needs_input_grad), None)
+
+    @staticmethod
+    def jvp(ctx: Any, dx, dy, _dlarger) -> Tensor:
+        x, y = ctx.saved_tensors
+        shape = torch.broadcast_shapes(x.shape, y.shape)
+        x_wins = (x > y) if ctx.larger else (x < y)
+        tie = x == y
+        w_x = torch.where(x_wins, 1.0, torch.where(tie, 0.5, 0.0)).to(x.dtype)  # ∂c/∂x
+        dc = torch.zeros((), dtype=x.dtype, device=x.device)
+        if dx is not None:
+            dc = dc + w_x * dx
+        if dy is not None:
+            dc = dc + (1 - w_x) * dy  # ∂c/∂y = 1 − ∂c/∂x
+        return dc.expand(shape)
+
+
+extremum = ExtremumFunction.apply
+__all__ += ["ExtremumFunction", "extremum", "extremum_bwd"]
+
+
+# ---------------------------------------------------------------- Lp normalization
+# F.normalize: y = x / d with d = max(n, ε) and n = ‖x‖_p = (Σ_j |x_j|^p)^(1/p) along one
+# dim (every slice along it on its own). For p ≥ 1,
+#
+#     ∂n/∂x_i = sgn(x_i) |x_i|^(p−1) / n^(p−1)          (p = 2: x_i / n)
+#
+# and y_i = x_i / d gives dy_i = dx_i / d − x_i dd / d², dd = dn where n > ε (else 0, d
+# is the constant ε). So, given δ = ∂C/∂y,
+#
+#     ∂C/∂x = δ / d − [n > ε] (Σ_j δ_j x_j / d²) ∂n/∂x
+#
+# At n = 0 (x = 0) ∂n/∂x is 0/0; there n ≤ ε, so the term is dropped. The sum along the
+# dim is the one reduction; everything else is elementwise.
+def normalize_fwd(x: Tensor, p: float, dim: int, eps: float) -> Tensor:
+    """y = x / max(‖x‖_p, ε) along ``dim``."""
+    return x / torch.linalg.vector_norm(x, p, dim, keepdim=True).clamp_min(eps)
+
+
+def normalize_bwd(delta: Tensor, x: Tensor, p: float, dim: int, eps: float) -> Tensor:
+    """∂C/∂x of y = x / max(‖x‖_p, ε), given δ = ∂C/∂y. n is recomputed from x here (one
+    reduction), so that a second derivative reaches x through n too."""
+    n = torch.linalg.vector_norm(x, p, dim, keepdim=True)
+    d = n.clamp_min(eps)
+    # y = x / d → the direct term δ / d, and −(Σ_j δ_j x_j) / d² through d
+    through_d = (delta * x).sum(dim, keepdim=True) / (d * d)
+    # d = n where n > ε: ∂n/∂x = sgn(x)|x|^(p−1) / n^(p−1)  (p = 2: x / n)
+    n_safe = torch.where(n > eps, n, 1.0)  # n ≤ ε: d is the constant ε, no term
+    if p == 2:
+        dn_dx = x / n_safe
+    else:
+        dn_dx = torch.sgn(x) * x.abs().pow(p - 1) / n_safe.pow(p - 1)
+    return delta / d - torch.where(n > eps, through_d, 0.0) * dn_dx
+
+
+class NormalizeFunction(BPFunction):
+    """y = x / max(‖x‖_p, ε) along ``dim`` (F.normalize), for p ≥ 1 finite.
+
+    Backward: ∂C/∂x = δ / d − [n > ε] (Σ δ x / d²) ∂n/∂x (:func:`normalize_bwd`, the
+    derivation above it). Saves x only: n and d are one reduction of it, recomputed in the
+    backward so that double backward differentiates through them. Autocast: none (CPU
+    runs it in the input's dtype, as torch's).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input: Tensor, p: float, dim: int, eps: float) -> Tensor:
+        return normalize_fwd(input, p, dim, eps)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, ctx.p, ctx.dim, ctx.eps = inputs
+        ctx.save_for_backward(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        (x,) = ctx.saved_tensors
+        return normalize_bwd(grad_output, x, ctx.p, ctx.dim, ctx.eps), None, None, None
+
+
+normalize = NormalizeFunction.apply
+__all__ += ["NormalizeFunction", "normalize", "normalize_bwd", "normalize_fwd"]
