@@ -514,8 +514,10 @@ def main(argv: list[str] | None = None) -> int:
             if res.returncode == 0:
                 row = json.loads(res.stdout.strip().splitlines()[-1])
             else:
-                row = {"model": name, "zoo": zoo_of(name),
-                       "error": res.stderr.strip().splitlines()[-1][:500]}
+                last = res.stderr.strip().splitlines()[-1:] or [
+                    f"exit status {res.returncode}" + (" (killed: out of memory?)"
+                                                       if res.returncode < 0 else "")]
+                row = {"model": name, "zoo": zoo_of(name), "error": last[0][:500]}
         except subprocess.TimeoutExpired:
             row = {"model": name, "zoo": zoo_of(name), "error": f"timeout {args.timeout} s"}
         rows = [r for r in rows if r["model"] != name] + [row]
