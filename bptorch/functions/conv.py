@@ -148,9 +148,10 @@ class Conv2dFunction(BPFunction):
     Batch-first: input (N, C_in, H, W), weight (C_out, C_in/groups, k_h, k_w), bias
     (C_out,), output (N, C_out, H_out, W_out); BP3 and BP4 also sum over the N examples.
     ``padding`` is an int pair or "valid"/"same". ``path`` picks the backward: "conv"
-    (default; BP2 as a transposed convolution, BP4 as a correlation), "unfold" (the
-    reference: unfold + matmul + fold, in forward too) or "fused" (opt-in: ATen's
-    ``convolution_backward``). Saves the input and the weights, the two factors of BP4
+    (default; BP2 as a transposed convolution, BP4 as a correlation, each unfolded where
+    that is faster on the CPU), "unfold" (the reference: unfold + matmul + fold, in forward
+    too), "gemm" (BP4 as one GEMM over the whole batch and BP2 unfolded, everywhere) or
+    "fused" (opt-in: ATen's ``convolution_backward``). Saves the input and the weights, the two factors of BP4
     and BP2.
     """
 
@@ -207,7 +208,7 @@ def conv2d_backward(ctx: Any, delta: Tensor, a_prev: Tensor,
     if ctx.path == "unfold":
         grad_input, grad_weight, grad_bias = conv2d_unfold_bwd(delta, a_prev, weight, *args)
     else:
-        fast = conv2d_fused_bwd if ctx.path == "fused" else conv2d_bwd
+        fast = CONV2D_BACKWARDS[ctx.path]
         grad_input, grad_weight = fast(delta, a_prev, weight, *args)
         grad_bias = conv2d_bias_grad(delta) if need[2] else None  # BP3
     if grad_input is not None and (eh or ew):
@@ -236,21 +237,12 @@ def conv2d_input_grad(delta: Tensor, weight: Tensor, input_hw: Pair, stride: Pai
 
 def conv2d_weight_grad_unfold(delta: Tensor, a_prev: Tensor, kernel_size: Pair, stride: Pair,
                               padding: Pair, dilation: Pair, groups: int) -> Tensor:
-    """BP4's unfolded form as one einsum over examples and positions at once (no
-    N × |W| temporary). A 1×1 kernel's patches are single pixels, so a_col is then the
-    (padded) input read at the stride, no unfold.
+    """BP4's unfolded form over the whole batch: one GEMM per group,
+    dW_col = δ_col (C_out × N·P) · a_colᵀ (N·P × C·k_h·k_w), :func:`conv_weight_grad_gemm`.
+    (It was an einsum over the per-example unfolds; the one GEMM on the written-out
+    unfold measured 1.2–7× faster at the ResNet's shapes, benchmarks/bp4_forms.py.)
     """
-    n, c_in, c_out = a_prev.shape[0], a_prev.shape[1], delta.shape[1]
-    if tuple(kernel_size) == (1, 1):
-        (ph, pw), (sh, sw) = padding, stride
-        a_col = pad(a_prev, (pw, pw, ph, ph))[:, :, ::sh, ::sw]  # (N, C, H_out, W_out)
-    else:
-        a_col = unfold(a_prev, kernel_size, dilation, padding, stride)  # (N, C·kh·kw, P)
-    positions = delta.shape[2] * delta.shape[3]
-    a_col = a_col.reshape(n, groups, a_col.shape[1] // groups, positions)  # (N, g, K, P)
-    delta_col = delta.reshape(n, groups, c_out // groups, positions)  # (N, g, C_out/g, P)
-    grad = torch.einsum("ngop,ngkp->gok", delta_col, a_col)  # Σ_{n,p} δ a_colᵀ, per group
-    return grad.reshape(c_out, c_in // groups, *kernel_size)
+    return conv_weight_grad_gemm(delta, a_prev, kernel_size, stride, padding, dilation, groups)
 
 
 def conv2d_weight_grad(delta: Tensor, a_prev: Tensor, kernel_size: Pair, stride: Pair,
@@ -291,6 +283,31 @@ def bp4_unfolded(a_prev: Tensor, weight: Tensor) -> bool:
             or (device == "cpu" and tuple(weight.shape[2:]) == (1, 1)))
 
 
+def bp4_unfolded_cpu(a_prev: Tensor, delta: Tensor, stride: Pair) -> bool:
+    """Whether the default path takes BP4's one GEMM on the CPU for a kernel larger than
+    1×1 too: where the forward has a stride (the correlation then runs with δ's maps
+    dilated by the stride as its kernels, which oneDNN runs slowly: one thread, batch 64,
+    16 → 32 maps 3×3 at 28×28, stride 2, 16 ms against 19 ms; 32 → 64 at 14×14, 15 ms
+    against 19 ms), and where δ has one position per map (LeNet's conv3, 16 → 120 maps 5×5
+    on 5×5: the GEMM is then the whole layer, 0.20 ms against 0.39 ms). Stride-1 3×3 and
+    5×5 kernels on larger maps keep the correlation (ResNet 16 → 16 at 28×28: 84 ms against
+    41 ms; LeNet's conv2: 6.3 ms against 1.8 ms): the unfold's copy, k_h·k_w times the input,
+    costs more than the GEMM saves. Timings from benchmarks/bp4_forms.py on this CPU
+    (loaded, interleaved medians; docs/benchmarks.md)."""
+    return a_prev.device.type == "cpu" and (
+        any(s > 1 for s in stride) or delta.shape[2] * delta.shape[3] == 1)
+
+
+def bp2_unfolded(weight: Tensor, stride: Pair) -> bool:
+    """Whether the default path takes BP2's unfolded form, fold(W_colᵀ δ_col): on the CPU
+    for a strided 1×1 kernel, where fold is a strided scatter of one matmul's result while
+    the transposed convolution runs oneDNN's strided deconvolution (ResNet shortcut 32 → 64
+    maps at 14×14, stride 2, batch 64: 1.6 ms against 6.1 ms). Elsewhere the transposed
+    convolution is faster (fold's scatter-add over k_h·k_w taps costs 1.5–3×)."""
+    return (weight.device.type == "cpu" and tuple(weight.shape[2:]) == (1, 1)
+            and any(s > 1 for s in stride))
+
+
 def conv2d_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair, padding: Pair,
                dilation: Pair, groups: int, need: Need) -> tuple[Tensor | None, Tensor | None]:
     """The default path: BP2's factor as a transposed convolution, BP4 as a correlation
@@ -298,13 +315,32 @@ def conv2d_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair, padd
     grad_input = grad_weight = None
     if need[0]:
         # z = W ⋆ a_prev + b  →  BP2's factor: (W^l)ᵀ δ^l, passed down to the input pixels
-        grad_input = conv2d_input_grad(delta, weight, a_prev.shape[2:], stride, padding,
-                                       dilation, groups)
+        bp2 = conv_input_grad_gemm if bp2_unfolded(weight, stride) else conv2d_input_grad
+        grad_input = bp2(delta, weight, a_prev.shape[2:], stride, padding, dilation, groups)
     if need[1]:
         # z = W ⋆ a_prev + b  →  BP4: dW = Σ_p δ_p a_col,pᵀ, over positions and examples
-        bp4 = (conv2d_weight_grad_unfold if bp4_unfolded(a_prev, weight)
-               else conv2d_weight_grad)
+        unfolded = bp4_unfolded(a_prev, weight) or bp4_unfolded_cpu(a_prev, delta, stride)
+        bp4 = conv2d_weight_grad_unfold if unfolded else conv2d_weight_grad
         grad_weight = bp4(delta, a_prev, weight.shape[2:], stride, padding, dilation, groups)
+    return grad_input, grad_weight
+
+
+def conv2d_gemm_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair,
+                    padding: Pair, dilation: Pair, groups: int,
+                    need: Need) -> tuple[Tensor | None, Tensor | None]:
+    """``path="gemm"``: BP2's factor and BP4 both unfolded over the whole batch, whatever
+    the shape (the CPU route the default path takes where :func:`bp4_unfolded_cpu` and
+    :func:`bp2_unfolded` say it is faster; the form the Triton kernels compute without
+    materialising the unfold)."""
+    grad_input = grad_weight = None
+    if need[0]:
+        # z_col = W_col @ a_col  →  BP2's factor: fold(W_colᵀ δ_col)
+        grad_input = conv_input_grad_gemm(delta, weight, a_prev.shape[2:], stride, padding,
+                                            dilation, groups)
+    if need[1]:
+        # z_col = W_col @ a_col  →  BP4: dW_col = δ_col a_colᵀ, one GEMM over N·P columns
+        grad_weight = conv_weight_grad_gemm(delta, a_prev, weight.shape[2:], stride, padding,
+                                            dilation, groups)
     return grad_input, grad_weight
 
 
@@ -323,6 +359,12 @@ def conv2d_fused_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair
         (need[0], need[1], False),
     )  # grad_input: (W_col)ᵀ δ folded (BP2); grad_weight: BP4
     return grad_input, grad_weight
+
+
+# ``path`` → the backward that gives BP2's factor and BP4 ("unfold", the reference, gives
+# BP3 too and is dispatched before these)
+CONV2D_BACKWARDS: dict[str, Callable[..., tuple[Tensor | None, Tensor | None]]] = {
+    "conv": conv2d_bwd, "gemm": conv2d_gemm_bwd, "fused": conv2d_fused_bwd}
 
 
 # ================================================================ any number of spatial dims
@@ -511,6 +553,65 @@ def conv_weight_grad(delta: Tensor, a_prev: Tensor, kernel_size: Sizes, stride: 
     return grad[(slice(None), slice(None), *(slice(k) for k in kernel_size))].transpose(0, 1)
 
 
+# ---------------------------------------------------------------- one GEMM over the batch, any d
+# The unfolded form over the whole batch at once. Lay a^{l-1}'s patches of every example
+# side by side, one column per (example n, position p): a_col (C·K, N·P), rows a channel c
+# and a tap t; and δ as δ_col (C_out, N·P). Then, per group,
+#
+#     BP4   ∂C/∂W_col = δ_col a_colᵀ          ONE GEMM, (C_out × N·P)(N·P × C·K)
+#     BP2   ∂C/∂a^{l-1} = fold(W_colᵀ δ_col)  one batched matmul, then the scatter-add
+#
+# not a matmul per example and a sum, and not the correlation with δ's maps as kernels.
+# The unfold is written out as a strided view of the zero-padded input: entry (c, t, n, p)
+# sits at c·s_C + Σ_i t_i·dil_i·s_i + n·s_N + Σ_i p_i·stride_i·s_i (s_i the i-th spatial
+# stride of the padded input), no index tensor; reshaping the view to (C·K, N·P) copies it
+# once, in the layout the GEMM reads (positions fastest: rows stream). The Triton kernels
+# (the end of this file) read a^{l-1} through the same index map inside their tiles
+# instead of copying it (implicit GEMM).
+def conv_cols(a_prev: Tensor, kernel_size: Sizes, stride: Sizes, padding: Sizes,
+              dilation: Sizes, out: Sizes, groups: int) -> Tensor:
+    """a_col of the whole batch, (g, C/g·K, N·P): row (c, t), column (n, p) holds the
+    zero-padded a_prev at pixel p·stride + t·dil of example n, channel c. ``out`` (the
+    positions) must not read past the padded maps (at most the convolution's output size)."""
+    n, c = a_prev.shape[:2]
+    a = pad(a_prev, [v for p in reversed(padding) for v in (p, p)]) if any(padding) else a_prev
+    a = a.contiguous()
+    s_n, s_c, *s_x = a.stride()
+    view = a.as_strided(  # (C, *k, N, *out): tap strides dil·s_i, position strides stride·s_i
+        (c, *kernel_size, n, *out),
+        (s_c, *(s * d for s, d in zip(s_x, dilation)), s_n,
+         *(s * st for s, st in zip(s_x, stride))))
+    return view.reshape(groups, c // groups * math.prod(kernel_size), n * math.prod(out))
+
+
+def conv_weight_grad_gemm(delta: Tensor, a_prev: Tensor, kernel_size: Sizes, stride: Sizes,
+                          padding: Sizes, dilation: Sizes, groups: int) -> Tensor:
+    """z_col = W_col @ a_col + b  →  BP4: ∂C/∂W_col = δ_col a_colᵀ, one GEMM per group
+    over the N·P columns of the whole batch (sums over examples and positions at once)."""
+    n, c_in, c_out = a_prev.shape[0], a_prev.shape[1], delta.shape[1]
+    out = tuple(delta.shape[2:])
+    a_col = conv_cols(a_prev, kernel_size, stride, padding, dilation, out, groups)
+    delta_col = delta.reshape(n, groups, c_out // groups, math.prod(out))  # (N, g, C_out/g, P)
+    delta_col = delta_col.permute(1, 2, 0, 3).reshape(groups, c_out // groups, -1)  # (g, ., N·P)
+    grad = delta_col @ a_col.transpose(1, 2)  # (g, C_out/g, C/g·K): Σ_{n,p} δ a_colᵀ
+    return grad.reshape(c_out, c_in // groups, *kernel_size)
+
+
+def conv_input_grad_gemm(delta: Tensor, weight: Tensor, size: Sizes, stride: Sizes,
+                         padding: Sizes, dilation: Sizes, groups: int) -> Tensor:
+    """z_col = W_col @ a_col  →  BP2's factor: W_colᵀ δ_col for the whole batch in one
+    batched matmul, folded back onto maps of ``size`` (col2im for 2-d)."""
+    n, c_out = delta.shape[:2]
+    w_col = weight.reshape(groups, c_out // groups, -1)  # (g, C_out/g, C/g·K)
+    positions = math.prod(delta.shape[2:])
+    delta_col = delta.reshape(n, groups, c_out // groups, positions)  # (N, g, C_out/g, P)
+    g_col = (w_col.transpose(1, 2) @ delta_col).flatten(1, 2)  # (N, C·K, P)
+    if weight.dim() == 4:
+        return fold(g_col, size, weight.shape[2:], dilation, padding, stride)
+    return conv_fold(g_col, size, weight.shape[2:], stride, padding, dilation,
+                     delta.shape[2:])
+
+
 class ConvForm(NamedTuple):
     """One way of computing the three maps every layer below is made of."""
 
@@ -522,6 +623,8 @@ class ConvForm(NamedTuple):
 CONV_FORMS = {
     "unfold": ConvForm(conv_ref_fwd, conv_ref_input_grad, conv_ref_weight_grad),
     "conv": ConvForm(conv_fwd, conv_input_grad, conv_weight_grad),
+    # torch's forward, BP2 and BP4 unfolded over the whole batch (one GEMM for BP4)
+    "gemm": ConvForm(conv_fwd, conv_input_grad_gemm, conv_weight_grad_gemm),
 }
 
 
@@ -535,7 +638,8 @@ class ConvNdFunction(BPFunction):
     Batch-first: input (N, C_in, *S), weight (C_out, C_in/groups, *k), bias (C_out,),
     output (N, C_out, *S_out); d is weight.dim() − 2. ``padding`` is a tuple or
     "valid"/"same". ``path``: "conv" (default: torch's conv{d}d forward, BP2 as
-    conv_transpose{d}d, BP4 as a correlation) or "unfold" (the reference, both ways).
+    conv_transpose{d}d, BP4 as a correlation), "unfold" (the reference, both ways) or
+    "gemm" (torch's forward; BP4 as one GEMM over the whole batch, BP2 unfolded and folded).
     Saves the input and the weights, BP4's and BP2's other factors.
     """
 
@@ -546,7 +650,7 @@ class ConvNdFunction(BPFunction):
     def forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Sizes,
                 padding: Sizes | str, dilation: Sizes, groups: int,
                 path: str = "conv") -> Tensor:
-        if path == "conv":
+        if path != "unfold":  # "conv", "gemm": torch's forward
             return conv_fwd(input, weight, bias, stride, padding, dilation, groups)
         sym, extra = conv_padding(padding, weight.shape[2:], stride, dilation)
         return conv_ref_fwd(pad_end(input, extra), weight, bias, stride, sym, dilation, groups)
@@ -700,6 +804,8 @@ __all__ = [
     "conv2d_bwd", "conv2d_fused_bwd", "conv2d_input_grad", "conv2d_padding",
     "conv2d_unfold_bwd", "conv2d_unfold_fwd", "conv2d_weight_grad",
     "conv2d_weight_grad_unfold",
+    "CONV2D_BACKWARDS", "bp2_unfolded", "bp4_unfolded_cpu", "conv2d_gemm_bwd", "conv_cols",
+    "conv_input_grad_gemm", "conv_weight_grad_gemm",
 ]
 
 # moved out of this file (one release): the pool, dropout and flatten Functions, the checks
