@@ -230,3 +230,151 @@ def test_the_cpu_route_under_torch_compile_fullgraph():
     want = torch.autograd.grad(f(x, w1, w3), (x, w1, w3))
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------- the Triton kernels
+def _launches(name: str) -> int:
+    return bptorch.kernels.LAUNCHES.get(name, 0)
+
+
+interpreter_only = pytest.mark.skipif(not INTERPRET,
+                                      reason="runs in the TRITON_INTERPRET=1 child process")
+
+
+@pytest.mark.skipif(INTERPRET, reason="this is the parent")
+def test_the_kernels_through_the_interpreter():
+    """Every test_triton_* below on CPU tensors, in a child process with TRITON_INTERPRET=1."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                        str(Path(__file__)), "-k", "test_triton_"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and "failed" not in r.stdout, r.stdout[-2000:]
+
+
+# tiny shapes: stride 1 and 2 (and 2 × 1), padding, a 1×1, 3×3 and 3×2, groups 1 and 2,
+# dilation; C_out, C·K and N·P not multiples of the tiles (the masks)
+TRITON_CASES = [
+    (2, 3, 7, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (2, 3, 7, 6, 5, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    (2, 3, 5, 8, 4, (1, 1), (2, 2), (0, 0), (1, 1), 1),
+    (2, 4, 7, 6, 6, (3, 2), (2, 1), (1, 0), (1, 2), 2),
+    (1, 2, 9, 5, 3, (1, 1), (1, 1), (1, 0), (1, 1), 1),
+]
+TRITON_IDS = [f"k{c[5][0]}x{c[5][1]}-s{c[6][0]}{c[6][1]}-g{c[9]}" for c in TRITON_CASES]
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("case", TRITON_CASES, ids=TRITON_IDS)
+def test_triton_bp4_and_bp2_equal_the_unfolded_reference(case, dtype):
+    """The implicit-GEMM kernels (one launch each) against the one-GEMM unfolded form and
+    torch's autograd, through Conv2dFunction under use("triton")."""
+    x, weight, bias, (s, p, d, g) = _case(case, dtype)
+    z_nn = F.conv2d(x, weight, bias, s, p, d, g)
+    gz = torch.randn_like(z_nn)
+    before = _launches("conv2d_bp4"), _launches("conv2d_bp2")
+    with bptorch.kernels.use("triton"):
+        z = Conv2dFunction.apply(x, weight, bias, s, p, d, g, "conv")
+        gx, gw, gb = torch.autograd.grad(z, (x, weight, bias), gz)
+    assert (_launches("conv2d_bp4"), _launches("conv2d_bp2")) == (before[0] + 1, before[1] + 1)
+    a, w = x.detach(), weight.detach()
+    tol = dict(rtol=1e-5, atol=2e-5) if dtype == torch.float32 else {}
+    torch.testing.assert_close(gw, conv.conv_weight_grad_gemm(gz, a, w.shape[2:], s, p, d, g),
+                               **tol)
+    torch.testing.assert_close(gx, conv.conv_input_grad_gemm(gz, w, a.shape[2:], s, p, d, g),
+                               **tol)
+    for name, got, want in zip("xwb", (gx, gw, gb), torch.autograd.grad(
+            z_nn, (x, weight, bias), gz)):
+        torch.testing.assert_close(got, want, **tol, msg=f"grad {name}")
+
+
+@interpreter_only
+def test_triton_split_reduction_over_many_programs(monkeypatch):
+    """BP4's split-K: many programs, each a slice of the N·P positions, summed after."""
+    monkeypatch.setattr(conv, "BP4_MIN_SPAN", 1)
+    x, weight, bias, opts = _case((3, 2, 6, 7, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1))
+    z_nn = F.conv2d(x, weight, bias, *opts)
+    gz = torch.randn_like(z_nn)
+    with bptorch.kernels.use("triton"):
+        (gw,) = torch.autograd.grad(Conv2dFunction.apply(x, weight, bias, *opts, "conv"),
+                                    (weight,), gz)
+    torch.testing.assert_close(gw, torch.autograd.grad(z_nn, weight, gz)[0])
+
+
+@interpreter_only
+def test_triton_only_what_is_needed_and_double_backward_takes_the_reference():
+    x, weight, bias, opts = _case(TRITON_CASES[1])
+    gz = torch.randn_like(F.conv2d(x, weight, bias, *opts))
+    before = _launches("conv2d_bp4"), _launches("conv2d_bp2")
+    with bptorch.kernels.use("triton"):
+        z = Conv2dFunction.apply(x.detach(), weight, bias, *opts, "conv")  # no ∂C/∂a wanted
+        torch.autograd.grad(z, weight, gz)
+        assert (_launches("conv2d_bp4"), _launches("conv2d_bp2")) == (before[0] + 1, before[1])
+        z = Conv2dFunction.apply(x, weight, bias, *opts, "conv")
+        first = torch.autograd.grad(z, (x, weight), gz, create_graph=True)
+    assert (_launches("conv2d_bp4"), _launches("conv2d_bp2")) == (before[0] + 1, before[1])
+    theirs = torch.autograd.grad(F.conv2d(x, weight, bias, *opts), (x, weight), gz,
+                                 create_graph=True)
+    v = [torch.randn_like(t) for t in first]
+    second = torch.autograd.grad(sum((a * b).sum() for a, b in zip(first, v)), (x, weight))
+    want = torch.autograd.grad(sum((a * b).sum() for a, b in zip(theirs, v)), (x, weight))
+    for a, b in zip(second, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@interpreter_only
+def test_triton_feedback_and_same_padding():
+    """BP2 passes δ through B (a feedback rule), BP4 reads a^{l−1}; padding="same" with an
+    even kernel (the extra bottom/right row is cropped after the kernel)."""
+    x = torch.randn(2, 3, 6, 5, dtype=F64, requires_grad=True)
+    weight = torch.randn(4, 3, 2, 2, dtype=F64, requires_grad=True)
+    b_fb = torch.randn(4, 3, 2, 2, dtype=F64)
+    gz = torch.randn(2, 4, 6, 5, dtype=F64)
+    got = {}
+    for choice in ("triton", "reference"):
+        with bptorch.kernels.use(choice):
+            z = bptorch.functional.conv2d(x, weight, None, 1, "same", feedback_weight=b_fb)
+            got[choice] = torch.autograd.grad(z, (x, weight), gz)
+    for a, b in zip(got["triton"], got["reference"], strict=True):
+        torch.testing.assert_close(a, b)
+    z = F.conv2d(x, weight, None, 1, "same")
+    torch.testing.assert_close(got["triton"][1], torch.autograd.grad(z, weight, gz)[0])
+
+
+@interpreter_only
+def test_triton_kernels_under_torch_compile_fullgraph():
+    """Each kernel is one custom op to Dynamo: no graph break, equal to eager."""
+    x = torch.randn(2, 3, 7, 6, dtype=F64, requires_grad=True)
+    w1 = torch.randn(4, 3, 3, 3, dtype=F64, requires_grad=True)
+    w2 = torch.randn(5, 4, 1, 1, dtype=F64, requires_grad=True)
+
+    def f(x, w1, w2):
+        y = bptorch.functional.conv2d(x, w1, None, 2, 1)
+        return bptorch.functional.conv2d(y, w2).square().sum()
+
+    with bptorch.kernels.use("triton"):
+        before = _launches("conv2d_bp4"), _launches("conv2d_bp2")
+        loss = torch.compile(f, backend="aot_eager", fullgraph=True)(x, w1, w2)
+        got = torch.autograd.grad(loss, (x, w1, w2))
+        assert _launches("conv2d_bp4") >= before[0] + 2 and _launches("conv2d_bp2") > before[1]
+    want = f(x, w1, w2)
+    for a, b in zip(got, torch.autograd.grad(want, (x, w1, w2)), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@interpreter_only
+def test_triton_in_bfloat16_rounds_as_the_reference():
+    """bfloat16 operands, float32 accumulation: within bfloat16's rounding of float64's."""
+    x, weight, bias, opts = _case(TRITON_CASES[3])
+    gz = torch.randn_like(F.conv2d(x, weight, bias, *opts))
+    want = torch.autograd.grad(F.conv2d(x, weight, bias, *opts), (x, weight), gz)
+    xb, wb = (t.detach().bfloat16().requires_grad_() for t in (x, weight))
+    with bptorch.kernels.use("triton"):
+        z = Conv2dFunction.apply(xb, wb, None, *opts, "conv")
+        got = torch.autograd.grad(z, (xb, wb), gz.bfloat16())
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=0.03 * b.abs().max().item())

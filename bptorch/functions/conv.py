@@ -50,7 +50,9 @@ from torch.nn.functional import (
     unfold,
 )
 
-from .base import LOWER, PER_EXAMPLE, BPFunction, Padding, Pair, moved, per_example
+from .base import (
+    LOWER, PER_EXAMPLE, BPFunction, Padding, Pair, built, moved, per_example, use_kernel,
+)
 
 Sizes = tuple[int, ...]  # one int per spatial dim: (L,), (H, W) or (D, H, W)
 
@@ -193,6 +195,9 @@ def conv2d_setup(ctx: Any, inputs: tuple) -> None:
     _input, weight, _bias, stride, padding, dilation, groups, path = inputs
     ctx.padding, ctx.extra = conv2d_padding(padding, weight.shape[2:], stride, dilation)
     ctx.stride, ctx.dilation, ctx.groups, ctx.path = stride, dilation, groups, path
+    # bptorch.kernels: the default path's BP2 and BP4 as the implicit-GEMM Triton kernels
+    # (the end of this file), decided with the forward
+    ctx.kernel = path == "conv" and use_kernel(_input)
 
 
 def conv2d_backward(ctx: Any, delta: Tensor, a_prev: Tensor,
@@ -208,7 +213,10 @@ def conv2d_backward(ctx: Any, delta: Tensor, a_prev: Tensor,
     if ctx.path == "unfold":
         grad_input, grad_weight, grad_bias = conv2d_unfold_bwd(delta, a_prev, weight, *args)
     else:
-        fast = CONV2D_BACKWARDS[ctx.path]
+        if ctx.kernel and not torch.is_grad_enabled():  # bptorch.kernels (the file's end)
+            fast = conv2d_triton_bwd  # double backward takes the differentiable ops
+        else:
+            fast = CONV2D_BACKWARDS[ctx.path]
         grad_input, grad_weight = fast(delta, a_prev, weight, *args)
         grad_bias = conv2d_bias_grad(delta) if need[2] else None  # BP3
     if grad_input is not None and (eh or ew):
@@ -818,3 +826,218 @@ __getattr__ = moved(__name__, {
     **{name: "bptorch._checks" for name in ("check_4d", "check_conv2d", "check_dropout_p",
                                             "check_pool2d", "pool2d_out_size")},
 })
+
+
+# ================================================================ Triton kernels
+# BP4 and BP2 of Conv2d as implicit-GEMM kernels over the whole batch (bptorch.kernels:
+# "triton", or "auto" on CUDA). They compute the one-GEMM form above,
+#
+#     BP4   dW_col[o, k] = Σ_l δ_col[o, l] a_col[k, l]      l = (n, p) over the batch
+#     BP2   ∂C/∂a[n, c, q] = Σ_{o,t} W[o, c, t] δ[n, o, p]  over the (o, tap t) whose
+#                                                            position p reads pixel q
+#
+# without materialising a_col: a tile of a_col is loaded straight from a^{l−1} through the
+# convolution's index map (row k = (c, r, s), column l = (n, oh, ow) reads pixel
+# (oh·s_h + r·d_h − p_h, ow·s_w + s·d_w − p_w) of map c of example n, zero outside), and
+# BP2 gathers, for each input pixel q and (o, r, s), the δ entry at oh = (q_h + p_h −
+# r·d_h)/s_h where that is a whole number inside the map. BP4's reduction runs over
+# N·H_out·W_out, far more than its C_out × C·k_h·k_w output: it is split over programs
+# (split-K), each writing a partial sum, reduced by one sum. Arithmetic in float32
+# (float64 for float64); float32 operands go through TF32 where torch lets cuDNN's
+# convolutions use it (torch.backends.cudnn.allow_tf32, on by default), as the "conv"
+# path does. Built on first use; tests/test_conv_gemm.py runs both through Triton's
+# interpreter against the unfolded reference.
+_CONV_KERNELS: dict[str, Any] = {}
+_TL_DTYPE: dict[torch.dtype, Any] = {}  # torch dtype -> triton's, filled with the kernels
+# the programs BP4's split aims at (a few per SM of a large GPU), and the fewest positions
+# a program reduces over
+BP4_PROGRAMS, BP4_MIN_SPAN = 512, 256
+
+
+def _conv_triton_kernels() -> dict[str, Any]:
+    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
+    built(_build_conv_triton_kernels)
+    return _CONV_KERNELS
+
+
+def _build_conv_triton_kernels() -> dict[str, Any]:
+    """The @triton.jit kernels and their custom ops, built once."""
+    if _CONV_KERNELS:
+        return _CONV_KERNELS
+    import triton
+    import triton.language as tl
+    from torch.library import wrap_triton
+
+    from .base import count_launch, kernel_op
+
+    @triton.jit
+    def conv2d_bp4_kernel(delta_ptr, a_ptr, dw_ptr, C_in, H, W, C_out, OH, OW, KH, KW,
+                          SH, SW, PH, PW, DH, DW, C_in_g, C_out_g, L, span,
+                          ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+                          BM: tl.constexpr, BN: tl.constexpr, BL: tl.constexpr):
+        """Tile (o, k) of group g, positions l in [split·span, (split+1)·span):
+        partial[split, o, k] = Σ_l δ_col[o, l] a_col[k, l]  (BP4, one GEMM's tile)."""
+        pid, split, grp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        K = C_in_g * KH * KW
+        tiles_k = tl.cdiv(K, BN)
+        o = (pid // tiles_k) * BM + tl.arange(0, BM)  # output map, within the group
+        k = (pid % tiles_k) * BN + tl.arange(0, BN)  # a_col's row k = (c, r, s)
+        c, rs = k // (KH * KW), k % (KH * KW)
+        r, s = rs // KW, rs % KW
+        o_ok, k_ok = o < C_out_g, k < K
+        P = OH * OW
+        acc = tl.zeros((BM, BN), dtype=ACC)
+        start = split * span
+        end = tl.minimum(start + span, L)
+        for l0 in range(start, end, BL):
+            l = l0 + tl.arange(0, BL)  # columns (n, oh, ow) of the whole batch
+            l_ok = l < end
+            n, p = (l // P).to(tl.int64), l % P
+            oh, ow = p // OW, p % OW
+            # δ_col[o, l] = δ[n, g·C_out/g + o, oh, ow]
+            d_at = (n[None, :] * C_out + grp * C_out_g + o[:, None]) * P + p[None, :]
+            delta = tl.load(delta_ptr + d_at, mask=o_ok[:, None] & l_ok[None, :], other=0.0)
+            # a_col[k, l] = a[n, g·C/g + c, oh·s_h + r·d_h − p_h, ow·s_w + s·d_w − p_w]
+            ih = oh[:, None] * SH + r[None, :] * DH - PH
+            iw = ow[:, None] * SW + s[None, :] * DW - PW
+            a_ok = (l_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H)
+                    & (iw >= 0) & (iw < W))  # zero padding: nothing is read there
+            a_at = ((n[:, None] * C_in + grp * C_in_g + c[None, :]) * H + ih) * W + iw
+            a_col = tl.load(a_ptr + a_at, mask=a_ok, other=0.0)  # (BL, BN), a_colᵀ's tile
+            acc += tl.dot(delta.to(DOT), a_col.to(DOT), input_precision=PRECISION,
+                          out_dtype=ACC)
+        out = (split * C_out + grp * C_out_g + o[:, None]) * K + k[None, :]
+        tl.store(dw_ptr + out, acc, mask=o_ok[:, None] & k_ok[None, :])
+
+    @triton.jit
+    def conv2d_bp2_kernel(delta_ptr, w_ptr, dx_ptr, N, C_in, H, W, C_out, OH, OW, KH, KW,
+                          SH, SW, PH, PW, DH, DW, C_in_g, C_out_g,
+                          ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        """Pixels m = (n, ih, iw) by input maps c of group g:
+        ∂C/∂a[n, c, ih, iw] = Σ_{(o,r,s)} δ[n, o, oh, ow] W[o, c, r, s] over the taps with
+        oh·s_h = ih + p_h − r·d_h and ow·s_w = iw + p_w − s·d_w inside δ's maps (BP2's
+        factor: W_colᵀ δ_col folded, the fold done by the gather)."""
+        pid_m, pid_c, grp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        m = pid_m * BM + tl.arange(0, BM)
+        m_ok = m < N * H * W
+        n, q = (m // (H * W)).to(tl.int64), m % (H * W)
+        ih, iw = q // W, q % W
+        c = pid_c * BN + tl.arange(0, BN)  # input map, within the group
+        c_ok = c < C_in_g
+        R = C_out_g * KH * KW
+        acc = tl.zeros((BM, BN), dtype=ACC)
+        for k0 in range(0, R, BK):
+            k = k0 + tl.arange(0, BK)  # (o, r, s): an output map and a tap
+            k_ok = k < R
+            o, rs = k // (KH * KW), k % (KH * KW)
+            r, s = rs // KW, rs % KW
+            th = ih[:, None] + PH - r[None, :] * DH  # = oh·s_h, if a position reads it
+            tw = iw[:, None] + PW - s[None, :] * DW
+            oh, ow = th // SH, tw // SW
+            hit = ((th >= 0) & (tw >= 0) & (th % SH == 0) & (tw % SW == 0)
+                   & (oh < OH) & (ow < OW) & m_ok[:, None] & k_ok[None, :])
+            d_at = ((n[:, None] * C_out + grp * C_out_g + o[None, :]) * OH + oh) * OW + ow
+            delta = tl.load(delta_ptr + d_at, mask=hit, other=0.0)  # (BM, BK)
+            w_at = ((grp * C_out_g + o[:, None]) * C_in_g + c[None, :]) * (KH * KW) \
+                + rs[:, None]  # W[o, c, r, s]
+            w = tl.load(w_ptr + w_at, mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+            acc += tl.dot(delta.to(DOT), w.to(DOT), input_precision=PRECISION, out_dtype=ACC)
+        out = ((n[:, None] * C_in + grp * C_in_g + c[None, :]) * H + ih[:, None]) * W \
+            + iw[:, None]
+        tl.store(dx_ptr + out, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+
+    def _fake_bp4(delta, a, kh, kw, sh, sw, ph, pw, dh, dw, groups, tf32):
+        return a.new_empty(delta.shape[1], a.shape[1] // groups, kh, kw, dtype=_acc_dtype(a))
+
+    @kernel_op("conv2d_bp4", _fake_bp4)
+    def conv2d_bp4_op(delta: Tensor, a: Tensor, kh: int, kw: int, sh: int, sw: int, ph: int,
+                      pw: int, dh: int, dw: int, groups: int, tf32: bool) -> Tensor:
+        n, c_in, h, w = a.shape
+        c_out, oh, ow = delta.shape[1:]
+        c_in_g, c_out_g = c_in // groups, c_out // groups
+        k, positions = c_in_g * kh * kw, n * oh * ow
+        bm, bn, bl = _block(c_out_g, 64), _block(k, 64), 32
+        tiles = triton.cdiv(c_out_g, bm) * triton.cdiv(k, bn)
+        # split-K: enough programs to fill the GPU, each reducing ≥ BP4_MIN_SPAN positions
+        splits = max(1, min(triton.cdiv(positions, BP4_MIN_SPAN),
+                            triton.cdiv(BP4_PROGRAMS, tiles * groups)))
+        span = triton.cdiv(triton.cdiv(positions, splits), bl) * bl
+        splits = max(1, triton.cdiv(positions, span))
+        acc = _acc_dtype(a)
+        partial = a.new_empty(splits, c_out, k, dtype=acc)
+        count_launch("conv2d_bp4")
+        wrap_triton(conv2d_bp4_kernel)[(tiles, splits, groups)](
+            delta, a, partial, c_in, h, w, c_out, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw,
+            c_in_g, c_out_g, positions, span, ACC=_TL_DTYPE[acc], DOT=_dot_dtype(a),
+            PRECISION="tf32" if tf32 else "ieee", BM=bm, BN=bn, BL=bl)
+        return partial.sum(0).view(c_out, c_in_g, kh, kw)  # the split's partial sums
+
+    def _fake_bp2(delta, weight, h, w, sh, sw, ph, pw, dh, dw, groups, tf32):
+        return delta.new_empty(delta.shape[0], weight.shape[1] * groups, h, w)
+
+    @kernel_op("conv2d_bp2", _fake_bp2)
+    def conv2d_bp2_op(delta: Tensor, weight: Tensor, h: int, w: int, sh: int, sw: int,
+                      ph: int, pw: int, dh: int, dw: int, groups: int, tf32: bool) -> Tensor:
+        n, c_out, oh, ow = delta.shape
+        c_in_g, kh, kw = weight.shape[1:]
+        dx = delta.new_empty(n, c_in_g * groups, h, w)
+        bm, bn, bk = 64, _block(c_in_g, 64), 32
+        grid = (triton.cdiv(n * h * w, bm), triton.cdiv(c_in_g, bn), groups)
+        count_launch("conv2d_bp2")
+        wrap_triton(conv2d_bp2_kernel)[grid](
+            delta, weight, dx, n, c_in_g * groups, h, w, c_out, oh, ow, kh, kw, sh, sw, ph,
+            pw, dh, dw, c_in_g, c_out // groups, ACC=_TL_DTYPE[_acc_dtype(delta)],
+            DOT=_dot_dtype(delta), PRECISION="tf32" if tf32 else "ieee", BM=bm, BN=bn, BK=bk)
+        return dx
+
+    _TL_DTYPE.update({torch.float32: tl.float32, torch.float64: tl.float64,
+                      torch.float16: tl.float16, torch.bfloat16: tl.bfloat16})
+    _CONV_KERNELS.update(conv2d_bp4=conv2d_bp4_op, conv2d_bp2=conv2d_bp2_op)
+    return _CONV_KERNELS
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    """The kernels' arithmetic dtype: float64 for float64, float32 otherwise."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _dot_dtype(x: Tensor) -> Any:
+    """The dtype tl.dot multiplies in: the operands' own, except bfloat16 under Triton's
+    interpreter, whose dot on bfloat16 is wrong (Triton 3.8: 1e10 off on a 16×16 product);
+    there the tiles go up to float32, which is exact for bfloat16 products."""
+    if x.dtype == torch.bfloat16 and not x.is_cuda:
+        return _TL_DTYPE[torch.float32]
+    return _TL_DTYPE[x.dtype]
+
+
+def _block(size: int, most: int) -> int:
+    """A tile side for ``size`` rows: a power of two from 16 (tl.dot's least) to ``most``."""
+    return max(16, min(most, 1 << max(0, size - 1).bit_length()))
+
+
+def _tf32(x: Tensor) -> bool:
+    """Whether float32 operands may go through TF32, as cuDNN's convolutions would."""
+    return x.is_cuda and x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+
+
+def conv2d_triton_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair,
+                      padding: Pair, dilation: Pair, groups: int,
+                      need: Need) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`conv2d_gemm_bwd` as the two implicit-GEMM kernels: (BP2's factor, BP4)."""
+    kernels = _conv_triton_kernels()
+    delta = delta.contiguous()
+    geometry = (*stride, *padding, *dilation, groups, _tf32(delta))
+    grad_input = grad_weight = None
+    if need[0]:
+        # z_col = W_col @ a_col  →  BP2's factor: fold(W_colᵀ δ_col), as one gather-GEMM
+        grad_input = kernels["conv2d_bp2"](delta, weight.contiguous(), *a_prev.shape[2:],
+                                           *geometry)
+    if need[1]:
+        # z_col = W_col @ a_col  →  BP4: dW_col = δ_col a_colᵀ, a_col read in place
+        grad_weight = kernels["conv2d_bp4"](delta, a_prev.contiguous(), *weight.shape[2:],
+                                            *geometry).to(weight.dtype)
+    return grad_input, grad_weight
+
+
+__all__ += ["conv2d_triton_bwd"]
