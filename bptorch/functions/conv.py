@@ -301,7 +301,7 @@ def bp4_unfolded_cpu(a_prev: Tensor, delta: Tensor, stride: Pair) -> bool:
     5×5 kernels on larger maps keep the correlation (ResNet 16 → 16 at 28×28: 84 ms against
     41 ms; LeNet's conv2: 6.3 ms against 1.8 ms): the unfold's copy, k_h·k_w times the input,
     costs more than the GEMM saves. Timings from benchmarks/bp4_forms.py on this CPU
-    (loaded, interleaved medians; docs/benchmarks.md)."""
+    (loaded, interleaved medians; docs/cuda.md, "A convolution's BP4 as one GEMM")."""
     return a_prev.device.type == "cpu" and (
         any(s > 1 for s in stride) or delta.shape[2] * delta.shape[3] == 1)
 
