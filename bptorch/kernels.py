@@ -25,6 +25,9 @@ with kernels: LayerNorm and BatchNorm (forward statistics, backward), the activa
 σ'(z) ⊙ g (Dense and the activation layers); the others run the reference under any name.
 Double backward (``create_graph=True``) and ``torch.func`` transforms always take the
 reference, whose torch ops are differentiable and batchable.
+
+Conv2d (its default path, and its feedback-rule twin) has kernels too: BP4 and BP2 as
+implicit-GEMM kernels over the whole batch (``functions/conv.py``'s end).
 """
 from __future__ import annotations
 

@@ -27,7 +27,12 @@ is what they are, and are the default:
 * BP4: Σ_{n,p} δ_{n,o,p} a_{n,c,p·s + t·d} is a correlation of a^{l-1} with δ: a
   ``conv2d`` with the roles swapped (channels as the batch, examples as the channels,
   δ's maps as the kernels), the forward's dilation as its stride and its stride as
-  the dilation; or, where faster (``bp4_unfolded``), the unfolded matmul as one einsum.
+  the dilation; or, where faster on the CPU (``bp4_unfolded``, ``bp4_unfolded_cpu``),
+  the unfolded form as one GEMM over the whole batch (below, "one GEMM over the batch").
+* ``path="gemm"``: BP4 as that one GEMM and BP2 unfolded (W_colᵀ δ, fold), everywhere.
+* under ``bptorch.kernels`` "triton" (or "auto" on CUDA): BP4 and BP2 as implicit-GEMM
+  Triton kernels over the whole batch (the file's end), a^{l-1} read through the
+  convolution's index map instead of unfolded.
 * ``fused_backward=True`` opts into ATen's ``convolution_backward`` (autograd's own
   kernel, BP2 and BP4 in one call): faster on a one-channel first layer.
 
