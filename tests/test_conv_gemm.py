@@ -206,7 +206,8 @@ def test_the_gemm_path_under_torch_func():
     torch.testing.assert_close(ours, theirs)
 
     def per_example(w, xi):  # ∂C/∂W per example, vmapped over the batch
-        f = lambda w: (Conv2dFunction.apply(xi[None], w, None, *opts, "gemm") ** 2).sum()  # noqa: E731
+        def f(w):
+            return (Conv2dFunction.apply(xi[None], w, None, *opts, "gemm") ** 2).sum()
         return torch.func.grad(f)(w)
 
     got = torch.func.vmap(per_example, in_dims=(None, 0))(weight, x)

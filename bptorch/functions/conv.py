@@ -158,8 +158,8 @@ class Conv2dFunction(BPFunction):
     (default; BP2 as a transposed convolution, BP4 as a correlation, each unfolded where
     that is faster on the CPU), "unfold" (the reference: unfold + matmul + fold, in forward
     too), "gemm" (BP4 as one GEMM over the whole batch and BP2 unfolded, everywhere) or
-    "fused" (opt-in: ATen's ``convolution_backward``). Saves the input and the weights, the two factors of BP4
-    and BP2.
+    "fused" (opt-in: ATen's ``convolution_backward``). Saves the input and the weights,
+    the two factors of BP4 and BP2.
     """
 
     generate_vmap_rule = True
