@@ -27,7 +27,8 @@ Double backward (``create_graph=True``) and ``torch.func`` transforms always tak
 reference, whose torch ops are differentiable and batchable.
 
 Conv2d (its default path, and its feedback-rule twin) has kernels too: BP4 and BP2 as
-implicit-GEMM kernels over the whole batch (``functions/conv.py``'s end).
+implicit-GEMM kernels over the whole batch (``functions/conv.py``'s end), under "triton"
+only until a GPU has timed them against cuDNN (``conv.CONV_KERNELS_IN_AUTO``).
 """
 from __future__ import annotations
 

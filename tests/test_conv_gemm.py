@@ -397,3 +397,18 @@ def test_triton_in_bfloat16_rounds_as_the_reference():
     for a, b in zip(got, want, strict=True):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a.double(), b, rtol=0, atol=0.03 * b.abs().max().item())
+
+
+def test_auto_leaves_the_conv_kernels_off_until_a_gpu_has_timed_them(monkeypatch):
+    """CONV_KERNELS_IN_AUTO False: "auto" keeps the default path even where kernels could
+    run (use_kernel forced True here); "triton" takes them."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(conv, "use_kernel", lambda t: True)
+    inputs = (torch.zeros(1, 1, 3, 3), torch.zeros(1, 1, 1, 1), None, (1, 1), (0, 0), (1, 1),
+              1, "conv")
+    for choice, want in (("auto", False), ("triton", True), ("reference", False)):
+        ctx = SimpleNamespace()
+        monkeypatch.setitem(bptorch.functions.base._KERNEL, "choice", choice)
+        conv.conv2d_setup(ctx, inputs)
+        assert ctx.kernel is want, choice

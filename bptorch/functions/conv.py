@@ -30,8 +30,8 @@ is what they are, and are the default:
   the dilation; or, where faster on the CPU (``bp4_unfolded``, ``bp4_unfolded_cpu``),
   the unfolded form as one GEMM over the whole batch (below, "one GEMM over the batch").
 * ``path="gemm"``: BP4 as that one GEMM and BP2 unfolded (W_colᵀ δ, fold), everywhere.
-* under ``bptorch.kernels`` "triton" (or "auto" on CUDA): BP4 and BP2 as implicit-GEMM
-  Triton kernels over the whole batch (the file's end), a^{l-1} read through the
+* under ``bptorch.kernels`` "triton" ("auto" once a GPU has timed them): BP4 and BP2 as
+  implicit-GEMM Triton kernels over the whole batch (the file's end), a^{l-1} read through the
   convolution's index map instead of unfolded.
 * ``fused_backward=True`` opts into ATen's ``convolution_backward`` (autograd's own
   kernel, BP2 and BP4 in one call): faster on a one-channel first layer.
@@ -56,7 +56,8 @@ from torch.nn.functional import (
 )
 
 from .base import (
-    LOWER, PER_EXAMPLE, BPFunction, Padding, Pair, built, moved, per_example, use_kernel,
+    LOWER, PER_EXAMPLE, BPFunction, Padding, Pair, built, kernel_choice, moved, per_example,
+    use_kernel,
 )
 
 Sizes = tuple[int, ...]  # one int per spatial dim: (L,), (H, W) or (D, H, W)
@@ -201,8 +202,10 @@ def conv2d_setup(ctx: Any, inputs: tuple) -> None:
     ctx.padding, ctx.extra = conv2d_padding(padding, weight.shape[2:], stride, dilation)
     ctx.stride, ctx.dilation, ctx.groups, ctx.path = stride, dilation, groups, path
     # bptorch.kernels: the default path's BP2 and BP4 as the implicit-GEMM Triton kernels
-    # (the end of this file), decided with the forward
-    ctx.kernel = path == "conv" and use_kernel(_input)
+    # (the end of this file), decided with the forward; under "auto" only once a GPU has
+    # measured them (CONV_KERNELS_IN_AUTO)
+    ctx.kernel = (path == "conv" and (CONV_KERNELS_IN_AUTO or kernel_choice() == "triton")
+                  and use_kernel(_input))
 
 
 def conv2d_backward(ctx: Any, delta: Tensor, a_prev: Tensor,
@@ -818,7 +821,7 @@ __all__ = [
     "conv2d_unfold_bwd", "conv2d_unfold_fwd", "conv2d_weight_grad",
     "conv2d_weight_grad_unfold",
     "CONV2D_BACKWARDS", "bp2_unfolded", "bp4_unfolded_cpu", "conv2d_gemm_bwd", "conv_cols",
-    "conv_input_grad_gemm", "conv_weight_grad_gemm",
+    "conv_input_grad_gemm", "conv_weight_grad_gemm", "CONV_KERNELS_IN_AUTO",
 ]
 
 # moved out of this file (one release): the pool, dropout and flatten Functions, the checks
@@ -835,7 +838,7 @@ __getattr__ = moved(__name__, {
 
 # ================================================================ Triton kernels
 # BP4 and BP2 of Conv2d as implicit-GEMM kernels over the whole batch (bptorch.kernels:
-# "triton", or "auto" on CUDA). They compute the one-GEMM form above,
+# "triton"; "auto" once CONV_KERNELS_IN_AUTO). They compute the one-GEMM form above,
 #
 #     BP4   dW_col[o, k] = Σ_l δ_col[o, l] a_col[k, l]      l = (n, p) over the batch
 #     BP2   ∂C/∂a[n, c, q] = Σ_{o,t} W[o, c, t] δ[n, o, p]  over the (o, tap t) whose
@@ -853,6 +856,10 @@ __getattr__ = moved(__name__, {
 # path does. Built on first use; tests/test_conv_gemm.py runs both through Triton's
 # interpreter against the unfolded reference.
 _CONV_KERNELS: dict[str, Any] = {}
+# Whether "auto" takes these kernels on CUDA as it takes the norms' and activations': not
+# until a GPU has timed them against cuDNN (benchmarks/cuda.sh, stage convkernels; target
+# ≤ 1.5× its weight-gradient kernel at every ResNet shape). Until then "triton" only.
+CONV_KERNELS_IN_AUTO = False
 _TL_DTYPE: dict[torch.dtype, Any] = {}  # torch dtype -> triton's, filled with the kernels
 # the programs BP4's split aims at (a few per SM of a large GPU), and the fewest positions
 # a program reduces over
