@@ -13,13 +13,18 @@
 #             whose backward is the scatter-add kernel under "triton"/"auto";
 #   cudagraph run.py's CUDA section (steps, throughput, CUDA graph of the explicit step);
 #   compiled  the compiled ResNet step row of benchmarks.layers on cuda.
+#   convkernels  the implicit-GEMM conv kernels (issue 23 item 2): benchmarks.bp4_forms
+#             --device cuda --no-resnet (BP4 against cuDNN's weight-gradient kernel and BP2
+#             against its input gradient, at every ResNet conv shape: the "triton/aten"
+#             and "bp2_triton/bp2_aten" columns; target ≤ 1.5), and tests/test_conv_gemm.py's
+#             CUDA cases (the kernels against the unfolded reference and torch).
 # $STAGES picks the stages (default: all). Logs and JSONs go to $OUT (default
 # /tmp/bptorch-cuda). The data come from $BPTORCH_DATA (mnist.pkl.gz and
 # fashion-mnist/*.gz there are enough; no network is needed).
 #   BPTORCH_DATA=~/.cache/bptorch bash benchmarks/cuda.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/bptorch-cuda}
-STAGES=${STAGES:-tests resnet bp4 layers kernels cudagraph compiled}
+STAGES=${STAGES:-tests resnet bp4 layers kernels cudagraph compiled convkernels}
 RESNET_RUNS=${RESNET_RUNS:-bptorch:20 native:20 bptorch:30 native:30}
 RESNET_TIMEOUT=${RESNET_TIMEOUT:-300}
 mkdir -p "$OUT"
@@ -86,6 +91,14 @@ import json
 from benchmarks.layers import compiled_resnet_row
 print(json.dumps(dict(compiled_resnet_row(9, 'cuda'), device='cuda')))" >>"$bench" 2>&1
   echo "[compiled ResNet rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
+fi
+if has convkernels; then
+  echo "[convkernels: bp4_forms --no-resnet, the triton columns]" >>"$bench"
+  timeout 120 $PY -m benchmarks.bp4_forms --device cuda --no-resnet >>"$bench" 2>&1
+  echo "[bp4_forms --no-resnet rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
+  timeout 120 $PY -m pytest -q -p no:cacheprovider -rfE tests/test_conv_gemm.py -k cuda \
+    >>"$bench" 2>&1
+  echo "[test_conv_gemm cuda rc $?, $(( $(date +%s) - start )) s]" >>"$bench"
 fi
 
 if [ ${#pids[@]} -gt 0 ]; then

@@ -29,6 +29,9 @@ reference, whose torch ops are differentiable and batchable.
 More layers with kernels: scaled_dot_product_attention with no mask or the causal one and
 no dropout (flash-style forward saving the row log-sum-exp, tiled backward), the gate
 products of LSTM and GRU steps (layers and cells), and Embedding's scatter-add.
+Conv2d (its default path, and its feedback-rule twin) has kernels too: BP4 and BP2 as
+implicit-GEMM kernels over the whole batch (``functions/conv.py``'s end), under "triton"
+only until a GPU has timed them against cuDNN (``conv.CONV_KERNELS_IN_AUTO``).
 """
 from __future__ import annotations
 

@@ -27,7 +27,12 @@ is what they are, and are the default:
 * BP4: Σ_{n,p} δ_{n,o,p} a_{n,c,p·s + t·d} is a correlation of a^{l-1} with δ: a
   ``conv2d`` with the roles swapped (channels as the batch, examples as the channels,
   δ's maps as the kernels), the forward's dilation as its stride and its stride as
-  the dilation; or, where faster (``bp4_unfolded``), the unfolded matmul as one einsum.
+  the dilation; or, where faster on the CPU (``bp4_unfolded``, ``bp4_unfolded_cpu``),
+  the unfolded form as one GEMM over the whole batch (below, "one GEMM over the batch").
+* ``path="gemm"``: BP4 as that one GEMM and BP2 unfolded (W_colᵀ δ, fold), everywhere.
+* under ``bptorch.kernels`` "triton" ("auto" once a GPU has timed them): BP4 and BP2 as
+  implicit-GEMM Triton kernels over the whole batch (the file's end), a^{l-1} read through the
+  convolution's index map instead of unfolded.
 * ``fused_backward=True`` opts into ATen's ``convolution_backward`` (autograd's own
   kernel, BP2 and BP4 in one call): faster on a one-channel first layer.
 
@@ -50,8 +55,10 @@ from torch.nn.functional import (
     unfold,
 )
 
-from .base import LOWER, PER_EXAMPLE, BPFunction, Padding, Pair, moved, per_example
-from .base import per_example_need
+from .base import (
+    LOWER, PER_EXAMPLE, BPFunction, Padding, Pair, built, kernel_choice, moved, per_example,
+    per_example_need, use_kernel,
+)
 
 Sizes = tuple[int, ...]  # one int per spatial dim: (L,), (H, W) or (D, H, W)
 
@@ -149,10 +156,11 @@ class Conv2dFunction(BPFunction):
     Batch-first: input (N, C_in, H, W), weight (C_out, C_in/groups, k_h, k_w), bias
     (C_out,), output (N, C_out, H_out, W_out); BP3 and BP4 also sum over the N examples.
     ``padding`` is an int pair or "valid"/"same". ``path`` picks the backward: "conv"
-    (default; BP2 as a transposed convolution, BP4 as a correlation), "unfold" (the
-    reference: unfold + matmul + fold, in forward too) or "fused" (opt-in: ATen's
-    ``convolution_backward``). Saves the input and the weights, the two factors of BP4
-    and BP2.
+    (default; BP2 as a transposed convolution, BP4 as a correlation, each unfolded where
+    that is faster on the CPU), "unfold" (the reference: unfold + matmul + fold, in forward
+    too), "gemm" (BP4 as one GEMM over the whole batch and BP2 unfolded, everywhere) or
+    "fused" (opt-in: ATen's ``convolution_backward``). Saves the input and the weights,
+    the two factors of BP4 and BP2.
     """
 
     generate_vmap_rule = True
@@ -197,6 +205,11 @@ def conv2d_setup(ctx: Any, inputs: tuple) -> None:
     ctx.padding, ctx.extra = conv2d_padding(padding, weight.shape[2:], stride, dilation)
     ctx.stride, ctx.dilation, ctx.groups, ctx.path = stride, dilation, groups, path
     ctx.kernel_size = tuple(weight.shape[2:])  # for the per-example collectors
+    # bptorch.kernels: the default path's BP2 and BP4 as the implicit-GEMM Triton kernels
+    # (the end of this file), decided with the forward; under "auto" only once a GPU has
+    # measured them (CONV_KERNELS_IN_AUTO)
+    ctx.kernel = (path == "conv" and (CONV_KERNELS_IN_AUTO or kernel_choice() == "triton")
+                  and use_kernel(_input))
 
 
 def conv2d_backward(ctx: Any, delta: Tensor, a_prev: Tensor, weight: Tensor,
@@ -213,7 +226,10 @@ def conv2d_backward(ctx: Any, delta: Tensor, a_prev: Tensor, weight: Tensor,
     if ctx.path == "unfold":
         grad_input, grad_weight, grad_bias = conv2d_unfold_bwd(delta, a_prev, weight, *args)
     else:
-        fast = conv2d_fused_bwd if ctx.path == "fused" else conv2d_bwd
+        if ctx.kernel and not torch.is_grad_enabled():  # bptorch.kernels (the file's end)
+            fast = conv2d_triton_bwd  # double backward takes the differentiable ops
+        else:
+            fast = CONV2D_BACKWARDS[ctx.path]
         grad_input, grad_weight = fast(delta, a_prev, weight, *args)
         grad_bias = conv2d_bias_grad(delta) if need[2] else None  # BP3
     if grad_input is not None and (eh or ew):
@@ -242,21 +258,12 @@ def conv2d_input_grad(delta: Tensor, weight: Tensor, input_hw: Pair, stride: Pai
 
 def conv2d_weight_grad_unfold(delta: Tensor, a_prev: Tensor, kernel_size: Pair, stride: Pair,
                               padding: Pair, dilation: Pair, groups: int) -> Tensor:
-    """BP4's unfolded form as one einsum over examples and positions at once (no
-    N × |W| temporary). A 1×1 kernel's patches are single pixels, so a_col is then the
-    (padded) input read at the stride, no unfold.
+    """BP4's unfolded form over the whole batch: one GEMM per group,
+    dW_col = δ_col (C_out × N·P) · a_colᵀ (N·P × C·k_h·k_w), :func:`conv_weight_grad_gemm`.
+    (It was an einsum over the per-example unfolds; the one GEMM on the written-out
+    unfold measured 1.2–7× faster at the ResNet's shapes, benchmarks/bp4_forms.py.)
     """
-    n, c_in, c_out = a_prev.shape[0], a_prev.shape[1], delta.shape[1]
-    if tuple(kernel_size) == (1, 1):
-        (ph, pw), (sh, sw) = padding, stride
-        a_col = pad(a_prev, (pw, pw, ph, ph))[:, :, ::sh, ::sw]  # (N, C, H_out, W_out)
-    else:
-        a_col = unfold(a_prev, kernel_size, dilation, padding, stride)  # (N, C·kh·kw, P)
-    positions = delta.shape[2] * delta.shape[3]
-    a_col = a_col.reshape(n, groups, a_col.shape[1] // groups, positions)  # (N, g, K, P)
-    delta_col = delta.reshape(n, groups, c_out // groups, positions)  # (N, g, C_out/g, P)
-    grad = torch.einsum("ngop,ngkp->gok", delta_col, a_col)  # Σ_{n,p} δ a_colᵀ, per group
-    return grad.reshape(c_out, c_in // groups, *kernel_size)
+    return conv_weight_grad_gemm(delta, a_prev, kernel_size, stride, padding, dilation, groups)
 
 
 def conv2d_weight_grad(delta: Tensor, a_prev: Tensor, kernel_size: Pair, stride: Pair,
@@ -297,6 +304,31 @@ def bp4_unfolded(a_prev: Tensor, weight: Tensor) -> bool:
             or (device == "cpu" and tuple(weight.shape[2:]) == (1, 1)))
 
 
+def bp4_unfolded_cpu(a_prev: Tensor, delta: Tensor, stride: Pair) -> bool:
+    """Whether the default path takes BP4's one GEMM on the CPU for a kernel larger than
+    1×1 too: where the forward has a stride (the correlation then runs with δ's maps
+    dilated by the stride as its kernels, which oneDNN runs slowly: one thread, batch 64,
+    16 → 32 maps 3×3 at 28×28, stride 2, 16 ms against 19 ms; 32 → 64 at 14×14, 15 ms
+    against 19 ms), and where δ has one position per map (LeNet's conv3, 16 → 120 maps 5×5
+    on 5×5: the GEMM is then the whole layer, 0.20 ms against 0.39 ms). Stride-1 3×3 and
+    5×5 kernels on larger maps keep the correlation (ResNet 16 → 16 at 28×28: 84 ms against
+    41 ms; LeNet's conv2: 6.3 ms against 1.8 ms): the unfold's copy, k_h·k_w times the input,
+    costs more than the GEMM saves. Timings from benchmarks/bp4_forms.py on this CPU
+    (loaded, interleaved medians; docs/cuda.md, "A convolution's BP4 as one GEMM")."""
+    return a_prev.device.type == "cpu" and (
+        any(s > 1 for s in stride) or delta.shape[2] * delta.shape[3] == 1)
+
+
+def bp2_unfolded(weight: Tensor, stride: Pair) -> bool:
+    """Whether the default path takes BP2's unfolded form, fold(W_colᵀ δ_col): on the CPU
+    for a strided 1×1 kernel, where fold is a strided scatter of one matmul's result while
+    the transposed convolution runs oneDNN's strided deconvolution (ResNet shortcut 32 → 64
+    maps at 14×14, stride 2, batch 64: 1.6 ms against 6.1 ms). Elsewhere the transposed
+    convolution is faster (fold's scatter-add over k_h·k_w taps costs 1.5–3×)."""
+    return (weight.device.type == "cpu" and tuple(weight.shape[2:]) == (1, 1)
+            and any(s > 1 for s in stride))
+
+
 def conv2d_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair, padding: Pair,
                dilation: Pair, groups: int, need: Need) -> tuple[Tensor | None, Tensor | None]:
     """The default path: BP2's factor as a transposed convolution, BP4 as a correlation
@@ -304,13 +336,32 @@ def conv2d_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair, padd
     grad_input = grad_weight = None
     if need[0]:
         # z = W ⋆ a_prev + b  →  BP2's factor: (W^l)ᵀ δ^l, passed down to the input pixels
-        grad_input = conv2d_input_grad(delta, weight, a_prev.shape[2:], stride, padding,
-                                       dilation, groups)
+        bp2 = conv_input_grad_gemm if bp2_unfolded(weight, stride) else conv2d_input_grad
+        grad_input = bp2(delta, weight, a_prev.shape[2:], stride, padding, dilation, groups)
     if need[1]:
         # z = W ⋆ a_prev + b  →  BP4: dW = Σ_p δ_p a_col,pᵀ, over positions and examples
-        bp4 = (conv2d_weight_grad_unfold if bp4_unfolded(a_prev, weight)
-               else conv2d_weight_grad)
+        unfolded = bp4_unfolded(a_prev, weight) or bp4_unfolded_cpu(a_prev, delta, stride)
+        bp4 = conv2d_weight_grad_unfold if unfolded else conv2d_weight_grad
         grad_weight = bp4(delta, a_prev, weight.shape[2:], stride, padding, dilation, groups)
+    return grad_input, grad_weight
+
+
+def conv2d_gemm_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair,
+                    padding: Pair, dilation: Pair, groups: int,
+                    need: Need) -> tuple[Tensor | None, Tensor | None]:
+    """``path="gemm"``: BP2's factor and BP4 both unfolded over the whole batch, whatever
+    the shape (the CPU route the default path takes where :func:`bp4_unfolded_cpu` and
+    :func:`bp2_unfolded` say it is faster; the form the Triton kernels compute without
+    materialising the unfold)."""
+    grad_input = grad_weight = None
+    if need[0]:
+        # z_col = W_col @ a_col  →  BP2's factor: fold(W_colᵀ δ_col)
+        grad_input = conv_input_grad_gemm(delta, weight, a_prev.shape[2:], stride, padding,
+                                            dilation, groups)
+    if need[1]:
+        # z_col = W_col @ a_col  →  BP4: dW_col = δ_col a_colᵀ, one GEMM over N·P columns
+        grad_weight = conv_weight_grad_gemm(delta, a_prev, weight.shape[2:], stride, padding,
+                                            dilation, groups)
     return grad_input, grad_weight
 
 
@@ -329,6 +380,12 @@ def conv2d_fused_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair
         (need[0], need[1], False),
     )  # grad_input: (W_col)ᵀ δ folded (BP2); grad_weight: BP4
     return grad_input, grad_weight
+
+
+# ``path`` → the backward that gives BP2's factor and BP4 ("unfold", the reference, gives
+# BP3 too and is dispatched before these)
+CONV2D_BACKWARDS: dict[str, Callable[..., tuple[Tensor | None, Tensor | None]]] = {
+    "conv": conv2d_bwd, "gemm": conv2d_gemm_bwd, "fused": conv2d_fused_bwd}
 
 
 # ================================================================ any number of spatial dims
@@ -517,6 +574,65 @@ def conv_weight_grad(delta: Tensor, a_prev: Tensor, kernel_size: Sizes, stride: 
     return grad[(slice(None), slice(None), *(slice(k) for k in kernel_size))].transpose(0, 1)
 
 
+# ---------------------------------------------------------------- one GEMM over the batch, any d
+# The unfolded form over the whole batch at once. Lay a^{l-1}'s patches of every example
+# side by side, one column per (example n, position p): a_col (C·K, N·P), rows a channel c
+# and a tap t; and δ as δ_col (C_out, N·P). Then, per group,
+#
+#     BP4   ∂C/∂W_col = δ_col a_colᵀ          ONE GEMM, (C_out × N·P)(N·P × C·K)
+#     BP2   ∂C/∂a^{l-1} = fold(W_colᵀ δ_col)  one batched matmul, then the scatter-add
+#
+# not a matmul per example and a sum, and not the correlation with δ's maps as kernels.
+# The unfold is written out as a strided view of the zero-padded input: entry (c, t, n, p)
+# sits at c·s_C + Σ_i t_i·dil_i·s_i + n·s_N + Σ_i p_i·stride_i·s_i (s_i the i-th spatial
+# stride of the padded input), no index tensor; reshaping the view to (C·K, N·P) copies it
+# once, in the layout the GEMM reads (positions fastest: rows stream). The Triton kernels
+# (the end of this file) read a^{l-1} through the same index map inside their tiles
+# instead of copying it (implicit GEMM).
+def conv_cols(a_prev: Tensor, kernel_size: Sizes, stride: Sizes, padding: Sizes,
+              dilation: Sizes, out: Sizes, groups: int) -> Tensor:
+    """a_col of the whole batch, (g, C/g·K, N·P): row (c, t), column (n, p) holds the
+    zero-padded a_prev at pixel p·stride + t·dil of example n, channel c. ``out`` (the
+    positions) must not read past the padded maps (at most the convolution's output size)."""
+    n, c = a_prev.shape[:2]
+    a = pad(a_prev, [v for p in reversed(padding) for v in (p, p)]) if any(padding) else a_prev
+    a = a.contiguous()
+    s_n, s_c, *s_x = a.stride()
+    view = a.as_strided(  # (C, *k, N, *out): tap strides dil·s_i, position strides stride·s_i
+        (c, *kernel_size, n, *out),
+        (s_c, *(s * d for s, d in zip(s_x, dilation)), s_n,
+         *(s * st for s, st in zip(s_x, stride))))
+    return view.reshape(groups, c // groups * math.prod(kernel_size), n * math.prod(out))
+
+
+def conv_weight_grad_gemm(delta: Tensor, a_prev: Tensor, kernel_size: Sizes, stride: Sizes,
+                          padding: Sizes, dilation: Sizes, groups: int) -> Tensor:
+    """z_col = W_col @ a_col + b  →  BP4: ∂C/∂W_col = δ_col a_colᵀ, one GEMM per group
+    over the N·P columns of the whole batch (sums over examples and positions at once)."""
+    n, c_in, c_out = a_prev.shape[0], a_prev.shape[1], delta.shape[1]
+    out = tuple(delta.shape[2:])
+    a_col = conv_cols(a_prev, kernel_size, stride, padding, dilation, out, groups)
+    delta_col = delta.reshape(n, groups, c_out // groups, math.prod(out))  # (N, g, C_out/g, P)
+    delta_col = delta_col.permute(1, 2, 0, 3).reshape(groups, c_out // groups, -1)  # (g, ., N·P)
+    grad = delta_col @ a_col.transpose(1, 2)  # (g, C_out/g, C/g·K): Σ_{n,p} δ a_colᵀ
+    return grad.reshape(c_out, c_in // groups, *kernel_size)
+
+
+def conv_input_grad_gemm(delta: Tensor, weight: Tensor, size: Sizes, stride: Sizes,
+                         padding: Sizes, dilation: Sizes, groups: int) -> Tensor:
+    """z_col = W_col @ a_col  →  BP2's factor: W_colᵀ δ_col for the whole batch in one
+    batched matmul, folded back onto maps of ``size`` (col2im for 2-d)."""
+    n, c_out = delta.shape[:2]
+    w_col = weight.reshape(groups, c_out // groups, -1)  # (g, C_out/g, C/g·K)
+    positions = math.prod(delta.shape[2:])
+    delta_col = delta.reshape(n, groups, c_out // groups, positions)  # (N, g, C_out/g, P)
+    g_col = (w_col.transpose(1, 2) @ delta_col).flatten(1, 2)  # (N, C·K, P)
+    if weight.dim() == 4:
+        return fold(g_col, size, weight.shape[2:], dilation, padding, stride)
+    return conv_fold(g_col, size, weight.shape[2:], stride, padding, dilation,
+                     delta.shape[2:])
+
+
 class ConvForm(NamedTuple):
     """One way of computing the three maps every layer below is made of."""
 
@@ -528,6 +644,8 @@ class ConvForm(NamedTuple):
 CONV_FORMS = {
     "unfold": ConvForm(conv_ref_fwd, conv_ref_input_grad, conv_ref_weight_grad),
     "conv": ConvForm(conv_fwd, conv_input_grad, conv_weight_grad),
+    # torch's forward, BP2 and BP4 unfolded over the whole batch (one GEMM for BP4)
+    "gemm": ConvForm(conv_fwd, conv_input_grad_gemm, conv_weight_grad_gemm),
 }
 
 
@@ -541,7 +659,8 @@ class ConvNdFunction(BPFunction):
     Batch-first: input (N, C_in, *S), weight (C_out, C_in/groups, *k), bias (C_out,),
     output (N, C_out, *S_out); d is weight.dim() − 2. ``padding`` is a tuple or
     "valid"/"same". ``path``: "conv" (default: torch's conv{d}d forward, BP2 as
-    conv_transpose{d}d, BP4 as a correlation) or "unfold" (the reference, both ways).
+    conv_transpose{d}d, BP4 as a correlation), "unfold" (the reference, both ways) or
+    "gemm" (torch's forward; BP4 as one GEMM over the whole batch, BP2 unfolded and folded).
     Saves the input and the weights, BP4's and BP2's other factors.
     """
 
@@ -552,7 +671,7 @@ class ConvNdFunction(BPFunction):
     def forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Sizes,
                 padding: Sizes | str, dilation: Sizes, groups: int,
                 path: str = "conv") -> Tensor:
-        if path == "conv":
+        if path != "unfold":  # "conv", "gemm": torch's forward
             return conv_fwd(input, weight, bias, stride, padding, dilation, groups)
         sym, extra = conv_padding(padding, weight.shape[2:], stride, dilation)
         return conv_ref_fwd(pad_end(input, extra), weight, bias, stride, sym, dilation, groups)
@@ -712,6 +831,8 @@ __all__ = [
     "conv2d_bwd", "conv2d_fused_bwd", "conv2d_input_grad", "conv2d_padding",
     "conv2d_unfold_bwd", "conv2d_unfold_fwd", "conv2d_weight_grad",
     "conv2d_weight_grad_unfold",
+    "CONV2D_BACKWARDS", "bp2_unfolded", "bp4_unfolded_cpu", "conv2d_gemm_bwd", "conv_cols",
+    "conv_input_grad_gemm", "conv_weight_grad_gemm", "CONV_KERNELS_IN_AUTO",
 ]
 
 # moved out of this file (one release): the pool, dropout and flatten Functions, the checks
@@ -724,3 +845,222 @@ __getattr__ = moved(__name__, {
     **{name: "bptorch._checks" for name in ("check_4d", "check_conv2d", "check_dropout_p",
                                             "check_pool2d", "pool2d_out_size")},
 })
+
+
+# ================================================================ Triton kernels
+# BP4 and BP2 of Conv2d as implicit-GEMM kernels over the whole batch (bptorch.kernels:
+# "triton"; "auto" once CONV_KERNELS_IN_AUTO). They compute the one-GEMM form above,
+#
+#     BP4   dW_col[o, k] = Σ_l δ_col[o, l] a_col[k, l]      l = (n, p) over the batch
+#     BP2   ∂C/∂a[n, c, q] = Σ_{o,t} W[o, c, t] δ[n, o, p]  over the (o, tap t) whose
+#                                                            position p reads pixel q
+#
+# without materialising a_col: a tile of a_col is loaded straight from a^{l−1} through the
+# convolution's index map (row k = (c, r, s), column l = (n, oh, ow) reads pixel
+# (oh·s_h + r·d_h − p_h, ow·s_w + s·d_w − p_w) of map c of example n, zero outside), and
+# BP2 gathers, for each input pixel q and (o, r, s), the δ entry at oh = (q_h + p_h −
+# r·d_h)/s_h where that is a whole number inside the map. BP4's reduction runs over
+# N·H_out·W_out, far more than its C_out × C·k_h·k_w output: it is split over programs
+# (split-K), each writing a partial sum, reduced by one sum. Arithmetic in float32
+# (float64 for float64); float32 operands go through TF32 where torch lets cuDNN's
+# convolutions use it (torch.backends.cudnn.allow_tf32, on by default), as the "conv"
+# path does. Built on first use; tests/test_conv_gemm.py runs both through Triton's
+# interpreter against the unfolded reference.
+_CONV_KERNELS: dict[str, Any] = {}
+# Whether "auto" takes these kernels on CUDA as it takes the norms' and activations': not
+# until a GPU has timed them against cuDNN (benchmarks/cuda.sh, stage convkernels; target
+# ≤ 1.5× its weight-gradient kernel at every ResNet shape). Until then "triton" only.
+CONV_KERNELS_IN_AUTO = False
+_TL_DTYPE: dict[torch.dtype, Any] = {}  # torch dtype -> triton's, filled with the kernels
+# the programs BP4's split aims at (a few per SM of a large GPU), and the fewest positions
+# a program reduces over
+BP4_PROGRAMS, BP4_MIN_SPAN = 512, 256
+
+
+def _conv_triton_kernels() -> dict[str, Any]:
+    """The kernels, built first if need be (in a compiled region too: :func:`base.built`)."""
+    built(_build_conv_triton_kernels)
+    return _CONV_KERNELS
+
+
+def _build_conv_triton_kernels() -> dict[str, Any]:
+    """The @triton.jit kernels and their custom ops, built once."""
+    if _CONV_KERNELS:
+        return _CONV_KERNELS
+    import triton
+    import triton.language as tl
+    from torch.library import wrap_triton
+
+    from .base import count_launch, kernel_op
+
+    @triton.jit
+    def conv2d_bp4_kernel(delta_ptr, a_ptr, dw_ptr, C_in, H, W, C_out, OH, OW, KH, KW,
+                          SH, SW, PH, PW, DH, DW, C_in_g, C_out_g, L, span,
+                          ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+                          BM: tl.constexpr, BN: tl.constexpr, BL: tl.constexpr):
+        """Tile (o, k) of group g, positions l in [split·span, (split+1)·span):
+        partial[split, o, k] = Σ_l δ_col[o, l] a_col[k, l]  (BP4, one GEMM's tile)."""
+        pid, split, grp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        K = C_in_g * KH * KW
+        tiles_k = tl.cdiv(K, BN)
+        o = (pid // tiles_k) * BM + tl.arange(0, BM)  # output map, within the group
+        k = (pid % tiles_k) * BN + tl.arange(0, BN)  # a_col's row k = (c, r, s)
+        c, rs = k // (KH * KW), k % (KH * KW)
+        r, s = rs // KW, rs % KW
+        o_ok, k_ok = o < C_out_g, k < K
+        P = OH * OW
+        acc = tl.zeros((BM, BN), dtype=ACC)
+        start = split * span
+        end = tl.minimum(start + span, L)
+        for l0 in range(start, end, BL):
+            l = l0 + tl.arange(0, BL)  # columns (n, oh, ow) of the whole batch
+            l_ok = l < end
+            n, p = (l // P).to(tl.int64), l % P
+            oh, ow = p // OW, p % OW
+            # δ_col[o, l] = δ[n, g·C_out/g + o, oh, ow]
+            d_at = (n[None, :] * C_out + grp * C_out_g + o[:, None]) * P + p[None, :]
+            delta = tl.load(delta_ptr + d_at, mask=o_ok[:, None] & l_ok[None, :], other=0.0)
+            # a_col[k, l] = a[n, g·C/g + c, oh·s_h + r·d_h − p_h, ow·s_w + s·d_w − p_w]
+            ih = oh[:, None] * SH + r[None, :] * DH - PH
+            iw = ow[:, None] * SW + s[None, :] * DW - PW
+            a_ok = (l_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H)
+                    & (iw >= 0) & (iw < W))  # zero padding: nothing is read there
+            a_at = ((n[:, None] * C_in + grp * C_in_g + c[None, :]) * H + ih) * W + iw
+            a_col = tl.load(a_ptr + a_at, mask=a_ok, other=0.0)  # (BL, BN), a_colᵀ's tile
+            acc += tl.dot(delta.to(DOT), a_col.to(DOT), input_precision=PRECISION,
+                          out_dtype=ACC)
+        out = (split * C_out + grp * C_out_g + o[:, None]) * K + k[None, :]
+        tl.store(dw_ptr + out, acc, mask=o_ok[:, None] & k_ok[None, :])
+
+    @triton.jit
+    def conv2d_bp2_kernel(delta_ptr, w_ptr, dx_ptr, N, C_in, H, W, C_out, OH, OW, KH, KW,
+                          SH, SW, PH, PW, DH, DW, C_in_g, C_out_g,
+                          ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        """Pixels m = (n, ih, iw) by input maps c of group g:
+        ∂C/∂a[n, c, ih, iw] = Σ_{(o,r,s)} δ[n, o, oh, ow] W[o, c, r, s] over the taps with
+        oh·s_h = ih + p_h − r·d_h and ow·s_w = iw + p_w − s·d_w inside δ's maps (BP2's
+        factor: W_colᵀ δ_col folded, the fold done by the gather)."""
+        pid_m, pid_c, grp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        m = pid_m * BM + tl.arange(0, BM)
+        m_ok = m < N * H * W
+        n, q = (m // (H * W)).to(tl.int64), m % (H * W)
+        ih, iw = q // W, q % W
+        c = pid_c * BN + tl.arange(0, BN)  # input map, within the group
+        c_ok = c < C_in_g
+        R = C_out_g * KH * KW
+        acc = tl.zeros((BM, BN), dtype=ACC)
+        for k0 in range(0, R, BK):
+            k = k0 + tl.arange(0, BK)  # (o, r, s): an output map and a tap
+            k_ok = k < R
+            o, rs = k // (KH * KW), k % (KH * KW)
+            r, s = rs // KW, rs % KW
+            th = ih[:, None] + PH - r[None, :] * DH  # = oh·s_h, if a position reads it
+            tw = iw[:, None] + PW - s[None, :] * DW
+            oh, ow = th // SH, tw // SW
+            hit = ((th >= 0) & (tw >= 0) & (th % SH == 0) & (tw % SW == 0)
+                   & (oh < OH) & (ow < OW) & m_ok[:, None] & k_ok[None, :])
+            d_at = ((n[:, None] * C_out + grp * C_out_g + o[None, :]) * OH + oh) * OW + ow
+            delta = tl.load(delta_ptr + d_at, mask=hit, other=0.0)  # (BM, BK)
+            w_at = ((grp * C_out_g + o[:, None]) * C_in_g + c[None, :]) * (KH * KW) \
+                + rs[:, None]  # W[o, c, r, s]
+            w = tl.load(w_ptr + w_at, mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+            acc += tl.dot(delta.to(DOT), w.to(DOT), input_precision=PRECISION, out_dtype=ACC)
+        out = ((n[:, None] * C_in + grp * C_in_g + c[None, :]) * H + ih[:, None]) * W \
+            + iw[:, None]
+        tl.store(dx_ptr + out, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+
+    def _fake_bp4(delta, a, kh, kw, sh, sw, ph, pw, dh, dw, groups, tf32):
+        return a.new_empty(delta.shape[1], a.shape[1] // groups, kh, kw, dtype=_acc_dtype(a))
+
+    @kernel_op("conv2d_bp4", _fake_bp4)
+    def conv2d_bp4_op(delta: Tensor, a: Tensor, kh: int, kw: int, sh: int, sw: int, ph: int,
+                      pw: int, dh: int, dw: int, groups: int, tf32: bool) -> Tensor:
+        n, c_in, h, w = a.shape
+        c_out, oh, ow = delta.shape[1:]
+        c_in_g, c_out_g = c_in // groups, c_out // groups
+        k, positions = c_in_g * kh * kw, n * oh * ow
+        bm, bn, bl = _block(c_out_g, 64), _block(k, 64), 32
+        tiles = triton.cdiv(c_out_g, bm) * triton.cdiv(k, bn)
+        # split-K: enough programs to fill the GPU, each reducing ≥ BP4_MIN_SPAN positions
+        splits = max(1, min(triton.cdiv(positions, BP4_MIN_SPAN),
+                            triton.cdiv(BP4_PROGRAMS, tiles * groups)))
+        span = triton.cdiv(triton.cdiv(positions, splits), bl) * bl
+        splits = max(1, triton.cdiv(positions, span))
+        acc = _acc_dtype(a)
+        partial = a.new_empty(splits, c_out, k, dtype=acc)
+        count_launch("conv2d_bp4")
+        wrap_triton(conv2d_bp4_kernel)[(tiles, splits, groups)](
+            delta, a, partial, c_in, h, w, c_out, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw,
+            c_in_g, c_out_g, positions, span, ACC=_TL_DTYPE[acc], DOT=_dot_dtype(a),
+            PRECISION="tf32" if tf32 else "ieee", BM=bm, BN=bn, BL=bl)
+        return partial.sum(0).view(c_out, c_in_g, kh, kw)  # the split's partial sums
+
+    def _fake_bp2(delta, weight, h, w, sh, sw, ph, pw, dh, dw, groups, tf32):
+        return delta.new_empty(delta.shape[0], weight.shape[1] * groups, h, w)
+
+    @kernel_op("conv2d_bp2", _fake_bp2)
+    def conv2d_bp2_op(delta: Tensor, weight: Tensor, h: int, w: int, sh: int, sw: int,
+                      ph: int, pw: int, dh: int, dw: int, groups: int, tf32: bool) -> Tensor:
+        n, c_out, oh, ow = delta.shape
+        c_in_g, kh, kw = weight.shape[1:]
+        dx = delta.new_empty(n, c_in_g * groups, h, w)
+        bm, bn, bk = 64, _block(c_in_g, 64), 32
+        grid = (triton.cdiv(n * h * w, bm), triton.cdiv(c_in_g, bn), groups)
+        count_launch("conv2d_bp2")
+        wrap_triton(conv2d_bp2_kernel)[grid](
+            delta, weight, dx, n, c_in_g * groups, h, w, c_out, oh, ow, kh, kw, sh, sw, ph,
+            pw, dh, dw, c_in_g, c_out // groups, ACC=_TL_DTYPE[_acc_dtype(delta)],
+            DOT=_dot_dtype(delta), PRECISION="tf32" if tf32 else "ieee", BM=bm, BN=bn, BK=bk)
+        return dx
+
+    _TL_DTYPE.update({torch.float32: tl.float32, torch.float64: tl.float64,
+                      torch.float16: tl.float16, torch.bfloat16: tl.bfloat16})
+    _CONV_KERNELS.update(conv2d_bp4=conv2d_bp4_op, conv2d_bp2=conv2d_bp2_op)
+    return _CONV_KERNELS
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    """The kernels' arithmetic dtype: float64 for float64, float32 otherwise."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _dot_dtype(x: Tensor) -> Any:
+    """The dtype tl.dot multiplies in: the operands' own, except bfloat16 under Triton's
+    interpreter, whose dot on bfloat16 is wrong (Triton 3.8: 1e10 off on a 16×16 product);
+    there the tiles go up to float32, which is exact for bfloat16 products."""
+    if x.dtype == torch.bfloat16 and not x.is_cuda:
+        return _TL_DTYPE[torch.float32]
+    return _TL_DTYPE[x.dtype]
+
+
+def _block(size: int, most: int) -> int:
+    """A tile side for ``size`` rows: a power of two from 16 (tl.dot's least) to ``most``."""
+    return max(16, min(most, 1 << max(0, size - 1).bit_length()))
+
+
+def _tf32(x: Tensor) -> bool:
+    """Whether float32 operands may go through TF32, as cuDNN's convolutions would."""
+    return x.is_cuda and x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+
+
+def conv2d_triton_bwd(delta: Tensor, a_prev: Tensor, weight: Tensor, stride: Pair,
+                      padding: Pair, dilation: Pair, groups: int,
+                      need: Need) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`conv2d_gemm_bwd` as the two implicit-GEMM kernels: (BP2's factor, BP4)."""
+    kernels = _conv_triton_kernels()
+    delta = delta.contiguous()
+    geometry = (*stride, *padding, *dilation, groups, _tf32(delta))
+    grad_input = grad_weight = None
+    if need[0]:
+        # z_col = W_col @ a_col  →  BP2's factor: fold(W_colᵀ δ_col), as one gather-GEMM
+        grad_input = kernels["conv2d_bp2"](delta, weight.contiguous(), *a_prev.shape[2:],
+                                           *geometry)
+    if need[1]:
+        # z_col = W_col @ a_col  →  BP4: dW_col = δ_col a_colᵀ, a_col read in place
+        grad_weight = kernels["conv2d_bp4"](delta, a_prev.contiguous(), *weight.shape[2:],
+                                            *geometry).to(weight.dtype)
+    return grad_input, grad_weight
+
+
+__all__ += ["conv2d_triton_bwd"]
