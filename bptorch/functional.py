@@ -1177,3 +1177,75 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
                          "have the same dtype")
     return GridSampleFunction.apply(input, grid, bool(align_corners),
                                     padding_mode == "border")
+
+
+# ---- vector norms and F.normalize (bptorch/functions/vector_norm.py), torch.put and its
+# in-place form (bptorch/functions/indexing.py), under torch's names and signatures
+from .functions.indexing import PutFunction  # noqa: E402
+from .functions.vector_norm import NormalizeFunction, VectorNormFunction  # noqa: E402
+from .functions.vector_norm import finite_order  # noqa: E402
+
+
+def _norm_order(fn: str, p) -> float:
+    if not finite_order(p):
+        raise NotImplementedError(f"{fn}: bptorch takes a finite order p >= 1, got {p!r}")
+    return float(p)
+
+
+def _norm_dims(dim) -> tuple[int, ...] | None:
+    if dim is None:
+        return None
+    return (int(dim),) if isinstance(dim, int) else tuple(int(d) for d in dim)
+
+
+def vector_norm(input: Tensor, ord: float = 2, dim: int | tuple[int, ...] | None = None,
+                keepdim: bool = False, *, dtype: torch.dtype | None = None) -> Tensor:
+    """torch.linalg.vector_norm: n = (Σ|x_i|^p)^(1/p) over ``dim`` (all if None), for a
+    finite p ≥ 1; backward δ · sgn x |x|^(p−1) / n^(p−1) (0 where n = 0). Another order
+    or ``dtype`` is NotImplementedError."""
+    p = _norm_order("vector_norm", ord)
+    if dtype is not None:
+        raise NotImplementedError("vector_norm: dtype")
+    dims = _norm_dims(dim)
+    C.check_vector_norm("vector_norm", input, dims)
+    if dims is not None and not dims:  # torch: an empty dim list reduces over all dims
+        dims = None
+    return VectorNormFunction.apply(input, p, dims, bool(keepdim))
+
+
+def norm(input: Tensor, p: float | str | None = "fro", dim=None, keepdim: bool = False,
+         out: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """torch.norm / Tensor.norm for vector norms: "fro" (and None) is the 2-norm of the
+    entries over ``dim``; a finite p ≥ 1 as :func:`vector_norm`. "nuc", matrix norms and
+    ``out`` are NotImplementedError."""
+    if out is not None:
+        raise NotImplementedError("norm: out=")
+    if p in ("fro", None):
+        p = 2
+    return vector_norm(input, p, dim, keepdim, dtype=dtype)
+
+
+def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12,
+              out: Tensor | None = None) -> Tensor:
+    """F.normalize: y = x / max(‖x‖_p, eps) along ``dim``; backward δ / d − [n ≥ eps]
+    (Σ δ ⊙ x) / d² · ∂n/∂x, d = max(n, eps). Another order or ``out`` is
+    NotImplementedError."""
+    if out is not None:
+        raise NotImplementedError("normalize: out=")
+    p = _norm_order("normalize", p)
+    C.check_vector_norm("normalize", input, (dim,))
+    return NormalizeFunction.apply(input, p, int(dim), float(eps))[0]
+
+
+def put(input: Tensor, index: Tensor, source: Tensor, accumulate: bool = False) -> Tensor:
+    """torch.put: input with source written (``accumulate``: added) at the flat positions
+    ``index``; backward ∂C/∂input = δ with those positions zeroed (accumulate: δ),
+    ∂C/∂source = δ.take(index)."""
+    C.check_put(input, index, source)
+    return PutFunction.apply(input, index, source, bool(accumulate), False)
+
+
+def put_(input: Tensor, index: Tensor, source: Tensor, accumulate: bool = False) -> Tensor:
+    """Tensor.put_: :func:`put` into ``input`` itself (returned); the same backward."""
+    C.check_put(input, index, source)
+    return PutFunction.apply(input, index, source, bool(accumulate), True)
