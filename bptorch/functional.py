@@ -1234,7 +1234,7 @@ def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12,
         raise NotImplementedError("normalize: out=")
     p = _norm_order("normalize", p)
     C.check_vector_norm("normalize", input, (dim,))
-    return NormalizeFunction.apply(input, p, int(dim), float(eps))[0]
+    return NormalizeFunction.apply(input, p, int(dim), float(eps))
 
 
 def put(input: Tensor, index: Tensor, source: Tensor, accumulate: bool = False) -> Tensor:

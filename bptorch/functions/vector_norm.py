@@ -23,9 +23,9 @@ the gradient where n ≥ eps, torch's clamp_min convention, and none below: ther
 is a constant). For p = 2 and n ≥ eps it reads (δ − y (Σ_i δ_i y_i)) / n: δ with its
 component along y taken out, divided by the length, the familiar Jacobian of x/‖x‖.
 
-Both backwards are differentiable torch ops (double backward, gradgradcheck). Each saves
-x and n (the norm, kept): the derivative reads both, and n is the forward's own result,
-so nothing is recomputed. Autocast: torch runs these in their inputs' dtype on the CPU
+Both backwards are differentiable torch ops (double backward, gradgradcheck). The norm
+saves x and its output n (the derivative reads both); F.normalize saves x and takes n
+again in its backward (its class says why). Autocast: torch runs these in their inputs' dtype on the CPU
 and in float32 on CUDA (``norm`` is on its float32 list); so do these.
 """
 from __future__ import annotations
@@ -113,15 +113,15 @@ class VectorNormFunction(BPFunction):
 
 
 # ---------------------------------------------------------------- the unit vector: reference pair
-def normalize_fwd(x: Tensor, p: float, dim: int, eps: float) -> tuple[Tensor, Tensor]:
-    """(y, n): y = x / max(n, eps), n = ‖x‖_p along ``dim`` (kept)."""
+def normalize_fwd(x: Tensor, p: float, dim: int, eps: float) -> Tensor:
+    """y = x / max(n, eps), n = ‖x‖_p along ``dim`` (kept)."""
     n = torch.linalg.vector_norm(x, p, (dim,), True)
-    return x / n.clamp_min(eps), n
+    return x / n.clamp_min(eps)
 
 
-def normalize_bwd(delta: Tensor, x: Tensor, n: Tensor, p: float, dim: int,
-                  eps: float) -> Tensor:
-    """∂C/∂x of y = x / max(n, eps), given δ = ∂C/∂y (n kept along ``dim``)."""
+def normalize_bwd(delta: Tensor, x: Tensor, p: float, dim: int, eps: float) -> Tensor:
+    """∂C/∂x of y = x / max(n, eps), given δ = ∂C/∂y."""
+    n = torch.linalg.vector_norm(x, p, (dim,), True)  # n = ‖x‖_p, again (see the class)
     d = n.clamp_min(eps)  # d = max(n, eps)
     # y = x / d, x in the numerator  →  δ / d
     grad_x = delta / d
@@ -135,36 +135,37 @@ class NormalizeFunction(BPFunction):
     """y = x / max(‖x‖_p, eps) along ``dim`` (F.normalize), p ≥ 1 finite.
 
     Backward: ∂C/∂x = δ / d − [n ≥ eps] (Σ δ ⊙ x) / d² · ∂n/∂x, d = max(n, eps)
-    (:func:`normalize_bwd`). Saves x and n (kept): the two terms read both.
+    (:func:`normalize_bwd`). Saves x only: the backward takes n = ‖x‖_p again (one
+    reduction, cheap beside the products), from x, so that under ``create_graph`` the
+    double backward sees n as the function of x it is (a saved n would be a constant).
     """
 
     generate_vmap_rule = True
     autocast = {"cuda": FLOAT32}
 
     @staticmethod
-    def forward(input: Tensor, p: float, dim: int, eps: float) -> tuple[Tensor, Tensor]:
+    def forward(input: Tensor, p: float, dim: int, eps: float) -> Tensor:
         return normalize_fwd(input, p, dim, eps)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
         x, ctx.p, ctx.dim, ctx.eps = inputs
-        y, n = output
-        ctx.mark_non_differentiable(n)  # n is handed out only to be saved
-        ctx.save_for_backward(x, n)
-        ctx.save_for_forward(x, n)
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor, _grad_n: Tensor | None):
-        x, n = ctx.saved_tensors
-        return normalize_bwd(grad_output, x, n, ctx.p, ctx.dim, ctx.eps), None, None, None
+    def backward(ctx: Any, grad_output: Tensor):
+        (x,) = ctx.saved_tensors
+        return normalize_bwd(grad_output, x, ctx.p, ctx.dim, ctx.eps), None, None, None
 
     @staticmethod
-    def jvp(ctx: Any, dx: Tensor, _dp, _ddim, _deps) -> tuple[Tensor, None]:
-        x, n = ctx.saved_tensors
+    def jvp(ctx: Any, dx: Tensor, _dp, _ddim, _deps) -> Tensor:
+        (x,) = ctx.saved_tensors
+        n = torch.linalg.vector_norm(x, ctx.p, (ctx.dim,), True)
         d = n.clamp_min(ctx.eps)
         dn = (norm_prime(x, n, ctx.p) * dx).sum(ctx.dim, keepdim=True)
         dd = torch.where(n >= ctx.eps, dn, torch.zeros_like(dn))
-        return dx / d - x * dd / (d * d), None  # dy = dx / d − x dd / d²
+        return dx / d - x * dd / (d * d)  # dy = dx / d − x dd / d²
 
 
 def finite_order(p: Any) -> bool:
