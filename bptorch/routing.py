@@ -222,7 +222,9 @@ def _added(self: Tensor, other: Any, *, alpha: Any = 1) -> Tensor:
 
 
 def _subtracted(self: Tensor, other: Any, *, alpha: Any = 1) -> Tensor:
-    return _added(self, other, alpha=-alpha)
+    if alpha != 1:
+        other = BF.mul(other, alpha) if isinstance(other, Tensor) else other * alpha
+    return torch.sub(self, other)  # − only moves numbers (a sign flipped)
 
 
 def _divided(self: Tensor, other: Any, *, rounding_mode: str | None = None) -> Tensor:
