@@ -55,13 +55,12 @@ def norm_prime(x: Tensor, n: Tensor, p: float) -> Tensor:
     """∂n/∂x for n = ‖x‖_p (n kept: broadcast over each vector), 0 where n = 0."""
     if p == 1:
         return torch.sgn(x)  # ∂|x_i|/∂x_i = sgn x_i
-    zero = n == 0
-    n_safe = torch.where(zero, torch.ones_like(n), n)  # no 0/0 in the double backward
+    # where n = 0 every x_i = 0, so dividing by 1 there instead gives torch's 0 (and no
+    # 0/0 in the double backward)
+    n_safe = torch.where(n == 0, torch.ones_like(n), n)
     if p == 2:
-        slope = x / n_safe  # ∂n/∂x_i = x_i / n
-    else:
-        slope = torch.sgn(x) * x.abs().pow(p - 1) / n_safe.pow(p - 1)  # sgn x |x|^(p−1) / n^(p−1)
-    return torch.where(zero, torch.zeros_like(slope), slope)
+        return x / n_safe  # ∂n/∂x_i = x_i / n
+    return torch.sgn(x) * x.abs().pow(p - 1) / n_safe.pow(p - 1)  # sgn x |x|^(p−1) / n^(p−1)
 
 
 # ---------------------------------------------------------------- the norm: reference pair
