@@ -91,6 +91,8 @@ def activation(
     if isinstance(input, Tensor) and not (input.is_floating_point() or input.is_complex()):
         return act.fn_(input) if inplace and act.fn_ is not None else act.fn(input)
     check_floating("input", input)
+    if _overwrites_a_view(input, inplace):
+        return _write_back(input, ActivationFunction.apply(input, act, name, False, None))
     if not _can_overwrite(input, inplace):
         return ActivationFunction.apply(input, act, name, False, None)
     if act.fn_ is None:
@@ -111,6 +113,25 @@ def activation(
 
 
 _activation = activation
+
+
+def _overwrites_a_view(input: Tensor, inplace: bool) -> bool:
+    """``inplace=True`` on one of torch's views (``x[:, 0]`` before ``Dropout(inplace=True)``)
+    that takes a gradient: a custom Function overwriting a view is wrapped by autograd in
+    CopySlices, torch's node; :func:`_write_back` does the same write through bptorch's."""
+    return (inplace and torch.is_grad_enabled() and input.requires_grad and input._is_view()
+            and getattr(type(input.grad_fn), "_forward_cls", None) is None
+            and not torch._C._are_functorch_transforms_active())
+
+
+def _write_back(input: Tensor, out: Tensor) -> Tensor:
+    """Write ``out`` (the layer's result, computed out of place) into the view ``input``,
+    through its base by ``put_`` at the view's flat positions (functions/indexing.py): the
+    base then holds what torch's in-place layer leaves there, and its grad_fn is
+    PutFunctionBackward where torch's would be CopySlices. Returns ``input``."""
+    base = input._base
+    PutFunction.apply(base, positions(base, input), out, False, True)
+    return input
 
 
 def _can_overwrite(input: Tensor, inplace: bool) -> bool:
@@ -600,6 +621,8 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True,
         raise TypeError("dropout expects a floating-point tensor")
     if not training or p == 0.0:
         return input
+    if _overwrites_a_view(input, inplace):
+        return _write_back(input, DropoutFunction.apply(input, dropout_mask(input, p), False))
     return DropoutFunction.apply(input, dropout_mask(input, p), _can_overwrite(input, inplace))
 
 
@@ -608,6 +631,9 @@ def _feature_dropout(input: Tensor, p: float, training: bool, inplace: bool,
     """a = z ⊙ m with one m per (example, channel) (per channel if not ``batched``)."""
     if not training or p == 0.0 or input.numel() == 0:
         return input
+    if _overwrites_a_view(input, inplace):
+        return _write_back(input, DropoutFunction.apply(
+            input, feature_dropout_mask(input, p, batched), False))
     return DropoutFunction.apply(input, feature_dropout_mask(input, p, batched), inplace)
 
 
@@ -1181,7 +1207,7 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
 
 # ---- vector norms and F.normalize (bptorch/functions/vector_norm.py), torch.put and its
 # in-place form (bptorch/functions/indexing.py), under torch's names and signatures
-from .functions.indexing import PutFunction  # noqa: E402
+from .functions.indexing import PutFunction, positions  # noqa: E402
 from .functions.vector_norm import NormalizeFunction, VectorNormFunction  # noqa: E402
 from .functions.vector_norm import finite_order  # noqa: E402
 

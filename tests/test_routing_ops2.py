@@ -429,3 +429,41 @@ def test_the_models_patterns_convert_equal_torch_and_are_complete(make, shape):
     for t, p in zip(theirs, [x, *ours_model.parameters()]):
         torch.testing.assert_close(p.grad, t)
     assert found.complete, found.report()
+
+
+# ---------------------------------------------------------------- in-place layers on a view
+@pytest.mark.parametrize("layer", [lambda: nn.Dropout(0.4, inplace=True),
+                                   lambda: nn.ReLU(inplace=True),
+                                   lambda: nn.Dropout1d(0.4, inplace=True)],
+                         ids=["Dropout", "ReLU", "Dropout1d"])
+def test_an_in_place_layer_on_a_slice_writes_through_put_as_torch(layer):
+    """mvit's head: x[:, 0] then Dropout(inplace=True). The twin overwrites the slice (the
+    base holds the result, as torch's leaves it) and the graph has PutFunction where torch
+    has CopySlices around the layer's node."""
+    torch.manual_seed(17)
+    x = _t(3, 4, 5)
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(5, 5).to(D)
+            self.drop = layer()
+
+        def forward(self, v):
+            h = self.lin(v)
+            out = self.drop(h[:, 1])
+            return h * 2.0, out
+
+    model = Head()
+    torch.manual_seed(18)
+    h_t, out_t = model(x)
+    g = [torch.randn_like(h_t), torch.randn_like(out_t)]
+    theirs = torch.autograd.grad([h_t, out_t], [x, *model.parameters()], g)
+    ours = from_torch_nn(model, strict=True)
+    torch.manual_seed(18)
+    found = routing.coverage(ours, x, grad_outputs=g, verbose=False)
+    for a, b in zip(found.output, (h_t, out_t)):  # h too: its slice was overwritten
+        torch.testing.assert_close(a, b)
+    for t, p in zip(theirs, [x, *ours.parameters()]):
+        torch.testing.assert_close(p.grad, t)
+    assert found.complete and found.bptorch["PutFunction"] == 1, found.report()
