@@ -92,7 +92,9 @@ def activation(
         return act.fn_(input) if inplace and act.fn_ is not None else act.fn(input)
     check_floating("input", input)
     if _overwrites_a_view(input, inplace):
-        return _write_back(input, ActivationFunction.apply(input, act, name, False, None))
+        # σ' from z: z's memory is about to be overwritten, so the Function sees a copy
+        z = input.clone() if act.saves == "z" else input
+        return _write_back(input, ActivationFunction.apply(z, act, name, False, None))
     if not _can_overwrite(input, inplace):
         return ActivationFunction.apply(input, act, name, False, None)
     if act.fn_ is None:
@@ -121,6 +123,7 @@ def _overwrites_a_view(input: Tensor, inplace: bool) -> bool:
     CopySlices, torch's node; :func:`_write_back` does the same write through bptorch's."""
     return (inplace and torch.is_grad_enabled() and input.requires_grad and input._is_view()
             and getattr(type(input.grad_fn), "_forward_cls", None) is None
+            and not input._base.is_leaf  # a view of a leaf: torch's error, from below
             and not torch._C._are_functorch_transforms_active())
 
 

@@ -164,6 +164,9 @@ def _write(view: Tensor, new: Any, index: Tensor | None = None) -> None:
         # a view a custom Function returned of a tensor it made (its base has no history):
         # writing through that base would cut the view's gradient; torch's own rules apply
         raise NotImplementedError("in-place write into a custom Function's view")
+    if base.is_leaf and base.requires_grad:
+        raise NotImplementedError("in-place write into a leaf that requires grad (torch's "
+                                  "error)")
     if index is None:
         index = positions(base, view)
     shape = index.shape
