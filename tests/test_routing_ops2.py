@@ -467,3 +467,17 @@ def test_an_in_place_layer_on_a_slice_writes_through_put_as_torch(layer):
     for t, p in zip(theirs, [x, *ours.parameters()]):
         torch.testing.assert_close(p.grad, t)
     assert found.complete and found.bptorch["PutFunction"] == 1, found.report()
+
+
+def test_a_routed_write_into_a_parameter_raises_torchs_error():
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 4, dtype=D))
+
+        def forward(self, v):
+            self.w[0] = v
+            return self.w
+
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        routing.install(Bad())(_t(4))
