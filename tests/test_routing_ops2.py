@@ -481,3 +481,15 @@ def test_a_routed_write_into_a_parameter_raises_torchs_error():
 
     with pytest.raises(RuntimeError, match="leaf Variable"):
         routing.install(Bad())(_t(4))
+
+
+def test_put_in_place_forward_mode_equals_torchs():
+    import torch.autograd.forward_ad as fwAD
+    x, s = torch.randn(3, 4, dtype=D), torch.randn(2, dtype=D)
+    tx, ts, index = torch.randn(3, 4, dtype=D), torch.randn(2, dtype=D), torch.tensor([1, 6])
+    tangents = []
+    with fwAD.dual_level():
+        for put_ in (BF.put_, torch.Tensor.put_):
+            a, b = fwAD.make_dual(x.clone(), tx.clone()), fwAD.make_dual(s, ts)
+            tangents.append(fwAD.unpack_dual(put_(a * 1.0, index, b)).tangent)
+    torch.testing.assert_close(*tangents)
