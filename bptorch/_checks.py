@@ -980,3 +980,39 @@ def check_fold(input: Tensor, output_size: Pair, kernel_size: Pair, dilation: Pa
                          f"dilation={dilation}, padding={padding}, stride={stride} give "
                          f"{blocks[0]}x{blocks[1]} blocks, but the input's last dim (L) is "
                          f"{input.shape[-1]}")
+
+
+# ---------------------------------------------------------------- vector norms and put
+def check_vector_norm(fn: str, input: Tensor, dims: tuple[int, ...] | None) -> None:
+    """A floating tensor, and every reduced dim in range (torch's IndexError otherwise)."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{fn}: input must be a torch.Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise RuntimeError(f"{fn}: expected a floating point tensor as input, got {input.dtype}")
+    for d in dims or ():
+        if not -max(input.dim(), 1) <= d < max(input.dim(), 1):
+            raise IndexError(f"{fn}: dim {d} is out of range for input of shape {_shape(input)} "
+                             f"(expected a dim in [{-max(input.dim(), 1)}, "
+                             f"{max(input.dim(), 1) - 1}])")
+
+
+def check_put(input: Tensor, index: Tensor, source: Tensor) -> None:
+    """torch.put's arguments: a LongTensor index with as many entries as source, each a
+    flat position inside input, and source of input's dtype."""
+    for name, t in (("input", input), ("index", index), ("source", source)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"put: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if index.dtype != torch.long:
+        raise RuntimeError(f"put: expected index of dtype torch.int64, got {index.dtype}")
+    if index.numel() != source.numel():
+        raise RuntimeError(f"put: index has {index.numel()} entries but source has "
+                           f"{source.numel()}; they must have the same number of elements")
+    if source.dtype != input.dtype:
+        raise RuntimeError(f"put: source has dtype {source.dtype} but input has {input.dtype}; "
+                           f"use source.to({input.dtype})")
+    n = input.numel()
+    if index.numel() and _values_readable(index) and (
+            int(index.max()) >= n or int(index.min()) < -n):
+        raise IndexError(f"put: index out of range for input of {n} elements (expected "
+                         f"positions in [{-n}, {n - 1}], got [{int(index.min())}, "
+                         f"{int(index.max())}])")

@@ -92,6 +92,10 @@ def activation(
     if isinstance(input, Tensor) and not (input.is_floating_point() or input.is_complex()):
         return act.fn_(input) if inplace and act.fn_ is not None else act.fn(input)
     check_floating("input", input)
+    if _overwrites_a_view(input, inplace):
+        # σ' from z: z's memory is about to be overwritten, so the Function sees a copy
+        z = input.clone() if act.saves == "z" else input
+        return _write_back(input, ActivationFunction.apply(z, act, name, False, None))
     if not _can_overwrite(input, inplace):
         return ActivationFunction.apply(input, act, name, False, None)
     if act.fn_ is None:
@@ -112,6 +116,26 @@ def activation(
 
 
 _activation = activation
+
+
+def _overwrites_a_view(input: Tensor, inplace: bool) -> bool:
+    """``inplace=True`` on one of torch's views (``x[:, 0]`` before ``Dropout(inplace=True)``)
+    that takes a gradient: a custom Function overwriting a view is wrapped by autograd in
+    CopySlices, torch's node; :func:`_write_back` does the same write through bptorch's."""
+    return (inplace and torch.is_grad_enabled() and input.requires_grad and input._is_view()
+            and getattr(type(input.grad_fn), "_forward_cls", None) is None
+            and not input._base.is_leaf  # a view of a leaf: torch's error, from below
+            and not torch._C._are_functorch_transforms_active())
+
+
+def _write_back(input: Tensor, out: Tensor) -> Tensor:
+    """Write ``out`` (the layer's result, computed out of place) into the view ``input``,
+    through its base by ``put_`` at the view's flat positions (functions/indexing.py): the
+    base then holds what torch's in-place layer leaves there, and its grad_fn is
+    PutFunctionBackward where torch's would be CopySlices. Returns ``input``."""
+    base = input._base
+    PutFunction.apply(base, positions(base, input), out, False, True)
+    return input
 
 
 def _can_overwrite(input: Tensor, inplace: bool) -> bool:
@@ -601,6 +625,8 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True,
         raise TypeError("dropout expects a floating-point tensor")
     if not training or p == 0.0:
         return input
+    if _overwrites_a_view(input, inplace):
+        return _write_back(input, DropoutFunction.apply(input, dropout_mask(input, p), False))
     return DropoutFunction.apply(input, dropout_mask(input, p), _can_overwrite(input, inplace))
 
 
@@ -609,6 +635,9 @@ def _feature_dropout(input: Tensor, p: float, training: bool, inplace: bool,
     """a = z ⊙ m with one m per (example, channel) (per channel if not ``batched``)."""
     if not training or p == 0.0 or input.numel() == 0:
         return input
+    if _overwrites_a_view(input, inplace):
+        return _write_back(input, DropoutFunction.apply(
+            input, feature_dropout_mask(input, p, batched), False))
     return DropoutFunction.apply(input, feature_dropout_mask(input, p, batched), inplace)
 
 
@@ -1214,9 +1243,11 @@ def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=
         return FoldFunction.apply(input.unsqueeze(0), output_size, kernel_size, dilation,
                                   padding, stride).squeeze(0)
     return FoldFunction.apply(input, output_size, kernel_size, dilation, padding, stride)
-# ---- the larger and the smaller of two tensors, and Lp normalization
-# (bptorch/functions/arithmetic.py), under torch's names and signatures
-from .functions.arithmetic import ExtremumFunction, NormalizeFunction  # noqa: E402
+
+
+# ---- the larger and the smaller of two tensors (bptorch/functions/arithmetic.py), under
+# torch's names and signatures
+from .functions.arithmetic import ExtremumFunction  # noqa: E402
 
 
 def _extremum(name: str, input: Tensor, other: Tensor, larger: bool) -> Tensor:
@@ -1242,19 +1273,73 @@ def minimum(input: Tensor, other: Tensor) -> Tensor:
     return _extremum("minimum", input, other, False)
 
 
+# ---- vector norms and F.normalize (bptorch/functions/vector_norm.py), torch.put and its
+# in-place form (bptorch/functions/indexing.py), under torch's names and signatures
+from .functions.indexing import PutFunction, positions  # noqa: E402
+from .functions.vector_norm import NormalizeFunction, VectorNormFunction  # noqa: E402
+from .functions.vector_norm import finite_order  # noqa: E402
+
+
+def _norm_order(fn: str, p) -> float:
+    if not finite_order(p):
+        raise NotImplementedError(f"{fn}: bptorch takes a finite order p >= 1, got {p!r}")
+    return float(p)
+
+
+def _norm_dims(dim) -> tuple[int, ...] | None:
+    if dim is None:
+        return None
+    return (int(dim),) if isinstance(dim, int) else tuple(int(d) for d in dim)
+
+
+def vector_norm(input: Tensor, ord: float = 2, dim: int | tuple[int, ...] | None = None,
+                keepdim: bool = False, *, dtype: torch.dtype | None = None) -> Tensor:
+    """torch.linalg.vector_norm: n = (Σ|x_i|^p)^(1/p) over ``dim`` (all if None), for a
+    finite p ≥ 1; backward δ · sgn x |x|^(p−1) / n^(p−1) (0 where n = 0). Another order
+    or ``dtype`` is NotImplementedError."""
+    p = _norm_order("vector_norm", ord)
+    if dtype is not None:
+        raise NotImplementedError("vector_norm: dtype")
+    dims = _norm_dims(dim)
+    C.check_vector_norm("vector_norm", input, dims)
+    if dims is not None and not dims:  # torch: an empty dim list reduces over all dims
+        dims = None
+    return VectorNormFunction.apply(input, p, dims, bool(keepdim))
+
+
+def norm(input: Tensor, p: float | str | None = "fro", dim=None, keepdim: bool = False,
+         out: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """torch.norm / Tensor.norm for vector norms: "fro" (and None) is the 2-norm of the
+    entries over ``dim``; a finite p ≥ 1 as :func:`vector_norm`. "nuc", matrix norms and
+    ``out`` are NotImplementedError."""
+    if out is not None:
+        raise NotImplementedError("norm: out=")
+    if p in ("fro", None):
+        p = 2
+    return vector_norm(input, p, dim, keepdim, dtype=dtype)
+
+
 def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12,
               out: Tensor | None = None) -> Tensor:
-    """y = x / max(‖x‖_p, ε) along ``dim``; backward δ / d − [n > ε] (Σ δ x / d²) ∂n/∂x.
-    p < 1, p = ∞ and ``out`` are NotImplementedError."""
+    """F.normalize: y = x / max(‖x‖_p, eps) along ``dim``; backward δ / d − [n ≥ eps]
+    (Σ δ ⊙ x) / d² · ∂n/∂x, d = max(n, eps). Another order or ``out`` is
+    NotImplementedError."""
     if out is not None:
-        raise NotImplementedError("normalize: out= (no gradient through it)")
-    if not isinstance(p, _Number) or not (1 <= float(p) < math.inf):
-        raise NotImplementedError(f"normalize: bptorch takes a finite p ≥ 1, got {p!r}")
-    if not isinstance(input, Tensor) or not input.is_floating_point():
-        raise NotImplementedError("normalize: bptorch takes a floating tensor")
-    if input.dim() == 0:
-        raise IndexError("normalize: expected a tensor with at least one dimension")
-    dim = dim + input.dim() if dim < 0 else dim
-    if not 0 <= dim < input.dim():
-        raise IndexError(f"normalize: dim {dim} out of range for a {input.dim()}-D input")
-    return NormalizeFunction.apply(input, float(p), int(dim), float(eps))
+        raise NotImplementedError("normalize: out=")
+    p = _norm_order("normalize", p)
+    C.check_vector_norm("normalize", input, (dim,))
+    return NormalizeFunction.apply(input, p, int(dim), float(eps))
+
+
+def put(input: Tensor, index: Tensor, source: Tensor, accumulate: bool = False) -> Tensor:
+    """torch.put: input with source written (``accumulate``: added) at the flat positions
+    ``index``; backward ∂C/∂input = δ with those positions zeroed (accumulate: δ),
+    ∂C/∂source = δ.take(index)."""
+    C.check_put(input, index, source)
+    return PutFunction.apply(input, index, source, bool(accumulate), False)
+
+
+def put_(input: Tensor, index: Tensor, source: Tensor, accumulate: bool = False) -> Tensor:
+    """Tensor.put_: :func:`put` into ``input`` itself (returned); the same backward."""
+    C.check_put(input, index, source)
+    return PutFunction.apply(input, index, source, bool(accumulate), True)

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from . import functional as BF
+from .functions.indexing import positions
 
 __all__ = ["Coverage", "RouteMode", "coverage", "install", "installed", "other_hooks",
            "routes", "tensors_in", "uninstall", "unroutable_calls"]
@@ -128,6 +129,11 @@ _ALIASES: dict[str, tuple[Any, ...]] = {
     # torch.max/min(a, b) reach them through _max and _min below
     "maximum": (torch.maximum, Tensor.maximum),
     "minimum": (torch.minimum, Tensor.minimum),
+    # vector norms (F.normalize matches by name); torch.norm's "fro" is the 2-norm
+    "vector_norm": (torch.linalg.vector_norm,),
+    "norm": (torch.norm, Tensor.norm),
+    "put": (torch.put, Tensor.put),
+    "put_": (Tensor.put_,),
 }
 
 
@@ -166,7 +172,112 @@ def _routes(torchvision_loaded: bool) -> dict[Callable, Callable]:
             table[torch.ops.torchvision.roi_align] = _roi_align_op
         except (AttributeError, RuntimeError):  # torchvision without its C++ ops
             pass
+    if hasattr(BF, "put_"):
+        table.update(_WRITES)  # x[idx] = v and in-place ops on views (below)
     return table
+
+
+# ---------------------------------------------------------------- in-place writes
+# ``x[1:3] = v``, ``x[:, 1:] += r`` and ``x[i].zero_()`` write into a view of a tensor (its
+# base); torch records that as CopySlices, a node that wraps the view's op and applies it
+# to a slice of the base's gradient: torch's, whatever the op. Routed, the view's new values
+# are computed out of place (by bptorch's Functions where that computes: mul_, div_), then
+# written into the base by bptorch's ``put_`` at the view's flat positions in it
+# (functions/indexing.py). The base's grad_fn is then PutFunctionBackward (δ with the
+# written positions zeroed to the base's old value, δ at them to the new values), and the
+# view's, which autograd regenerates from the base's, a view of it (a move).
+def _write(view: Tensor, new: Any, index: Tensor | None = None) -> None:
+    """Write ``new`` (a tensor broadcast to ``view``'s shape, or a number) into ``view``'s
+    place, through its base; ``index``: the flat positions in the base, if known."""
+    if torch._C._are_functorch_transforms_active():
+        raise NotImplementedError("in-place write under torch.func (torch's)")
+    base = view if view._base is None else view._base
+    if view.dtype != base.dtype:
+        raise NotImplementedError("in-place write into a view of another dtype")
+    if view is not base and view.requires_grad and not base.requires_grad:
+        # a view a custom Function returned of a tensor it made (its base has no history):
+        # writing through that base would cut the view's gradient; torch's own rules apply
+        raise NotImplementedError("in-place write into a custom Function's view")
+    if base.is_leaf and base.requires_grad:
+        raise NotImplementedError("in-place write into a leaf that requires grad (torch's "
+                                  "error)")
+    if index is None:
+        index = positions(base, view)
+    shape = index.shape
+    if isinstance(new, Tensor):
+        if new.dtype != base.dtype:
+            new = new.to(base.dtype)
+        while new.dim() > len(shape) and new.shape[0] == 1:  # torch drops leading 1s too
+            new = new[0]
+        if new.untyped_storage().data_ptr() == base.untyped_storage().data_ptr():
+            new = new.clone()  # the values to write read the memory being written
+        new = new.expand(shape)
+    else:
+        new = torch.full(shape, new, dtype=base.dtype, device=base.device)
+    BF.put_(base, index, new)
+
+
+def _same_view(a: Any, b: Tensor) -> bool:
+    """``a`` is a tensor that lies in memory exactly as ``b`` (writing it onto b: no-op)."""
+    return (isinstance(a, Tensor) and a.untyped_storage().data_ptr()
+            == b.untyped_storage().data_ptr() and a.storage_offset() == b.storage_offset()
+            and a.size() == b.size() and a.stride() == b.stride() and a.dtype == b.dtype)
+
+
+def _setitem(self: Tensor, key: Any, value: Any) -> None:
+    """``self[key] = value``: the positions ``key`` picks (basic or advanced indexing,
+    read off the positions of ``self`` in its base) get ``value``."""
+    if torch._C._are_functorch_transforms_active():
+        raise NotImplementedError("in-place write under torch.func (torch's)")
+    if isinstance(value, Tensor) and value._base is not None and _same_view(value, self[key]):
+        return  # x[i] += v ends with x[i] = (that same view): already written
+    base = self if self._base is None else self._base
+    _write(self, value, positions(base, self)[key])
+
+
+def _inplace(compute: Callable[..., Any], views_only: bool = False) -> Callable[..., Tensor]:
+    """An in-place op ``self.op_(...)``, routed: its new value computed by ``compute`` out of
+    place, then written into ``self``'s place. ``views_only``: on a tensor that is no view
+    torch's own in-place node only moves numbers (``add_``), so it stays torch's."""
+    def op_(self: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if views_only and self._base is None:
+            raise _TorchIsFine
+        _write(self, compute(self, *args, **kwargs))
+        return self
+    return op_
+
+
+class _TorchIsFine(NotImplementedError):
+    """Raised by a route whose call torch answers with a node that only moves numbers:
+    the mode answers it with torch's, not counted as a fallback."""
+
+
+def _added(self: Tensor, other: Any, *, alpha: Any = 1) -> Tensor:
+    if alpha != 1:  # α·other is bptorch's product; + only moves numbers
+        other = BF.mul(other, alpha) if isinstance(other, Tensor) else other * alpha
+    return torch.add(self, other)
+
+
+def _subtracted(self: Tensor, other: Any, *, alpha: Any = 1) -> Tensor:
+    if alpha != 1:
+        other = BF.mul(other, alpha) if isinstance(other, Tensor) else other * alpha
+    return torch.sub(self, other)  # − only moves numbers (a sign flipped)
+
+
+def _divided(self: Tensor, other: Any, *, rounding_mode: str | None = None) -> Tensor:
+    return BF.div(self.clone(), other, rounding_mode=rounding_mode)  # clone: self is written
+
+
+_WRITES: dict[Callable, Callable] = {
+    Tensor.__setitem__: _setitem,
+    Tensor.zero_: _inplace(lambda self: 0),
+    Tensor.fill_: _inplace(lambda self, value: value),
+    Tensor.copy_: _inplace(lambda self, src, non_blocking=False: src),
+    Tensor.add_: _inplace(_added, views_only=True),
+    Tensor.sub_: _inplace(_subtracted, views_only=True),
+    Tensor.mul_: _inplace(lambda self, other: BF.mul(self.clone(), other)),
+    Tensor.div_: _inplace(_divided),
+}
 
 
 # torch ops whose backward only moves, copies or sums numbers: views, joins, splits,
@@ -233,6 +344,8 @@ class RouteMode(TorchFunctionMode):
         if ours is not None and _wants_grad(args, kwargs):
             try:
                 return ours(*args, **kwargs)  # this mode is off while this runs
+            except _TorchIsFine:
+                pass
             except (NotImplementedError, TypeError):
                 self.fallbacks[getattr(func, "__name__", str(func))] += 1
         return func(*args, **kwargs)
