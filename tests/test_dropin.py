@@ -29,8 +29,8 @@ def test_computing_layers_are_bptorchs():
 
 
 # layers bptorch has no twin for (the list moves as twins land: Conv3d, GroupNorm and
-# Hardswish were here once)
-@pytest.mark.parametrize("name", ["Fold", "PixelShuffle", "Hardshrink", "Bilinear"])
+# Hardswish were here once, and Fold)
+@pytest.mark.parametrize("name", ["PixelUnshuffle", "PixelShuffle", "Hardshrink", "Bilinear"])
 def test_a_torch_layer_with_no_twin_is_an_attribute_error_naming_the_way_out(name):
     with pytest.raises(AttributeError, match=rf"no written-out twin for torch\.nn\.{name}.*"
                                              r"from_torch_nn\(model, strict=False\)"):
