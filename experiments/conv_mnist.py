@@ -357,12 +357,37 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def config_differences(saved: dict, config: dict, parser: argparse.ArgumentParser) -> list[str]:
+def config_differences(saved: dict, config: dict, parser: argparse.ArgumentParser,
+                       defaults: dict | None = None,
+                       resumable: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
     """The flags whose values differ between a checkpoint's config and this run's; keys
-    that no flag sets (conv, fc, ...) come from ``--preset``."""
+    that no flag sets (conv, fc, ...) come from ``--preset``. ``defaults`` and
+    ``resumable``: another script's (experiments.private)."""
+    defaults = DEFAULTS if defaults is None else defaults
     dests = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
-    return sorted({dests.get(k, "--preset") for k in DEFAULTS
-                   if k not in RESUMABLE_CHANGES and saved.get(k, DEFAULTS[k]) != config[k]})
+    return sorted({dests.get(k, "--preset") for k in defaults
+                   if k not in resumable and saved.get(k, defaults[k]) != config[k]})
+
+
+def resume_state(args: argparse.Namespace, parser: argparse.ArgumentParser, config: dict,
+                 epochs: int, defaults: dict | None = None,
+                 resumable: tuple[str, ...] = RESUMABLE_CHANGES) -> dict | None:
+    """``--resume``: the checkpoint next to ``--json`` (None if there is none yet), after
+    checking that it was trained with this run's flags and no more than ``epochs`` epochs;
+    a parser error otherwise."""
+    ckpt = checkpoint_path(args.json) if args.json else None
+    if args.resume and ckpt is None:
+        parser.error("--resume needs --json (the checkpoint sits next to it)")
+    if not (args.resume and ckpt.exists()):
+        return None
+    state = torch.load(ckpt, weights_only=True)
+    if differ := config_differences(state["config"], config, parser, defaults, resumable):
+        parser.error(f"--resume: {ckpt} was trained with other values of "
+                     f"{', '.join(differ)}")
+    if state["epoch"] > epochs:
+        parser.error(f"--resume: {ckpt} has {state['epoch']} epochs, more than --epochs "
+                     f"{epochs}")
+    return state
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -418,16 +443,7 @@ def _main(argv: Sequence[str] | None) -> dict:
     history: dict[str, list] = {"test_accuracy": [], "validation_accuracy": [],
                                 "training_cost": [], "epoch_seconds": []}
     ckpt = checkpoint_path(args.json) if args.json else None
-    if args.resume and ckpt is None:
-        parser.error("--resume needs --json (the checkpoint sits next to it)")
-    if args.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        if differ := config_differences(state["config"], config, parser):
-            parser.error(f"--resume: {ckpt} was trained with other values of "
-                         f"{', '.join(differ)}")
-        if state["epoch"] > c["epochs"]:
-            parser.error(f"--resume: {ckpt} has {state['epoch']} epochs, more than --epochs "
-                         f"{c['epochs']}")
+    if (state := resume_state(args, parser, config, c["epochs"])) is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])

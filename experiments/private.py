@@ -64,7 +64,7 @@ from bptorch import cli
 from bptorch import nn as bnn
 from bptorch.privacy import PrivacyEngine, poisson_data_loader
 from bptorch.threads import keep_threads
-from experiments.conv_mnist import checkpoint_path, save_atomic
+from experiments.conv_mnist import checkpoint_path, resume_state, save_atomic
 from experiments.mnist import markers, save_results
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -232,12 +232,6 @@ def replot(json_paths: Sequence[str], path: str | Path) -> dict:
 RESUMABLE_CHANGES = ("threads", "data_dir", "epochs")
 
 
-def config_differences(saved: dict, config: dict, parser: argparse.ArgumentParser) -> list[str]:
-    dests = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
-    return sorted({dests[k] for k in DEFAULTS
-                   if k not in RESUMABLE_CHANGES and saved.get(k, DEFAULTS[k]) != config[k]})
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     """Train one (dataset, activation) privately; return config, history and final.
     torch's thread count is set from ``--threads`` for the run and restored after."""
@@ -303,16 +297,8 @@ def _main(argv: Sequence[str] | None) -> dict:
     history: dict[str, list] = {"test_accuracy": [], "epsilon": [], "train_loss": [],
                                 "train_accuracy": [], "steps": [], "epoch_seconds": []}
     ckpt = checkpoint_path(args.json) if args.json else None
-    if args.resume and ckpt is None:
-        parser.error("--resume needs --json (the checkpoint sits next to it)")
-    if args.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        if differ := config_differences(state["config"], config, parser):
-            parser.error(f"--resume: {ckpt} was trained with other values of "
-                         f"{', '.join(differ)}")
-        if state["epoch"] > c["epochs"]:
-            parser.error(f"--resume: {ckpt} has {state['epoch']} epochs, more than --epochs "
-                         f"{c['epochs']}")
+    if (state := resume_state(args, parser, config, c["epochs"], DEFAULTS,
+                              RESUMABLE_CHANGES)) is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampling.set_state(state["sampling"])
