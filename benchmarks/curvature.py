@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from bptorch import cli
 from bptorch.convert import from_torch_nn
 from bptorch.extensions import collect
 
@@ -93,14 +94,25 @@ def measure(net: str, repeats: int, inner: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nets", nargs="+", default=list(NETS))
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--inner", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.curvature",
+                                description=__doc__.splitlines()[0],
+                                formatter_class=cli.HelpFormatter)
+    p.add_argument("--nets", nargs="+", choices=list(NETS), default=list(NETS),
+                   help="default both")
+    p.add_argument("--repeats", type=cli.positive_int, default=15,
+                   help="interleaved rounds (default 15)")
+    p.add_argument("--inner", type=cli.positive_int, default=5,
+                   help="steps timed together in each round (default 5)")
+    p.add_argument("--threads", type=cli.thread_count, default=1,
+                   help="torch intra-op threads (default 1)")
+    p.add_argument("--json", metavar="PATH", type=cli.json_path, default=None,
+                   help="write the rows here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     for net in args.nets:
