@@ -37,6 +37,24 @@ def test_biotorch_recipe_is_its_published_settings(rule):
     assert _config("--rule", rule)["optimizer"] == exp.RULE_CONFIGS[rule]["optimizer"]
 
 
+# benchmark_configs/cifar10/le_net/adam/<rule>_adam.yaml line 39 (lr), read by hand
+PUBLISHED_ADAM_LR = {"bp": 1e-3, "fa": 1e-4, "usf": 1e-3, "brsf": 1e-3, "frsf": 1e-3,
+                     "dfa": 1e-4}
+
+
+@pytest.mark.parametrize("rule", exp.RULES)
+def test_biotorch_adam_recipe_is_its_published_settings(rule):
+    c = _config("--rule", rule, "--recipe", "biotorch-adam")
+    assert c["lr"] == PUBLISHED_ADAM_LR[rule]
+    assert (c["optimizer"], c["weight_decay"], c["batch_size"]) == ("adam", 1e-4, 128)
+    assert c["init"] == "xavier" and c["select"] == "validation"
+    net, _ = exp.build(c, torch.zeros(1, 1, 32, 32))
+    opt, schedule = exp.make_optimizer(net, c)
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["weight_decay"] == 1e-4
+    # [100, 150, 200] of 250 epochs, as fractions of the run's 40
+    assert sorted(schedule.milestones) == [16, 24, 32] and schedule.gamma == 0.1
+
+
 @pytest.mark.parametrize("rule", ["fa", "usf", "frsf"])
 def test_xavier_init_scales_weights_and_feedback(rule):
     torch.manual_seed(0)

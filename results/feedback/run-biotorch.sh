@@ -1,0 +1,22 @@
+#!/bin/sh
+# BioTorch's LeNet table (issue 25), cell by cell: each rule on MNIST and Fashion-MNIST with
+# BioTorch's per-rule Adam recipe (experiments.feedback --recipe biotorch-adam), three seeds,
+# each seed's epoch chosen on 10,000 validation images held out of training; one JSON per
+# cell with the three runs and their median. A cell whose JSON exists is skipped, so run the
+# script again to go on. Name cells (DATASET-RULE) to run only those; two chains on 2 cores:
+#   nohup sh results/feedback/run-biotorch.sh fashion-mnist-dfa fashion-mnist-frsf ... &
+# Then the table: python -m experiments.feedback --from-json results/feedback/*-biotorch-adam.json --table
+cd "$(dirname "$0")/../.." || exit 1
+out=results/feedback
+cells="${*:-fashion-mnist-dfa fashion-mnist-frsf fashion-mnist-brsf fashion-mnist-usf \
+fashion-mnist-fa fashion-mnist-bp mnist-dfa mnist-fa mnist-frsf mnist-brsf mnist-usf mnist-bp}"
+for cell in $cells; do
+    dataset="${cell%-*}"
+    rule="${cell##*-}"
+    json="$out/lenet-$dataset-$rule-biotorch-adam.json"
+    [ -f "$json" ] && continue
+    OMP_NUM_THREADS=1 nice -n 10 python -m experiments.feedback --model lenet --rule "$rule" \
+        --dataset "$dataset" --recipe biotorch-adam --seeds 0 1 2 --threads 1 --no-progress \
+        --json "$json" >>"$out/logs/lenet-$dataset-$rule-biotorch-adam.log" 2>&1 || exit 1
+done
+exit 0
