@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import INTERPRET
+
+pytest.register_assert_rewrite("helpers")  # its asserts report as the tests' own do
+from helpers import INTERPRET  # noqa: E402
 
 # The tests compare float32 results with torch's to about 1e-5. TF32, cuDNN's default for
 # convolutions on Ampere and later, rounds the inputs of every product to 10 mantissa

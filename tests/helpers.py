@@ -67,6 +67,22 @@ def same_grads(ours, theirs, inputs) -> None:
         torch.testing.assert_close(a, b)
 
 
+def same_under_cpu_autocast(pairs, x, y) -> None:
+    """Each pair (ours, theirs) of functions of (x, y) under CPU autocast in bfloat16: the
+    same output dtype, and the gradients of a random upstream gradient of the same dtypes
+    and close (to bfloat16's precision)."""
+    for ours, theirs in pairs:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            o, t = ours(x, y), theirs(x, y)
+        assert o.dtype == t.dtype
+        g = torch.randn_like(t)
+        kw = {"allow_unused": True, "materialize_grads": True}
+        for a, b in zip(torch.autograd.grad(o, (x, y), g, **kw),
+                        torch.autograd.grad(t, (x, y), g, **kw)):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+
+
 # -- the Triton kernels' tests (tests/test_kernels*.py, tests/test_conv_gemm.py) -----------
 # Triton's interpreter runs kernels on CPU tensors only when TRITON_INTERPRET=1 is set
 # before triton is imported: the kernel tests run in one child pytest process that sets it

@@ -22,7 +22,7 @@ from bptorch.functions.arithmetic import ExtremumFunction
 from bptorch.functions import vector_norm
 from bptorch.functions.vector_norm import NormalizeFunction
 
-from helpers import randn64, same_grads
+from helpers import randn64, same_grads, same_under_cpu_autocast
 
 D = torch.float64
 
@@ -127,16 +127,7 @@ def test_autocast_on_the_cpu_gives_torch_dtypes():
               lambda a, b: torch.maximum(a.bfloat16(), b)),
              (lambda a, b: BF.normalize(a.bfloat16()),
               lambda a, b: nn.functional.normalize(a.bfloat16()))]
-    for ours, theirs in pairs:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            o, t = ours(x, y), theirs(x, y)
-        assert o.dtype == t.dtype
-        g = torch.randn_like(t)
-        kw = {"allow_unused": True, "materialize_grads": True}
-        for a, b in zip(torch.autograd.grad(o, (x, y), g, **kw),
-                        torch.autograd.grad(t, (x, y), g, **kw)):
-            assert a.dtype == b.dtype
-            torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+    same_under_cpu_autocast(pairs, x, y)
 
 
 @pytest.mark.parametrize("mutant", ["tie", "through_d"])
