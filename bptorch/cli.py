@@ -26,7 +26,8 @@ from typing import Callable
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float",
            "finite_float", "probability", "threads", "thread_count", "device", "existing_file",
            "json_file", "folder", "output_path", "json_path", "plot_path", "alias",
-           "choices_help", "HelpFormatter", "ENGINES", "OLD_ENGINE_NAMES", "add_engine"]
+           "choices_help", "HelpFormatter", "ENGINES", "OLD_ENGINE_NAMES", "add_engine",
+           "add_results_flags", "add_resume", "replay"]
 
 Type = Callable[[str], object]
 
@@ -270,3 +271,46 @@ def add_engine(parser: argparse.ArgumentParser, names: tuple[str, ...] = ("bptor
     return parser.add_argument("--engine", type=alias(old), choices=names, default=default,
                                help=choices_help({n: ENGINES[n] for n in names}, shown, old),
                                **kwargs)
+
+
+# -- the flags of a training script's results, and --from-json -------------------------------
+def add_results_flags(parser: argparse.ArgumentParser, plot_what: str,
+                      table_help: str | None = None,
+                      json_help: str = "write config and history here") -> None:
+    """``--json PATH``, ``--plot PATH`` (help: "draw ``plot_what`` here") and
+    ``--from-json PATH...``; with ``table_help`` (after "with --from-json: ") also
+    ``--table``. :func:`replay` answers ``--from-json``."""
+    parser.add_argument("--json", metavar="PATH", type=json_path, help=json_help)
+    parser.add_argument("--plot", metavar="PATH", type=plot_path,
+                        help=f"draw {plot_what} here (.png, .pdf, .svg, ...)")
+    parser.add_argument("--from-json", metavar="PATH", nargs="+", type=json_file,
+                        help="plot saved runs (needs --plot)" if table_help is None else
+                        "saved runs: plot them (with --plot) or tabulate them (with --table)")
+    if table_help is not None:
+        parser.add_argument("--table", action="store_true",
+                            help=f"with --from-json: {table_help}")
+
+
+def add_resume(parser: argparse.ArgumentParser) -> None:
+    """``--resume``, for a script that checkpoints next to its ``--json`` each epoch."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint next to --json (PATH.ckpt.pt), if "
+                             "any, with the same config; --epochs may grow")
+
+
+def replay(parser: argparse.ArgumentParser, args: argparse.Namespace,
+           replot: Callable[[list[str], str], dict],
+           table: Callable[[list[str]], str] | None = None) -> dict | None:
+    """``--from-json``: the saved runs replotted (``--plot``) or, where the script has a
+    ``table``, printed as one (``--table``), instead of a run; None without ``--from-json``."""
+    if not args.from_json:
+        return None
+    if table is None:
+        if not args.plot:
+            parser.error("--from-json needs --plot")
+        return replot(args.from_json, args.plot)
+    if not (args.plot or args.table):
+        parser.error("--from-json needs --plot or --table")
+    if args.table:
+        print(table(args.from_json))
+    return replot(args.from_json, args.plot) if args.plot else {}

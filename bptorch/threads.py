@@ -165,7 +165,8 @@ def using_threads(n: int | str = "auto", flops: float | None = None, rows: int |
 @contextlib.contextmanager
 def keep_threads() -> Iterator[int]:
     """``with keep_threads():``: whatever the block sets (an experiment's ``--threads``),
-    torch's thread count is what it was before once the block ends."""
+    torch's thread count is what it was before once the block ends. As a decorator,
+    ``@keep_threads()``, the same around each call (the scripts' ``main``)."""
     previous = torch.get_num_threads()
     try:
         yield previous

@@ -251,22 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto: bptorch.threads.choose_threads "
                         "from the work per step (default auto)")
-    p.add_argument("--json", metavar="PATH", type=cli.json_path,
-                   help="write config and history here")
-    p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
-                   help="draw the learning curves here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
-                   help="saved runs: plot them (with --plot) or tabulate them (with --table)")
-    p.add_argument("--table", action="store_true",
-                   help="with --from-json: a markdown table of the runs against the book")
+    cli.add_results_flags(p, "the learning curves", "a markdown table of the runs against the book")
     p.add_argument("--save-test-probs", metavar="PATH",
                    help="save softmax(z^L) on the test set (.pt), for --ensemble")
     p.add_argument("--ensemble", metavar="PATH", nargs="+", type=cli.existing_file,
                    help="the book's majority vote of saved test probabilities, then exit")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint next to --json (PATH.ckpt.pt), if any, "
-                        "with the same config; --epochs may grow")
+    cli.add_resume(p)
     return p
 
 
@@ -390,28 +381,20 @@ def resume_state(args: argparse.Namespace, parser: argparse.ArgumentParser, conf
     return state
 
 
+@keep_threads()
 def main(argv: Sequence[str] | None = None) -> dict:
     """Train one preset, print the book's epoch lines; return config, history and final.
 
     torch's intra-op thread count is set from ``--threads`` for the run and restored after.
     """
-    with keep_threads():
-        return _main(argv)
-
-
-def _main(argv: Sequence[str] | None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.ensemble:
         result = ensemble(args.ensemble, args.data_dir)
         save_results(result, args.json, None)
         return result
-    if args.from_json:
-        if not (args.plot or args.table):
-            parser.error("--from-json needs --plot or --table")
-        if args.table:
-            print(table(args.from_json))
-        return replot(args.from_json, args.plot) if args.plot else {}
+    if (saved := cli.replay(parser, args, replot, table)) is not None:
+        return saved
 
     c = config = resolve_config(args)
     set_threads(c["threads"], *step_work(c))

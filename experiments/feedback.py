@@ -319,15 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record the alignment angle per layer each epoch")
     p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto (bptorch.threads; default auto)")
-    p.add_argument("--json", metavar="PATH", type=cli.json_path,
-                   help="write config and history here")
-    p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
-                   help="draw test error and alignment here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
-                   help="saved runs: plot them (with --plot) or tabulate them (with --table)")
-    p.add_argument("--table", action="store_true",
-                   help="with --from-json: print a markdown table of the runs' best-epoch test "
-                        "error next to BioTorch's")
+    cli.add_results_flags(p, "test error and alignment", "print a markdown table of the "
+                          "runs' best-epoch test error next to BioTorch's")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--recipe", choices=list(RECIPES),
                    help="each rule's optimizer, schedule, init and epoch selection: adam "
@@ -358,24 +351,16 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return config
 
 
+@keep_threads()
 def main(argv: Sequence[str] | None = None) -> dict:
     """Train one rule, print an epoch line each epoch; return config, history and final.
 
     torch's intra-op thread count is set from ``--threads`` for the run and restored after.
     """
-    with keep_threads():
-        return _main(argv)
-
-
-def _main(argv: Sequence[str] | None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.from_json:
-        if not (args.plot or args.table):
-            parser.error("--from-json needs --plot or --table")
-        if args.table:
-            print(table(args.from_json))
-        return replot(args.from_json, args.plot) if args.plot else {}
+    if (saved := cli.replay(parser, args, replot, table)) is not None:
+        return saved
 
     c = config = resolve_config(args)
     if args.seeds and args.plot:

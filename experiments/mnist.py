@@ -307,22 +307,16 @@ def resolve_config(args: argparse.Namespace, checkpoint: dict | None = None) -> 
     return config
 
 
+@keep_threads()
 def main(argv: Sequence[str] | None = None) -> dict:
     """Train (or evaluate a checkpoint), print the book's epoch lines; return the results.
 
     torch's intra-op thread count is set from ``--threads`` for the run and restored after.
     """
-    with keep_threads():
-        return _main(argv)
-
-
-def _main(argv: Sequence[str] | None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.from_json:
-        if not args.plot:
-            parser.error("--from-json needs --plot")
-        return replot(args.from_json, args.plot)
+    if (saved := cli.replay(parser, args, replot)) is not None:
+        return saved
 
     checkpoint = read_checkpoint(parser, args.load) if args.load else None
     try:

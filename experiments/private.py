@@ -134,18 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=cli.folder,
                    help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--threads", type=cli.thread_count, help="torch intra-op threads (default 1)")
-    p.add_argument("--json", metavar="PATH", type=cli.json_path,
-                   help="write config and history here, a checkpoint beside it")
-    p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
-                   help="draw test accuracy against ε here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
-                   help="saved runs: plot them (with --plot) or tabulate them (with --table)")
-    p.add_argument("--table", action="store_true",
-                   help="with --from-json: a markdown table of the runs against Papernot et al.")
+    cli.add_results_flags(p, "test accuracy against ε",
+                          "a markdown table of the runs against Papernot et al.",
+                          json_help="write config and history here, a checkpoint beside it")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint next to --json (PATH.ckpt.pt), if any, "
-                        "with the same config; --epochs may grow")
+    cli.add_resume(p)
     return p
 
 
@@ -232,24 +225,16 @@ def replot(json_paths: Sequence[str], path: str | Path) -> dict:
 RESUMABLE_CHANGES = ("threads", "data_dir", "epochs")
 
 
+@keep_threads()
 def main(argv: Sequence[str] | None = None) -> dict:
     """Train one (dataset, activation) privately; return config, history and final.
     torch's thread count is set from ``--threads`` for the run and restored after."""
-    with keep_threads():
-        return _main(argv)
-
-
-def _main(argv: Sequence[str] | None) -> dict:
     from tqdm import tqdm
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.from_json:
-        if not (args.plot or args.table):
-            parser.error("--from-json needs --plot or --table")
-        if args.table:
-            print(table(args.from_json))
-        return replot(args.from_json, args.plot) if args.plot else {}
+    if (saved := cli.replay(parser, args, replot, table)) is not None:
+        return saved
 
     c = config = resolve_config(args)
     torch.set_num_threads(c["threads"])

@@ -217,12 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default $BPTORCH_DATA or ~/.cache/bptorch")
     p.add_argument("--threads", type=cli.threads,
                    help="torch intra-op threads, or auto (default auto)")
-    p.add_argument("--json", metavar="PATH", type=cli.json_path,
-                   help="write config and history here")
-    p.add_argument("--plot", metavar="PATH", type=cli.plot_path,
-                   help="draw the learning curves here (.png, .pdf, .svg, ...)")
-    p.add_argument("--from-json", metavar="PATH", nargs="+", type=cli.json_file,
-                   help="plot saved runs (needs --plot)")
+    cli.add_results_flags(p, "the learning curves")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 
@@ -271,22 +266,16 @@ def step_work(net: nn.Module, cost, c: dict, x: Tensor, y: Tensor) -> tuple[floa
     return flops, m * tokens
 
 
+@keep_threads()
 def main(argv: Sequence[str] | None = None) -> dict:
     """Train one model, print one line per epoch; return config, history and final.
 
     torch's intra-op thread count is set from ``--threads`` for the run and restored after.
     """
-    with keep_threads():
-        return _main(argv)
-
-
-def _main(argv: Sequence[str] | None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.from_json:
-        if not args.plot:
-            parser.error("--from-json needs --plot")
-        return replot(args.from_json, args.plot)
+    if (saved := cli.replay(parser, args, replot)) is not None:
+        return saved
 
     try:
         c = config = resolve_config(args)

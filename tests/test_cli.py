@@ -335,3 +335,36 @@ def test_summarize_groups_old_and_new_engine_names():
 
     table = summarize([run("autograd", 1), run("bptorch", 2)]).splitlines()
     assert len(table) == 3 and table[2].startswith("| ch1 | bptorch | 2 |")
+
+
+@pytest.mark.parametrize("tabulates", [True, False])
+def test_replay_answers_from_json(tabulates, tmp_path, capsys):
+    """cli.replay: None without --from-json; argparse's usage error without --plot (or
+    --table, where the script tabulates); the table printed, the runs replotted."""
+    run = tmp_path / "run.json"
+    run.write_text("{}")
+    p = argparse.ArgumentParser(prog="prog")
+    cli.add_results_flags(p, "the curves", "a table" if tabulates else None)
+    calls = []
+
+    def replot(paths, path):
+        calls.append((list(paths), path))
+        return {"runs": list(paths)}
+
+    table = (lambda paths: f"| {len(paths)} runs |") if tabulates else None
+    assert cli.replay(p, p.parse_args([]), replot, table) is None
+    with pytest.raises(SystemExit) as e:
+        cli.replay(p, p.parse_args(["--from-json", str(run)]), replot, table)
+    assert e.value.code == 2
+    need = "--from-json needs --plot or --table" if tabulates else "--from-json needs --plot"
+    assert need in capsys.readouterr().err and not calls
+    out = tmp_path / "again.png"
+    args = p.parse_args(["--from-json", str(run), str(run), "--plot", str(out)]
+                        + (["--table"] if tabulates else []))
+    assert cli.replay(p, args, replot, table) == {"runs": [str(run), str(run)]}
+    assert calls == [([str(run), str(run)], str(out))]
+    assert ("| 2 runs |" in capsys.readouterr().out) is tabulates
+    if tabulates:  # --table alone: printed, nothing drawn
+        args = p.parse_args(["--from-json", str(run), "--table"])
+        assert cli.replay(p, args, replot, table) == {} and len(calls) == 1
+        assert "| 1 runs |" in capsys.readouterr().out

@@ -12,11 +12,6 @@
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,8 +21,8 @@ import bptorch
 import bptorch.functions.conv as conv
 from bptorch.functions.conv import Conv2dFunction, ConvNdFunction
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import INTERPRET, interpreter_only, run_in_interpreter
+
 F64 = torch.float64
 
 # (N, C_in, H, W, C_out, kernel, stride, padding, dilation, groups): non-square maps and
@@ -239,38 +234,10 @@ def _launches(name: str) -> int:
     return bptorch.kernels.LAUNCHES.get(name, 0)
 
 
-@pytest.fixture(params=[
-    pytest.param("cpu", marks=pytest.mark.skipif(
-        not INTERPRET, reason="runs in the TRITON_INTERPRET=1 child process")),
-    pytest.param("cuda", marks=pytest.mark.skipif(
-        INTERPRET or not torch.cuda.is_available(), reason="CUDA not available")),
-])
-def kdevice(request):
-    """Where the kernel tests run: CPU tensors through Triton's interpreter (the child
-    process), CUDA tensors on a GPU (this process; TF32 off, so float32 is float32 on both
-    sides). New tensors default to it."""
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_default_device(request.param)
-    yield request.param
-    torch.set_default_device(None)
-    torch.backends.cudnn.allow_tf32 = tf32
-
-
-interpreter_only = pytest.mark.usefixtures("kdevice")
-
-
 @pytest.mark.skipif(INTERPRET, reason="this is the parent")
 def test_the_kernels_through_the_interpreter():
     """Every test_triton_* below on CPU tensors, in a child process with TRITON_INTERPRET=1."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT),
-           "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                        str(Path(__file__)), "-k", "test_triton_"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and "failed" not in r.stdout, r.stdout[-2000:]
+    run_in_interpreter(__file__, "-k", "test_triton_")
 
 
 # tiny shapes: stride 1 and 2 (and 2 × 1), padding, a 1×1, 3×3 and 3×2, groups 1 and 2,

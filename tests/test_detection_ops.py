@@ -22,22 +22,9 @@ from bptorch.functions.arithmetic import ExtremumFunction
 from bptorch.functions import vector_norm
 from bptorch.functions.vector_norm import NormalizeFunction
 
+from helpers import randn64, same_grads, same_under_cpu_autocast
+
 D = torch.float64
-
-
-def _t(*shape, seed=None):
-    if seed is not None:
-        torch.manual_seed(seed)
-    return torch.randn(*shape, dtype=D).requires_grad_()
-
-
-def _same_grads(ours, theirs, inputs):
-    """Forward equal, and the gradients of a random upstream gradient equal."""
-    torch.testing.assert_close(ours, theirs)
-    g = torch.randn_like(theirs)
-    mine = torch.autograd.grad(ours, inputs, g, retain_graph=True)
-    for a, b in zip(mine, torch.autograd.grad(theirs, inputs, g)):
-        torch.testing.assert_close(a, b)
 
 
 # ---------------------------------------------------------------- maximum and minimum
@@ -47,10 +34,10 @@ SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 1), (1, 5)), ((2, 3, 4), (3, 1)
 @pytest.mark.parametrize("shapes", SHAPES)
 @pytest.mark.parametrize("larger", [True, False])
 def test_extremum_equals_torch_and_gradchecks(shapes, larger):
-    x, y = _t(*shapes[0], seed=1), _t(*shapes[1])
+    x, y = randn64(*shapes[0], seed=1), randn64(*shapes[1])
     ours = BF.maximum if larger else BF.minimum
     theirs = torch.maximum if larger else torch.minimum
-    _same_grads(ours(x, y), theirs(x, y), (x, y))
+    same_grads(ours(x, y), theirs(x, y), (x, y))
     f = lambda a, b: ExtremumFunction.apply(a, b, larger)  # noqa: E731
     assert gradcheck(f, (x, y)) and gradgradcheck(f, (x, y))
 
@@ -59,19 +46,19 @@ def test_extremum_at_ties_halves_the_gradient_as_torch():
     x = torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]], dtype=D, requires_grad=True)
     y = torch.tensor([[1.0, 1.0, 5.0], [0.5, -1.0, 2.0]], dtype=D, requires_grad=True)
     for ours, theirs in ((BF.maximum, torch.maximum), (BF.minimum, torch.minimum)):
-        _same_grads(ours(x, y), theirs(x, y), (x, y))
+        same_grads(ours(x, y), theirs(x, y), (x, y))
     # a tensor against itself: the whole δ, half by each path, as torch's
-    _same_grads(BF.maximum(x, x), torch.maximum(x, x), (x,))
+    same_grads(BF.maximum(x, x), torch.maximum(x, x), (x,))
 
 
 def test_extremum_create_graph_and_torch_func():
-    x, y = _t(3, 4, seed=2), _t(1, 4)
+    x, y = randn64(3, 4, seed=2), randn64(1, 4)
     g = torch.randn(3, 4, dtype=D)
     ours = torch.autograd.grad(BF.maximum(x, y) * x, (x, y), g, create_graph=True)
     theirs = torch.autograd.grad(torch.maximum(x, y) * x, (x, y), g, create_graph=True)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b)
-    _same_grads(ours[0].pow(2).sum(), theirs[0].pow(2).sum(), (x, y))
+    same_grads(ours[0].pow(2).sum(), theirs[0].pow(2).sum(), (x, y))
     f = lambda a: (BF.minimum(a, y.detach()) ** 2).sum()  # noqa: E731
     t = lambda a: (torch.minimum(a, y.detach()) ** 2).sum()  # noqa: E731
     torch.testing.assert_close(torch.func.grad(f)(x.detach()), torch.func.grad(t)(x.detach()))
@@ -92,8 +79,8 @@ NORMALIZE = [((3, 5), 2.0, 1), ((3, 5), 2.0, 0), ((2, 4, 3, 5), 2.0, 1), ((4, 6)
 
 @pytest.mark.parametrize("shape,p,dim", NORMALIZE)
 def test_normalize_equals_torch_and_gradchecks(shape, p, dim):
-    x = _t(*shape, seed=3)
-    _same_grads(BF.normalize(x, p, dim), nn.functional.normalize(x, p, dim), (x,))
+    x = randn64(*shape, seed=3)
+    same_grads(BF.normalize(x, p, dim), nn.functional.normalize(x, p, dim), (x,))
     f = lambda a: NormalizeFunction.apply(a, p, dim % len(shape), 1e-12)  # noqa: E731
     assert gradcheck(f, (x,)) and gradgradcheck(f, (x,))
 
@@ -105,17 +92,17 @@ def test_normalize_below_eps_as_torch():
     x[2] = 1e-4
     x.requires_grad_()
     for p in (2.0, 3.0):
-        _same_grads(BF.normalize(x, p, 1, eps=1e-2), nn.functional.normalize(x, p, 1, eps=1e-2),
+        same_grads(BF.normalize(x, p, 1, eps=1e-2), nn.functional.normalize(x, p, 1, eps=1e-2),
                     (x,))
 
 
 def test_normalize_create_graph_and_torch_func():
-    x = _t(3, 5, seed=4)
+    x = randn64(3, 5, seed=4)
     g = torch.randn(3, 5, dtype=D)
     ours = torch.autograd.grad(BF.normalize(x), x, g, create_graph=True)[0]
     theirs = torch.autograd.grad(nn.functional.normalize(x), x, g, create_graph=True)[0]
     torch.testing.assert_close(ours, theirs)
-    _same_grads(ours.pow(2).sum(), theirs.pow(2).sum(), (x,))
+    same_grads(ours.pow(2).sum(), theirs.pow(2).sum(), (x,))
     w = torch.randn(3, 5, dtype=D)
     f = lambda a: (BF.normalize(a, 3.0, 0) * w).sum()  # noqa: E731
     t = lambda a: (nn.functional.normalize(a, 3.0, 0) * w).sum()  # noqa: E731
@@ -140,16 +127,7 @@ def test_autocast_on_the_cpu_gives_torch_dtypes():
               lambda a, b: torch.maximum(a.bfloat16(), b)),
              (lambda a, b: BF.normalize(a.bfloat16()),
               lambda a, b: nn.functional.normalize(a.bfloat16()))]
-    for ours, theirs in pairs:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            o, t = ours(x, y), theirs(x, y)
-        assert o.dtype == t.dtype
-        g = torch.randn_like(t)
-        kw = {"allow_unused": True, "materialize_grads": True}
-        for a, b in zip(torch.autograd.grad(o, (x, y), g, **kw),
-                        torch.autograd.grad(t, (x, y), g, **kw)):
-            assert a.dtype == b.dtype
-            torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+    same_under_cpu_autocast(pairs, x, y)
 
 
 @pytest.mark.parametrize("mutant", ["tie", "through_d"])
@@ -166,19 +144,19 @@ def test_a_wrong_derivative_is_caught(monkeypatch, mutant):
         x = torch.tensor([1.0, 2.0, 3.0], dtype=D, requires_grad=True)
         y = torch.tensor([1.0, 5.0, 3.0], dtype=D, requires_grad=True)
         with pytest.raises(AssertionError):
-            _same_grads(BF.maximum(x, y), torch.maximum(x, y), (x, y))
+            same_grads(BF.maximum(x, y), torch.maximum(x, y), (x, y))
     else:
         monkeypatch.setattr(vector_norm, "normalize_bwd",
                             lambda delta, x, p, dim, eps: delta / torch.linalg.vector_norm(
                                 x, p, dim, keepdim=True).clamp_min(eps))
-        x = _t(3, 5, seed=5)
+        x = randn64(3, 5, seed=5)
         with pytest.raises(AssertionError):
-            _same_grads(BF.normalize(x), nn.functional.normalize(x), (x,))
+            same_grads(BF.normalize(x), nn.functional.normalize(x), (x,))
 
 
 # ---------------------------------------------------------------- routed
 def test_what_the_mode_sees_is_routed():
-    a, b = _t(3, 4, seed=6), _t(4)
+    a, b = randn64(3, 4, seed=6), randn64(4)
     with routing.RouteMode() as mode:
         ext = [torch.max(a, b), a.max(b), torch.maximum(a, b), a.maximum(b),
                torch.min(a, b), a.min(other=b), torch.minimum(a, b), a.minimum(b)]
@@ -191,7 +169,7 @@ def test_what_the_mode_sees_is_routed():
 def test_the_reductions_of_max_and_min_fall_back_to_torch():
     """torch.max(a), a.max(dim) and torch.min(a, 1) are reductions, not the elementwise
     form: torch answers them, counted as fallbacks, with torch's values."""
-    a = _t(3, 4, seed=7)
+    a = randn64(3, 4, seed=7)
     with routing.RouteMode() as mode:
         whole, along, low = torch.max(a), a.max(dim=1), torch.min(a, 1)
     torch.testing.assert_close(whole, a.detach().max())

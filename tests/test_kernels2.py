@@ -11,11 +11,6 @@ shapes), so the cases are few and small.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,51 +20,19 @@ import bptorch
 from bptorch import functional as BF
 from bptorch import nn as bnn
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(params=[
-    pytest.param("cpu", marks=pytest.mark.skipif(
-        not INTERPRET, reason="runs in the TRITON_INTERPRET=1 child process")),
-    pytest.param("cuda", marks=pytest.mark.skipif(
-        INTERPRET or not torch.cuda.is_available(), reason="CUDA not available")),
-])
-def kdevice(request):
-    """CPU tensors through Triton's interpreter (the child), CUDA tensors on a GPU."""
-    torch.set_default_device(request.param)
-    yield request.param
-    torch.set_default_device(None)
-
-
-interpreter_only = pytest.mark.usefixtures("kdevice")
-TOL = {torch.float32: dict(rtol=1e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-11)}
+from helpers import INTERPRET, interpreter_only, run_in_interpreter
+from helpers import assert_all_close as _close
+from helpers import upstream_grads as _grads
 
 
 def _launches(*names: str) -> tuple[int, ...]:
     return tuple(bptorch.kernels.LAUNCHES.get(n, 0) for n in names)
 
 
-def _grads(y, inputs, g):
-    return torch.autograd.grad(y, [t for t in inputs if t is not None], g)
-
-
-def _close(got, want, dtype):
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, **TOL[dtype])
-
-
 @pytest.mark.skipif(INTERPRET, reason="this is the parent")
 def test_kernels_through_the_interpreter():
     """Every kernel test below on CPU tensors, in a child process with TRITON_INTERPRET=1."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT),
-           "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                        str(Path(__file__))],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and "failed" not in r.stdout, r.stdout[-2000:]
+    run_in_interpreter(__file__)
 
 
 # ---------------------------------------------------------------- attention

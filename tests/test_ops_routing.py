@@ -19,6 +19,8 @@ from bptorch.functions.arithmetic import DivFunction, PointwiseFunction
 from bptorch.functions.products import EinsumFunction
 from bptorch.functions.sampling import RoIAlignFunction
 
+from helpers import same_under_cpu_autocast
+
 D = torch.float64
 
 
@@ -347,13 +349,4 @@ def test_autocast_on_the_cpu_gives_torch_dtypes():
         (lambda a, b: BF.exp(a.bfloat16()), lambda a, b: torch.exp(a.bfloat16())),
         (lambda a, b: BF.clamp(a.bfloat16(), 0.2, 0.8), lambda a, b: a.bfloat16().clamp(0.2, 0.8)),
     ]
-    for ours, theirs in pairs:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            o, t = ours(x, y), theirs(x, y)
-        assert o.dtype == t.dtype
-        g = torch.randn_like(t)
-        kw = {"allow_unused": True, "materialize_grads": True}
-        for a, b in zip(torch.autograd.grad(o, (x, y), g, **kw),
-                        torch.autograd.grad(t, (x, y), g, **kw)):
-            assert a.dtype == b.dtype
-            torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+    same_under_cpu_autocast(pairs, x, y)

@@ -21,22 +21,9 @@ from bptorch.functions import indexing, vector_norm
 from bptorch.functions.indexing import PutFunction, positions
 from bptorch.functions.vector_norm import NormalizeFunction, VectorNormFunction
 
+from helpers import randn64, same_grads
+
 D = torch.float64
-
-
-def _t(*shape, seed=None):
-    if seed is not None:
-        torch.manual_seed(seed)
-    return torch.randn(*shape, dtype=D).requires_grad_()
-
-
-def _same_grads(ours, theirs, inputs):
-    """Forward equal, and the gradients of a random upstream gradient equal."""
-    torch.testing.assert_close(ours, theirs)
-    g = torch.randn_like(theirs)
-    mine = torch.autograd.grad(ours, inputs, g, retain_graph=True)
-    for a, b in zip(mine, torch.autograd.grad(theirs, inputs, g)):
-        torch.testing.assert_close(a, b)
 
 
 # ---------------------------------------------------------------- the vector norm
@@ -46,31 +33,31 @@ NORMS = [(2, None, False), (2, (1,), False), (2, (0, 2), True), (1, (-1,), False
 
 @pytest.mark.parametrize("p,dim,keepdim", NORMS, ids=[str(c) for c in NORMS])
 def test_vector_norm_equals_torch_and_gradchecks(p, dim, keepdim):
-    x = _t(3, 4, 5, seed=0)
-    _same_grads(BF.vector_norm(x, p, dim, keepdim), torch.linalg.vector_norm(x, p, dim, keepdim),
+    x = randn64(3, 4, 5, seed=0)
+    same_grads(BF.vector_norm(x, p, dim, keepdim), torch.linalg.vector_norm(x, p, dim, keepdim),
                 [x])
     f = lambda v: BF.vector_norm(v, p, dim, keepdim)  # noqa: E731
-    small = _t(2, 3, 2)
+    small = randn64(2, 3, 2)
     assert gradcheck(f, (small,)) and gradgradcheck(f, (small,))
 
 
 def test_torch_norm_forms_and_a_zero_vector_as_torch():
-    x = _t(4, 3, seed=1)
-    _same_grads(BF.norm(x), torch.norm(x), [x])  # "fro": the 2-norm of every entry
-    _same_grads(BF.norm(x, 1, 0), x.norm(1, 0), [x])
-    _same_grads(BF.norm(x, "fro", (0, 1), True), torch.norm(x, "fro", (0, 1), True), [x])
+    x = randn64(4, 3, seed=1)
+    same_grads(BF.norm(x), torch.norm(x), [x])  # "fro": the 2-norm of every entry
+    same_grads(BF.norm(x, 1, 0), x.norm(1, 0), [x])
+    same_grads(BF.norm(x, "fro", (0, 1), True), torch.norm(x, "fro", (0, 1), True), [x])
     z = torch.zeros(2, 3, dtype=D, requires_grad=True)  # n = 0: torch's gradient is 0
     for p in (1, 2, 3):
-        _same_grads(BF.vector_norm(z, p, 1), torch.linalg.vector_norm(z, p, 1), [z])
+        same_grads(BF.vector_norm(z, p, 1), torch.linalg.vector_norm(z, p, 1), [z])
 
 
 def test_vector_norm_create_graph_torch_func_and_jvp():
-    x = _t(3, 5, seed=2)
+    x = randn64(3, 5, seed=2)
     g = torch.randn(3, dtype=D)
     (ours,) = torch.autograd.grad(BF.vector_norm(x, 2, 1), x, g, create_graph=True)
     (theirs,) = torch.autograd.grad(torch.linalg.vector_norm(x, 2, 1), x, g, create_graph=True)
     torch.testing.assert_close(ours, theirs)
-    _same_grads((ours ** 2).sum(), (theirs ** 2).sum(), [x])  # the double backward
+    same_grads((ours ** 2).sum(), (theirs ** 2).sum(), [x])  # the double backward
     v = x.detach()
     torch.testing.assert_close(
         torch.func.grad(lambda a: BF.vector_norm(a, 3, (0,)).sum())(v),
@@ -84,10 +71,10 @@ def test_vector_norm_create_graph_torch_func_and_jvp():
 # ---------------------------------------------------------------- F.normalize
 @pytest.mark.parametrize("p,dim", [(2, 1), (2, -1), (1, 0), (3, 2)])
 def test_normalize_equals_torch_and_gradchecks(p, dim):
-    x = _t(3, 4, 5, seed=3)
-    _same_grads(BF.normalize(x, p, dim), TF.normalize(x, p, dim), [x])
+    x = randn64(3, 4, 5, seed=3)
+    same_grads(BF.normalize(x, p, dim), TF.normalize(x, p, dim), [x])
     f = lambda v: BF.normalize(v, p, dim)  # noqa: E731
-    small = _t(2, 3, 2)
+    small = randn64(2, 3, 2)
     assert gradcheck(f, (small,)) and gradgradcheck(f, (small,))
 
 
@@ -98,17 +85,17 @@ def test_normalize_below_eps_and_at_zero_as_torch():
     x[1] *= 1e-3
     x[2] = 0.0
     x.requires_grad_()
-    _same_grads(BF.normalize(x, 2, 1, 1e-2), TF.normalize(x, 2, 1, 1e-2), [x])
-    _same_grads(BF.normalize(x, 1, 1), TF.normalize(x, 1, 1), [x])
+    same_grads(BF.normalize(x, 2, 1, 1e-2), TF.normalize(x, 2, 1, 1e-2), [x])
+    same_grads(BF.normalize(x, 1, 1), TF.normalize(x, 1, 1), [x])
 
 
 def test_normalize_create_graph_torch_func_and_jvp():
-    x = _t(4, 3, seed=4)
+    x = randn64(4, 3, seed=4)
     g = torch.randn(4, 3, dtype=D)
     (ours,) = torch.autograd.grad(BF.normalize(x, dim=1), x, g, create_graph=True)
     (theirs,) = torch.autograd.grad(TF.normalize(x, dim=1), x, g, create_graph=True)
     torch.testing.assert_close(ours, theirs)
-    _same_grads(ours.sin().sum(), theirs.sin().sum(), [x])
+    same_grads(ours.sin().sum(), theirs.sin().sum(), [x])
     v, t = x.detach(), torch.randn(4, 3, dtype=D)
     torch.testing.assert_close(torch.func.grad(lambda a: (BF.normalize(a) * t).sum())(v),
                                torch.func.grad(lambda a: (TF.normalize(a) * t).sum())(v))
@@ -148,7 +135,7 @@ def test_a_normalize_without_the_norms_term_is_caught(monkeypatch):
     """The checks can fail: normalize's backward with the path through the norm dropped."""
     monkeypatch.setattr(vector_norm, "normalize_bwd",
                         lambda delta, x, p, dim, eps: delta / x.norm(p, dim, True).clamp_min(eps))
-    x = _t(3, 4, seed=5)
+    x = randn64(3, 4, seed=5)
     assert not gradcheck(lambda v: NormalizeFunction.apply(v, 2.0, 1, 1e-12), (x,),
                          raise_exception=False)
 
@@ -156,10 +143,10 @@ def test_a_normalize_without_the_norms_term_is_caught(monkeypatch):
 # ---------------------------------------------------------------- torch.put
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_put_equals_torch_and_gradchecks(accumulate):
-    x = _t(3, 5, seed=6)
+    x = randn64(3, 5, seed=6)
     index = torch.tensor([[0, 7], [14, -2], [5, 3]])  # a 2-D index, a negative position
-    src = _t(2, 3)  # as many entries as the index, another shape: torch's rule
-    _same_grads(BF.put(x, index, src, accumulate), torch.put(x, index, src, accumulate),
+    src = randn64(2, 3)  # as many entries as the index, another shape: torch's rule
+    same_grads(BF.put(x, index, src, accumulate), torch.put(x, index, src, accumulate),
                 [x, src])
     f = lambda a, s: PutFunction.apply(a, index, s, accumulate, False)  # noqa: E731
     assert gradcheck(f, (x, src)) and gradgradcheck(f, (x, src))
@@ -168,25 +155,25 @@ def test_put_equals_torch_and_gradchecks(accumulate):
 
 
 def test_put_into_a_non_contiguous_tensor_and_in_place():
-    x = _t(4, 3, seed=7)
-    index, src = torch.tensor([1, 6, 10]), _t(3)
-    _same_grads(BF.put(x.t(), index, src), torch.put(x.t(), index, src), [x, src])
+    x = randn64(4, 3, seed=7)
+    index, src = torch.tensor([1, 6, 10]), randn64(3)
+    same_grads(BF.put(x.t(), index, src), torch.put(x.t(), index, src), [x, src])
     ours, theirs = x.clone(), x.clone()
     assert BF.put_(ours, index, src) is ours
     theirs.put_(index, src)
-    _same_grads(ours, theirs, [x, src])
+    same_grads(ours, theirs, [x, src])
     assert type(ours.grad_fn).__name__ == "PutFunctionBackward"
 
 
 def test_put_create_graph_torch_func_and_jvp():
-    x, src = _t(3, 4, seed=8), _t(2)
+    x, src = randn64(3, 4, seed=8), randn64(2)
     index = torch.tensor([2, 9])
     g = torch.randn(3, 4, dtype=D)
     ours = torch.autograd.grad(BF.put(x, index, src) ** 2, (x, src), g, create_graph=True)
     theirs = torch.autograd.grad(torch.put(x, index, src) ** 2, (x, src), g, create_graph=True)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b)
-    _same_grads(ours[0].sum() + ours[1].pow(3).sum(), theirs[0].sum() + theirs[1].pow(3).sum(),
+    same_grads(ours[0].sum() + ours[1].pow(3).sum(), theirs[0].sum() + theirs[1].pow(3).sum(),
                 [x, src])
     v, s = x.detach(), src.detach()
     for argnums in (0, 1):
@@ -205,7 +192,7 @@ def test_put_under_cpu_autocast_keeps_the_dtype_as_torch():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         a, b = BF.put(x, index, src), torch.put(x, index, src)
     assert a.dtype == b.dtype
-    _same_grads(a, b, [x, src])
+    same_grads(a, b, [x, src])
 
 
 def test_put_bad_inputs_say_what_was_expected():
@@ -225,7 +212,7 @@ def test_a_put_that_keeps_the_overwritten_gradient_is_caught(monkeypatch):
     def wrong(delta, index, src_shape, accumulate, need):
         return delta, delta.take(index).reshape(src_shape)
     monkeypatch.setattr(indexing, "put_bwd", wrong)
-    x, src = _t(3, 4, seed=9), _t(2)
+    x, src = randn64(3, 4, seed=9), randn64(2)
     assert not gradcheck(lambda a, s: PutFunction.apply(a, torch.tensor([1, 6]), s, False,
                                                         False), (x, src), raise_exception=False)
 
@@ -290,7 +277,7 @@ class Writes(nn.Module):
 @pytest.mark.parametrize("name", WRITES)
 def test_a_routed_in_place_write_equals_torch_and_is_bptorchs(name):
     torch.manual_seed(10)
-    model, x = Writes(WRITES[name]), _t(4, 6)
+    model, x = Writes(WRITES[name]), randn64(4, 6)
     g = torch.randn(4, 6, dtype=D)
     out = model(x)
     theirs = torch.autograd.grad(out, [x, *model.parameters()], g, allow_unused=True)
@@ -307,14 +294,14 @@ def test_a_routed_in_place_write_equals_torch_and_is_bptorchs(name):
 
 
 def test_without_routing_the_write_is_torchs_copy_slices():
-    model, x = Writes(WRITES["view.zero_()"]), _t(4, 6, seed=11)
+    model, x = Writes(WRITES["view.zero_()"]), randn64(4, 6, seed=11)
     found = routing.coverage(model, x, verbose=False)
     assert found.torch["CopySlices"] == 1 and not found.complete
 
 
 def test_a_routed_write_with_create_graph_equals_torch():
     torch.manual_seed(12)
-    model, x = Writes(None), _t(4, 6)
+    model, x = Writes(None), randn64(4, 6)
     g = torch.randn(4, 6, dtype=D)
     theirs = torch.autograd.grad(model(x), [x, model.w], g, create_graph=True)
     routing.install(model)
@@ -322,7 +309,7 @@ def test_a_routed_write_with_create_graph_equals_torch():
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b)
     assert type(ours[1].grad_fn).__name__ != "CopySlices"
-    _same_grads((ours[0] ** 2).sum() + ours[1].sum(), (theirs[0] ** 2).sum() + theirs[1].sum(),
+    same_grads((ours[0] ** 2).sum() + ours[1].sum(), (theirs[0] ** 2).sum() + theirs[1].sum(),
                 [x, model.w])
 
 
@@ -339,7 +326,7 @@ def test_writes_under_torch_func_and_no_grad_stay_torchs_and_equal():
 
 def test_writing_a_view_that_overlaps_the_written_one_reads_the_old_values():
     """x[1:] = x[:-1] shifts by one (torch refuses the overlap; the routed write clones)."""
-    a = _t(5, seed=14)
+    a = randn64(5, seed=14)
 
     class Shift(nn.Module):
         def forward(self, v):
@@ -349,13 +336,13 @@ def test_writing_a_view_that_overlaps_the_written_one_reads_the_old_values():
 
     out = routing.install(Shift())(a)
     torch.testing.assert_close(out, torch.cat([a[:1], a[:-1]]))
-    _same_grads(out, torch.cat([a[:1], a[:-1]]), [a])
+    same_grads(out, torch.cat([a[:1], a[:-1]]), [a])
 
 
 def test_a_write_into_a_custom_functions_view_is_left_to_torch():
     """einsum's output is a view of a tensor its forward made: writing through that base
     would cut the gradient, so the mode leaves the call to torch (which says so)."""
-    a, b = _t(2, 3, seed=15), _t(3, 4)
+    a, b = randn64(2, 3, seed=15), randn64(3, 4)
 
     class Einsum(nn.Module):
         def forward(self, u, v):
@@ -369,7 +356,7 @@ def test_a_write_into_a_custom_functions_view_is_left_to_torch():
     except RuntimeError as e:  # torch's own rule for a custom Function's view
         assert "view" in str(e)
     else:
-        _same_grads(out, torch.einsum("ij,jk->ik", a, b) * torch.tensor([[0.0], [1.0]],
+        same_grads(out, torch.einsum("ij,jk->ik", a, b) * torch.tensor([[0.0], [1.0]],
                                                                         dtype=D), [a, b])
 
 
@@ -419,7 +406,7 @@ class SliceAdds(nn.Module):
 def test_the_models_patterns_convert_equal_torch_and_are_complete(make, shape):
     torch.manual_seed(16)
     model = make().to(D)
-    x = _t(*shape)
+    x = randn64(*shape)
     g = torch.randn(*shape, dtype=D)
     out = model(x)
     theirs = torch.autograd.grad(out, [x, *model.parameters()], g)
@@ -441,7 +428,7 @@ def test_an_in_place_layer_on_a_slice_writes_through_put_as_torch(layer):
     base holds the result, as torch's leaves it) and the graph has PutFunction where torch
     has CopySlices around the layer's node."""
     torch.manual_seed(17)
-    x = _t(3, 4, 5)
+    x = randn64(3, 4, 5)
 
     class Head(nn.Module):
         def __init__(self):
@@ -480,7 +467,7 @@ def test_a_routed_write_into_a_parameter_raises_torchs_error():
             return self.w
 
     with pytest.raises(RuntimeError, match="leaf Variable"):
-        routing.install(Bad())(_t(4))
+        routing.install(Bad())(randn64(4))
 
 
 def test_put_in_place_forward_mode_equals_torchs():

@@ -238,9 +238,58 @@ MAX_HEAD_DIM = 128  # E and Ev up to this in one block (shared memory); larger: 
 
 def _build_triton_kernels() -> dict[str, Any]:
     """Each kernel's custom op by name (run once, on first use: :func:`base.kernel_family`)."""
+    # the kernels' helpers are this module's globals, not closures: Triton's interpreter and
+    # Inductor find the jit functions a kernel calls in the kernel's module globals
+    global _load_kv, _load_q_do, _key_end, _recompute_p
     import triton
     import triton.language as tl
     from torch.library import wrap_triton
+
+    # the tile loads, the causal bound and P's recomputation that the kernels share
+    @triton.jit
+    def _load_kv(k_ptr, v_ptr, b, cols, S, E, EV, BLOCK_E: tl.constexpr,
+                BLOCK_EV: tl.constexpr):
+        """The K (BLOCK_N, BLOCK_E) and V (BLOCK_N, BLOCK_EV) tiles of key rows ``cols`` of
+        head b, zeros past S, E and Ev."""
+        e, ev = tl.arange(0, BLOCK_E), tl.arange(0, BLOCK_EV)
+        k = tl.load(k_ptr + b * S * E + cols[:, None] * E + e[None, :],
+                    mask=(cols[:, None] < S) & (e[None, :] < E), other=0.0)
+        v = tl.load(v_ptr + b * S * EV + cols[:, None] * EV + ev[None, :],
+                    mask=(cols[:, None] < S) & (ev[None, :] < EV), other=0.0)
+        return k, v
+
+    @triton.jit
+    def _load_q_do(q_ptr, do_ptr, lse_ptr, d_ptr, b, rows, L, E, EV, BLOCK_E: tl.constexpr,
+                  BLOCK_EV: tl.constexpr):
+        """The Q, dO tiles and the lse, D entries of query rows ``rows`` of head b, zeros past
+        L, E and Ev."""
+        e, ev = tl.arange(0, BLOCK_E), tl.arange(0, BLOCK_EV)
+        q = tl.load(q_ptr + b * L * E + rows[:, None] * E + e[None, :],
+                    mask=(rows[:, None] < L) & (e[None, :] < E), other=0.0)
+        do = tl.load(do_ptr + b * L * EV + rows[:, None] * EV + ev[None, :],
+                     mask=(rows[:, None] < L) & (ev[None, :] < EV), other=0.0)
+        lse = tl.load(lse_ptr + b * L + rows, mask=rows < L, other=0.0)
+        d = tl.load(d_ptr + b * L + rows, mask=rows < L, other=0.0)
+        return q, do, lse, d
+
+    @triton.jit
+    def _key_end(S, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+        """One past the last key the query block of this program reads: S, or with the
+        causal mask (keys j ≤ i only) no block past the query block's last row."""
+        hi = S
+        if CAUSAL:
+            hi = tl.minimum(S, (tl.program_id(0) + 1) * BLOCK_M)
+        return hi
+
+    @triton.jit
+    def _recompute_p(q, k, lse, rows, cols, L, S, scale, CAUSAL: tl.constexpr,
+                    ACC: tl.constexpr, PREC: tl.constexpr):
+        """P = exp(S − lse) of the tile (rows, cols), S = scale · Q Kᵀ; 0 where masked."""
+        s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * scale  # scale·Q Kᵀ
+        keep = (rows[:, None] < L) & (cols[None, :] < S)
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= rows[:, None])
+        return tl.where(keep, tl.exp(s - lse[:, None]), 0.0)
 
     @triton.jit
     def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, L, S, E, EV, scale,
@@ -257,15 +306,9 @@ def _build_triton_kernels() -> dict[str, Any]:
         m_i = tl.full((BLOCK_M,), float("-inf"), ACC)  # running row max of S
         l_i = tl.zeros((BLOCK_M,), ACC)  # running Σ_j e^{s_ij − m}
         acc = tl.zeros((BLOCK_M, BLOCK_EV), ACC)  # running Σ_j e^{s_ij − m} v_j
-        hi = S
-        if CAUSAL:  # keys j ≤ i only: no block past this query block's last row
-            hi = tl.minimum(S, (tl.program_id(0) + 1) * BLOCK_M)
-        for start in range(0, hi, BLOCK_N):
+        for start in range(0, _key_end(S, CAUSAL, BLOCK_M), BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
-            k = tl.load(k_ptr + b * S * E + cols[:, None] * E + e[None, :],
-                        mask=(cols[:, None] < S) & (e[None, :] < E), other=0.0)
-            v = tl.load(v_ptr + b * S * EV + cols[:, None] * EV + ev[None, :],
-                        mask=(cols[:, None] < S) & (ev[None, :] < EV), other=0.0)
+            k, v = _load_kv(k_ptr, v_ptr, b, cols, S, E, EV, BLOCK_E, BLOCK_EV)
             s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * scale  # scale·Q Kᵀ
             keep = cols[None, :] < S
             if CAUSAL:
@@ -308,10 +351,7 @@ def _build_triton_kernels() -> dict[str, Any]:
         b = tl.program_id(1).to(tl.int64)
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         e, ev = tl.arange(0, BLOCK_E), tl.arange(0, BLOCK_EV)
-        k = tl.load(k_ptr + b * S * E + cols[:, None] * E + e[None, :],
-                    mask=(cols[:, None] < S) & (e[None, :] < E), other=0.0)
-        v = tl.load(v_ptr + b * S * EV + cols[:, None] * EV + ev[None, :],
-                    mask=(cols[:, None] < S) & (ev[None, :] < EV), other=0.0)
+        k, v = _load_kv(k_ptr, v_ptr, b, cols, S, E, EV, BLOCK_E, BLOCK_EV)
         dk = tl.zeros((BLOCK_N, BLOCK_E), ACC)
         dv = tl.zeros((BLOCK_N, BLOCK_EV), ACC)
         lo = 0
@@ -319,17 +359,10 @@ def _build_triton_kernels() -> dict[str, Any]:
             lo = (tl.program_id(0) * BLOCK_N // BLOCK_M) * BLOCK_M
         for start in range(lo, L, BLOCK_M):
             rows = start + tl.arange(0, BLOCK_M)
-            q = tl.load(q_ptr + b * L * E + rows[:, None] * E + e[None, :],
-                        mask=(rows[:, None] < L) & (e[None, :] < E), other=0.0)
-            do = tl.load(do_ptr + b * L * EV + rows[:, None] * EV + ev[None, :],
-                         mask=(rows[:, None] < L) & (ev[None, :] < EV), other=0.0)
-            lse = tl.load(lse_ptr + b * L + rows, mask=rows < L, other=0.0)
-            d = tl.load(d_ptr + b * L + rows, mask=rows < L, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * scale  # scale·Q Kᵀ
-            keep = (rows[:, None] < L) & (cols[None, :] < S)
-            if CAUSAL:
-                keep = keep & (cols[None, :] <= rows[:, None])
-            p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)  # P = exp(S − lse), recomputed
+            q, do, lse, d = _load_q_do(q_ptr, do_ptr, lse_ptr, d_ptr, b, rows, L, E, EV,
+                                      BLOCK_E, BLOCK_EV)
+            # P = exp(S − lse), S = scale · Q Kᵀ, recomputed
+            p = _recompute_p(q, k, lse, rows, cols, L, S, scale, CAUSAL, ACC, PREC)
             # O = P V  →  dV = Pᵀ dO
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC).to(ACC)
             # O = P V  →  dP = dO Vᵀ
@@ -354,28 +387,15 @@ def _build_triton_kernels() -> dict[str, Any]:
         the key blocks, dS = P ⊙ (dP − D) recomputed as in the kernel above."""
         b = tl.program_id(1).to(tl.int64)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        e, ev = tl.arange(0, BLOCK_E), tl.arange(0, BLOCK_EV)
-        q = tl.load(q_ptr + b * L * E + rows[:, None] * E + e[None, :],
-                    mask=(rows[:, None] < L) & (e[None, :] < E), other=0.0)
-        do = tl.load(do_ptr + b * L * EV + rows[:, None] * EV + ev[None, :],
-                     mask=(rows[:, None] < L) & (ev[None, :] < EV), other=0.0)
-        lse = tl.load(lse_ptr + b * L + rows, mask=rows < L, other=0.0)
-        d = tl.load(d_ptr + b * L + rows, mask=rows < L, other=0.0)
+        e = tl.arange(0, BLOCK_E)
+        q, do, lse, d = _load_q_do(q_ptr, do_ptr, lse_ptr, d_ptr, b, rows, L, E, EV, BLOCK_E,
+                                  BLOCK_EV)
         dq = tl.zeros((BLOCK_M, BLOCK_E), ACC)
-        hi = S
-        if CAUSAL:
-            hi = tl.minimum(S, (tl.program_id(0) + 1) * BLOCK_M)
-        for start in range(0, hi, BLOCK_N):
+        for start in range(0, _key_end(S, CAUSAL, BLOCK_M), BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
-            k = tl.load(k_ptr + b * S * E + cols[:, None] * E + e[None, :],
-                        mask=(cols[:, None] < S) & (e[None, :] < E), other=0.0)
-            v = tl.load(v_ptr + b * S * EV + cols[:, None] * EV + ev[None, :],
-                        mask=(cols[:, None] < S) & (ev[None, :] < EV), other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * scale  # scale·Q Kᵀ
-            keep = (rows[:, None] < L) & (cols[None, :] < S)
-            if CAUSAL:
-                keep = keep & (cols[None, :] <= rows[:, None])
-            p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)  # P = exp(S − lse), recomputed
+            k, v = _load_kv(k_ptr, v_ptr, b, cols, S, E, EV, BLOCK_E, BLOCK_EV)
+            # P = exp(S − lse), S = scale · Q Kᵀ, recomputed
+            p = _recompute_p(q, k, lse, rows, cols, L, S, scale, CAUSAL, ACC, PREC)
             dp = tl.dot(do, tl.trans(v), input_precision=PREC).to(ACC)  # dP = dO Vᵀ
             ds = p * (dp - d[:, None])  # dS = P ⊙ (dP − rowsum(dO ⊙ O))
             # S = scale · Q Kᵀ  →  dQ = dS K · scale

@@ -105,6 +105,11 @@ def _upstream(grad_output: Tensor | None, t: int, dh: Tensor) -> Tensor:
     return dh if grad_output is None else dh + grad_output[t]
 
 
+def _at(grad_output: Tensor | None, t: int) -> Tensor | None:
+    """What the output at step t sends, ∂C/∂h_t's own part (None: the output got no gradient)."""
+    return None if grad_output is None else grad_output[t]
+
+
 # ---------------------------------------------------------------- Elman RNN
 def rnn_step(z_in: Tensor, h_prev: Tensor, w_hh: Tensor, b_hh: Tensor | None,
              relu: bool) -> Tensor:
@@ -207,10 +212,14 @@ def lstm_step(z_in: Tensor, h_prev: Tensor, c_prev: Tensor, w_hh: Tensor,
 
 
 def lstm_step_bwd(dh: Tensor, dc: Tensor, gates: Tensor, c: Tensor, c_prev: Tensor,
-                  w_hh: Tensor, w_hr: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(δ_t, (W_hh)ᵀ δ_t, ∂C/∂c_{t−1}) of :func:`lstm_step`, given dh = ∂C/∂h_t (all of it),
-    dc = what the cell path brings back from step t+1 (dc_{t+1} ⊙ f_{t+1}; ∂C/∂c_T at
-    t = T), the step's gates, c_t and c_{t−1}."""
+                  w_hh: Tensor, w_hr: Tensor | None = None,
+                  grad_output: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(δ_t, (W_hh)ᵀ δ_t, ∂C/∂c_{t−1}) of :func:`lstm_step`, given dh = ∂C/∂h_t (all of it,
+    or what step t+1 sent back, with ``grad_output`` the output's part), dc = what the cell
+    path brings back from step t+1 (dc_{t+1} ⊙ f_{t+1}; ∂C/∂c_T at t = T), the step's
+    gates, c_t and c_{t−1}."""
+    if grad_output is not None:  # ∂C/∂h_t = what step t+1 sent back + the output's part
+        dh = dh + grad_output
     i, f, g, o = gates.chunk(4, -1)
     tanh_c = torch.tanh(c)
     # h_t = W_hr m_t  →  dm_t = (W_hr)ᵀ dh_t; without a projection m_t is h_t
@@ -233,15 +242,15 @@ def lstm_step_bwd(dh: Tensor, dc: Tensor, gates: Tensor, c: Tensor, c_prev: Tens
 
 
 def lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
-             b_ih: Tensor | None, b_hh: Tensor | None,
-             w_hr: Tensor | None = None) -> tuple[Tensor, ...]:
-    """torch's LSTM over the sequence, :func:`lstm_step` at each step.
+             b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None = None,
+             step=lstm_step) -> tuple[Tensor, ...]:
+    """torch's LSTM over the sequence, ``step`` (:func:`lstm_step`) at each step.
 
     Returns (h_1..h_T, h_T, c_T, gates (T, N, 4H) activated, c_1..c_T)."""
     z_in = F.linear(x, w_ih, b_ih)  # every step's input part in one matmul
     h, c, hs, cs, gates = h0, c0, [], [], []
     for t in range(x.shape[0]):
-        h, c, gate = lstm_step(z_in[t], h, c, w_hh, b_hh, w_hr)
+        h, c, gate = step(z_in[t], h, c, w_hh, b_hh, w_hr)
         hs.append(h), cs.append(c), gates.append(gate)
     return torch.stack(hs), h, c, torch.stack(gates), torch.stack(cs)
 
@@ -249,17 +258,21 @@ def lstm_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
 def lstm_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None,
              x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, output: Tensor,
              gates: Tensor, cs: Tensor, need: tuple[bool, ...],
-             w_hr: Tensor | None = None) -> tuple[Tensor | None, ...]:
+             w_hr: Tensor | None = None, step_bwd=lstm_step_bwd) -> tuple[Tensor | None, ...]:
     """(∂C/∂x, ∂C/∂h_0, ∂C/∂c_0, ∂C/∂W_ih, ∂C/∂W_hh, ∂C/∂b_ih, ∂C/∂b_hh, ∂C/∂W_hr) of
-    :func:`lstm_fwd` (the last None without a projection)."""
+    :func:`lstm_fwd` (the last None without a projection), ``step_bwd``
+    (:func:`lstm_step_bwd`) at each step."""
     dh = grad_h_n if grad_h_n is not None else _zeros_like_state(h0)
     dc = grad_c_n if grad_c_n is not None else _zeros_like_state(c0)
     c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])
     deltas: list[Tensor] = [dh] * x.shape[0]
-    dhs: list[Tensor] = [dh] * x.shape[0]  # ∂C/∂h_t, for W_hr's BP4
+    dhs: list[Tensor] = [dh] * x.shape[0]  # ∂C/∂h_t, for W_hr's BP4 (projection only)
     for t in reversed(range(x.shape[0])):
-        dhs[t] = dh = _upstream(grad_output, t, dh)  # ∂C/∂h_t
-        deltas[t], dh, dc = lstm_step_bwd(dh, dc, gates[t], cs[t], c_prev[t], w_hh, w_hr)
+        g_t = _at(grad_output, t)  # the output's part of ∂C/∂h_t, added in the step
+        if w_hr is not None:  # ∂C/∂h_t in full before (W_hr)ᵀ: added here, kept for BP4
+            dhs[t] = dh = _upstream(grad_output, t, dh)
+            g_t = None
+        deltas[t], dh, dc = step_bwd(dh, dc, gates[t], cs[t], c_prev[t], w_hh, w_hr, g_t)
     return _lstm_grads(torch.stack(deltas), dhs, dh, dc, x, h0, w_ih, output, gates, cs, need,
                        w_hr)
 
@@ -352,10 +365,13 @@ def gru_step(gi: Tensor, h_prev: Tensor, w_hh: Tensor,
     return h, torch.cat([r, z, n], -1), h_n
 
 
-def gru_step_bwd(dh: Tensor, h_prev: Tensor, gates: Tensor, hn: Tensor,
-                 w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(δ^ih_t, δ^hh_t, ∂C/∂h_{t−1}) of :func:`gru_step`, given dh = ∂C/∂h_t (all of it),
-    h_{t−1}, the step's gates and W_hn h_{t−1} + b_hn."""
+def gru_step_bwd(dh: Tensor, h_prev: Tensor, gates: Tensor, hn: Tensor, w_hh: Tensor,
+                 grad_output: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(δ^ih_t, δ^hh_t, ∂C/∂h_{t−1}) of :func:`gru_step`, given dh = ∂C/∂h_t (all of it,
+    or what step t+1 sent back, with ``grad_output`` the output's part), h_{t−1}, the
+    step's gates and W_hn h_{t−1} + b_hn."""
+    if grad_output is not None:  # ∂C/∂h_t = what step t+1 sent back + the output's part
+        dh = dh + grad_output
     r, z, n = gates.chunk(3, -1)
     # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}, n = tanh(z_n)  →  δ_n = dh_t ⊙ (1 − z) ⊙ tanh'(z_n)
     delta_n = dh * (1 - z) * (1 - n * n)
@@ -373,29 +389,31 @@ def gru_step_bwd(dh: Tensor, h_prev: Tensor, gates: Tensor, hn: Tensor,
 
 
 def gru_fwd(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
-            b_hh: Tensor | None) -> tuple[Tensor, ...]:
-    """torch's GRU over the sequence, :func:`gru_step` at each step.
+            b_hh: Tensor | None, step=gru_step) -> tuple[Tensor, ...]:
+    """torch's GRU over the sequence, ``step`` (:func:`gru_step`) at each step.
 
     Returns (h_1..h_T, h_T, gates (T, N, 3H) = (r; z; n), W_hn h_{t−1} + b_hn (T, N, H))."""
     gi = F.linear(x, w_ih, b_ih)  # every step's input part in one matmul
     h, hs, gates, hns = h0, [], [], []
     for t in range(x.shape[0]):
-        h, gate, h_n = gru_step(gi[t], h, w_hh, b_hh)
+        h, gate, h_n = step(gi[t], h, w_hh, b_hh)
         hs.append(h), gates.append(gate), hns.append(h_n)
     return torch.stack(hs), h, torch.stack(gates), torch.stack(hns)
 
 
 def gru_bwd(grad_output: Tensor | None, grad_h_n: Tensor | None, x: Tensor, h0: Tensor,
             w_ih: Tensor, w_hh: Tensor, output: Tensor, gates: Tensor, hns: Tensor,
-            need: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
-    """(∂C/∂x, ∂C/∂h_0, ∂C/∂W_ih, ∂C/∂W_hh, ∂C/∂b_ih, ∂C/∂b_hh) of :func:`gru_fwd`."""
+            need: tuple[bool, ...], step_bwd=gru_step_bwd) -> tuple[Tensor | None, ...]:
+    """(∂C/∂x, ∂C/∂h_0, ∂C/∂W_ih, ∂C/∂W_hh, ∂C/∂b_ih, ∂C/∂b_hh) of :func:`gru_fwd`,
+    ``step_bwd`` (:func:`gru_step_bwd`) at each step."""
     h_prev = _h_prev(h0, output)
     dh = grad_h_n if grad_h_n is not None else _zeros_like_state(h0)
     deltas_ih: list[Tensor] = [dh] * x.shape[0]
     deltas_hh: list[Tensor] = [dh] * x.shape[0]
     for t in reversed(range(x.shape[0])):
-        deltas_ih[t], deltas_hh[t], dh = gru_step_bwd(_upstream(grad_output, t, dh),
-                                                      h_prev[t], gates[t], hns[t], w_hh)
+        # ∂C/∂h_t = dh (what step t+1 sent back) + the output's part, added in the step
+        deltas_ih[t], deltas_hh[t], dh = step_bwd(dh, h_prev[t], gates[t], hns[t], w_hh,
+                                                  _at(grad_output, t))
     need_x, need_h0, *need_params = need
     grad_x, *grads = _weight_grads(torch.stack(deltas_ih), torch.stack(deltas_hh), x, h_prev,
                                    w_ih, (need_x, *need_params))
@@ -581,13 +599,13 @@ __all__ = ["GRUCellFunction", "GRULayerFunction", "LSTMCellFunction", "LSTMLayer
 # The gate products of one step in one launch each way, where the reference launches
 # about ten elementwise ops forward and twenty backward (bptorch.kernels picks them:
 # "triton", or "auto" on CUDA). The GEMMs stay torch matmuls: each step is one GEMM and
-# one gate kernel forward (z_t = z_in + h_{t−1} W_hhᵀ, b_hh folded into z_in once for a
-# whole sequence), one gate kernel and one GEMM backward ((W_hh)ᵀ δ_t). One program per
-# BLOCK of the step's N·H elements (n, j), each reading its gates at j, H + j, 2H + j,
-# (3H + j) of row n; tanh z = 2σ(2z) − 1, which cannot overflow. Arithmetic in float32
-# (float64 for float64). Built on first use (importing this file imports no triton);
-# tests/test_kernels2.py runs them through Triton's interpreter against the reference and
-# torch.nn.LSTM/GRU. Double backward and torch.func take the reference.
+# one gate kernel forward (z_t = z_in + b_hh + h_{t−1} W_hhᵀ), one gate kernel and one
+# GEMM backward ((W_hh)ᵀ δ_t); the loops over the steps are the reference's, given these
+# steps. One program per BLOCK of the step's N·H elements (n, j), each reading its gates
+# at j, H + j, 2H + j, (3H + j) of row n; tanh z = 2σ(2z) − 1, which cannot overflow.
+# Arithmetic in float32 (float64 for float64). Built on first use (importing this file
+# imports no triton); tests/test_kernels2.py runs them through Triton's interpreter
+# against the reference and torch.nn.LSTM/GRU. Double backward and torch.func take the reference.
 GATE_BLOCK = 1024  # elements (n, j) a program holds
 
 
@@ -812,16 +830,8 @@ def gru_step_bwd_triton(dh: Tensor, h_prev: Tensor, gates: Tensor, hn: Tensor, w
 def lstm_fwd_triton(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                     b_ih: Tensor | None, b_hh: Tensor | None,
                     w_hr: Tensor | None = None) -> tuple[Tensor, ...]:
-    """:func:`lstm_fwd` with :func:`lstm_step_triton` at each step; b_hh added to the input
-    part once for all steps."""
-    z_in = F.linear(x, w_ih, b_ih)  # every step's input part in one matmul
-    if b_hh is not None:
-        z_in = z_in + b_hh
-    h, c, hs, cs, gates = h0, c0, [], [], []
-    for t in range(x.shape[0]):
-        h, c, gate = lstm_step_triton(z_in[t], h, c, w_hh, None, w_hr)
-        hs.append(h), cs.append(c), gates.append(gate)
-    return torch.stack(hs), h, c, torch.stack(gates), torch.stack(cs)
+    """:func:`lstm_fwd` with :func:`lstm_step_triton` at each step."""
+    return lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, step=lstm_step_triton)
 
 
 def lstm_bwd_triton(grad_output: Tensor | None, grad_h_n: Tensor | None,
@@ -830,49 +840,22 @@ def lstm_bwd_triton(grad_output: Tensor | None, grad_h_n: Tensor | None,
                     need: tuple[bool, ...], w_hr: Tensor | None = None
                     ) -> tuple[Tensor | None, ...]:
     """:func:`lstm_bwd` with :func:`lstm_step_bwd_triton` at each step."""
-    dh = grad_h_n if grad_h_n is not None else _zeros_like_state(h0)
-    dc = grad_c_n if grad_c_n is not None else _zeros_like_state(c0)
-    c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])
-    deltas: list[Tensor] = [dh] * x.shape[0]
-    dhs: list[Tensor] = [dh] * x.shape[0]  # ∂C/∂h_t, for W_hr's BP4 (projection only)
-    for t in reversed(range(x.shape[0])):
-        g_t = None if grad_output is None else grad_output[t]
-        if w_hr is not None:  # ∂C/∂h_t in full before (W_hr)ᵀ: added here, kept for BP4
-            dhs[t] = dh = _upstream(grad_output, t, dh)
-            g_t = None
-        deltas[t], dh, dc = lstm_step_bwd_triton(dh, dc, gates[t], cs[t], c_prev[t], w_hh,
-                                                 w_hr, g_t)
-    return _lstm_grads(torch.stack(deltas), dhs, dh, dc, x, h0, w_ih, output, gates, cs, need,
-                       w_hr)
+    return lstm_bwd(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, output, gates, cs,
+                    need, w_hr, step_bwd=lstm_step_bwd_triton)
 
 
 def gru_fwd_triton(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
                    b_hh: Tensor | None) -> tuple[Tensor, ...]:
     """:func:`gru_fwd` with :func:`gru_step_triton` at each step."""
-    gi = F.linear(x, w_ih, b_ih)  # every step's input part in one matmul
-    h, hs, gates, hns = h0, [], [], []
-    for t in range(x.shape[0]):
-        h, gate, h_n = gru_step_triton(gi[t], h, w_hh, b_hh)
-        hs.append(h), gates.append(gate), hns.append(h_n)
-    return torch.stack(hs), h, torch.stack(gates), torch.stack(hns)
+    return gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, step=gru_step_triton)
 
 
 def gru_bwd_triton(grad_output: Tensor | None, grad_h_n: Tensor | None, x: Tensor, h0: Tensor,
                    w_ih: Tensor, w_hh: Tensor, output: Tensor, gates: Tensor, hns: Tensor,
                    need: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
     """:func:`gru_bwd` with :func:`gru_step_bwd_triton` at each step."""
-    h_prev = _h_prev(h0, output)
-    dh = grad_h_n if grad_h_n is not None else _zeros_like_state(h0)
-    deltas_ih: list[Tensor] = [dh] * x.shape[0]
-    deltas_hh: list[Tensor] = [dh] * x.shape[0]
-    for t in reversed(range(x.shape[0])):
-        g_t = None if grad_output is None else grad_output[t]
-        deltas_ih[t], deltas_hh[t], dh = gru_step_bwd_triton(dh, h_prev[t], gates[t], hns[t],
-                                                             w_hh, g_t)
-    need_x, need_h0, *need_params = need
-    grad_x, *grads = _weight_grads(torch.stack(deltas_ih), torch.stack(deltas_hh), x, h_prev,
-                                   w_ih, (need_x, *need_params))
-    return (grad_x, dh if need_h0 else None, *grads)
+    return gru_bwd(grad_output, grad_h_n, x, h0, w_ih, w_hh, output, gates, hns, need,
+                   step_bwd=gru_step_bwd_triton)
 
 
 __all__ += ["gru_bwd_triton", "gru_fwd_triton", "gru_step_bwd_triton", "gru_step_triton",

@@ -76,7 +76,29 @@ class MaxPool3d(_MaxPoolNd):
     _pool = staticmethod(F.max_pool3d)
 
 
-class AvgPool2d(nn.Module):
+class _AvgPoolNd(nn.Module):
+    """The average pools' one module: torch's arguments, stored as given (as torch does)."""
+
+    _pool = None  # the functional form, F.avg_pool{d}d
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:
+        super().__init__()
+        self.kernel_size, self.padding = kernel_size, padding
+        self.stride = stride if stride is not None else kernel_size
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.divisor_override = divisor_override
+
+    def forward(self, input: Tensor) -> Tensor:
+        return type(self)._pool(input, self.kernel_size, self.stride, self.padding,
+                                self.ceil_mode, self.count_include_pad, self.divisor_override)
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}")
+
+
+class AvgPool2d(_AvgPoolNd):
     r"""a_j = (1/n_j) Σ_{i ∈ window j} z_i over k_h × k_w windows; backward
     ∂C/∂z_i = Σ_{j ∋ i} δ_j / n_j.
 
@@ -95,25 +117,32 @@ class AvgPool2d(nn.Module):
         H_out = ⌊(H + 2p − k_h)/s⌋ + 1 (⌈·⌉ with ceil_mode).
     """
 
+    _pool = staticmethod(F.avg_pool2d)
+
     def __init__(self, kernel_size: IntPair, stride: IntPair | None = None,
                  padding: IntPair = 0, ceil_mode: bool = False,
                  count_include_pad: bool = True, divisor_override: int | None = None) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad,
+                         divisor_override)
+
+
+class _AdaptiveAvgPoolNd(nn.Module):
+    """The adaptive average pools' one module: ``output_size``."""
+
+    _pool = None  # the functional form, F.adaptive_avg_pool{d}d
+
+    def __init__(self, output_size) -> None:
         super().__init__()
-        self.kernel_size, self.padding = kernel_size, padding
-        self.stride = stride if stride is not None else kernel_size
-        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
-        self.divisor_override = divisor_override
+        self.output_size = output_size
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                            self.count_include_pad, self.divisor_override)
+        return type(self)._pool(input, self.output_size)
 
     def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}")
+        return f"output_size={self.output_size}"
 
 
-class AdaptiveAvgPool2d(nn.Module):
+class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
     r"""Average pooling over the windows that give an output of ``output_size``;
     backward ∂C/∂z = P_hᵀ δ P_w (δ/(H·W) everywhere for global pooling, output 1).
 
@@ -126,15 +155,7 @@ class AdaptiveAvgPool2d(nn.Module):
         (N, C, H, W) or (C, H, W) -> (…, H_out, W_out).
     """
 
-    def __init__(self, output_size: int | None | tuple[int | None, int | None]) -> None:
-        super().__init__()
-        self.output_size = output_size
-
-    def forward(self, input: Tensor) -> Tensor:
-        return F.adaptive_avg_pool2d(input, self.output_size)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
+    _pool = staticmethod(F.adaptive_avg_pool2d)
 
 
 class AvgPool1d(nn.Module):
@@ -164,59 +185,29 @@ class AvgPool1d(nn.Module):
                 f"padding={self.padding}")
 
 
-class AvgPool3d(nn.Module):
+class AvgPool3d(_AvgPoolNd):
     r"""a_j = (1/n_j) Σ_{i ∈ window j} z_i over k_d × k_h × k_w windows; backward
     ∂C/∂z_i = Σ_{j ∋ i} δ_j / n_j. A drop-in for ``torch.nn.AvgPool3d``.
 
     Shape: (N, C, D, H, W) or (C, D, H, W) -> (…, D_out, H_out, W_out).
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:
-        super().__init__()
-        self.kernel_size, self.padding = kernel_size, padding
-        self.stride = stride if stride is not None else kernel_size
-        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
-        self.divisor_override = divisor_override
-
-    def forward(self, input: Tensor) -> Tensor:
-        return F.avg_pool3d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                            self.count_include_pad, self.divisor_override)
-
-    def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}")
+    _pool = staticmethod(F.avg_pool3d)
 
 
-class AdaptiveAvgPool1d(nn.Module):
-    r"""Average pooling over the windows that give ``output_size`` along L, a = z Pᵀ;
-    backward ∂C/∂z = δ P. A drop-in for ``torch.nn.AdaptiveAvgPool1d``."""
+class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
+    r"""Average pooling over the windows that give ``output_size`` (an int) along L,
+    a = z Pᵀ; backward ∂C/∂z = δ P. A drop-in for ``torch.nn.AdaptiveAvgPool1d``."""
 
-    def __init__(self, output_size: int) -> None:
-        super().__init__()
-        self.output_size = output_size
-
-    def forward(self, input: Tensor) -> Tensor:
-        return F.adaptive_avg_pool1d(input, self.output_size)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
+    _pool = staticmethod(F.adaptive_avg_pool1d)
 
 
-class AdaptiveAvgPool3d(nn.Module):
+class AdaptiveAvgPool3d(_AdaptiveAvgPoolNd):
     r"""Average pooling over the windows that give ``output_size`` (int or triple, None
     entries keep the input's size); backward ∂C/∂z = δ ×_1 P_1ᵀ ×_2 P_2ᵀ ×_3 P_3ᵀ.
     A drop-in for ``torch.nn.AdaptiveAvgPool3d``."""
 
-    def __init__(self, output_size) -> None:
-        super().__init__()
-        self.output_size = output_size
-
-    def forward(self, input: Tensor) -> Tensor:
-        return F.adaptive_avg_pool3d(input, self.output_size)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
+    _pool = staticmethod(F.adaptive_avg_pool3d)
 
 
 class _AdaptiveMaxPoolNd(nn.Module):
