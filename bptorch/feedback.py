@@ -28,7 +28,8 @@ DFA (Nøkland 2016) skips BP2 altogether: each hidden layer l gets
 δ^l = (δ^L B^l) ⊙ σ'(z^l) straight from the output error through its own fixed B^l,
 (n_L, n_l), drawn as the init of a weight from layer l to the output. ``Network(...,
 feedback="dfa")`` runs it in the explicit engine; :class:`DFA` wraps any model of
-bptorch (or torch) layers for the autograd path.
+bptorch (or torch) layers for the autograd path, and can give a conv's input BioTorch's
+convolutional feedback, δ^l = (Bᵀ ⋆ (δ^L ⊗ 1_{H'×W'})) ⊙ σ'(z^l), B (n_L, C, k_h, k_w).
 
 Randomness: fa, frsf and brsf seed a ``torch.Generator`` per layer with one 64-bit draw
 from torch's global RNG at construction (so ``torch.manual_seed`` fixes them; the
@@ -48,10 +49,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from .functions.base import Pair
+from .functions.conv import conv2d_input_grad, conv2d_padding, conv_out_size
 
 RULES = ("backprop", "fa", "usf", "brsf", "frsf")
 NETWORK_RULES = (*RULES, "dfa")
@@ -188,35 +192,72 @@ class DFA(nn.Module):
     the routing of a max-pool) that follow the hidden module's input, BP3 and BP4, so
     δ^l = (δ^L B^l) ⊙ σ'(z^l). The output layer's gradients are backprop's.
 
+    Convolutional feedback (``conv_feedback``), BioTorch's DFA conv layer (Sanfiz &
+    Akrout 2021, ``biotorch/layers/dfa/conv.py``): a hidden point a^l (N, C, H, W) read by
+    a Conv2d of kernel k_h×k_w, stride s, padding p, dilation d and output H'×W' gets that
+    conv's own BP2 with B^l (n_L, C, k_h, k_w) as its kernel and, as the error at its
+    output, δ^L copied to each of the H'×W' positions:
+
+        ∂C/∂a^l ← Bᵀ ⋆ (δ^L ⊗ 1_{H'×W'}),   so   δ^l = (Bᵀ ⋆ (δ^L ⊗ 1_{H'×W'})) ⊙ σ'(z^l),
+
+    ⋆ the transposed convolution (``functions.conv.conv2d_input_grad``, the Conv2d
+    Function's BP2, with the reading conv's s, p, d). Pixel by pixel,
+    (Bᵀ ⋆ (δ^L ⊗ 1))_{c,i,j} = Σ_o δ^L_o Σ_{t reads (i,j)} B_{o,c,t}: a dense B^l whose
+    entry at (c, i, j) is the sum of the kernel taps that read pixel (i, j), the same for
+    every pixel away from the borders (all k_h·k_w taps at stride 1), so the signal is
+    nearly constant over each channel; n_L·C·k_h·k_w numbers in place of n_L·C·H·W.
+
     Args:
         model: the network; its forward is unchanged (``DFA(...)(x) == model(x)``).
         output_layer: name in ``model.named_modules()`` of the layer producing z^L.
         hidden_layers: names of the modules whose *output* gets δ^L B^l. Name a^l, the
             tensor BP2 would carry down (e.g. after a ReLU or a max-pool, or a Dense).
         example_input: one batch (any N) run once to learn each a^l's shape.
+        conv_feedback: {hidden layer: name of the Conv2d that reads its output}; those
+            hidden layers get the convolutional feedback above (groups 1, padding mode
+            "zeros"); the others keep the dense B^l. Default: none.
+        init: how B^l is drawn. "torch" (the default): U(−k, k), k = 1/√fan_in, torch's
+            default init of a layer from a^l to the output (Linear(n_l, n_L): fan_in = n_l;
+            Conv2d(C, n_L, k): fan_in = C·k_h·k_w; BioTorch's non-xavier init of its
+            ``weight_backward``, kaiming_uniform(a=√5), is this distribution). "xavier":
+            U(−a, a), a = √(6/(fan_in + fan_out)), fan_out = n_L (dense) or n_L·k_h·k_w
+            (convolutional): BioTorch's ``init: xavier`` of its ``weight_backward``
+            (``nn.init.xavier_uniform_`` of the (n_L, n_l) or (n_L, C, k_h, k_w) tensor).
 
     Attributes:
-        ``feedback_weight_{i}``: buffer B^l of the i-th hidden layer, (n_L, *a^l.shape[1:]),
-        U(−k, k), k = 1/√n_l: the init of a Linear(n_l, n_L) from a^l to the output
-        (n_l = a^l's size per example), so δ^L B^l starts at backprop's scale. Drawn from
-        torch's global RNG at construction (``torch.manual_seed`` fixes them).
+        ``feedback_weight_{i}``: buffer B^l of the i-th hidden layer, (n_L, *a^l.shape[1:])
+        dense or (n_L, C, k_h, k_w) convolutional, drawn as ``init`` says (by default
+        U(−k, k), k = 1/√n_l, so δ^L B^l starts at backprop's scale) from torch's global
+        RNG at construction, in the order of ``hidden_layers`` (``torch.manual_seed``
+        fixes them).
 
     Example: ``dfa = DFA(net, "fc2", ["pool1", "pool2", "relu3", "fc1"], x[:1])``, then
-    ``cost(dfa(x), y).backward()`` and any optimizer on ``net.parameters()``.
+    ``cost(dfa(x), y).backward()`` and any optimizer on ``net.parameters()``. BioTorch's
+    DFA LeNet: ``DFA(net, "fc2", ["pool1", "pool2", "flatten", "fc1"], x[:1],
+    conv_feedback={"pool1": "conv2", "pool2": "conv3"}, init="xavier")``.
     """
 
     def __init__(self, model: nn.Module, output_layer: str, hidden_layers: Sequence[str],
-                 example_input: Tensor) -> None:
+                 example_input: Tensor, *, conv_feedback: Mapping[str, str] | None = None,
+                 init: str = "torch") -> None:
         super().__init__()
         self.model = model
         modules = dict(model.named_modules())
-        for name in (output_layer, *hidden_layers):
+        conv_feedback = dict(conv_feedback or {})
+        for name in (output_layer, *hidden_layers, *conv_feedback.values()):
             if name not in modules:
                 raise ValueError(f"DFA: model has no module {name!r}; its modules are "
                                  + ", ".join(repr(n) for n in modules if n))
         if output_layer in hidden_layers:
             raise ValueError(f"DFA: the output layer {output_layer!r} cannot be a hidden layer")
+        for name in conv_feedback:
+            if name not in hidden_layers:
+                raise ValueError(f"DFA: conv_feedback names {name!r}, which is not one of the "
+                                 "hidden layers " + ", ".join(map(repr, hidden_layers)))
+        if init not in ("torch", "xavier"):
+            raise ValueError(f"DFA: unknown init {init!r}; expected 'torch' or 'xavier'")
         self.output_layer, self.hidden_layers = output_layer, list(hidden_layers)
+        self.init = init
         self.enabled = True  # False: plain backprop (used by diagnostics.alignment)
         shapes: dict[str, torch.Size] = {}
         handles = [modules[n].register_forward_hook(
@@ -230,11 +271,23 @@ class DFA(nn.Module):
         for h in handles:
             h.remove()
         n_out = math.prod(shapes[output_layer])
+        ref = next(iter(model.parameters()), example_input)
+        # i -> (stride, padding, end padding, dilation) of the conv reading hidden layer i
+        self._conv: dict[int, tuple[Pair, Pair, Pair, Pair]] = {}
         for i, name in enumerate(self.hidden_layers):
-            n_l = math.prod(shapes[name])
-            k = 1 / math.sqrt(n_l)
-            ref = next(iter(model.parameters()), example_input)
-            b = torch.empty(n_out, *shapes[name], device=ref.device, dtype=ref.dtype)
+            if name in conv_feedback:
+                conv = modules[conv_feedback[name]]
+                self._conv[i] = _conv_geometry(conv, name, shapes[name])
+                shape = (n_out, shapes[name][0], *conv.kernel_size)  # (n_L, C, k_h, k_w)
+                fan_in, fan_out = math.prod(shape[1:]), n_out * math.prod(shape[2:])
+            else:
+                shape = (n_out, *shapes[name])  # (n_L, *a^l's shape)
+                fan_in, fan_out = math.prod(shapes[name]), n_out
+            if init == "torch":
+                k = 1 / math.sqrt(fan_in)  # a Linear's / Conv2d's default init, to the output
+            else:
+                k = math.sqrt(6.0 / (fan_in + fan_out))  # Xavier-uniform
+            b = torch.empty(shape, device=ref.device, dtype=ref.dtype)
             self.register_buffer(f"feedback_weight_{i}", b.uniform_(-k, k))
         self._delta_L: Tensor | None = None
         self._handles = [modules[output_layer].register_forward_hook(self._output_hook)]
@@ -264,13 +317,45 @@ class DFA(nn.Module):
             raise RuntimeError("DFA: no gradient reached the output layer "
                                f"{self.output_layer!r} before a hidden layer's")
         b = getattr(self, f"feedback_weight_{i}")
+        if i in self._conv:
+            return self._conv_direct(i, b, grad)
         return (self._delta_L @ b.flatten(1)).view_as(grad)
+
+    def _conv_direct(self, i: int, b: Tensor, grad: Tensor) -> Tensor:
+        """Bᵀ ⋆ (δ^L ⊗ 1_{H'×W'}): the reading conv's BP2, kernel B, δ^L at every output."""
+        stride, padding, extra, dilation = self._conv[i]
+        h, w = grad.shape[-2:]
+        size = (h + extra[0], w + extra[1])  # "same" pads the odd row/column at the end
+        out_hw = conv_out_size(size, b.shape[2:], stride, padding, dilation)  # H'×W'
+        e = self._delta_L[:, :, None, None].expand(-1, -1, *out_hw)  # δ^L ⊗ 1, (N, n_L, H', W')
+        signal = conv2d_input_grad(e, b, size, stride, padding, dilation, 1)  # Bᵀ ⋆ e
+        return signal[..., :h, :w]  # the end padding's rows and columns are no pixels
 
     def remove(self) -> nn.Module:
         """Detach the hooks; return the model, back to plain backprop."""
         for h in self._handles:
             h.remove()
         return self.model
+
+
+def _conv_geometry(conv: nn.Module, name: str, shape: torch.Size
+                   ) -> tuple[Pair, Pair, Pair, Pair]:
+    """(stride, padding, end padding, dilation) of the Conv2d ``conv`` that reads hidden
+    layer ``name`` (output ``shape`` per example), for :meth:`DFA._conv_direct`."""
+    kernel_size = getattr(conv, "kernel_size", ())
+    if len(kernel_size) != 2 or len(shape) != 3:
+        raise ValueError(f"DFA: conv_feedback for {name!r} needs a Conv2d reading a "
+                         f"(N, C, H, W) output; got {type(conv).__name__} reading "
+                         f"(N, {', '.join(map(str, shape))})")
+    if conv.groups != 1 or getattr(conv, "padding_mode", "zeros") != "zeros":
+        raise ValueError(f"DFA: conv_feedback for {name!r} needs groups=1 and padding_mode="
+                         f"'zeros'; got groups={conv.groups}, padding_mode={conv.padding_mode!r}")
+    if conv.in_channels != shape[0]:
+        raise ValueError(f"DFA: {name!r} has {shape[0]} channels but its conv reads "
+                         f"{conv.in_channels}")
+    stride, dilation = tuple(conv.stride), tuple(conv.dilation)
+    padding, extra = conv2d_padding(conv.padding, tuple(kernel_size), stride, dilation)
+    return stride, tuple(padding), tuple(extra), dilation
 
 
 # -- switching to exact backprop, for comparisons -----------------------------------------

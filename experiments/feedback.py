@@ -17,6 +17,10 @@ The models, of bptorch layers:
   max-pool 2, conv 120@5×5, ReLU, FC 120→84 (ReLU), 84→10, on 32×32 inputs (MNIST
   zero-padded by 2, or resized as BioTorch does: ``--lenet-input``). DFA feeds δ^L to the outputs of pool1, pool2, the flattened conv3
   and fc1: the inputs of every layer but the first, where BioTorch's DFA layers put it.
+  Under a BioTorch recipe (``--dfa-feedback biotorch``, recorded as ``dfa_feedback``) B^l
+  is shaped as BioTorch's: at pool1 and pool2 a (10, C, 5, 5) kernel applied as conv2's
+  and conv3's transposed convolution of δ^L copied over their outputs, at flatten and fc1
+  a (10, n_l) matrix, all Xavier-uniform (``bptorch.feedback.DFA(conv_feedback=...)``).
 * ``mlp``: 784→800→800→10, tanh hidden layers, dropout p=0.25 after each (``--dropout``);
   DFA feeds δ^L to each dropout's output, so a dropped unit gets no error.
 
@@ -146,6 +150,24 @@ def lenet(rule: str) -> tuple[nn.Module, list[str]]:
     return net, ["pool1", "pool2", "flatten", "fc1"]
 
 
+# BioTorch's DFA LeNet (biotorch/layers/dfa/conv.py, linear.py; BioModule converts every
+# Conv2d and Linear): each layer's *input* gets δ^L through that layer's weight_backward,
+# conv2 and conv3 as a transposed convolution of δ^L copied over their outputs (kernel
+# (10, C, 5, 5)), fc1 and fc2 as δ^L B, B (10, in_features); conv1's input is the image
+# (no gradient). Xavier-uniform under ``init: xavier`` (torch's default init otherwise).
+LENET_CONV_FEEDBACK = {"pool1": "conv2", "pool2": "conv3"}
+
+
+def dfa_feedback(c: dict) -> str | None:
+    """How DFA's B^l are shaped (None unless the rule is dfa): "biotorch" under a BioTorch
+    recipe (convolutional B for LeNet's conv inputs, each B drawn with the recipe's init,
+    as BioTorch's DFA layers), else "dense" (one U(±1/√n_l) matrix per hidden point)."""
+    if c["rule"] != "dfa":
+        return None
+    return c.get("dfa_feedback") or ("biotorch" if c["recipe"].startswith("biotorch")
+                                     else "dense")
+
+
 def mlp(rule: str, dropout: float) -> tuple[nn.Module, list[str]]:
     """784→800→800→10, tanh, dropout after each hidden layer; and the modules DFA feeds."""
     fb = LAYER_RULE[rule]
@@ -181,6 +203,9 @@ def build(c: dict, example: Tensor) -> tuple[nn.Module, nn.Module]:
     if c["rule"] != "dfa":
         return net, net
     output = "fc2" if c["model"] == "lenet" else "fc3"
+    if dfa_feedback(c) == "biotorch":
+        conv = LENET_CONV_FEEDBACK if c["model"] == "lenet" else {}
+        return net, DFA(net, output, hidden, example, conv_feedback=conv, init=c["init"])
     return net, DFA(net, output, hidden, example)
 
 
@@ -336,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=cli.non_negative_int, nargs="+", metavar="SEED",
                    help="train each seed in turn; one JSON with every run, the median and "
                         "the spread (instead of --seed)")
+    p.add_argument("--dfa-feedback", choices=["dense", "biotorch"],
+                   help="dfa only: B^l dense U(±1/√n_l) per hidden point, or BioTorch's "
+                        "(convolutional at LeNet's conv inputs, drawn with --init) "
+                        "(default: biotorch under a biotorch recipe, else dense)")
     return p
 
 
@@ -348,6 +377,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config["milestones"] = list(config["milestones"])
     config["biotorch_error"] = BIOTORCH_ERROR[rule][config["dataset"] == "fashion-mnist"] \
         if config["model"] == "lenet" else None
+    config["dfa_feedback"] = dfa_feedback({**config, "dfa_feedback":
+                                           getattr(args, "dfa_feedback", None)})
     return config
 
 
