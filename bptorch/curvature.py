@@ -28,9 +28,11 @@ leading V axis). Between two such layers (activations, pooling, flatten, any tor
 S goes through that node's own backward, vmapped over the V columns. The loss's S is
 formed from the loss's input when ``loss_fn`` is called inside the block.
 
-Covered: Linear and Dense (``kflr``/``kfac`` on 2-d inputs, as BackPACK), Conv2d (stride,
-padding, dilation; ``groups`` for the diagonals; "same"), Embedding (the diagonals). Any
-other layer with parameters raises :class:`NotCoveredError` naming it.
+Covered: Linear and Dense (``kflr``/``kfac`` on 2-d inputs, as BackPACK), Conv1d, Conv2d
+and Conv3d (stride, padding, dilation, "same", ``groups``: for groups > 1 the Kronecker
+factors per group, :class:`ConvCurvature`), Embedding (``padding_idx``; its Kronecker
+factors as the one-hot Linear's, :class:`EmbeddingCurvature`). Any other layer with
+parameters raises :class:`NotCoveredError` naming it.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .functions.conv import Conv2dFunction, conv2d_input_grad
+from .functions.conv import Conv2dFunction, ConvNdFunction, conv_input_grad, pad_end
 from .functions.embedding import EmbeddingFunction
 from .functions.linear import ActivationFunction, DenseFunction, LinearFunction, sigma_from
 from .nn import cost as bcost
@@ -49,7 +51,7 @@ from .nn import cost as bcost
 SECOND_ORDER = ("diag_ggn_exact", "diag_ggn_mc", "kflr", "kfac")
 EXACT = ("diag_ggn_exact", "kflr")  # the loss's exact square root, C columns
 SAMPLED = ("diag_ggn_mc", "kfac")  # one Monte-Carlo square root each, M columns
-COVERED = "Linear, Dense, Conv2d and Embedding (diagonals)"
+COVERED = "Linear, Dense, Conv1d, Conv2d, Conv3d and Embedding"
 
 
 class NotCoveredError(NotImplementedError):
@@ -173,6 +175,7 @@ class LinearCurvature:
     def __init__(self, s: Tensor, a_prev: Tensor) -> None:
         self.s, self.a = s, a_prev.to(s.dtype)
         self.n = a_prev.shape[0]
+        self._a2: Tensor | None = None  # a², shared by the names and the roles
 
     def diag(self, role: str) -> Tensor:
         s, a = self.s, self.a
@@ -180,11 +183,14 @@ class LinearCurvature:
             s = s.flatten(2, -2).sum(2) if s.dim() > 3 else s  # Σ_t, BP3 per example
             return s.square().sum((0, 1))
         if a.dim() == 2:  # Σ_n (Σ_v s_{v,n}²) (a_n²)ᵀ: BP4 of the squares
-            return s.square().sum(0).t() @ a.square()
+            if self._a2 is None:
+                self._a2 = a.square()
+            s2 = s[0].square() if s.shape[0] == 1 else torch.einsum("vnp,vnp->np", s, s)
+            return s2.t() @ self._a2
         sf, af = s.flatten(2, -2), a.flatten(1, -2)  # (V, N, T, p), (N, T, d)
         return torch.einsum("vntp,ntd->vnpd", sf, af).square().sum((0, 1))
 
-    def kron_g(self) -> Tensor:
+    def kron_g(self, role: str = "weight") -> Tensor:
         if self.a.dim() != 2:
             raise NotCoveredError(f"kflr/kfac of a linear layer on {self.a.dim()}-d input: "
                                   "Kronecker factors are defined for 2-d (N, d) input "
@@ -193,58 +199,132 @@ class LinearCurvature:
         return s.t() @ s
 
     def kron_a(self) -> Tensor:
-        return self.a.t() @ self.a / self.n
+        return _gram(self.a.t(), self.n)  # Σ_n a_n a_nᵀ / N
 
 
-class Conv2dCurvature:
-    """The linear layer on each patch: a_col (N, g, K, P), s (V, N, g, C_out/g, P).
+def _gram(x: Tensor, n: int) -> Tensor:
+    """x xᵀ / n with the 1/n inside the GEMM (its alpha): no pass over the (d, d) result,
+    and exactly symmetric. x (..., d, m): batched over leading axes."""
+    if x.dim() == 2:
+        return torch.addmm(x.new_empty(x.shape[0], x.shape[0]), x, x.t(), beta=0,
+                           alpha=1 / n)
+    return torch.baddbmm(x.new_empty(x.shape[0], x.shape[1], x.shape[1]), x,
+                         x.transpose(1, 2), beta=0, alpha=1 / n)
 
-    diag(W) = Σ_{v,n} (Σ_p s_p a_col,pᵀ)², per group; diag(b) = Σ_{v,n} (Σ_p s_p)².
-    G = Σ_{v,n} (Σ_p s_p)(Σ_p s_p)ᵀ, A = Σ_{n,p} a_col a_colᵀ / N (BackPACK's; groups 1)."""
+
+# The diagonal of a convolution forms each column's per-example BP4, (V·N) products of
+# (C_out × P)(P × K); CHUNK bounds the elements of one batch of them (the columns are
+# taken CHUNK // (N·C_out·K) at a time), so memory stays that of a few BP4s.
+CHUNK = 1 << 24
+
+
+def conv_patches(a_prev: Tensor, kernel_size: tuple, stride: tuple, padding: tuple,
+                 dilation: tuple, out: tuple, examples_first: bool) -> Tensor:
+    """The unfolded input of a convolution (any number of spatial dims), read as one
+    strided view of the zero-padded a^{l−1} and copied once into the layout asked:
+    ``examples_first`` (N, C·K, P), each example's patches (the per-example BP4s of the
+    diagonal); else (C·K, N·P), every example's side by side (A's one GEMM). Entry
+    (n, c, t, p) is the padded a_prev at pixel p·stride + t·dilation of channel c (as
+    ``functions.conv.conv_cols``, which is the second layout with groups)."""
+    n, c = a_prev.shape[:2]
+    a = a_prev
+    if any(padding):
+        a = F.pad(a, [v for p in reversed(padding) for v in (p, p)])
+    a = a.contiguous()
+    s_n, s_c, *s_x = a.stride()
+    taps = tuple(s * d for s, d in zip(s_x, dilation))
+    steps = tuple(s * st for s, st in zip(s_x, stride))
+    k, p = math.prod(kernel_size), math.prod(out)
+    if examples_first:  # (N, C, *k, *out) → (N, C·K, P)
+        view = a.as_strided((n, c, *kernel_size, *out), (s_n, s_c, *taps, *steps))
+        return view.reshape(n, c * k, p)
+    view = a.as_strided((c, *kernel_size, n, *out), (s_c, *taps, s_n, *steps))
+    return view.reshape(c * k, n * p)  # (C, *k, N, *out) → (C·K, N·P)
+
+
+class ConvCurvature:
+    """Conv1d/2d/3d, any ``groups``: the linear layer on every patch, group by group.
+    With s (V, N, g, O, P) the columns at z (O = C_out/g, P positions) and a_col
+    (N, g, K, P) the unfolded input (K = C_in/g · k):
+
+        diag(W)_g = Σ_{v,n} (s_{v,n,g} a_col,n,gᵀ)²        per column, per example: BP4
+        diag(b)   = Σ_{v,n} (Σ_p s_{v,n,p})²
+        G_g = Σ_{v,n} (Σ_p s_{v,n,g,p})(Σ_p s_{v,n,g,p})ᵀ,  A_g = Σ_{n,p} a_col a_colᵀ / N
+
+    (BackPACK's layout for groups = 1: G (C_out, C_out) is the bias's GGN block, A
+    (C_in·k, C_in·k). For groups > 1 the weight's factors are per group, stacked on a
+    leading group axis, G (g, O, O) and A (g, K, K): the weight's GGN, W flattened by
+    rows, ≈ torch.block_diag(*(torch.kron(G[j], A[j]) for j)), the blocks between groups
+    dropped; the bias keeps its whole GGN block G (C_out, C_out).)
+
+    ``a_prev`` is the input as the backward sees it (zero-padded at the end for "same"
+    with an even kernel)."""
 
     def __init__(self, ctx: Any, s: Tensor, a_prev: Tensor, weight_shape: torch.Size) -> None:
-        (eh, ew) = ctx.extra
-        if eh or ew:  # "same" with an even kernel: the odd padding row, as the backward
-            a_prev = F.pad(a_prev, (0, ew, 0, eh))
-        self.ctx, self.s, self.a = ctx, s, a_prev.to(s.dtype)
+        self.ctx, self.a = ctx, a_prev.to(s.dtype)
+        self.s = s.flatten(3)  # (V, N, C_out, P)
+        self.out = tuple(s.shape[3:])
         self.n, self.shape, self.groups = a_prev.shape[0], weight_shape, ctx.groups
+        self._cols: dict[bool, Tensor] = {}  # the unfold, once per layout for every name
 
-    def _a_col(self) -> Tensor:
-        ctx = self.ctx
-        return F.unfold(self.a, tuple(self.shape[2:]), ctx.dilation, ctx.padding,
-                        ctx.stride)  # (N, C·kh·kw, P)
+    def _a_col(self, examples_first: bool) -> Tensor:
+        if examples_first not in self._cols:
+            ctx = self.ctx
+            self._cols[examples_first] = conv_patches(
+                self.a, tuple(self.shape[2:]), tuple(ctx.stride), tuple(ctx.padding),
+                tuple(ctx.dilation), self.out, examples_first)
+        return self._cols[examples_first]
 
     def diag(self, role: str) -> Tensor:
-        s, g = self.s, self.groups
+        s, g, n = self.s, self.groups, self.n
         if role == "bias":
-            return s.sum((3, 4)).square().sum((0, 1))
-        a_col = self._a_col().unflatten(1, (g, -1)).flatten(0, 1)  # (N·g, K, P)
+            return s.sum(3).square().sum((0, 1))
+        v, c_out, p = s.shape[0], s.shape[2], s.shape[3]
+        o = c_out // g
+        a_col = self._a_col(True).unflatten(1, (g, -1)).flatten(0, 1)  # (N·g, K, P)
+        k = a_col.shape[1]
         a_col_t = a_col.transpose(1, 2)  # (N·g, P, K)
-        n = self.n
+        chunk = max(1, CHUNK // max(1, n * c_out * k))
         diag = None
-        for s_v in s:  # one column at a time: no (V, N, |W|) tensor, no permuted copy of S
-            s_col = s_v.reshape(n * g, -1, a_col.shape[2])  # (N·g, O/g, P)
-            js = torch.bmm(s_col, a_col_t)  # this column's BP4, per example: (N·g, O/g, K)
-            js = js.square().unflatten(0, (n, g)).sum(0)  # (g, O/g, K)
-            diag = js if diag is None else diag + js
+        for start in range(0, v, chunk):  # usually all V columns at once
+            s_c = s[start:start + chunk]
+            m = s_c.shape[0]
+            # (m, N, g, O, P) → (N·g, m·O, P): example n's columns as the rows of one GEMM
+            rows = s_c.reshape(m, n, g, o, p).permute(1, 2, 0, 3, 4).reshape(n * g, m * o, p)
+            js = torch.bmm(rows, a_col_t)  # each column's BP4 per example: (N·g, m·O, K)
+            part = js.square_().reshape(n, g, m * o, k).sum(0)  # Σ_n (g, m·O, K)
+            part = part.reshape(g, m, o, k).sum(1)  # Σ_v (g, O, K)
+            diag = part if diag is None else diag + part
         return diag.reshape(self.shape)
 
-    def kron_g(self) -> Tensor:
-        if self.groups != 1:
-            raise NotCoveredError(f"kflr/kfac of a grouped Conv2d (groups={self.groups}): "
-                                  "not covered (as BackPACK)")
-        s = self.s.sum((3, 4)).flatten(0, 1)  # (V·N, C_out): Σ_p s_p
-        return s.t() @ s
+    def kron_g(self, role: str = "weight") -> Tensor:
+        s = self.s.sum(3).flatten(0, 1)  # (V·N, C_out): Σ_p s_p, the bias's Jacobian
+        if self.groups == 1 or role == "bias":
+            return s.t() @ s
+        s = s.unflatten(1, (self.groups, -1)).transpose(0, 1)  # (g, V·N, O)
+        return s.transpose(1, 2) @ s  # (g, O, O)
 
     def kron_a(self) -> Tensor:
-        a_col = self._a_col()  # (N, K, P)
-        x = a_col.transpose(1, 2).reshape(-1, a_col.shape[1])
-        return x.t() @ x / self.n
+        x = self._a_col(False)  # (C_in·k, N·P)
+        if self.groups == 1:
+            return _gram(x, self.n)
+        return _gram(x.unflatten(0, (self.groups, -1)), self.n)  # (g, K, K)
+
+
+# Kept for the name: Conv2d's forms are ConvCurvature's with two spatial dims.
+Conv2dCurvature = ConvCurvature
 
 
 class EmbeddingCurvature:
-    """z = W e_i: example n's column v is s_{v,n,t} added into the rows i_{n,t} it looked
-    up; diag(W) sums its squares per (example, row), over the columns."""
+    """z_{n,t} = W e_{i_{n,t}}: example n's column v is s_{v,n,t} added into the rows
+    i_{n,t} it looked up; diag(W) sums its squares per (example, row), over the columns.
+
+    Kronecker factors: an Embedding is a Linear (for (N, T) indices, a Conv1d with kernel
+    1 over the T positions) on one-hot inputs x = e_i, with weight Wᵀ (D, V). Its factors
+    in BackPACK's layout for that layer: G = Σ_{v,n} (Σ_t s_{v,n,t})(Σ_t s_{v,n,t})ᵀ
+    (D, D) and A = Σ_{n,t} e_i e_iᵀ / N (V, V), diagonal: the lookup counts over N. So
+    GGN(Wᵀ flattened by rows) ≈ kron(G, A), i.e. GGN(W flattened) ≈ kron(A, G). A
+    ``padding_idx`` lookup counts as the zero input (its row has no Jacobian)."""
 
     def __init__(self, ctx: Any, s: Tensor, index: Tensor) -> None:
         if ctx.scale_grad_by_freq:
@@ -253,32 +333,41 @@ class EmbeddingCurvature:
         self.v = ctx.num_embeddings
         n = index.shape[0] if index.dim() else 1
         index = index.reshape(n, -1)  # (N, T)
-        s = s.reshape(s.shape[0], n, index.shape[1], s.shape[-1])  # (V, N, T, D)
-        if ctx.padding_idx is not None:  # the padding row's Jacobian is 0
-            s = s * (index != ctx.padding_idx)[None, :, :, None].to(s.dtype)
+        self.s = s.reshape(s.shape[0], n, index.shape[1], s.shape[-1])  # (V, N, T, D)
+        self.n, self.index = n, index
+        # the padding row's Jacobian is 0: its lookups drop out of diag and of A
+        self.keep = None if ctx.padding_idx is None else index != ctx.padding_idx
         example = torch.arange(n, device=index.device).repeat_interleave(index.shape[1])
         self.key = example * self.v + index.reshape(-1)  # one key per (example, row)
-        self.s = s.flatten(1, 2)  # (V, N·T, D)
 
     def diag(self, role: str) -> Tensor:
+        s = self.s
+        if self.keep is not None:
+            s = s * self.keep[None, :, :, None].to(s.dtype)
+        s = s.flatten(1, 2)  # (V, N·T, D)
         keys, inverse = torch.unique(self.key, return_inverse=True)
-        rows = self.s.new_zeros(self.s.shape[0], keys.shape[0], self.s.shape[2])
-        rows.index_add_(1, inverse, self.s)  # Σ_t over an example's uses of a row
+        rows = s.new_zeros(s.shape[0], keys.shape[0], s.shape[2])
+        rows.index_add_(1, inverse, s)  # Σ_t over an example's uses of a row
         table = rows.new_zeros(self.v, rows.shape[2])
         return table.index_add_(0, keys % self.v, rows.square().sum(0))
 
-    def kron_g(self) -> Tensor:
-        raise NotCoveredError("kflr/kfac of an Embedding: not covered (BackPACK 1.7.1 has "
-                              "no Kronecker factors for it either); diag_ggn_exact and "
-                              "diag_ggn_mc are")
+    def kron_g(self, role: str = "weight") -> Tensor:
+        s = self.s.sum(2).flatten(0, 1)  # (V·N, D): Σ_t s_t, as a Conv1d's G
+        return s.t() @ s
 
-    kron_a = kron_g
+    def kron_a(self) -> Tensor:
+        index = self.index.reshape(-1)
+        ones = torch.ones(index.shape, dtype=self.s.dtype, device=index.device)
+        if self.keep is not None:
+            ones = ones * self.keep.reshape(-1).to(ones.dtype)
+        counts = ones.new_zeros(self.v).index_add_(0, index, ones)  # Σ_{n,t} e_i
+        return torch.diag(counts / self.n)
 
 
 # the Functions whose backward takes the columns S itself (a reporting layer of a family
 # above): the walk stops there and leaves S for that backward
 _STOP_CLASSES = {id(c) for cls in (LinearFunction, DenseFunction, Conv2dFunction,
-                                   EmbeddingFunction) for c in (cls._eager, cls._functorch)}
+                                   ConvNdFunction, EmbeddingFunction) for c in (cls._eager, cls._functorch)}
 
 
 _ACTIVATIONS = {id(ActivationFunction._eager), id(ActivationFunction._functorch)}
@@ -448,7 +537,7 @@ class Curvature:
                     f"quantities ({', '.join(self.names)}); they cover {COVERED}")
             return True
         s = self.pending.pop(ctx, None)
-        if kind not in ("linear", "conv2d", "embedding") or not _stops(ctx):
+        if kind not in ("linear", "conv2d", "conv", "embedding") or not _stops(ctx):
             if slots and self.parameters_of(ctx, slots, input_index):
                 raise NotCoveredError(
                     f"{self._where(ctx)} (a {kind} layer) is not covered by the second-order "
@@ -473,10 +562,12 @@ class Curvature:
             weight = saved[1]
             forms = LinearCurvature(s, _low(a_prev))
             s_in = (s @ _low(weight)).to(s.dtype) if down else None  # BP2: Wᵀ S, per column
-        elif kind == "conv2d":
-            weight = saved[1]
-            forms = Conv2dCurvature(ctx, s, _low(a_prev), weight.shape)
-            s_in = self._conv_down(ctx, s, a_prev, weight) if down else None
+        elif kind in ("conv2d", "conv"):
+            input, weight = saved
+            if kind == "conv2d":  # Conv2d hands a^{l−1} unpadded: the odd "same" row here
+                a_prev = pad_end(a_prev, ctx.extra)  # (ConvNd hands it padded already)
+            forms = ConvCurvature(ctx, s, _low(a_prev), weight.shape)
+            s_in = self._conv_down(ctx, s, a_prev, weight, input.shape[2:]) if down else None
         else:
             forms = EmbeddingCurvature(ctx, s, a_prev)
             s_in = None
@@ -487,13 +578,16 @@ class Curvature:
         return False
 
     @staticmethod
-    def _conv_down(ctx: Any, s: Tensor, a_prev: Tensor, weight: Tensor) -> Tensor:
-        """BP2 of Conv2d for the V columns: one transposed convolution of (V·N, ...)."""
-        (eh, ew), (h, w) = ctx.extra, a_prev.shape[2:]
-        g = conv2d_input_grad(s.flatten(0, 1), _low(weight).to(s.dtype),
-                              (h + eh, w + ew), ctx.stride, ctx.padding, ctx.dilation,
-                              ctx.groups)
-        return g[:, :, :h, :w].unflatten(0, s.shape[:2])
+    def _conv_down(ctx: Any, s: Tensor, a_prev: Tensor, weight: Tensor,
+                   size: torch.Size) -> Tensor:
+        """BP2 of a convolution for the V columns: one transposed convolution of the V·N
+        maps (V·N, C_out, *out) → (V·N, C_in, *size), the backward's own
+        (``conv_input_grad``), onto the padded input, then cropped to ``size``."""
+        g = conv_input_grad(s.flatten(0, 1), _low(weight).to(s.dtype), a_prev.shape[2:],
+                            tuple(ctx.stride), tuple(ctx.padding), tuple(ctx.dilation),
+                            ctx.groups)
+        g = g[(..., *(slice(m) for m in size))]
+        return g.unflatten(0, s.shape[:2])
 
     def _take(self, p: Tensor, role: str, forms: Any) -> None:
         rec = self.results.get(id(p))
@@ -508,9 +602,9 @@ class Curvature:
             if name.startswith("diag"):
                 rec[name] = forms.diag(role)
             elif role == "bias":
-                rec[name] = [forms.kron_g()]
+                rec[name] = [forms.kron_g(role)]
             else:  # A depends on a^{l−1} only: formed once for kflr and kfac
-                g_factor = forms.kron_g()
+                g_factor = forms.kron_g(role)
                 a_factor = forms.kron_a() if a_factor is None else a_factor
                 rec[name] = [g_factor, a_factor]
         forms.s = full
@@ -570,9 +664,9 @@ def network_curvature(net: nn.Module, x: Tensor, names: tuple[str, ...],
                 if name.startswith("diag"):
                     value = forms.diag(role)
                 elif role == "bias":
-                    value = [forms.kron_g()]
+                    value = [forms.kron_g(role)]
                 else:
-                    value = [forms.kron_g(), forms.kron_a()]
+                    value = [forms.kron_g(role), forms.kron_a()]
                 setattr(p, name, value)
         if l:
             s = plan[l - 1][3].delta(s @ weight, sp_from[l - 1])  # BP2: (Wᵀ S) ⊙ σ'(z)
