@@ -45,6 +45,7 @@ from torch.nn import functional as F
 
 from .functions.conv import Conv2dFunction, ConvNdFunction, conv_input_grad, pad_end
 from .functions.embedding import EmbeddingFunction
+from .functions.pool import AdaptiveMaxPoolFunction, MaxPoolFunction
 from .functions.linear import ActivationFunction, DenseFunction, LinearFunction, sigma_from
 from .nn import cost as bcost
 
@@ -212,6 +213,34 @@ def _gram(x: Tensor, n: int) -> Tensor:
                          x.transpose(1, 2), beta=0, alpha=1 / n)
 
 
+def by_rows(s: Tensor, f: Callable[[Tensor], Tensor]) -> Tensor:
+    """f applied to the V·N rows of S (V, N, ...) at once, read in S's own memory order
+    (examples outermost, as the walk lays S out, or columns outermost) and returned in
+    it: a batched op (BP2 through a linear or a convolution) needs no copy of S."""
+    if s.transpose(0, 1).is_contiguous():  # (N, V, ...) in memory
+        out = f(s.transpose(0, 1).flatten(0, 1))
+        return out.unflatten(0, (s.shape[1], s.shape[0])).transpose(0, 1)
+    return f(s.flatten(0, 1)).unflatten(0, s.shape[:2])
+
+
+def examples_outer(parts: list[Tensor]) -> Tensor:
+    """torch.cat(parts) (V, N, C), laid out (N, V, C) in memory: the layout S keeps down
+    the walk, in which a convolution's per-example products read it without a copy."""
+    return torch.cat([q.transpose(0, 1) for q in parts], 1).transpose(0, 1)
+
+
+def max_pool_columns(s: Tensor, indices: Tensor, input_shape: torch.Size) -> Tensor:
+    """Max pooling's BP2 (``functions.pool.max_pool_bwd``) for V columns at once:
+    ∂C/∂z_i = Σ_{j : i won j} s_j, each window's column added to the pixel that won it;
+    the winners ``indices`` (N, C, *out) are the same for every column. s (V, N, C, *out)
+    → (V, N, C, *input), laid out examples outermost."""
+    v, (n, c) = s.shape[0], input_shape[:2]
+    grad = s.new_zeros(n, v, c, math.prod(input_shape[2:]))
+    index = indices.flatten(2)[:, None].expand(n, v, c, -1)
+    grad.scatter_add_(3, index, s.transpose(0, 1).flatten(3))  # z[indices_j] += s_j
+    return grad.unflatten(3, tuple(input_shape[2:])).transpose(0, 1)
+
+
 # The diagonal of a convolution forms each column's per-example BP4, (V·N) products of
 # (C_out × P)(P × K); CHUNK bounds the elements of one batch of them (the columns are
 # taken CHUNK // (N·C_out·K) at a time), so memory stays that of a few BP4s.
@@ -373,6 +402,21 @@ _STOP_CLASSES = {id(c) for cls in (LinearFunction, DenseFunction, Conv2dFunction
 _ACTIVATIONS = {id(ActivationFunction._eager), id(ActivationFunction._functorch)}
 
 
+def _node_classes(*bases: type) -> set[int]:
+    """The ids of the classes a node's ``_forward_cls`` can be for these Functions and
+    their subclasses (each has an eager and a functorch form)."""
+    ids, todo = set(), list(bases)
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        ids |= {id(c) for c in (cls, getattr(cls, "_eager", None),
+                                getattr(cls, "_functorch", None)) if c is not None}
+    return ids
+
+
+_MAX_POOLS = _node_classes(MaxPoolFunction, AdaptiveMaxPoolFunction)
+
+
 def _stops(node: Any) -> bool:
     return id(getattr(node, "_forward_cls", None)) in _STOP_CLASSES
 
@@ -427,7 +471,7 @@ class Curvature:
                     self.columns[name] = slice(start, start + self.mc_samples)
                     start += self.mc_samples
             self.seeded = True
-            self.push(node, torch.cat(parts))
+            self.push(node, examples_outer(parts))
 
     def forward_hook(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
         """Read the loss's input (loss_fn's forward, inside the block): nothing else."""
@@ -435,12 +479,16 @@ class Curvature:
             self.seed(inputs[0])
 
     # ---- BP2 for the V columns between two covered layers: each node's own backward
-    def push(self, node: Any, s: Tensor) -> None:
+    def push(self, node: Any, s: Tensor, owned: bool = True) -> None:
         """Send the columns ``s`` (V, *) into ``node``: left for a covered layer's
-        backward, or passed through the node's own backward vmapped over V."""
-        stack = [(node, s)]
+        backward, or passed through the node's own backward vmapped over V (through an
+        activation or a max pool directly, V columns at once).
+
+        ``owned``: ``s`` is the walk's own buffer, aliased nowhere else, so BP2's ⊙ σ'(z)
+        may scale it in place (no second tensor of V·N maps)."""
+        stack = [(node, s, owned)]
         while stack:
-            node, s = stack.pop()
+            node, s, owned = stack.pop()
             if node is None:
                 continue
             if _stops(node):
@@ -466,13 +514,24 @@ class Curvature:
                     raise NotCoveredError(
                         f"{layer} is not covered by the second-order quantities "
                         f"({', '.join(self.names)}); they cover {COVERED}")
-            is_activation = id(getattr(node, "_forward_cls", None)) in _ACTIVATIONS
+            cls = getattr(node, "_forward_cls", None)
+            is_activation = id(cls) in _ACTIVATIONS
             saved = node.saved_tensors[0] if is_activation else None
             if is_activation and (saved is not None or node.activation.saves is None):
                 # a = σ(z): BP2's ⊙ σ'(z), broadcast over the V columns (no vmap needed)
+                act = node.activation
                 with torch.no_grad():
-                    s = node.activation.delta(s, saved)
-                stack.append((node.next_functions[0][0], s))
+                    if owned and act.elementwise and saved is not None:
+                        s = s.mul_(act.prime(saved))  # in place: σ'(z) is (N, ...)
+                    else:
+                        s = act.delta(s, saved)
+                stack.append((node.next_functions[0][0], s, True))
+                continue
+            if id(cls) in _MAX_POOLS:
+                # a_j = max_{i ∈ window j} z_i: each window's column to its winner
+                with torch.no_grad():
+                    s = max_pool_columns(s, node.saved_tensors[0], node.input_shape)
+                stack.append((node.next_functions[0][0], s, True))
                 continue
             n_out = len(node._input_metadata)
             call = node.apply if hasattr(node, "_forward_cls") else node
@@ -495,8 +554,12 @@ class Curvature:
                         outs = tuple(torch.stack(g) for g in zip(*cols))
             finally:
                 self.walking = False
+            # still the walk's own if it was and no two outputs share memory (a view of
+            # the input, as Flatten's backward gives, stays ours; AddBackward's twice does not)
+            storages = [g.untyped_storage().data_ptr() for g in outs]
+            owned = owned and len(set(storages)) == len(storages)
             for i, g in zip(kept, outs):
-                stack.append((node.next_functions[i][0], g))
+                stack.append((node.next_functions[i][0], g, owned))
 
     # ---- the hook: a covered layer's backward
     def parameters_of(self, ctx: Any, slots: dict[int, str],
@@ -561,7 +624,8 @@ class Curvature:
                 s = ctx.activation.delta(s, None if sp_from is None else _low(sp_from))
             weight = saved[1]
             forms = LinearCurvature(s, _low(a_prev))
-            s_in = (s @ _low(weight)).to(s.dtype) if down else None  # BP2: Wᵀ S, per column
+            w = _low(weight).to(s.dtype)
+            s_in = by_rows(s, lambda rows: rows @ w) if down else None  # BP2: Wᵀ S, per column
         elif kind in ("conv2d", "conv"):
             input, weight = saved
             if kind == "conv2d":  # Conv2d hands a^{l−1} unpadded: the odd "same" row here
@@ -583,11 +647,10 @@ class Curvature:
         """BP2 of a convolution for the V columns: one transposed convolution of the V·N
         maps (V·N, C_out, *out) → (V·N, C_in, *size), the backward's own
         (``conv_input_grad``), onto the padded input, then cropped to ``size``."""
-        g = conv_input_grad(s.flatten(0, 1), _low(weight).to(s.dtype), a_prev.shape[2:],
-                            tuple(ctx.stride), tuple(ctx.padding), tuple(ctx.dilation),
-                            ctx.groups)
-        g = g[(..., *(slice(m) for m in size))]
-        return g.unflatten(0, s.shape[:2])
+        w = _low(weight).to(s.dtype)
+        args = (tuple(ctx.stride), tuple(ctx.padding), tuple(ctx.dilation), ctx.groups)
+        crop = (..., *(slice(m) for m in size))
+        return by_rows(s, lambda rows: conv_input_grad(rows, w, a_prev.shape[2:], *args)[crop])
 
     def _take(self, p: Tensor, role: str, forms: Any) -> None:
         rec = self.results.get(id(p))
