@@ -286,3 +286,34 @@ def test_chunked_diagonal_equals_one_pass(monkeypatch):
     monkeypatch.setattr(curvature, "CHUNK", 1)
     for k, p in _collect(twin, x, y, loss_fn, "diag_ggn_exact").items():
         torch.testing.assert_close(p.diag_ggn_exact, once[k])
+
+
+class Residual(nn.Module):
+    """h = tanh(W1 x); r = relu(W2 h) + h; out = W3 tanh(r): S splits at the sum and both
+    branches scale it by their σ' (the walk's in-place σ' must not touch the other's)."""
+
+    def __init__(self):
+        super().__init__()
+        import bptorch.nn as bnn
+        self.l1, self.l2, self.l3 = bnn.Linear(4, 5), bnn.Linear(5, 5), bnn.Linear(5, 3)
+        self.tanh, self.relu, self.out_tanh = bnn.Tanh(), bnn.ReLU(), bnn.Tanh()
+
+    def forward(self, x):
+        h = self.tanh(self.l1(x))
+        return self.l3(self.out_tanh(self.relu(self.l2(h)) + h))
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_residual_split_against_brute_force(loss):
+    torch.manual_seed(5)
+    model = Residual().to(D)
+    x = torch.randn(N, 4, dtype=D)
+    y = torch.randint(0, 3, (N,)) if loss == "ce" else torch.randn(N, 3, dtype=D)
+    loss_fn = _loss_fn(loss, "mean")
+    ggn = brute_ggn(model, x, y, loss_fn)
+    got = _collect(model, x, y, loss_fn, "diag_ggn_exact", "kflr")
+    for name, p in got.items():
+        torch.testing.assert_close(p.diag_ggn_exact, ggn[name].diagonal().reshape(p.shape),
+                                   msg=name)
+        if name.endswith("bias"):
+            torch.testing.assert_close(p.kflr[0], ggn[name], msg=name)
