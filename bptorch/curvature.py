@@ -145,7 +145,9 @@ def sqrt_hessian_sampled(kind: str, reduction: str, f: Tensor, mc_samples: int) 
     (the same generator calls), so a seeded run gives BackPACK's samples."""
     if kind == "softmax":  # ŷ ~ Categorical(softmax f): ∇ = p − onehot(ŷ)
         p = torch.softmax(f, 1)
-        y = torch.distributions.Categorical(p).sample(torch.Size([mc_samples]))
+        # Categorical(p).sample((M,))'s own calls (its p renormalised, one multinomial
+        # draw with replacement), without the distribution object's argument checks
+        y = torch.multinomial(p / p.sum(-1, keepdim=True), mc_samples, True).t()
         s = p[None] - F.one_hot(y, f.shape[1]).to(p.dtype)
     elif kind == "mse":  # ŷ ~ N(f, ½): ∇ of (f − ŷ)² is 2(f − ŷ); BackPACK's sign, 2(ŷ − f)
         y = torch.distributions.Normal(f, torch.tensor(math.sqrt(0.5), device=f.device)
