@@ -24,9 +24,12 @@ Where it runs: each covered layer's written-out backward already hands its δ an
 to the active collector (``functions.base.PER_EXAMPLE``); inside :func:`collect` the
 collector keeps, beside the backward's δ, the V columns S that reached that layer, forms
 the quantities above from S and a^{l−1}, and passes Wᵀ S down (the family's own BP2 with a
-leading V axis). Between two such layers (activations, pooling, flatten, any torch op)
-S goes through that node's own backward, vmapped over the V columns. The loss's S is
-formed from the loss's input when ``loss_fn`` is called inside the block.
+leading V axis). Between two such layers S goes through each node's BP2: an activation's
+⊙ σ'(z), max pooling's scatter and Flatten's reshape for the V columns at once, any other
+node (any torch op) through its own backward vmapped over the V columns. The loss's S is
+formed from the loss's input when ``loss_fn`` is called inside the block. S is laid out
+examples outermost, (N, V, ...) in memory (:func:`examples_outer`, :func:`by_rows`), so a
+convolution's per-example products read it without a copy.
 
 Covered: Linear and Dense (``kflr``/``kfac`` on 2-d inputs, as BackPACK), Conv1d, Conv2d
 and Conv3d (stride, padding, dilation, "same", ``groups``: for groups > 1 the Kronecker
@@ -44,6 +47,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .functions.conv import Conv2dFunction, ConvNdFunction, conv_input_grad, pad_end
+from .functions.dropout import FlattenFunction
 from .functions.embedding import EmbeddingFunction
 from .functions.pool import AdaptiveMaxPoolFunction, MaxPoolFunction
 from .functions.linear import ActivationFunction, DenseFunction, LinearFunction, sigma_from
@@ -417,6 +421,7 @@ def _node_classes(*bases: type) -> set[int]:
 
 
 _MAX_POOLS = _node_classes(MaxPoolFunction, AdaptiveMaxPoolFunction)
+_FLATTENS = _node_classes(FlattenFunction)
 
 
 def _stops(node: Any) -> bool:
@@ -534,6 +539,10 @@ class Curvature:
                 with torch.no_grad():
                     s = max_pool_columns(s, node.saved_tensors[0], node.input_shape)
                 stack.append((node.next_functions[0][0], s, True))
+                continue
+            if id(cls) in _FLATTENS:  # a = z flattened: each column reshaped back (a view)
+                stack.append((node.next_functions[0][0],
+                              s.reshape(s.shape[0], *node.input_shape), owned))
                 continue
             n_out = len(node._input_metadata)
             call = node.apply if hasattr(node, "_forward_cls") else node
