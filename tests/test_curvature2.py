@@ -56,6 +56,17 @@ def _case(name: str):
         model = nn.Sequential(nn.Conv3d(2, 3, (2, 3, 2), stride=(1, 2, 1), padding=(1, 0, 1)),
                               nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 2 * 5, 4))
         x = torch.randn(N, 2, 3, 5, 4, generator=g, dtype=D)
+    elif name == "first_pool":  # conv → σ → max pool at the bottom (S kept at the winners),
+        # overlapping windows with ceil_mode, then again in the middle
+        model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(),
+                              nn.MaxPool2d(3, stride=2, ceil_mode=True),
+                              nn.Conv2d(3, 4, 2), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(4 * 1 * 2, 4))
+        x = torch.randn(N, 1, 7, 10, generator=g, dtype=D)
+    elif name == "first_pool_grouped":  # the same with groups, 1-d
+        model = nn.Sequential(nn.Conv1d(2, 4, 3, groups=2), nn.Sigmoid(), nn.MaxPool1d(2),
+                              nn.Flatten(), nn.Linear(4 * 3, 4))
+        x = torch.randn(N, 2, 8, generator=g, dtype=D)
     else:
         raise KeyError(name)
     return _noisy(model, g), x
@@ -104,7 +115,8 @@ def _check_kflr(model, got, ggn, acts, x):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("loss", ["ce", "mse"])
-@pytest.mark.parametrize("case", ["conv1d_pool", "conv1d_grouped", "conv2d_grouped", "conv3d"])
+@pytest.mark.parametrize("case", ["conv1d_pool", "conv1d_grouped", "conv2d_grouped", "conv3d",
+                                  "first_pool", "first_pool_grouped"])
 def test_conv_against_brute_force(case, loss, reduction):
     """Conv1d/2d/3d with and without groups: diag_ggn_exact is the GGN's diagonal, kflr's
     factors as :func:`_check_kflr`; the gradient is the plain one."""
@@ -139,7 +151,7 @@ def test_grouped_kfac_is_kflr_in_expectation():
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("loss", ["ce", "mse"])
-@pytest.mark.parametrize("case", ["conv1d", "conv3d_plain"])
+@pytest.mark.parametrize("case", ["conv1d", "conv3d_plain", "first_pool"])
 def test_conv_against_backpack(case, loss, reduction):
     """Conv1d and Conv3d: every name BackPACK computes, the Monte-Carlo ones from the same
     seeded draws."""
