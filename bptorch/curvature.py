@@ -29,7 +29,9 @@ leading V axis). Between two such layers S goes through each node's BP2: an acti
 node (any torch op) through its own backward vmapped over the V columns. The loss's S is
 formed from the loss's input when ``loss_fn`` is called inside the block. S is laid out
 examples outermost, (N, V, ...) in memory (:func:`examples_outer`, :func:`by_rows`), so a
-convolution's per-example products read it without a copy.
+convolution's per-example products read it without a copy. Under a first-layer
+convolution followed by σ and a max pool, S is kept at the pool's winners and never
+formed (:class:`WinnerColumns`).
 
 Covered: Linear and Dense (``kflr``/``kfac`` on 2-d inputs, as BackPACK), Conv1d, Conv2d
 and Conv3d (stride, padding, dilation, "same", ``groups``: for groups > 1 the Kronecker
