@@ -4,7 +4,9 @@ the others, against a plain bptorch step, and BackPACK's own step for the same q
 Nets as the issue's: MLP [784, 100, 10] (ReLU) at batch 128 and LeNet-5 (ReLU, max
 pooling) at batch 64, 10 classes, cross-entropy. A step is forward, loss and backward
 (``zero_grad`` first). The timings are interleaved repeats in one process (the machine is
-shared: read the ratios, which are measured side by side), median per row.
+shared: read the ratios, which are measured side by side), median per row, both wall-clock
+and the thread's CPU time (``time.thread_time``: the time this thread ran, which other
+jobs on a shared machine do not add to, though they still slow it through the caches).
 
     python -m benchmarks.curvature --json results/curvature.json
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from typing import Callable
@@ -79,19 +82,22 @@ def steps(net: str) -> dict[str, Callable[[], None]]:
     return out
 
 
-def measure(net: str, repeats: int, inner: int) -> dict[str, float]:
-    """Median seconds per step of each row, the rows interleaved in every repeat."""
+def measure(net: str, repeats: int, inner: int) -> dict[str, tuple[float, float]]:
+    """Median (wall, thread CPU) seconds per step of each row, the rows interleaved in
+    every repeat."""
     fns = steps(net)
     for fn in fns.values():  # warm-up
         fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for _ in range(inner):
                 fn()
-            times[name].append((time.perf_counter() - t0) / inner)
-    return {k: statistics.median(v) for k, v in times.items()}
+            cpu[name].append((time.thread_time() - c0) / inner)
+            wall[name].append((time.perf_counter() - t0) / inner)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,23 +123,27 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for net in args.nets:
         t = measure(net, args.repeats, args.inner)
-        base = t["plain"]
-        print(f"{net}: plain bptorch step {base * 1e3:.2f} ms")
+        base, base_cpu = t["plain"]
+        print(f"{net}: plain bptorch step {base * 1e3:.2f} ms (CPU {base_cpu * 1e3:.2f} ms)")
         for name in NAMES:
+            wall, cpu = t[name]
             row = {"net": net, "quantity": name, "plain_ms": base * 1e3,
-                   "bptorch_ms": t[name] * 1e3, "ratio": t[name] / base,
-                   "target": TARGETS[name]}
+                   "bptorch_ms": wall * 1e3, "ratio": wall / base,
+                   "plain_cpu_ms": base_cpu * 1e3, "bptorch_cpu_ms": cpu * 1e3,
+                   "cpu_ratio": cpu / base_cpu, "target": TARGETS[name]}
             if f"backpack_{name}" in t:
-                row["backpack_ms"] = t[f"backpack_{name}"] * 1e3
-                row["backpack_ratio"] = t[f"backpack_{name}"] / base
+                bp_wall, bp_cpu = t[f"backpack_{name}"]
+                row.update(backpack_ms=bp_wall * 1e3, backpack_ratio=bp_wall / base,
+                           backpack_cpu_ms=bp_cpu * 1e3, backpack_cpu_ratio=bp_cpu / base_cpu)
             rows.append(row)
-            bp = (f", BackPACK {row['backpack_ms']:.2f} ms ({row['backpack_ratio']:.2f}×)"
-                  if "backpack_ms" in row else "")
+            bp = (f", BackPACK {row['backpack_ms']:.2f} ms ({row['backpack_ratio']:.2f}×; "
+                  f"CPU {row['backpack_cpu_ratio']:.2f}×)" if "backpack_ms" in row else "")
             print(f"  {name:15s} {row['bptorch_ms']:7.2f} ms  {row['ratio']:.2f}× "
-                  f"(target ≤ {row['target']}×){bp}")
+                  f"(CPU {row['cpu_ratio']:.2f}×; target ≤ {row['target']}×){bp}")
     if args.json:
         config = {k: v for k, v in vars(args).items() if k != "json"}
         config["torch"] = torch.__version__
+        config["load_average"] = os.getloadavg()  # at the end: the machine's other jobs
         with open(args.json, "w") as f:
             json.dump({"config": config, "rows": rows}, f, indent=1)
 

@@ -302,19 +302,19 @@ def test_uncovered_layers_raise(layer, word):
 
 
 def test_uncovered_settings_raise():
-    x = torch.randn(5, 2, 4, 3, dtype=D)
+    """Grouped convolutions and Embeddings have Kronecker factors now
+    (tests/test_curvature2.py); a Linear on (N, T, d) input and scale_grad_by_freq still
+    have none."""
     y, loss_fn = torch.randint(0, 4, (5,)), nn.CrossEntropyLoss()
-    model, _ = _case("grouped")
-    twin = from_torch_nn(model, strict=True)
-    with pytest.raises(NotImplementedError, match="grouped Conv2d"):
-        _collect(twin, x, y, loss_fn, "kfac")
-    emb, idx = _case("embedding")
-    twin = from_torch_nn(emb, strict=True)
-    with pytest.raises(NotImplementedError, match="kflr/kfac of an Embedding"):
-        _collect(twin, idx, y, loss_fn, "kflr")
     seq = bnn.Sequential(bnn.Linear(3, 4), Mean()).to(D)  # Linear on (N, T, d): no factors
     with pytest.raises(NotImplementedError, match="2-d"):
         _collect(seq, torch.randn(5, 2, 3, dtype=D), y, loss_fn, "kflr")
+    emb, idx = _case("embedding")
+    emb[0].scale_grad_by_freq = True
+    twin = from_torch_nn(emb, strict=True)
+    with pytest.raises(NotImplementedError, match="scale_grad_by_freq"):
+        _collect(twin, idx, y, loss_fn, "diag_ggn_exact")
+    assert not PER_EXAMPLE
 
 
 def test_missing_loss_raises():
