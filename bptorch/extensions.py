@@ -217,15 +217,21 @@ class Collector:
         if stackable and "grad_batch" not in names:
             rec.setdefault("steps", []).append((call, role))  # a cell's step: stack_steps
         shared = not stackable and (id(p) in self.shared or id(p) in self.reused)
-        if "grad_batch" in names or shared:  # a shared weight: g_n = Σ_u g_n^u formed
+        per_example = "grad_batch" in names or shared  # a shared weight: Σ_u g_n^u
+        if per_example:
             _add(rec, "grad_batch", call.formed(role), rows, (call.n, *p.shape), batched=True)
-        elif rec["uses"] == 1:
-            if "batch_l2" in names:
-                rec["batch_l2"] = rec.get("batch_l2", 0) + call.batch_l2(role)
-            if "sum_grad_squared" in names or "variance" in names:
-                _add(rec, "sum_grad_squared", call.sum_grad_squared(role), rows, p.shape)
-        if grad is None:  # Σ_n g_n: BP3/BP4 (from g_n when a quantity formed them)
-            grad = call.weighted_sum(role, None)
+        alone = not per_example and rec["uses"] == 1  # else formed from grad_batch
+        l2 = alone and "batch_l2" in names
+        squares = alone and ("sum_grad_squared" in names or "variance" in names)
+        if grad is None:  # the sum too, BP3/BP4 (from g_n where a quantity forms them)
+            norms, sgs, grad = call.quantities(role, l2, squares)
+        else:
+            norms = call.batch_l2(role) if l2 else None
+            sgs = call.sum_grad_squared(role) if squares else None
+        if norms is not None:
+            rec["batch_l2"] = rec.get("batch_l2", 0) + norms
+        if sgs is not None:
+            _add(rec, "sum_grad_squared", sgs, rows, p.shape)
         _add(rec, "grad", grad, rows, p.shape)
 
     def end(self) -> None:

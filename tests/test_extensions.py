@@ -167,6 +167,17 @@ def test_batch_l2_by_either_form(case, ghost, monkeypatch):
     _check_all(case, "mean", ("batch_l2",))
 
 
+@pytest.mark.parametrize("ghost", [True, False])
+@pytest.mark.parametrize("case", ["sequence", "lstm", "gru", "attention"])
+def test_quantities_by_chunks_of_examples(case, ghost, monkeypatch):
+    """A sequence layer's g_n formed a few examples at a time (``per_example.CHUNK``: here
+    one or two examples a chunk), its norms, squares and sum taken chunk by chunk."""
+    monkeypatch.setattr(per_example, "ghost_cheaper", lambda t, p, d: ghost)
+    monkeypatch.setattr(per_example, "CHUNK", 40)
+    _check_all(case, "mean", ("batch_l2", "variance"))
+    _check_all(case, "sum", ("sum_grad_squared",))
+
+
 @pytest.mark.parametrize("case", ["mlp", "sequence", "conv", "embedding", "attention"])
 def test_each_quantity_alone(case):
     """Without grad_batch the cheap forms answer: batch_l2 from norms, sum_grad_squared
