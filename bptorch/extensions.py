@@ -280,7 +280,8 @@ class Collector:
             p.sum_grad_squared = sgs
         if "variance" in names:  # BackPACK's: Σ g_n²/N − (Σ g_n / N)²
             n = rec["n"]
-            p.variance = sgs / n - (rec["grad"].to(dtype) / n) ** 2
+            mean = rec["grad"].to(dtype) / n
+            p.variance = torch.addcmul(sgs / n, mean, mean, value=-1)
 
 
 def _stack_steps(rec: dict[str, Any], names: tuple[str, ...]) -> None:

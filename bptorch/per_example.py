@@ -71,6 +71,18 @@ def _patches(a_prev: Tensor, kernel: tuple, stride: tuple, padding: tuple,
 CHUNK = 1 << 18  # numbers of per-example gradient formed at once (1 MB in float32)
 
 
+def _by_chunks(n: int, numbers: int, form: Any) -> Tensor:
+    """``form(rows)`` for the examples ``rows`` (a slice), over all N examples a chunk at
+    a time and joined: ``numbers``, what one example's form holds at once (a conv's
+    unfold), sets the chunk to about :data:`CHUNK` numbers, so the (N, C·K, P) unfold of
+    a whole batch (as large as a plain step's whole peak at LeNet-5's first layer) is
+    never held."""
+    step = max(1, CHUNK // max(1, numbers))
+    if step >= n:
+        return form(slice(None))
+    return torch.cat([form(slice(i, i + step)) for i in range(0, n, step)])
+
+
 # ---------------------------------------------------------------- per-layer forms
 class LayerCall:
     """One layer call's δ and a^{l−1}, and its parameters' per-example quantities.
@@ -174,7 +186,10 @@ class LinearCall(LayerCall):
             gram_a = self.a @ self.a.transpose(1, 2)  # (N, T, T)
             gram_delta = self.delta @ self.delta.transpose(1, 2)
             return (gram_a * gram_delta).sum((1, 2))
-        return _norm2(self.formed(role))  # g_n formed: its sum comes from it too
+        if role in self.__dict__.get("_kept", {}) or p * d <= t * (p + d):
+            # g_n no larger than δ_n and a_n: formed and kept, the (clipped) sum from it
+            return _norm2(self.formed(role))
+        return self.quantities(role, True, False)[0]  # chunk by chunk, none of it kept
 
     def sum_grad_squared(self, role: str) -> Tensor:
         if role == "weight" and self.delta.shape[1] == 1:  # Σ_n δ_n² (a_n²)ᵀ, one matmul
@@ -233,13 +248,15 @@ class Conv2dCall(LayerCall):
         self.groups = ctx.groups
         self.c_out = delta.shape[1]
 
-    def _cols(self, shape: torch.Size) -> tuple[Tensor, Tensor]:
+    def _cols(self, shape: torch.Size, rows: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """(δ_col (n, g, O/g, P), a_col (n, g, K, P)) of the examples ``rows``."""
         ctx, g = self.ctx, self.groups
         out = tuple(self.delta_map.shape[2:])
-        a_col = _patches(self.a_prev, tuple(shape[2:]), ctx.stride, ctx.padding,
-                         ctx.dilation, out)  # (N, C·kh·kw, P)
-        a_col = a_col.unflatten(1, (g, -1))  # (N, g, K, P)
-        delta_col = self.delta_map.reshape(self.n, g, self.c_out // g, -1)  # (N, g, O/g, P)
+        a_col = _patches(self.a_prev[rows], tuple(shape[2:]), ctx.stride, ctx.padding,
+                         ctx.dilation, out)  # (n, C·kh·kw, P)
+        a_col = a_col.unflatten(1, (g, -1))  # (n, g, K, P)
+        delta_map = self.delta_map[rows]
+        delta_col = delta_map.reshape(delta_map.shape[0], g, self.c_out // g, -1)
         return delta_col, a_col
 
     def _shape(self) -> torch.Size:
@@ -249,9 +266,13 @@ class Conv2dCall(LayerCall):
     def grad_batch(self, role: str) -> Tensor:
         if role == "bias":
             return self.delta_map.sum((2, 3))  # BP3 per example: Σ_p δ_p
-        delta_col, a_col = self._cols(self._shape())
-        g_n = delta_col @ a_col.transpose(2, 3)  # BP4 per example: Σ_p δ_p a_col,pᵀ
-        return g_n.reshape(self.n, *self._shape())
+        shape = self._shape()
+
+        def form(rows: slice) -> Tensor:
+            delta_col, a_col = self._cols(shape, rows)
+            return delta_col @ a_col.transpose(2, 3)  # BP4 per example: Σ_p δ_p a_col,pᵀ
+        numbers = shape[1:].numel() * self.groups * self.delta_map[0, 0].numel()  # a_col's
+        return _by_chunks(self.n, numbers, form).reshape(self.n, *shape)
 
     def batch_l2(self, role: str) -> Tensor:
         if role == "bias":
@@ -453,12 +474,13 @@ class ConvNdCall(LayerCall):
         c_in = self.a_prev.shape[1] // self.groups
         return torch.Size((self.delta_map.shape[1], c_in, *self.kernel))
 
-    def _cols(self) -> tuple[Tensor, Tensor]:
-        """(δ_col (N, g, C_out/g, P), a_col (N, g, C_in/g·K, P))."""
-        ctx, g, n = self.ctx, self.groups, self.n
-        a_col = _patches(self.a_prev, self.kernel, ctx.stride, ctx.padding, ctx.dilation,
-                         tuple(self.delta_map.shape[2:]))  # (N, C_in·K, P)
-        delta_col = self.delta_map.reshape(n, g, self.delta_map.shape[1] // g, -1)
+    def _cols(self, rows: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """(δ_col (n, g, C_out/g, P), a_col (n, g, C_in/g·K, P)) of the examples ``rows``."""
+        ctx, g = self.ctx, self.groups
+        a_col = _patches(self.a_prev[rows], self.kernel, ctx.stride, ctx.padding,
+                         ctx.dilation, tuple(self.delta_map.shape[2:]))  # (n, C_in·K, P)
+        delta_map = self.delta_map[rows]
+        delta_col = delta_map.reshape(delta_map.shape[0], g, delta_map.shape[1] // g, -1)
         return delta_col, a_col.unflatten(1, (g, -1))
 
     def _positions(self) -> tuple[int, ...]:
@@ -467,21 +489,29 @@ class ConvNdCall(LayerCall):
     def grad_batch(self, role: str) -> Tensor:
         if role == "bias":
             return self.delta_map.sum(self._positions())  # BP3 per example: Σ_p δ_p
-        delta_col, a_col = self._cols()
-        g_n = delta_col @ a_col.transpose(2, 3)  # BP4 per example: Σ_p δ_p a_col,pᵀ
-        return g_n.reshape(self.n, *self._shape())
+        def form(rows: slice) -> Tensor:
+            delta_col, a_col = self._cols(rows)
+            return delta_col @ a_col.transpose(2, 3)  # BP4 per example: Σ_p δ_p a_col,pᵀ
+        k = math.prod(self.kernel)  # the unfold's numbers an example, either way round
+        numbers = k * max(self.a_prev[0].numel(), self.delta_map[0].numel())
+        return _by_chunks(self.n, numbers, form).reshape(self.n, *self._shape())
 
     def batch_l2(self, role: str) -> Tensor:
         if role == "bias":
             return _norm2(self.formed(role))
-        delta_col, a_col = self._cols()
-        positions, p, k = a_col.shape[3], delta_col.shape[2], a_col.shape[2]
-        if ghost_cheaper(positions, p, k):  # ghost norm over positions, per group
+        if ghost_cheaper(*self._dims()):  # ghost norm over positions, per group
+            delta_col, a_col = self._cols()
             gram_a = a_col.transpose(2, 3) @ a_col  # (N, g, P, P)
             gram_delta = delta_col.transpose(2, 3) @ delta_col
             return (gram_a * gram_delta).sum((1, 2, 3))
-        del delta_col, a_col
         return _norm2(self.formed(role))  # g_n formed: its sum comes from it too
+
+    def _dims(self) -> tuple[int, int, int]:
+        """(positions P, rows p, columns d) of the linear layer on each patch, per group:
+        (δ's positions, C_out/g, C_in/g · K)."""
+        g, k = self.groups, math.prod(self.kernel)
+        return (self.delta_map[0, 0].numel(), self.delta_map.shape[1] // g,
+                self.a_prev.shape[1] // g * k)
 
     def weighted_sum(self, role: str, c: Tensor | None) -> Tensor:
         if (summed := self.from_kept(role, c)) is not None:  # Σ_n c_n g_n, g_n at hand
@@ -506,13 +536,19 @@ class ConvTransposeNdCall(ConvNdCall):
         c_out = self.delta_map.shape[1] // self.groups
         return torch.Size((self.a_prev.shape[1], c_out, *self.kernel))
 
-    def _cols(self) -> tuple[Tensor, Tensor]:
-        """The convolution's (δ_col, a_col) with the roles swapped: (a (N, g, C_in/g, P),
-        δ_col (N, g, C_out/g·K, P))."""
-        ctx, g, n = self.ctx, self.groups, self.n
-        delta_col = _patches(self.delta_map, self.kernel, ctx.stride, ctx.padding,
-                             ctx.dilation, tuple(self.a_prev.shape[2:]))  # (N, C_out·K, P)
-        a = self.a_prev.reshape(n, g, self.a_prev.shape[1] // g, -1)
+    def _dims(self) -> tuple[int, int, int]:  # (a's positions, C_in/g, C_out/g · K)
+        g, k = self.groups, math.prod(self.kernel)
+        return (self.a_prev[0, 0].numel(), self.a_prev.shape[1] // g,
+                self.delta_map.shape[1] // g * k)
+
+    def _cols(self, rows: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """The convolution's (δ_col, a_col) with the roles swapped: (a (n, g, C_in/g, P),
+        δ_col (n, g, C_out/g·K, P)), of the examples ``rows``."""
+        ctx, g = self.ctx, self.groups
+        delta_col = _patches(self.delta_map[rows], self.kernel, ctx.stride, ctx.padding,
+                             ctx.dilation, tuple(self.a_prev.shape[2:]))  # (n, C_out·K, P)
+        a_prev = self.a_prev[rows]
+        a = a_prev.reshape(a_prev.shape[0], g, a_prev.shape[1] // g, -1)
         return a, delta_col.unflatten(1, (g, -1))
 
     def weighted_sum(self, role: str, c: Tensor | None) -> Tensor:

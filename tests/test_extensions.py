@@ -168,10 +168,11 @@ def test_batch_l2_by_either_form(case, ghost, monkeypatch):
 
 
 @pytest.mark.parametrize("ghost", [True, False])
-@pytest.mark.parametrize("case", ["sequence", "lstm", "gru", "attention"])
+@pytest.mark.parametrize("case", ["sequence", "lstm", "gru", "attention", "conv"])
 def test_quantities_by_chunks_of_examples(case, ghost, monkeypatch):
     """A sequence layer's g_n formed a few examples at a time (``per_example.CHUNK``: here
-    one or two examples a chunk), its norms, squares and sum taken chunk by chunk."""
+    one or two examples a chunk), its norms, squares and sum taken chunk by chunk; a
+    convolution's unfold likewise (one example a chunk)."""
     monkeypatch.setattr(per_example, "ghost_cheaper", lambda t, p, d: ghost)
     monkeypatch.setattr(per_example, "CHUNK", 40)
     _check_all(case, "mean", ("batch_l2", "variance"))
