@@ -161,10 +161,16 @@ class Collector:
                 call = cls(ctx, delta, a_prev, grads)
             self.take(p, call, role, out[slot], rows)
             out[slot] = None  # the collector adds it to .grad at the end
+        if call is not None:
+            self.taken(call)
         if call is not None and not self.queued:
             self.queued = True
             torch.autograd.Variable._execution_engine.queue_callback(self.end)
         return tuple(out)
+
+    def taken(self, call: LayerCall) -> None:
+        """After :meth:`take` took each of one layer call's parameters (a hook for
+        ``bptorch.privacy``, which keeps calls to the backward's end)."""
 
     def _batch_norm_message(self, ctx: Any) -> str:
         where = "a BatchNorm layer (no affine parameters)"

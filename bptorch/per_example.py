@@ -68,7 +68,7 @@ def _patches(a_prev: Tensor, kernel: tuple, stride: tuple, padding: tuple,
     return view.reshape(n, c * math.prod(kernel), math.prod(out))
 
 
-CHUNK = 1 << 18  # numbers of per-example gradient formed at once (1 MB in float32)
+CHUNK = 1 << 17  # numbers of per-example gradient formed at once (512 KB in float32)
 
 
 def _by_chunks(n: int, numbers: int, form: Any) -> Tensor:
@@ -94,6 +94,7 @@ class LayerCall:
 
     slots: dict[int, str] = {}
     n: int  # the batch size
+    sums_from_kept = True  # weighted_sum reads kept g_n first (else: :meth:`let_go` keeps δ)
 
     @staticmethod
     def input_index(slot: int, n_inputs: int) -> int:
@@ -140,6 +141,15 @@ class LayerCall:
         after the norm (``bptorch.extensions``) frees it at once."""
         self.__dict__.setdefault("_kept", {})[role] = g_n
         return g_n
+
+    def let_go(self, roles: list[str]) -> None:
+        """Drop δ and a^{l−1} once every role in ``roles`` has its g_n kept (the clipped
+        sums then come from those alone): a private step need not hold a conv's δ maps
+        to the backward's end for a g_n a fraction of their size."""
+        kept = self.__dict__.get("_kept", {})
+        if self.sums_from_kept and roles and all(role in kept for role in roles):
+            for name in ("delta", "a", "delta_map", "a_prev", "x_hat"):
+                self.__dict__.pop(name, None)
 
     def from_kept(self, role: str, c: Tensor | None) -> Tensor | None:
         """Σ_n c_n g_n (Σ_n g_n for ``c=None``) from the kept g_n, which it lets go, or
@@ -306,6 +316,8 @@ class EmbeddingCall(LayerCall):
     up, g_n = Σ_t δ_{n,t} e_{i_{n,t}}ᵀ. The (example, row) pairs that occur are few: they
     are gathered once (``unique``), so no (N, V, D) tensor except for ``grad_batch``."""
 
+    sums_from_kept = False  # its weighted_sum forms the sums from δ (its parts')
+
     slots = {1: "weight"}
 
     def __init__(self, ctx: Any, delta: Tensor, index: Tensor, grads: tuple) -> None:
@@ -386,6 +398,8 @@ class RecurrentCall(LayerCall):
     is two linear layers over the T steps, so g_n = Σ_t δ_{n,t} x_{n,t}ᵀ and
     Σ_t δ_{n,t} h_{n,t−1}ᵀ: BP4 through time, per example (the GRU's hidden part has its
     own δ, r ⊙ δ_n). Gradient slots (x, h0, W_ih, W_hh, b_ih, b_hh)."""
+
+    sums_from_kept = False  # its weighted_sum forms the sums from δ (its parts')
 
     slots = {2: "weight_ih", 3: "weight_hh", 4: "bias_ih", 5: "bias_hh"}
 
@@ -657,7 +671,7 @@ def cross_l2(u: LayerCall, role_u: str, v: LayerCall, role_v: str,
     once per call and kept for its clipped sum), placed at their rows."""
     (lu, ru), (lv, rv) = _linear_part(u, role_u), _linear_part(v, role_v)
     dense = isinstance(lu, LinearCall) and isinstance(lv, LinearCall) and ru == rv == "weight"
-    formed = "weight" in lu.__dict__.get("_kept", {}) and "weight" in lv.__dict__.get("_kept", {})
+    formed = "weight" in lu.__dict__.get("_kept", {}) or "weight" in lv.__dict__.get("_kept", {})
     if dense and rows_u == rows_v and not formed:
         if lu.delta.shape[1] == 1 and lv.delta.shape[1] == 1:  # (δ^u·δ^v)(a^u·a^v)
             return ((lu.delta * lv.delta).sum((1, 2)) * (lu.a * lv.a).sum((1, 2)))
@@ -697,6 +711,8 @@ class MatmulCall(LayerCall):
     B = W (k, n), A (N, *, k): z = a Wᵀ with Wᵀ = B, g_n = (Σ_t δ_{n,t} a_{n,t}ᵀ)ᵀ. A = W
     (m, k), B (N, *, k, n): each column j of B is a row, z_j = W b_j, g_n = Σ_j δ_{n,·j}
     b_{n,·j}ᵀ. The ghost norm over the rows either way (the norm ignores the transpose)."""
+
+    sums_from_kept = False  # its weighted_sum forms the sums from δ (its parts')
 
     slots = {0: "input", 1: "other"}
 

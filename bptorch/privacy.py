@@ -94,6 +94,15 @@ class ClippingCollector(Collector):
         self.calls.append((p, call, role, rows))
         self.norms2 = l2 if self.norms2 is None else self.norms2 + l2
 
+    def taken(self, call: LayerCall) -> None:
+        """The call's δ and a^{l−1} let go where its clipped sums come from kept g_n."""
+        roles = []
+        for _p, other, role, _rows in reversed(self.calls):
+            if other is not call:
+                break
+            roles.append(role)
+        call.let_go(roles)
+
     def end(self) -> None:
         self.queued = False
         calls, norms2 = self.calls, self.norms2
