@@ -15,11 +15,16 @@ throws away (each family's forms: ``bptorch.per_example``):
 * ``batch_l2``: ‖g_n‖², with no per-example gradient tensor where a cheaper form exists:
   ‖δ_n a_nᵀ‖² = ‖δ_n‖²‖a_n‖² (Goodfellow 2015) for one row per example; for T rows (a
   sequence, or a conv's positions) the Gram ("ghost norm") form
-  ‖Σ_t δ_t a_tᵀ‖² = Σ_{t,s} (a_t·a_s)(δ_t·δ_s), which costs T² per example against the
-  p·d of forming g_n: chosen per layer call when 2T² < p·d.
+  ‖Σ_t δ_t a_tᵀ‖² = Σ_{t,s} (a_t·a_s)(δ_t·δ_s), which costs T²(p + d) per example
+  against the T·p·d of forming g_n, which also gives BP4 (the layers skip theirs inside
+  ``collect``: :meth:`Collector.skip`): chosen per layer call when 2T(p + d) < p·d
+  (``per_example.ghost_cheaper``). A formed g_n is formed a chunk of examples at a time.
 * ``sum_grad_squared``: Σ_n g_n² (elementwise); for one row per example (δ²)ᵀ(a²), one
   matmul.
 * ``variance``: BackPACK's Σ_n g_n²/N − (Σ_n g_n / N)², N the batch size.
+
+Shared weights (tied, or a module called twice inside the block): g_n = Σ_u g_n^u over
+the uses, formed for that parameter only, and the quantities from it.
 
 Results are left on each parameter under these names (``p.grad_batch``, ...), as BackPACK
 leaves them, when the backward ends. Under ``reduction="sum"`` the g_n are the examples'

@@ -23,8 +23,11 @@ and the backward meets the layers one at a time. The choices are
   formed (the collector turns those slots of ``need`` off before the backward reaches them:
   ``functions.base.per_example_need``), so a private step is one backward, the norms
   and one reweighted BP4 per layer. The memory held is the δ's and a's of the
-  step, which a plain step holds at its peak as well (a^{l−1} until each layer's backward,
-  δ as it goes); no N × |W| tensor is formed.
+  step (a plain step holds each a^{l−1} only until its layer's backward, and δ as it
+  goes), except where a layer's per-example gradients, no larger than its δ and a, were
+  formed for its norm: those are kept instead (``LayerCall.let_go``). Shared weights
+  (tied, or a layer applied twice): ‖Σ_u g_n^u‖² with the cross terms between the uses
+  (``per_example.cross_l2``), one clip factor per example for all uses.
 
 Scaling follows Opacus exactly: under ``loss_reduction="mean"`` the backward's δ carries
 1/B (the actual batch size), so the per-example gradient Opacus clips is B·g_n; the noise
