@@ -69,15 +69,17 @@ def _patches(a_prev: Tensor, kernel: tuple, stride: tuple, padding: tuple,
 
 
 CHUNK = 1 << 17  # numbers of per-example gradient formed at once (512 KB in float32)
+UNFOLD_CHUNK = 1 << 19  # numbers of a conv's unfold made at once (2 MB in float32): fewer,
+# larger chunks than CHUNK, since each costs a few ops of Python (measured at LeNet-5)
 
 
 def _by_chunks(n: int, numbers: int, form: Any) -> Tensor:
     """``form(rows)`` for the examples ``rows`` (a slice), over all N examples a chunk at
     a time and joined: ``numbers``, what one example's form holds at once (a conv's
-    unfold), sets the chunk to about :data:`CHUNK` numbers, so the (N, C·K, P) unfold of
-    a whole batch (as large as a plain step's whole peak at LeNet-5's first layer) is
-    never held."""
-    step = max(1, CHUNK // max(1, numbers))
+    unfold), sets the chunk to about :data:`UNFOLD_CHUNK` numbers, so the (N, C·K, P)
+    unfold of a whole batch (as large as a plain step's whole peak at LeNet-5's first
+    layer) is never held."""
+    step = max(1, UNFOLD_CHUNK // max(1, numbers))
     if step >= n:
         return form(slice(None))
     return torch.cat([form(slice(i, i + step)) for i in range(0, n, step)])

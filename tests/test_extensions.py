@@ -175,6 +175,7 @@ def test_quantities_by_chunks_of_examples(case, ghost, monkeypatch):
     convolution's unfold likewise (one example a chunk)."""
     monkeypatch.setattr(per_example, "ghost_cheaper", lambda t, p, d: ghost)
     monkeypatch.setattr(per_example, "CHUNK", 40)
+    monkeypatch.setattr(per_example, "UNFOLD_CHUNK", 40)
     _check_all(case, "mean", ("batch_l2", "variance"))
     _check_all(case, "sum", ("sum_grad_squared",))
 

@@ -200,10 +200,10 @@ def test_conv_nd_batch_l2_by_either_form(family, ghost, monkeypatch):
 
 @pytest.mark.parametrize("family", list(CONV_FAMILIES))
 def test_conv_nd_formed_a_few_examples_at_a_time(family, monkeypatch):
-    """g_n formed by chunks of examples (``per_example.CHUNK`` small: one example a chunk,
+    """g_n formed by chunks of examples (``per_example.UNFOLD_CHUNK`` small: one a chunk,
     each with its own unfold), joined: the same quantities and the same sum."""
     monkeypatch.setattr(per_example, "ghost_cheaper", lambda t, p, d: False)
-    monkeypatch.setattr(per_example, "CHUNK", 1)
+    monkeypatch.setattr(per_example, "UNFOLD_CHUNK", 1)
     model, x, y = _conv_net(family, 0)
     _check(model, x, y, "sum", ("batch_l2",))
     _check(model, x, y, "mean", ("variance",))
