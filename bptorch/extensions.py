@@ -15,11 +15,16 @@ throws away (each family's forms: ``bptorch.per_example``):
 * ``batch_l2``: ‖g_n‖², with no per-example gradient tensor where a cheaper form exists:
   ‖δ_n a_nᵀ‖² = ‖δ_n‖²‖a_n‖² (Goodfellow 2015) for one row per example; for T rows (a
   sequence, or a conv's positions) the Gram ("ghost norm") form
-  ‖Σ_t δ_t a_tᵀ‖² = Σ_{t,s} (a_t·a_s)(δ_t·δ_s), which costs T² per example against the
-  p·d of forming g_n: chosen per layer call when 2T² < p·d.
+  ‖Σ_t δ_t a_tᵀ‖² = Σ_{t,s} (a_t·a_s)(δ_t·δ_s), which costs T²(p + d) per example
+  against the T·p·d of forming g_n, which also gives BP4 (the layers skip theirs inside
+  ``collect``: :meth:`Collector.skip`): chosen per layer call when 2T(p + d) < p·d
+  (``per_example.ghost_cheaper``). A formed g_n is formed a chunk of examples at a time.
 * ``sum_grad_squared``: Σ_n g_n² (elementwise); for one row per example (δ²)ᵀ(a²), one
   matmul.
 * ``variance``: BackPACK's Σ_n g_n²/N − (Σ_n g_n / N)², N the batch size.
+
+Shared weights (tied, or a module called twice inside the block): g_n = Σ_u g_n^u over
+the uses, formed for that parameter only, and the quantities from it.
 
 Results are left on each parameter under these names (``p.grad_batch``, ...), as BackPACK
 leaves them, when the backward ends. Under ``reduction="sum"`` the g_n are the examples'
@@ -78,13 +83,26 @@ class Collector:
         self.names_of: dict[int, str] = {}
         self.params: dict[int, Tensor] = {}
         self.modules: dict[int, tuple[str, nn.Module]] = {}
-        for module_name, module in model.named_modules():
+        # shared weights, known before the backward (:meth:`take` sums their per-example
+        # gradients over the uses): parameters registered twice (tied), and the direct
+        # parameters of a module called twice in the forward (:meth:`forward_pre_hook`)
+        self.shared: set[int] = set()
+        self.params_of: dict[int, tuple[int, ...]] = {}  # id(module) → its parameters
+        self.called: set[int] = set()  # the modules called since the last backward
+        for module_name, module in model.named_modules(remove_duplicate=False):
+            own = []
             for name, p in module.named_parameters(recurse=False):
                 full = f"{module_name}.{name}" if module_name else name
+                if id(p) in self.modules and self.modules[id(p)][1] is not module:
+                    self.shared.add(id(p))  # tied: registered under two modules
                 self.modules.setdefault(id(p), (module_name, module))
                 if p.requires_grad and id(p) not in self.params:
                     self.params[id(p)] = p
                     self.names_of[id(p)] = full
+                own.append(id(p))
+            if own:
+                self.params_of[id(module)] = tuple(own)
+        self.reused: set[int] = set()  # the parameters of modules called twice
         self.queued = False
         self.curvature: Curvature | None = None  # the second-order part, when asked
         self.records: dict[int, dict[str, Any]] = {}
@@ -115,6 +133,15 @@ class Collector:
                 "torch op beside a bptorch layer) cannot be collected. Supported: "
                 f"{', '.join(sorted(KINDS))}.")
 
+    def forward_pre_hook(self, module: nn.Module, args: Any) -> None:
+        """Note a call of one of the model's modules (inside :func:`collect`'s block): a
+        module called twice uses its parameters twice (shared weights)."""
+        own = self.params_of.get(id(module))
+        if own is not None:
+            if id(module) in self.called:
+                self.reused.update(own)
+            self.called.add(id(module))
+
     # ---- the hook
     def __call__(self, kind: str, ctx: Any, grads: tuple, delta: Tensor | None,
                  a_prev: Tensor | None) -> tuple:
@@ -128,10 +155,10 @@ class Collector:
             return grads
         call, out = None, list(grads)
         skipped = getattr(ctx, "collected_slots", ())  # sums the collector forms itself
+        inputs = ctx.next_functions
         for slot, role in cls.slots.items():
             if slot >= len(out) or (out[slot] is None and slot not in skipped):
                 continue
-            inputs = ctx.next_functions
             p, rows = _parameter_of(*inputs[cls.input_index(slot, len(inputs))])
             if p is None or id(p) not in self.params:
                 continue  # not one of the model's parameters: autograd's, as usual
@@ -139,10 +166,16 @@ class Collector:
                 call = cls(ctx, delta, a_prev, grads)
             self.take(p, call, role, out[slot], rows)
             out[slot] = None  # the collector adds it to .grad at the end
+        if call is not None:
+            self.taken(call)
         if call is not None and not self.queued:
             self.queued = True
             torch.autograd.Variable._execution_engine.queue_callback(self.end)
         return tuple(out)
+
+    def taken(self, call: LayerCall) -> None:
+        """After :meth:`take` took each of one layer call's parameters (a hook for
+        ``bptorch.privacy``, which keeps calls to the backward's end)."""
 
     def _batch_norm_message(self, ctx: Any) -> str:
         where = "a BatchNorm layer (no affine parameters)"
@@ -157,34 +190,66 @@ class Collector:
                 "(layer.eval(), running statistics), or use a per-example norm "
                 "(GroupNorm, LayerNorm) instead.")
 
-    def take(self, p: Tensor, call: LayerCall, role: str, grad: Tensor,
+    def skip(self, kind: str, ctx: Any, need: tuple) -> tuple:
+        """``need`` (``functions.base.per_example_need``) with the collected parameters'
+        slots off: the layer skips its own BP3/BP4 and :meth:`take` forms the sum from δ
+        and a^{l−1} after the quantities (``LayerCall.weighted_sum`` with c = 1), so where a
+        quantity formed the per-example g_n, BP4 is Σ_n g_n and costs no second product.
+        Not under the second-order quantities (their walk reads the layers' own sums).
+        The slots skipped are noted on ``ctx`` for :meth:`__call__`."""
+        cls = KINDS.get(kind)
+        if cls is None or self.curvature is not None:
+            return need
+        out, skipped, inputs = list(need), [], ctx.next_functions
+        for slot in cls.slots:
+            if slot < len(out) and out[slot]:
+                p, _rows = _parameter_of(*inputs[cls.input_index(slot, len(inputs))])
+                if p is not None and id(p) in self.params:
+                    out[slot] = False
+                    skipped.append(slot)
+        ctx.collected_slots = tuple(skipped)
+        return tuple(out)
+
+    def take(self, p: Tensor, call: LayerCall, role: str, grad: Tensor | None,
              rows: slice | None = None) -> None:
         """One layer call's share of parameter ``p`` (of its ``rows`` only, for a chunk
         of it): its sum, and the asked quantities now, while δ and a^{l−1} are alive
-        (memory as a plain step). Disjoint chunks add up: their norms and squares too."""
+        (memory as a plain step). Disjoint chunks add up: their norms and squares too.
+        ``grad`` None: the layer skipped its sum (:meth:`skip`); formed here, after the
+        quantities, from the g_n they formed if they did."""
         rec = self.records.get(id(p))
         if rec is None:
             rec = self.records[id(p)] = {"p": p, "uses": 1, "parts": [], "n": call.n}
         if rows_overlap(rows, rec["parts"]):
             rec["uses"] += 1  # the same rows again: shared weights
         rec["parts"].append(rows)
-        _add(rec, "grad", grad, rows, p.shape)
         names = self.names
-        if getattr(call, "stackable", False) and "grad_batch" not in names:
+        stackable = getattr(call, "stackable", False)
+        if stackable and "grad_batch" not in names:
             rec.setdefault("steps", []).append((call, role))  # a cell's step: stack_steps
-        if "grad_batch" in names:
-            _add(rec, "grad_batch", call.grad_batch(role).to(grad.dtype), rows,
-                 (call.n, *p.shape), batched=True)
-        elif rec["uses"] == 1:
-            if "batch_l2" in names:
-                rec["batch_l2"] = rec.get("batch_l2", 0) + call.batch_l2(role)
-            if "sum_grad_squared" in names or "variance" in names:
-                _add(rec, "sum_grad_squared", call.sum_grad_squared(role), rows, p.shape)
+        shared = not stackable and (id(p) in self.shared or id(p) in self.reused)
+        per_example = "grad_batch" in names or shared  # a shared weight: Σ_u g_n^u
+        if per_example:
+            _add(rec, "grad_batch", call.formed(role), rows, (call.n, *p.shape), batched=True)
+        alone = not per_example and rec["uses"] == 1  # else formed from grad_batch
+        l2 = alone and "batch_l2" in names
+        squares = alone and ("sum_grad_squared" in names or "variance" in names)
+        if grad is None:  # the sum too, BP3/BP4 (from g_n where a quantity forms them)
+            norms, sgs, grad = call.quantities(role, l2, squares)
+        else:
+            norms = call.batch_l2(role) if l2 else None
+            sgs = call.sum_grad_squared(role) if squares else None
+        if norms is not None:
+            rec["batch_l2"] = rec.get("batch_l2", 0) + norms
+        if sgs is not None:
+            _add(rec, "sum_grad_squared", sgs, rows, p.shape)
+        _add(rec, "grad", grad, rows, p.shape)
 
     def end(self) -> None:
         """At the backward's end: refuse torch's gradients, write .grad and the results."""
         self.queued = False
         records, self.records = self.records, {}
+        self.called, self.reused = set(), set()  # the next forward counts afresh
         self.check_untouched()
         for i, rec in records.items():
             p = rec["p"]
@@ -207,7 +272,10 @@ class Collector:
             raise RuntimeError(
                 f"parameter {self.names_of[id(p)]!r} is used by {rec['uses']} layer calls in "
                 "one backward (shared weights): its per-example norms need the per-example "
-                "gradients summed over the uses first; collect 'grad_batch' as well")
+                "gradients summed over the uses, and the collection learns that a parameter "
+                "is shared from tied registrations and from modules called twice inside its "
+                "block. Run the model's forward inside the `with collect(...)` block, or "
+                "collect 'grad_batch' as well")
         dtype = p.dtype
         if gb is not None:
             gb = gb.to(dtype)
@@ -223,7 +291,8 @@ class Collector:
             p.sum_grad_squared = sgs
         if "variance" in names:  # BackPACK's: Σ g_n²/N − (Σ g_n / N)²
             n = rec["n"]
-            p.variance = sgs / n - (rec["grad"].to(dtype) / n) ** 2
+            mean = rec["grad"].to(dtype) / n
+            p.variance = torch.addcmul(sgs / n, mean, mean, value=-1)
 
 
 def _stack_steps(rec: dict[str, Any], names: tuple[str, ...]) -> None:
@@ -312,11 +381,13 @@ def collect(model: nn.Module, *names: str, loss_fn: Any = None,
                 delattr(p, name)
     collector.start()
     PER_EXAMPLE.append(collector)
+    calls = nn.modules.module.register_module_forward_pre_hook(collector.forward_pre_hook)
     try:
         yield collector
         collector.check_untouched()
     finally:
         PER_EXAMPLE.remove(collector)
+        calls.remove()
         if handle is not None:
             handle.remove()
 

@@ -10,6 +10,7 @@ parameter role, g_n itself, ‖g_n‖² by its cheapest form (‖δ_n‖²‖a_n
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,8 +22,16 @@ from .functions.products import _einsum_parse
 
 def ghost_cheaper(t: int, p: int, d: int) -> bool:
     """Whether ‖g_n‖² of a (p, d) weight used at t rows (positions) per example is cheaper
-    by the Gram form, Σ_{t,s} (a_t·a_s)(δ_t·δ_s), two t×t Grams, than by forming g_n."""
-    return 2 * t * t < p * d
+    by the Gram form, Σ_{t,s} (a_t·a_s)(δ_t·δ_s), than by forming g_n = Σ_t δ_t a_tᵀ.
+
+    The two t×t Grams cost t²(p + d) multiply-adds per example, g_n costs t·p·d; but
+    g_n also gives Σ_n g_n, the layer's BP4, which the collector then no longer forms
+    (``Collector.skip``), so forming g_n costs only its passes over N·p·d numbers beyond
+    a plain step. The Gram form wins where it is under half of g_n's multiply-adds:
+    t²(p + d) < t·p·d / 2, i.e. 2t(p + d) < p·d (measured on the CPU, one thread, at the
+    benchmark's shapes: benchmarks/extensions.py; the issue's first rule, 2t² < p·d,
+    compared the two forms' memory instead)."""
+    return 2 * t * (p + d) < p * d
 
 
 def _low(t: Tensor) -> Tensor:
@@ -36,6 +45,46 @@ def _norm2(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t.flatten(1), dim=1).square()
 
 
+def _patches(a_prev: Tensor, kernel: tuple, stride: tuple, padding: tuple,
+             dilation: tuple, out: tuple) -> Tensor:
+    """a_col (N, C·K, P): a^{l−1} zero-padded, gathered at every tap t of every output
+    position p, a_pad[p·s + t·dil], as ``conv_unfold`` gives it; here a strided view of
+    a_pad copied once (ATen's im2col and an index_select measured 4-9× slower on the CPU
+    at LeNet-5's shapes). Falls back to ``conv_unfold`` where the view would read past
+    a_pad (positions beyond a convolution's own, as a transposed one may ask)."""
+    dims = len(kernel)
+    stride, padding, dilation = (tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
+                                 for v in (stride, padding, dilation))
+    a_pad = nn.functional.pad(a_prev, [v for p in reversed(padding) for v in (p, p)])
+    n, c, *size = a_pad.shape
+    if any((o - 1) * s + (k - 1) * d >= m
+           for o, s, k, d, m in zip(out, stride, kernel, dilation, size)):
+        return conv_unfold(a_prev, kernel, stride, padding, dilation, out)
+    at = a_pad.stride()
+    view = a_pad.as_strided(
+        (n, c, *kernel, *out),  # (N, C, *taps, *positions)
+        (at[0], at[1], *(m * d for m, d in zip(at[2:], dilation)),
+         *(m * s for m, s in zip(at[2:], stride))))
+    return view.reshape(n, c * math.prod(kernel), math.prod(out))
+
+
+CHUNK = 1 << 17  # numbers of per-example gradient formed at once (512 KB in float32)
+UNFOLD_CHUNK = 1 << 19  # numbers of a conv's unfold made at once (2 MB in float32): fewer,
+# larger chunks than CHUNK, since each costs a few ops of Python (measured at LeNet-5)
+
+
+def _by_chunks(n: int, numbers: int, form: Any) -> Tensor:
+    """``form(rows)`` for the examples ``rows`` (a slice), over all N examples a chunk at
+    a time and joined: ``numbers``, what one example's form holds at once (a conv's
+    unfold), sets the chunk to about :data:`UNFOLD_CHUNK` numbers, so the (N, C·K, P)
+    unfold of a whole batch (as large as a plain step's whole peak at LeNet-5's first
+    layer) is never held."""
+    step = max(1, UNFOLD_CHUNK // max(1, numbers))
+    if step >= n:
+        return form(slice(None))
+    return torch.cat([form(slice(i, i + step)) for i in range(0, n, step)])
+
+
 # ---------------------------------------------------------------- per-layer forms
 class LayerCall:
     """One layer call's δ and a^{l−1}, and its parameters' per-example quantities.
@@ -47,6 +96,7 @@ class LayerCall:
 
     slots: dict[int, str] = {}
     n: int  # the batch size
+    sums_from_kept = True  # weighted_sum reads kept g_n first (else: :meth:`let_go` keeps δ)
 
     @staticmethod
     def input_index(slot: int, n_inputs: int) -> int:
@@ -58,26 +108,58 @@ class LayerCall:
         raise NotImplementedError
 
     def batch_l2(self, role: str) -> Tensor:  # (N,)
-        return self.grad_batch(role).flatten(1).square().sum(1)
+        return self.formed(role).flatten(1).square().sum(1)
 
     def sum_grad_squared(self, role: str) -> Tensor:  # param shape
-        return self.grad_batch(role).square().sum(0)
+        g_n = self.formed(role)
+        return (g_n * g_n).sum(0)  # Σ_n g_n² (a product: faster than square's pow here)
 
-    def weighted_sum(self, role: str, c: Tensor) -> Tensor:  # param shape
-        return torch.tensordot(c.to(self.dtype), self.grad_batch(role), 1)
+    def weighted_sum(self, role: str, c: Tensor | None) -> Tensor:  # param shape
+        """Σ_n c_n g_n; ``c=None``: Σ_n g_n, the layer's own BP3/BP4 (what the collector
+        adds to ``.grad`` when the layer skipped it: ``Collector.skip``)."""
+        if (summed := self.from_kept(role, c)) is not None:
+            return summed
+        g_n = self.grad_batch(role)
+        return g_n.sum(0) if c is None else torch.tensordot(c.to(g_n.dtype), g_n, 1)
+
+    def quantities(self, role: str, l2: bool, squares: bool
+                   ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """(‖g_n‖² if ``l2``, Σ_n g_n² if ``squares``, Σ_n g_n): the first-order quantities
+        and the layer's own sum, for a layer that skipped its BP3/BP4 (``Collector.skip``)."""
+        norms = self.batch_l2(role) if l2 else None
+        sgs = self.sum_grad_squared(role) if squares else None
+        return norms, sgs, self.weighted_sum(role, None)
+
+    def formed(self, role: str) -> Tensor:
+        """g_n of ``role``, formed once per call and kept (:meth:`kept`): the norm, the
+        squares and the sum then share one per-example tensor."""
+        g_n = self.__dict__.get("_kept", {}).get(role)
+        return self.kept(role, self.grad_batch(role)) if g_n is None else g_n
 
     def kept(self, role: str, g_n: Tensor) -> Tensor:
         """``g_n`` (N, *param shape), kept for :meth:`weighted_sum` while this call lives:
-        where the norm had to form the per-example gradients anyway, the clipped sum is
+        where the norm had to form the per-example gradients anyway, the (clipped) sum is
         Σ_n c_n g_n from them, cheaper than a second BP4. A collector that drops the call
         after the norm (``bptorch.extensions``) frees it at once."""
         self.__dict__.setdefault("_kept", {})[role] = g_n
         return g_n
 
-    def from_kept(self, role: str, c: Tensor) -> Tensor | None:
-        """Σ_n c_n g_n from the kept g_n, or None if the norm did not form them."""
+    def let_go(self, roles: list[str]) -> None:
+        """Drop δ and a^{l−1} once every role in ``roles`` has its g_n kept (the clipped
+        sums then come from those alone): a private step need not hold a conv's δ maps
+        to the backward's end for a g_n a fraction of their size."""
+        kept = self.__dict__.get("_kept", {})
+        if self.sums_from_kept and roles and all(role in kept for role in roles):
+            for name in ("delta", "a", "delta_map", "a_prev", "x_hat"):
+                self.__dict__.pop(name, None)
+
+    def from_kept(self, role: str, c: Tensor | None) -> Tensor | None:
+        """Σ_n c_n g_n (Σ_n g_n for ``c=None``) from the kept g_n, which it lets go, or
+        None if no form kept them."""
         g_n = self.__dict__.get("_kept", {}).pop(role, None)
-        return None if g_n is None else torch.tensordot(c.to(g_n.dtype), g_n, 1)
+        if g_n is None:
+            return None
+        return g_n.sum(0) if c is None else torch.tensordot(c.to(g_n.dtype), g_n, 1)
 
 
 class LinearCall(LayerCall):
@@ -101,30 +183,61 @@ class LinearCall(LayerCall):
     def grad_batch(self, role: str) -> Tensor:
         if role == "bias":
             return self.delta.sum(1)  # BP3 per example: Σ_t δ_{n,t}
-        return torch.einsum("ntp,ntd->npd", self.delta, self.a)  # BP4 per example
+        # BP4 per example: g_n = Σ_t δ_{n,t} a_{n,t}ᵀ = δ_nᵀ a_n, (N, p, d) contiguous
+        return torch.bmm(self.delta.transpose(1, 2), self.a)
 
     def batch_l2(self, role: str) -> Tensor:
+        if self.delta.shape[1] == 1:  # one row: ‖δ_n a_nᵀ‖² = ‖δ_n‖² ‖a_n‖², ‖δ_n‖² for b
+            if "_delta2" not in self.__dict__:
+                self._delta2 = _norm2(self.delta)
+            return self._delta2 if role == "bias" else self._delta2 * _norm2(self.a)
         if role == "bias":
-            return self.delta.sum(1).square().sum(1)
-        if self.delta.shape[1] == 1:  # ‖δ_n a_nᵀ‖² = ‖δ_n‖² ‖a_n‖²
-            return _norm2(self.delta) * _norm2(self.a)
+            return _norm2(self.formed(role))
         t, p, d = self.delta.shape[1], self.delta.shape[2], self.a.shape[2]
-        if ghost_cheaper(t, p, d):  # ghost norm: Σ_{t,s} (a_t·a_s)(δ_t·δ_s)
+        if ghost_cheaper(t, p, d):  # ghost norm: ‖Σ_t δ_t a_tᵀ‖² = Σ_{t,s} (a_t·a_s)(δ_t·δ_s)
             gram_a = self.a @ self.a.transpose(1, 2)  # (N, T, T)
             gram_delta = self.delta @ self.delta.transpose(1, 2)
             return (gram_a * gram_delta).sum((1, 2))
-        return self.kept(role, self.grad_batch(role)).flatten(1).square().sum(1)
+        if role in self.__dict__.get("_kept", {}) or p * d <= t * (p + d):
+            # g_n no larger than δ_n and a_n: formed and kept, the (clipped) sum from it
+            return _norm2(self.formed(role))
+        return self.quantities(role, True, False)[0]  # chunk by chunk, none of it kept
 
     def sum_grad_squared(self, role: str) -> Tensor:
         if role == "weight" and self.delta.shape[1] == 1:  # Σ_n δ_n² (a_n²)ᵀ, one matmul
             return self.delta[:, 0].square().t() @ self.a[:, 0].square()
         return super().sum_grad_squared(role)
 
-    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+    def quantities(self, role: str, l2: bool, squares: bool
+                   ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """For a weight over T > 1 rows whose g_n must be formed (Σ_n g_n² asked, or the
+        norm without the Gram form), one pass over chunks of examples: each chunk's g_n
+        formed, its norms, squares and sum taken, and let go. The whole (N, p, d) is never
+        held: at the LSTM's W_hh (512 × 128, batch 64) it is 17 MB, and forming it in
+        cache-sized chunks measured 1.6× faster than at once."""
+        t, p, d = self.delta.shape[1], self.delta.shape[2], self.a.shape[2]
+        formed = role in self.__dict__.get("_kept", {})
+        if (role != "weight" or t == 1 or formed
+                or not (squares or (l2 and not ghost_cheaper(t, p, d)))):
+            return super().quantities(role, l2, squares)
+        step = max(1, CHUNK // (p * d))  # examples a chunk
+        total = self.delta.new_zeros(p, d)
+        sgs = self.delta.new_zeros(p, d) if squares else None
+        norms = []
+        for i in range(0, self.n, step):
+            g_n = torch.bmm(self.delta[i:i + step].transpose(1, 2), self.a[i:i + step])  # BP4
+            total += g_n.sum(0)  # per example: Σ_t δ_{n,t} a_{n,t}ᵀ; BP4 = Σ_n g_n
+            if l2:
+                norms.append(_norm2(g_n))  # ‖g_n‖²
+            if squares:
+                sgs += g_n.mul_(g_n).sum(0)  # Σ_n g_n²
+        return (torch.cat(norms) if l2 else None), sgs, total
+
+    def weighted_sum(self, role: str, c: Tensor | None) -> Tensor:
         if (summed := self.from_kept(role, c)) is not None:  # Σ_n c_n g_n, g_n at hand
             return summed
-        delta = self.delta * c.to(self.dtype)[:, None, None]  # each example's δ scaled
-        if role == "bias":
+        delta = self.delta if c is None else self.delta * c.to(self.dtype)[:, None, None]
+        if role == "bias":  # each example's δ scaled (c=None: as it is)
             return delta.sum((0, 1))  # BP3
         p, d = delta.shape[2], self.a.shape[2]
         return delta.reshape(-1, p).t() @ self.a.reshape(-1, d)  # BP4
@@ -147,13 +260,15 @@ class Conv2dCall(LayerCall):
         self.groups = ctx.groups
         self.c_out = delta.shape[1]
 
-    def _cols(self, shape: torch.Size) -> tuple[Tensor, Tensor]:
+    def _cols(self, shape: torch.Size, rows: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """(δ_col (n, g, O/g, P), a_col (n, g, K, P)) of the examples ``rows``."""
         ctx, g = self.ctx, self.groups
-        kh, kw = shape[2:]
-        a_col = nn.functional.unfold(self.a_prev, (kh, kw), ctx.dilation, ctx.padding,
-                                     ctx.stride)  # (N, C·kh·kw, P)
-        a_col = a_col.unflatten(1, (g, -1))  # (N, g, K, P)
-        delta_col = self.delta_map.reshape(self.n, g, self.c_out // g, -1)  # (N, g, O/g, P)
+        out = tuple(self.delta_map.shape[2:])
+        a_col = _patches(self.a_prev[rows], tuple(shape[2:]), ctx.stride, ctx.padding,
+                         ctx.dilation, out)  # (n, C·kh·kw, P)
+        a_col = a_col.unflatten(1, (g, -1))  # (n, g, K, P)
+        delta_map = self.delta_map[rows]
+        delta_col = delta_map.reshape(delta_map.shape[0], g, self.c_out // g, -1)
         return delta_col, a_col
 
     def _shape(self) -> torch.Size:
@@ -163,26 +278,33 @@ class Conv2dCall(LayerCall):
     def grad_batch(self, role: str) -> Tensor:
         if role == "bias":
             return self.delta_map.sum((2, 3))  # BP3 per example: Σ_p δ_p
-        delta_col, a_col = self._cols(self._shape())
-        g_n = torch.einsum("ngop,ngkp->ngok", delta_col, a_col)  # BP4 per example
-        return g_n.reshape(self.n, *self._shape())
+        shape = self._shape()
+
+        def form(rows: slice) -> Tensor:
+            delta_col, a_col = self._cols(shape, rows)
+            return delta_col @ a_col.transpose(2, 3)  # BP4 per example: Σ_p δ_p a_col,pᵀ
+        numbers = shape[1:].numel() * self.groups * self.delta_map[0, 0].numel()  # a_col's
+        return _by_chunks(self.n, numbers, form).reshape(self.n, *shape)
 
     def batch_l2(self, role: str) -> Tensor:
         if role == "bias":
-            return self.delta_map.sum((2, 3)).square().sum(1)
-        delta_col, a_col = self._cols(self._shape())
-        positions, p, k = a_col.shape[3], delta_col.shape[2], a_col.shape[2]
+            return _norm2(self.formed(role))
+        shape = self._shape()
+        positions = self.delta_map[0, 0].numel()
+        p, k = self.c_out // self.groups, shape[1:].numel()
         if ghost_cheaper(positions, p, k):  # ghost norm over positions, per group
+            delta_col, a_col = self._cols(shape)
             gram_a = a_col.transpose(2, 3) @ a_col  # (N, g, P, P)
             gram_delta = delta_col.transpose(2, 3) @ delta_col
             return (gram_a * gram_delta).sum((1, 2, 3))
-        g_n = torch.einsum("ngop,ngkp->ngok", delta_col, a_col)  # BP4 per example
-        return self.kept(role, g_n).square().sum((1, 2, 3))
+        return _norm2(self.formed(role))  # g_n formed: its sum comes from it too
 
-    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+    def weighted_sum(self, role: str, c: Tensor | None) -> Tensor:
         if (summed := self.from_kept(role, c)) is not None:  # Σ_n c_n g_n, g_n at hand
-            return summed.reshape(self._shape())
-        delta = self.delta_map * c.to(self.dtype)[:, None, None, None]  # δ_n scaled
+            return summed
+        delta = self.delta_map  # each example's δ scaled (c=None: as it is)
+        if c is not None:
+            delta = delta * c.to(self.dtype)[:, None, None, None]
         if role == "bias":
             return delta.sum((0, 2, 3))  # BP3
         ctx = self.ctx
@@ -195,6 +317,8 @@ class EmbeddingCall(LayerCall):
     """z = W e_i: example n's gradient is its δ rows added into the table rows it looked
     up, g_n = Σ_t δ_{n,t} e_{i_{n,t}}ᵀ. The (example, row) pairs that occur are few: they
     are gathered once (``unique``), so no (N, V, D) tensor except for ``grad_batch``."""
+
+    sums_from_kept = False  # its weighted_sum forms the sums from δ (its parts')
 
     slots = {1: "weight"}
 
@@ -234,8 +358,8 @@ class EmbeddingCall(LayerCall):
         sgs = rows.new_zeros(self.v, rows.shape[1])
         return sgs.index_add_(0, keys % self.v, rows.square())
 
-    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
-        scaled = self.delta * c.to(self.dtype)[self.key // self.v, None]
+    def weighted_sum(self, role: str, c: Tensor | None) -> Tensor:
+        scaled = self.delta if c is None else self.delta * c.to(self.dtype)[self.key // self.v, None]
         table = scaled.new_zeros(self.v, scaled.shape[1])
         return table.index_add_(0, self.key % self.v, scaled)  # BP4, δ_n scaled
 
@@ -277,12 +401,19 @@ class RecurrentCall(LayerCall):
     Σ_t δ_{n,t} h_{n,t−1}ᵀ: BP4 through time, per example (the GRU's hidden part has its
     own δ, r ⊙ δ_n). Gradient slots (x, h0, W_ih, W_hh, b_ih, b_hh)."""
 
+    sums_from_kept = False  # its weighted_sum forms the sums from δ (its parts')
+
     slots = {2: "weight_ih", 3: "weight_hh", 4: "bias_ih", 5: "bias_hh"}
 
     def __init__(self, ctx: Any, deltas: tuple, inputs: tuple, grads: tuple) -> None:
         (delta_ih, delta_hh), (x, h_prev) = deltas, inputs
         self.ih = TimeFirstLinearCall(ctx, delta_ih, x, grads)
-        self.hh = TimeFirstLinearCall(ctx, delta_hh, h_prev, grads)
+        if delta_hh is delta_ih:  # one δ for both parts (all but the GRU): moved once
+            h_rows = h_prev.movedim(1, 0)
+            h_rows = h_rows.reshape(self.ih.n, -1, h_rows.shape[-1]).to(self.ih.dtype)
+            self.hh: LinearCall = StepsCall(self.ih.delta, h_rows)
+        else:
+            self.hh = TimeFirstLinearCall(ctx, delta_hh, h_prev, grads)
         self.n, self.dtype = self.ih.n, self.ih.dtype
 
     def _part(self, role: str) -> tuple[LinearCall, str]:
@@ -298,8 +429,12 @@ class RecurrentCall(LayerCall):
     def sum_grad_squared(self, role: str) -> Tensor:
         return LinearCall.sum_grad_squared(*self._part(role))
 
-    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+    def weighted_sum(self, role: str, c: Tensor | None) -> Tensor:
         return LinearCall.weighted_sum(*self._part(role), c)
+
+    def quantities(self, role: str, l2: bool, squares: bool
+                   ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        return LinearCall.quantities(*self._part(role), l2, squares)
 
 
 class LSTMCall(RecurrentCall):
@@ -355,12 +490,13 @@ class ConvNdCall(LayerCall):
         c_in = self.a_prev.shape[1] // self.groups
         return torch.Size((self.delta_map.shape[1], c_in, *self.kernel))
 
-    def _cols(self) -> tuple[Tensor, Tensor]:
-        """(δ_col (N, g, C_out/g, P), a_col (N, g, C_in/g·K, P))."""
-        ctx, g, n = self.ctx, self.groups, self.n
-        a_col = conv_unfold(self.a_prev, self.kernel, ctx.stride, ctx.padding, ctx.dilation,
-                            self.delta_map.shape[2:])  # (N, C_in·K, P)
-        delta_col = self.delta_map.reshape(n, g, self.delta_map.shape[1] // g, -1)
+    def _cols(self, rows: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """(δ_col (n, g, C_out/g, P), a_col (n, g, C_in/g·K, P)) of the examples ``rows``."""
+        ctx, g = self.ctx, self.groups
+        a_col = _patches(self.a_prev[rows], self.kernel, ctx.stride, ctx.padding,
+                         ctx.dilation, tuple(self.delta_map.shape[2:]))  # (n, C_in·K, P)
+        delta_map = self.delta_map[rows]
+        delta_col = delta_map.reshape(delta_map.shape[0], g, delta_map.shape[1] // g, -1)
         return delta_col, a_col.unflatten(1, (g, -1))
 
     def _positions(self) -> tuple[int, ...]:
@@ -369,25 +505,36 @@ class ConvNdCall(LayerCall):
     def grad_batch(self, role: str) -> Tensor:
         if role == "bias":
             return self.delta_map.sum(self._positions())  # BP3 per example: Σ_p δ_p
-        delta_col, a_col = self._cols()
-        g_n = torch.einsum("ngop,ngkp->ngok", delta_col, a_col)  # BP4 per example
-        return g_n.reshape(self.n, *self._shape())
+        def form(rows: slice) -> Tensor:
+            delta_col, a_col = self._cols(rows)
+            return delta_col @ a_col.transpose(2, 3)  # BP4 per example: Σ_p δ_p a_col,pᵀ
+        k = math.prod(self.kernel)  # the unfold's numbers an example, either way round
+        numbers = k * max(self.a_prev[0].numel(), self.delta_map[0].numel())
+        return _by_chunks(self.n, numbers, form).reshape(self.n, *self._shape())
 
     def batch_l2(self, role: str) -> Tensor:
         if role == "bias":
-            return self.delta_map.sum(self._positions()).square().sum(1)
-        delta_col, a_col = self._cols()
-        positions, p, k = a_col.shape[3], delta_col.shape[2], a_col.shape[2]
-        if ghost_cheaper(positions, p, k):  # ghost norm over positions, per group
+            return _norm2(self.formed(role))
+        if ghost_cheaper(*self._dims()):  # ghost norm over positions, per group
+            delta_col, a_col = self._cols()
             gram_a = a_col.transpose(2, 3) @ a_col  # (N, g, P, P)
             gram_delta = delta_col.transpose(2, 3) @ delta_col
             return (gram_a * gram_delta).sum((1, 2, 3))
-        g_n = torch.einsum("ngop,ngkp->ngok", delta_col, a_col)
-        return g_n.square().sum((1, 2, 3))
+        return _norm2(self.formed(role))  # g_n formed: its sum comes from it too
 
-    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
-        shape = (-1, *(1,) * (self.delta_map.dim() - 1))
-        delta = self.delta_map * c.to(self.dtype).reshape(shape)  # δ_n scaled
+    def _dims(self) -> tuple[int, int, int]:
+        """(positions P, rows p, columns d) of the linear layer on each patch, per group:
+        (δ's positions, C_out/g, C_in/g · K)."""
+        g, k = self.groups, math.prod(self.kernel)
+        return (self.delta_map[0, 0].numel(), self.delta_map.shape[1] // g,
+                self.a_prev.shape[1] // g * k)
+
+    def weighted_sum(self, role: str, c: Tensor | None) -> Tensor:
+        if (summed := self.from_kept(role, c)) is not None:  # Σ_n c_n g_n, g_n at hand
+            return summed
+        delta = self.delta_map  # each example's δ scaled (c=None: as it is)
+        if c is not None:
+            delta = delta * c.to(self.dtype).reshape(-1, *(1,) * (delta.dim() - 1))
         if role == "bias":
             return delta.sum((0, *self._positions()))  # BP3
         ctx = self.ctx  # BP4, the backward's own
@@ -405,20 +552,29 @@ class ConvTransposeNdCall(ConvNdCall):
         c_out = self.delta_map.shape[1] // self.groups
         return torch.Size((self.a_prev.shape[1], c_out, *self.kernel))
 
-    def _cols(self) -> tuple[Tensor, Tensor]:
-        """The convolution's (δ_col, a_col) with the roles swapped: (a (N, g, C_in/g, P),
-        δ_col (N, g, C_out/g·K, P))."""
-        ctx, g, n = self.ctx, self.groups, self.n
-        delta_col = conv_unfold(self.delta_map, self.kernel, ctx.stride, ctx.padding,
-                                ctx.dilation, self.a_prev.shape[2:])  # (N, C_out·K, P)
-        a = self.a_prev.reshape(n, g, self.a_prev.shape[1] // g, -1)
+    def _dims(self) -> tuple[int, int, int]:  # (a's positions, C_in/g, C_out/g · K)
+        g, k = self.groups, math.prod(self.kernel)
+        return (self.a_prev[0, 0].numel(), self.a_prev.shape[1] // g,
+                self.delta_map.shape[1] // g * k)
+
+    def _cols(self, rows: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """The convolution's (δ_col, a_col) with the roles swapped: (a (n, g, C_in/g, P),
+        δ_col (n, g, C_out/g·K, P)), of the examples ``rows``."""
+        ctx, g = self.ctx, self.groups
+        delta_col = _patches(self.delta_map[rows], self.kernel, ctx.stride, ctx.padding,
+                             ctx.dilation, tuple(self.a_prev.shape[2:]))  # (n, C_out·K, P)
+        a_prev = self.a_prev[rows]
+        a = a_prev.reshape(a_prev.shape[0], g, a_prev.shape[1] // g, -1)
         return a, delta_col.unflatten(1, (g, -1))
 
-    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+    def weighted_sum(self, role: str, c: Tensor | None) -> Tensor:
         if role == "bias":
             return super().weighted_sum(role, c)
-        shape = (-1, *(1,) * (self.a_prev.dim() - 1))
-        a = self.a_prev * c.to(self.dtype).reshape(shape)  # each example's term scaled
+        if (summed := self.from_kept(role, c)) is not None:  # Σ_n c_n g_n, g_n at hand
+            return summed
+        a = self.a_prev  # each example's term scaled (c=None: as it is)
+        if c is not None:
+            a = a * c.to(self.dtype).reshape(-1, *(1,) * (a.dim() - 1))
         ctx = self.ctx  # BP4, the backward's own: the convolution's, a and δ swapped
         return conv_weight_grad(a, self.delta_map, self.kernel, ctx.stride, ctx.padding,
                                 ctx.dilation, ctx.groups)
@@ -496,6 +652,49 @@ def stack_steps(calls: list[tuple[LayerCall, str]]) -> tuple[LayerCall, str]:
     return StepsCall(delta, a), parts[0][1]
 
 
+# ---------------------------------------------------------------- shared weights
+def _linear_part(call: LayerCall, role: str) -> tuple[LayerCall, str]:
+    """A recurrent layer's or cell's (call, role) as the linear part it is (ih or hh)."""
+    return call._part(role) if isinstance(call, RecurrentCall) else (call, role)
+
+
+def cross_l2(u: LayerCall, role_u: str, v: LayerCall, role_v: str,
+             rows_u: slice | None = None, rows_v: slice | None = None,
+             shape: tuple | None = None) -> Tensor:
+    """⟨g_n^u, g_n^v⟩ of each example n (N,), for two uses u, v of one parameter (shared
+    weights: tied, or a layer applied twice; ``rows_*``: the rows of a parameter of
+    ``shape`` each use covers, None for all). Example n's gradient is Σ_u g_n^u, so
+
+        ‖Σ_u g_n^u‖² = Σ_u ‖g_n^u‖² + 2 Σ_{u<v} ⟨g_n^u, g_n^v⟩.
+
+    Two dense uses of a whole weight take the Gram form, as the ghost norm does:
+    ⟨Σ_t δ_t^u a_t^uᵀ, Σ_s δ_s^v a_s^vᵀ⟩ = Σ_{t,s} (δ_t^u·δ_s^v)(a_t^u·a_s^v), for one
+    row each (δ^u·δ^v)(a^u·a^v), with no g_n formed; otherwise the two g_n (each formed
+    once per call and kept for its clipped sum), placed at their rows."""
+    (lu, ru), (lv, rv) = _linear_part(u, role_u), _linear_part(v, role_v)
+    dense = isinstance(lu, LinearCall) and isinstance(lv, LinearCall) and ru == rv == "weight"
+    formed = "weight" in lu.__dict__.get("_kept", {}) or "weight" in lv.__dict__.get("_kept", {})
+    if dense and rows_u == rows_v and not formed:
+        if lu.delta.shape[1] == 1 and lv.delta.shape[1] == 1:  # (δ^u·δ^v)(a^u·a^v)
+            return ((lu.delta * lv.delta).sum((1, 2)) * (lu.a * lv.a).sum((1, 2)))
+        gram_a = lu.a @ lv.a.transpose(1, 2)  # (N, T_u, T_v): a_t^u·a_s^v
+        gram_delta = lu.delta @ lv.delta.transpose(1, 2)  # δ_t^u·δ_s^v
+        return (gram_a * gram_delta).sum((1, 2))
+    g_u, g_v = lu.formed(ru), lv.formed(rv)
+    if rows_u != rows_v:  # different (overlapping) rows: both placed in the whole shape
+        g_u, g_v = _placed(g_u, rows_u, shape), _placed(g_v, rows_v, shape)
+    return (g_u * g_v).flatten(1).sum(1)
+
+
+def _placed(g_n: Tensor, rows: slice | None, shape: tuple) -> Tensor:
+    """g_n (N, *rows' shape) at its rows of an (N, *shape) zero tensor."""
+    if rows is None:
+        return g_n
+    whole = g_n.new_zeros(g_n.shape[0], *shape)
+    whole[:, rows] = g_n
+    return whole
+
+
 # ---------------------------------------------------------------- products with a parameter
 # A routed forward's own products (``x @ self.W``, ``self.gamma * x``, ``torch.einsum(...,
 # self.W)``) with a parameter operand. As every layer's, the examples are dim 0 of the
@@ -514,6 +713,8 @@ class MatmulCall(LayerCall):
     B = W (k, n), A (N, *, k): z = a Wᵀ with Wᵀ = B, g_n = (Σ_t δ_{n,t} a_{n,t}ᵀ)ᵀ. A = W
     (m, k), B (N, *, k, n): each column j of B is a row, z_j = W b_j, g_n = Σ_j δ_{n,·j}
     b_{n,·j}ᵀ. The ghost norm over the rows either way (the norm ignores the transpose)."""
+
+    sums_from_kept = False  # its weighted_sum forms the sums from δ (its parts')
 
     slots = {0: "input", 1: "other"}
 
@@ -543,7 +744,7 @@ class MatmulCall(LayerCall):
     def batch_l2(self, role: str) -> Tensor:
         return LinearCall.batch_l2(self._part(role)[0], "weight")
 
-    def weighted_sum(self, role: str, c: Tensor) -> Tensor:
+    def weighted_sum(self, role: str, c: Tensor | None) -> Tensor:
         call, transposed = self._part(role)
         g = LinearCall.weighted_sum(call, "weight", c)
         return g.t() if transposed else g
@@ -645,4 +846,4 @@ __all__ = ["BatchNormEvalCall", "CellCall", "ConvNdCall", "ConvTransposeNdCall",
            "PReLUCall", "StepsCall", "stack_steps",
            "Conv2dCall", "EmbeddingCall", "KINDS", "LSTMCall", "LayerCall",
            "LayerNormCall", "LinearCall", "RecurrentCall", "TimeFirstLinearCall",
-           "ghost_cheaper"]
+           "cross_l2", "ghost_cheaper"]

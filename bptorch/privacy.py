@@ -23,8 +23,11 @@ and the backward meets the layers one at a time. The choices are
   formed (the collector turns those slots of ``need`` off before the backward reaches them:
   ``functions.base.per_example_need``), so a private step is one backward, the norms
   and one reweighted BP4 per layer. The memory held is the δ's and a's of the
-  step, which a plain step holds at its peak as well (a^{l−1} until each layer's backward,
-  δ as it goes); no N × |W| tensor is formed.
+  step (a plain step holds each a^{l−1} only until its layer's backward, and δ as it
+  goes), except where a layer's per-example gradients, no larger than its δ and a, were
+  formed for its norm: those are kept instead (``LayerCall.let_go``). Shared weights
+  (tied, or a layer applied twice): ‖Σ_u g_n^u‖² with the cross terms between the uses
+  (``per_example.cross_l2``), one clip factor per example for all uses.
 
 Scaling follows Opacus exactly: under ``loss_reduction="mean"`` the backward's δ carries
 1/B (the actual batch size), so the per-example gradient Opacus clips is B·g_n; the noise
@@ -46,8 +49,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .extensions import BatchNormTrainingError, Collector, _parameter_of, rows_overlap
-from .per_example import KINDS, LayerCall
+from .extensions import BatchNormTrainingError, Collector, rows_overlap
+from .per_example import LayerCall, cross_l2
 from .functions.base import PER_EXAMPLE
 
 _INSTALL = "pip install 'bptorch[privacy]' (opacus, dp-accounting)"
@@ -76,33 +79,32 @@ class ClippingCollector(Collector):
         if self not in PER_EXAMPLE:
             PER_EXAMPLE.append(self)
 
-    def skip(self, kind: str, ctx: Any, need: tuple) -> tuple:
-        """``need`` with the model's parameters' slots off: their unclipped sums are never
-        formed, since :meth:`end` forms the clipped ones (``functions.base.per_example_need``).
-        The slots skipped are noted on ``ctx`` for :meth:`__call__`."""
-        cls = KINDS.get(kind)
-        if cls is None:
-            return need
-        out, skipped, inputs = list(need), [], ctx.next_functions
-        for slot in cls.slots:
-            if slot < len(out) and out[slot]:
-                p, _rows = _parameter_of(*inputs[cls.input_index(slot, len(inputs))])
-                if p is not None and id(p) in self.params:
-                    out[slot] = False
-                    skipped.append(slot)
-        ctx.collected_slots = tuple(skipped)
-        return tuple(out)
+    # skip (Collector's): the layers' own BP3/BP4 off for the model's parameters; their
+    # unclipped sums are never formed, since :meth:`end` forms the clipped ones
 
     def take(self, p: Tensor, call: LayerCall, role: str, grad: Tensor | None,
              rows: slice | None = None) -> None:
-        if rows_overlap(rows, [r for q, _, _, r in self.calls if q is p]):
-            raise RuntimeError(
-                f"parameter {self.names_of[id(p)]!r} is used by more than one layer call "
-                "in one backward (shared weights): private training does not clip shared "
-                "parameters yet")
+        """Add the call's ‖g_n^u‖² to the examples' squared norms, and keep the call for
+        :meth:`end`. A parameter used by several calls (shared weights: tied, or a layer
+        applied twice) has g_n = Σ_u g_n^u, so ‖g_n‖² = Σ_u ‖g_n^u‖² + 2 Σ_{u<v}
+        ⟨g_n^u, g_n^v⟩: each use adds its own norm and its cross terms with the uses
+        before it (``per_example.cross_l2``: the Gram form for dense layers)."""
+        l2 = call.batch_l2(role)  # ‖g_n^u‖², by the cheapest form
+        for q, earlier, earlier_role, earlier_rows in self.calls:
+            if q is p and rows_overlap(rows, [earlier_rows]):  # the same entries again
+                l2 = l2 + 2 * cross_l2(earlier, earlier_role, call, role,
+                                       earlier_rows, rows, p.shape)
         self.calls.append((p, call, role, rows))
-        l2 = call.batch_l2(role)  # ‖g_n^l‖², by the cheapest form
         self.norms2 = l2 if self.norms2 is None else self.norms2 + l2
+
+    def taken(self, call: LayerCall) -> None:
+        """The call's δ and a^{l−1} let go where its clipped sums come from kept g_n."""
+        roles = []
+        for _p, other, role, _rows in reversed(self.calls):
+            if other is not call:
+                break
+            roles.append(role)
+        call.let_go(roles)
 
     def end(self) -> None:
         self.queued = False
@@ -117,12 +119,18 @@ class ClippingCollector(Collector):
         norms = norms2.sqrt() * scale
         self.per_sample_norms = norms
         clip = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # c_n, as Opacus
+        fresh: set[int] = set()  # the .grad tensors formed here (added to in place)
         for p, call, role, rows in calls:  # BP4 (BP3) with each example's δ scaled by c_n
+            # (a shared parameter: Σ_u Σ_n c_n g_n^u, one clip factor per example for all uses)
             summed = call.weighted_sum(role, clip * scale).to(p.dtype)
+            if id(p) in fresh:
+                p.grad[(rows,) if rows is not None else ...] += summed
+                continue
             if rows is not None:  # a chunk of p (attention's W^Q, W^K, W^V)
                 summed, part = torch.zeros_like(p), summed
                 summed[rows] = part
             p.grad = summed if p.grad is None else p.grad + summed
+            fresh.add(id(p))
         self.start()
 
 

@@ -167,6 +167,19 @@ def test_batch_l2_by_either_form(case, ghost, monkeypatch):
     _check_all(case, "mean", ("batch_l2",))
 
 
+@pytest.mark.parametrize("ghost", [True, False])
+@pytest.mark.parametrize("case", ["sequence", "lstm", "gru", "attention", "conv"])
+def test_quantities_by_chunks_of_examples(case, ghost, monkeypatch):
+    """A sequence layer's g_n formed a few examples at a time (``per_example.CHUNK``: here
+    one or two examples a chunk), its norms, squares and sum taken chunk by chunk; a
+    convolution's unfold likewise (one example a chunk)."""
+    monkeypatch.setattr(per_example, "ghost_cheaper", lambda t, p, d: ghost)
+    monkeypatch.setattr(per_example, "CHUNK", 40)
+    monkeypatch.setattr(per_example, "UNFOLD_CHUNK", 40)
+    _check_all(case, "mean", ("batch_l2", "variance"))
+    _check_all(case, "sum", ("sum_grad_squared",))
+
+
 @pytest.mark.parametrize("case", ["mlp", "sequence", "conv", "embedding", "attention"])
 def test_each_quantity_alone(case):
     """Without grad_batch the cheap forms answer: batch_l2 from norms, sum_grad_squared
@@ -273,7 +286,10 @@ def test_a_parameter_also_used_by_torch_is_an_error():
 
 
 def test_shared_weights():
-    """A parameter used by two layer calls: grad_batch sums its uses; the norms need it."""
+    """A parameter used by two layer calls: grad_batch sums its uses, and so do the norms
+    without it when the collection sees the layer called twice (the forward inside its
+    block); a forward before the block leaves it no way to know: an error that says so
+    (tests/test_privacy_shared.py has the families and the tied case)."""
     lin = bnn.Linear(4, 4).to(D)
     x = torch.randn(3, 4, dtype=D)
     with collect(lin, "grad_batch", "batch_l2"):
@@ -284,9 +300,14 @@ def test_shared_weights():
         in_dims=(None, None, 0))(lin.weight.detach(), lin.bias.detach(), x)
     torch.testing.assert_close(lin.weight.grad_batch, ref[0])
     torch.testing.assert_close(lin.weight.batch_l2, ref[0].flatten(1).square().sum(1))
+    with collect(lin, "batch_l2"):
+        lin(torch.tanh(lin(x))).sum().backward()
+    torch.testing.assert_close(lin.weight.batch_l2, ref[0].flatten(1).square().sum(1))
+    torch.testing.assert_close(lin.bias.batch_l2, ref[1].square().sum(1))
+    out = lin(torch.tanh(lin(x))).sum()
     with pytest.raises(RuntimeError, match="shared weights.*'grad_batch'"):
         with collect(lin, "batch_l2"):
-            lin(torch.tanh(lin(x))).sum().backward()
+            out.backward()
 
 
 def test_names_are_checked():

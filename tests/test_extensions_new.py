@@ -198,9 +198,20 @@ def test_conv_nd_batch_l2_by_either_form(family, ghost, monkeypatch):
     _check(model, x, y, "mean", ("variance",))
 
 
+@pytest.mark.parametrize("family", list(CONV_FAMILIES))
+def test_conv_nd_formed_a_few_examples_at_a_time(family, monkeypatch):
+    """g_n formed by chunks of examples (``per_example.UNFOLD_CHUNK`` small: one a chunk,
+    each with its own unfold), joined: the same quantities and the same sum."""
+    monkeypatch.setattr(per_example, "ghost_cheaper", lambda t, p, d: False)
+    monkeypatch.setattr(per_example, "UNFOLD_CHUNK", 1)
+    model, x, y = _conv_net(family, 0)
+    _check(model, x, y, "sum", ("batch_l2",))
+    _check(model, x, y, "mean", ("variance",))
+
+
 def test_conv_nd_ghost_norm_choice_follows_2t2_against_pd(monkeypatch):
-    """Which form answers is the per-layer comparison 2T² < p·d (T positions, p = C_out/g,
-    d = C_in/g · K), as Conv2d's."""
+    """Which form answers is the per-layer comparison of ``ghost_cheaper(T, p, d)`` (T
+    positions, p = C_out/g, d = C_in/g · K: 2T(p + d) < p·d), as Conv2d's."""
     asked = []
     real = per_example.ghost_cheaper
 
