@@ -17,8 +17,9 @@ The models, of bptorch layers:
   max-pool 2, conv 120@5×5, ReLU, FC 120→84 (ReLU), 84→10, on 32×32 inputs (MNIST
   zero-padded by 2, or resized as BioTorch does: ``--lenet-input``). DFA feeds δ^L to the outputs of pool1, pool2, the flattened conv3
   and fc1: the inputs of every layer but the first, where BioTorch's DFA layers put it.
-* ``mlp``: 784→800→800→10, tanh hidden layers, dropout p=0.25 after each (``--dropout``);
-  DFA feeds δ^L to each dropout's output, so a dropped unit gets no error.
+* ``mlp``: 784→800→800→10, tanh hidden layers, dropout p=0.25 after each (``--dropout``),
+  and on the input with ``--input-dropout``; DFA feeds δ^L to each dropout's output, so a
+  dropped unit gets no error.
 
 Each rule's optimizer, schedule, initialisation and epoch selection come from a recipe
 (``--recipe``; flags override; all recorded in the JSON). ``adam`` (``RULE_CONFIGS``, the
@@ -27,7 +28,13 @@ default): Adam for every rule, trained on all 60,000 training images (the loader
 MNIST (its "validation" loader is the test set). ``biotorch`` (``BIOTORCH_RECIPES``): its
 published per-rule settings, cited line by line, with Xavier initialisation and the epoch
 chosen on the loader's 10,000 validation images, held out of training (``--select
-validation``); the test error is reported at that epoch. ``--seeds 0 1 2`` trains each seed
+validation``); the test error is reported at that epoch. ``nokland`` (``NOKLAND_RECIPES``,
+bp and dfa, the MLP): Nøkland's 2x800 tanh net with dropout 0.1 on the input and 0.5 on
+the hidden layers, sigmoid outputs and cross-entropy, W = b = 0 under DFA, RMSprop 1e-4,
+batch 64, inputs in [0, 1], his code's halving schedule, up to 300 epochs, the epoch chosen
+on the 10,000 validation images; each setting cited. With ``--json PATH`` every epoch
+writes ``PATH.ckpt.pt`` and the JSON so far (``"complete": false``); ``--resume``
+continues from it exactly. ``--seeds 0 1 2`` trains each seed
 in turn and writes one JSON with every run and the median and spread. Inputs are
 standardised with the training set's mean and standard deviation (LeNet's padding is
 background before standardising). ``--diagnostics`` records, each epoch, the angle
