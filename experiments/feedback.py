@@ -652,7 +652,9 @@ def table(json_paths: Sequence[str]) -> str:
         target = ref + 0.2 if ref is not None else (1.6 if c["rule"] == "dfa" else None)
         met = "" if target is None else ("✔" if err <= target + 1e-9 else
                                          f"✗ by {err - target:.2f}")
-        rows.append(f"| {c['model']} | {c['dataset']} | {c['rule']} | {c['epochs']} | "
+        epochs = c["epochs"] if run.get("complete", True) else \
+            f"{len(run['history']['test_error'])} of {c['epochs']} so far"  # a run under way
+        rows.append(f"| {c['model']} | {c['dataset']} | {c['rule']} | {epochs} | "
                     f"{c['seed']} | {err:.2f}% | {c.get('select', 'test')} | "
                     f"{'—' if ref is None else f'{ref:.2f}%'} | "
                     f"{'—' if target is None else f'{target:.2f}%'} | {met} | "

@@ -159,6 +159,12 @@ def test_tiny_nokland_run_records_every_setting(mnist, tmp_path):
     assert f["epochs_trained"] == 1 and saved["complete"] is True
     state = torch.load(path.with_suffix(".ckpt.pt"), weights_only=True)
     assert state["epoch"] == 1 and "feedback_weight_0" in state["model"]
+    rows = exp.table([str(path)]).splitlines()
+    assert "| mlp | mnist | dfa | 1 | 0 |" in rows[2] and "| 1.60% |" in rows[2]
+    partial = tmp_path / "partial.json"  # a run under way says how far it is
+    partial.write_text(json.dumps({**saved, "complete": False,
+                                   "config": {**c, "epochs": 300}}))
+    assert "| dfa | 1 of 300 so far | 0 |" in exp.table([str(partial)]).splitlines()[2]
     # scaled, not standardised, inputs: [0, 1]
     data = exp.load({**c, "train_size": 128})
     assert float(data[0].min()) == 0.0 and float(data[0].max()) == 1.0
