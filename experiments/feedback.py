@@ -654,6 +654,8 @@ def table(json_paths: Sequence[str]) -> str:
                                          f"✗ by {err - target:.2f}")
         epochs = c["epochs"] if run.get("complete", True) else \
             f"{len(run['history']['test_error'])} of {c['epochs']} so far"  # a run under way
+        if f.get("stopped_by_schedule"):  # Nøkland's halving rule ended it early
+            epochs = f"{f['epochs_trained']} of {c['epochs']} (schedule stopped)"
         rows.append(f"| {c['model']} | {c['dataset']} | {c['rule']} | {epochs} | "
                     f"{c['seed']} | {err:.2f}% | {c.get('select', 'test')} | "
                     f"{'—' if ref is None else f'{ref:.2f}%'} | "

@@ -165,6 +165,10 @@ def test_tiny_nokland_run_records_every_setting(mnist, tmp_path):
     partial.write_text(json.dumps({**saved, "complete": False,
                                    "config": {**c, "epochs": 300}}))
     assert "| dfa | 1 of 300 so far | 0 |" in exp.table([str(partial)]).splitlines()[2]
+    partial.write_text(json.dumps({**saved, "config": {**c, "epochs": 300},  # halving ended it
+                                   "final": {**f, "stopped_by_schedule": True}}))
+    assert "| dfa | 1 of 300 (schedule stopped) | 0 |" in \
+        exp.table([str(partial)]).splitlines()[2]
     # scaled, not standardised, inputs: [0, 1]
     data = exp.load({**c, "train_size": 128})
     assert float(data[0].min()) == 0.0 and float(data[0].max()) == 1.0
