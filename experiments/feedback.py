@@ -21,8 +21,9 @@ The models, of bptorch layers:
   is shaped as BioTorch's: at pool1 and pool2 a (10, C, 5, 5) kernel applied as conv2's
   and conv3's transposed convolution of δ^L copied over their outputs, at flatten and fc1
   a (10, n_l) matrix, all Xavier-uniform (``bptorch.feedback.DFA(conv_feedback=...)``).
-* ``mlp``: 784→800→800→10, tanh hidden layers, dropout p=0.25 after each (``--dropout``);
-  DFA feeds δ^L to each dropout's output, so a dropped unit gets no error.
+* ``mlp``: 784→800→800→10, tanh hidden layers, dropout p=0.25 after each (``--dropout``),
+  and on the input with ``--input-dropout``; DFA feeds δ^L to each dropout's output, so a
+  dropped unit gets no error.
 
 Each rule's optimizer, schedule, initialisation and epoch selection come from a recipe
 (``--recipe``; flags override; all recorded in the JSON). ``adam`` (``RULE_CONFIGS``, the
@@ -33,8 +34,14 @@ published per-rule settings, cited line by line, with Xavier initialisation and 
 chosen on the loader's 10,000 validation images, held out of training (``--select
 validation``); the test error is reported at that epoch. ``biotorch-adam``
 (``BIOTORCH_ADAM_RECIPES``): the same protocol with BioTorch's per-rule Adam configs (its
-SGD rates, taken from CIFAR-10, kill LeNet on MNIST), 40 epochs. ``--seeds 0 1 2`` trains
-each seed in turn and writes one JSON with every run and the median and spread. Inputs are
+SGD rates, taken from CIFAR-10, kill LeNet on MNIST), 100 epochs. ``nokland``
+(``NOKLAND_RECIPES``, bp and dfa, the MLP): Nøkland's 2x800 tanh net with dropout 0.1 on the
+input and 0.5 on the hidden layers, sigmoid outputs and cross-entropy, W = b = 0 under DFA,
+RMSprop 1e-4, batch 64, inputs in [0, 1], his code's halving schedule, up to 300 epochs,
+the epoch chosen on the 10,000 validation images; each setting cited. With ``--json PATH``
+every epoch writes ``PATH.ckpt.pt`` and the JSON so far (``"complete": false``);
+``--resume`` continues from it exactly. ``--seeds 0 1 2`` trains each seed
+in turn and writes one JSON with every run and the median and spread. Inputs are
 standardised with the training set's mean and standard deviation (LeNet's padding is
 background before standardising). ``--diagnostics`` records, each epoch, the angle
 between each layer's update under the rule and backprop's on the same 1,000 training
@@ -121,16 +128,65 @@ BIOTORCH_ADAM_LR = {"bp": 1e-3,    # le_net/adam/backprop_adam.yaml:39  lr: 0.00
 BIOTORCH_ADAM_SHARED = dict(optimizer="adam", weight_decay=1e-4, batch_size=128,
                             milestones=[0.4, 0.6, 0.8], gamma=0.1, init="xavier",
                             lenet_input="resize", select="validation",
-                            epochs=40)  # of BioTorch's 250 (CIFAR) or 100 (MNIST): CPU time
+                            epochs=100)  # Benchmarks.md:5 (74fad0d) "for 100 epochs" on MNIST
 BIOTORCH_ADAM_RECIPES: dict[str, dict[str, Any]] = {
     rule: {**BIOTORCH_ADAM_SHARED, "lr": BIOTORCH_ADAM_LR[rule]} for rule in RULES}
+# Nøkland's recipe for the 2x800 tanh MLP with dropout (DFA: 1.45%), from "Direct Feedback
+# Alignment Provides Learning in Deep Neural Networks" (NIPS 2016, arXiv:1609.01596) and
+# the code its README says reproduces the paper, anokland/dfa-torch at commit 17dae73
+# (line numbers of that commit; Main.lua's defaults, run as the README's MNIST line
+# "th Main.lua -dataset MNIST -network mlp.lua -LR 1e-4" with -dropout 1). The paper, §5:
+# "For the MNIST dropout experiments, learning rate with decay and training time was chosen
+# based on a validation set"; the decay it chose is not stated, so the recipe takes the
+# code's own rule (Main.lua:40 -epoch_step 0, "auto") and chooses the epoch on the 10,000
+# validation images (Data.lua:50-54, -validate: the last 10,000 of the 60,000 training
+# images, which is the loader's validation split here).
+NOKLAND_SHARED = dict(
+    model="mlp",              # mlp.lua: Linear(784, 800), Main.lua:27 -num_layers 2,
+                              # :28 -num_hidden 800, :26 -nonlin tanh
+    input_dropout=0.1,        # mlp.lua:40-42 "if opt.dropout >= 1 ... nn.Dropout(0.1)"
+    dropout=0.5,              # mlp.lua:49-51, 66-68 "nn.Dropout(0.5)" after each tanh; DFA's
+                              # ErrorFeedback follows it (:52-54, :69-71): δ^L B reaches
+                              # the dropout's output, as ``mlp`` feeds drop1 and drop2
+    cost="cross_entropy",     # Main.lua:22 -criterion bce: BCECriterion.lua, a sigmoid on
+    reduction="sum",          # each of the 10 outputs, δ^L = σ(z) − y per example, not
+                              # divided by the batch (:48-67); torch7 sums the batch's grads
+    optimizer="rmsprop",      # Main.lua:38 -optimization rmsprop (torch7 optim.rmsprop:
+    lr=1e-4,                  # alpha 0.99, eps 1e-8); :33 -LR 0.0001, README "-LR 1e-4"
+    weight_decay=0.0,         # :35 -weightDecay 0 (and :36 -momentum 0)
+    batch_size=64,            # :37 -batchSize 64
+    epochs=300,               # :39 -epoch 300
+    schedule="halve",         # :40 -epoch_step 0 (auto), :309-318: ÷2 whenever the epoch's
+    gamma=0.5, halvings=8,    # training error is not below its running mean; finished
+    milestones=[],            # after 8 halvings (no fixed milestones)
+    normalize="scale",        # :59 -normalization scale, Data.lua:140-149: (x − min)/max over
+                              # the training images, [0, 1]; no standardising
+    select="validation")      # §5 "training time was chosen based on a validation set"
+NOKLAND_RECIPES: dict[str, dict[str, Any]] = {
+    # mlp.lua:84-87 "if opt.gradient == 'dfa' then if opt.nonlin == "tanh" ... v.weight:zero()
+    # v.bias:zero()", every nn.Linear, the output's too: the abstract's "zero initial
+    # condition". B: README -rfb_mag 0 "uniform distribution in [-1/sqrt(fanout),
+    # 1/sqrt(fanout)]", ErrorFeedback.lua:40-43 draws the (10, 800) matrix U(±1/√800):
+    # bptorch.feedback.DFA's own draw, U(±1/√n_l).
+    "dfa": {**NOKLAND_SHARED, "init": "zero"},
+    # back-propagation keeps torch7's nn.Linear init, U(±1/√fan_in) for W and b (mlp.lua
+    # zeroes only under dfa and fa), which is torch.nn.Linear's: "torch" here
+    "bp": {**NOKLAND_SHARED, "init": "torch"},
+}
+NOKLAND_ERROR = {"dfa": 1.45}  # Table 1 and the abstract: "1.45% error on the permutation
+# invariant MNIST task"
 RECIPES = {"adam": RULE_CONFIGS, "biotorch": BIOTORCH_RECIPES,
-           "biotorch-adam": BIOTORCH_ADAM_RECIPES}
+           "biotorch-adam": BIOTORCH_ADAM_RECIPES, "nokland": NOKLAND_RECIPES}
 DEFAULTS: dict[str, Any] = dict(
     rule="bp", model="lenet", dataset="mnist", epochs=20, batch_size=128, seed=0,
     optimizer=None, lr=None, weight_decay=None, milestones=None, gamma=None, dropout=0.25,
     train_size=None, data_dir=None, diagnostics=False, threads="auto", recipe="adam",
-    init="torch", select="test", lenet_input="pad")
+    init="torch", select="test", lenet_input="pad", input_dropout=0.0,
+    cost="log_likelihood", reduction="mean", normalize="standardize", schedule="multistep",
+    halvings=8)
+# Flags a resumed run may change: where the data is, how many threads, how far to train.
+RESUMABLE_CHANGES = ("threads", "data_dir", "epochs")
+RMSPROP = dict(alpha=0.99, eps=1e-8)  # torch7 optim.rmsprop's defaults, torch.optim's too
 MLP_SIZES = [784, 800, 800, 10]
 PROBE = 1_000  # training images the alignment angle is measured on
 EVAL_CHUNK = 2_000
@@ -168,11 +224,14 @@ def dfa_feedback(c: dict) -> str | None:
                                      else "dense")
 
 
-def mlp(rule: str, dropout: float) -> tuple[nn.Module, list[str]]:
-    """784→800→800→10, tanh, dropout after each hidden layer; and the modules DFA feeds."""
+def mlp(rule: str, dropout: float, input_dropout: float = 0.0) -> tuple[nn.Module, list[str]]:
+    """784→800→800→10, tanh, dropout after each hidden layer (and on the input, ``drop0``,
+    when ``input_dropout`` > 0); and the modules DFA feeds."""
     fb = LAYER_RULE[rule]
     (n0, n1, n2, n3) = MLP_SIZES
+    first = OrderedDict(drop0=bnn.Dropout(input_dropout)) if input_dropout > 0 else OrderedDict()
     net = nn.Sequential(OrderedDict(
+        **first,
         fc1=bnn.Dense(n0, n1, "tanh", feedback=fb), drop1=bnn.Dropout(dropout),
         fc2=bnn.Dense(n1, n2, "tanh", feedback=fb), drop2=bnn.Dropout(dropout),
         fc3=bnn.Linear(n2, n3, feedback=fb),
@@ -195,11 +254,22 @@ def xavier_init(net: nn.Module) -> None:
             feedback.reset(m, m.weight, std=math.sqrt(2.0 / (fan_in + fan_out)))
 
 
+@torch.no_grad()
+def zero_init(net: nn.Module) -> None:
+    """Nøkland's DFA start, W = 0 and b = 0 in every layer: a^l = tanh(0) = 0, yet each
+    hidden layer learns at once, since δ^l = (δ^L B^l) ⊙ σ'(z^l) needs no W."""
+    for p in net.parameters():
+        p.zero_()
+
+
 def build(c: dict, example: Tensor) -> tuple[nn.Module, nn.Module]:
     """(the net, what to train through: the net, or its DFA wrapper)."""
-    net, hidden = lenet(c["rule"]) if c["model"] == "lenet" else mlp(c["rule"], c["dropout"])
+    net, hidden = (lenet(c["rule"]) if c["model"] == "lenet"
+                   else mlp(c["rule"], c["dropout"], c["input_dropout"]))
     if c["init"] == "xavier":
         xavier_init(net)
+    elif c["init"] == "zero":
+        zero_init(net)
     if c["rule"] != "dfa":
         return net, net
     output = "fc2" if c["model"] == "lenet" else "fc3"
@@ -223,7 +293,8 @@ def step_work(c: dict) -> tuple[float, int]:
 # -- data ----------------------------------------------------------------------------------
 def load(c: dict) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None, str]:
     """(x_train, y_train, x_test, y_test, x_val, y_val, source), standardised with the
-    training images' mean and std, (N, 1, 32, 32) for LeNet. ``select`` "test": 60,000
+    training images' mean and std (``normalize`` "standardize") or scaled to [0, 1] by
+    their min and max ("scale"), (N, 1, 32, 32) for LeNet. ``select`` "test": 60,000
     training images (the loader's train + validation) and no validation set; "validation":
     the loader's 50,000, and its 10,000 validation images held out to choose the epoch."""
     from bptorch.data import load_mnist
@@ -241,9 +312,13 @@ def load(c: dict) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor
     if c["model"] == "lenet":  # 28×28 to LeNet's 32×32
         x, x_test = to_32(x, c["lenet_input"]), to_32(x_test, c["lenet_input"])
         x_val = to_32(x_val, c["lenet_input"]) if x_val is not None else None
-    mean, std = x.mean(), x.std()
-    x_val = (x_val - mean) / std if x_val is not None else None
-    return (x - mean) / std, y, (x_test - mean) / std, y_test, x_val, y_val, data.source
+    if c["normalize"] == "scale":  # Nøkland's Data.lua:140-149: (x − min)/max on the
+        shift = x.min()            # training images (MNIST's pixels are in [0, 1] already)
+        scale = (x - shift).max()
+    else:
+        shift, scale = x.mean(), x.std()
+    x_val = (x_val - shift) / scale if x_val is not None else None
+    return (x - shift) / scale, y, (x_test - shift) / scale, y_test, x_val, y_val, data.source
 
 
 def to_32(x: Tensor, how: str) -> Tensor:
@@ -280,29 +355,78 @@ def summarise(values: Sequence[float]) -> dict:
 
 
 # -- training --------------------------------------------------------------------------------
+class HalveOnPlateau:
+    """Nøkland's ``-epoch_step 0`` (dfa-torch Main.lua:309-318, 324-329): after each epoch, with e
+    that epoch's training error (on the batches as trained, dropout on) and ē its running
+    mean, ē ← 0.75 ē + 0.25 e (ē starts at 1); the run is finished once ``halvings`` halvings
+    are done or ē ≤ 0.01%; otherwise lr ← lr·``gamma`` whenever e ≥ ē."""
+
+    def __init__(self, opt: torch.optim.Optimizer, gamma: float, halvings: int) -> None:
+        self.opt, self.gamma, self.max_halvings = opt, gamma, halvings
+        self.mean, self.halvings, self.finished = 1.0, 0, False
+
+    def step(self, training_error: float) -> None:
+        """``training_error``: a fraction, as Main.lua's ErrTrain."""
+        self.mean = 0.75 * self.mean + 0.25 * training_error
+        if self.halvings >= self.max_halvings or self.mean <= 1e-4:
+            self.finished = True
+        elif training_error >= self.mean:
+            for group in self.opt.param_groups:
+                group["lr"] *= self.gamma
+            self.halvings += 1
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "halvings": self.halvings, "finished": self.finished}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.halvings, self.finished = (state["mean"], state["halvings"],
+                                                   state["finished"])
+
+
 def make_optimizer(net: nn.Module, c: dict) -> tuple[torch.optim.Optimizer, Any]:
-    """The rule's optimizer and its MultiStepLR (milestones as fractions of the epochs)."""
+    """The rule's optimizer and its schedule: a MultiStepLR (milestones as fractions of the
+    epochs), or Nøkland's :class:`HalveOnPlateau` (``schedule`` "halve")."""
     if c["optimizer"] == "adam":
         opt = torch.optim.Adam(net.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
+    elif c["optimizer"] == "rmsprop":  # no momentum (dfa-torch Main.lua -momentum 0)
+        opt = torch.optim.RMSprop(net.parameters(), lr=c["lr"], weight_decay=c["weight_decay"],
+                                  **RMSPROP)
     else:
         opt = torch.optim.SGD(net.parameters(), lr=c["lr"], momentum=0.9,
                               weight_decay=c["weight_decay"])
+    if c["schedule"] == "halve":
+        return opt, HalveOnPlateau(opt, c["gamma"], c["halvings"])
     milestones = sorted({max(1, round(f * c["epochs"])) for f in c["milestones"]})
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones, c["gamma"])
 
 
+def make_cost(c: dict) -> nn.Module:
+    """The cost on z^L: log-likelihood of softmax(z) (δ^L = softmax(z) − y), or Nøkland's
+    cross-entropy of a sigmoid on each output (δ^L = σ(z) − y), as a mean over the batch or,
+    as torch7 sums, a sum (``reduction``)."""
+    if c["cost"] == "cross_entropy":
+        return bnn.CrossEntropyCost(logits=True, reduction=c["reduction"])
+    return bnn.LogLikelihoodCost(logits=True, reduction=c["reduction"])
+
+
 def train_epoch(model: nn.Module, cost, opt, x: Tensor, y: Tensor, batch_size: int,
-                gen: torch.Generator, progress: bool, desc: str) -> None:
+                gen: torch.Generator, progress: bool, desc: str) -> int:
+    """One pass over shuffled x; return how many examples the batches misclassified as
+    they were trained (dropout on), the training error Nøkland's schedule watches."""
     from tqdm import tqdm
 
     model.train()
     perm = torch.randperm(x.shape[0], generator=gen)
     x, y = x[perm], y[perm]
+    wrong = 0
     for k in tqdm(range(0, x.shape[0], batch_size), desc=desc, leave=False, file=sys.stderr,
                   disable=not progress, unit="batch"):
         opt.zero_grad(set_to_none=True)
-        cost(model(x[k:k + batch_size]), y[k:k + batch_size]).backward()
+        z = model(x[k:k + batch_size])
+        cost(z, y[k:k + batch_size]).backward()
         opt.step()
+        wrong += int((z.detach().argmax(1) != y[k:k + batch_size]).sum())
+    return wrong
 
 
 @torch.no_grad()
@@ -327,8 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=cli.non_negative_int,
                    help="weights, feedback matrices, shuffles, dropout "
                    f"(default {d['seed']})")
-    p.add_argument("--optimizer", choices=["adam", "sgd"],
-                   help="default: the rule's (RULE_CONFIGS); sgd has momentum 0.9")
+    p.add_argument("--optimizer", choices=["adam", "sgd", "rmsprop"],
+                   help="default: the rule's (RULE_CONFIGS); sgd has momentum 0.9, rmsprop "
+                        "alpha 0.99, eps 1e-8 and none")
     p.add_argument("--lr", type=cli.positive_float, help="default: the rule's")
     p.add_argument("--weight-decay", type=cli.non_negative_float, help="default: the rule's")
     p.add_argument("--milestones", type=cli.non_negative_float, nargs="+",
@@ -336,6 +461,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the rule's)")
     p.add_argument("--gamma", type=cli.positive_float, help="default: the rule's")
     p.add_argument("--dropout", type=cli.probability, help=f"mlp only (default {d['dropout']})")
+    p.add_argument("--input-dropout", type=cli.probability,
+                   help="mlp only: dropout on the 784 inputs (default: the recipe's; 0)")
+    p.add_argument("--cost", choices=["log_likelihood", "cross_entropy"],
+                   help="on z^L: softmax and log-likelihood, or a sigmoid per output and "
+                        "cross-entropy (default: the recipe's; log_likelihood)")
+    p.add_argument("--reduction", choices=["mean", "sum"],
+                   help="the cost over a batch (default: the recipe's; mean)")
+    p.add_argument("--normalize", choices=["standardize", "scale"],
+                   help="inputs: the training images' mean and std, or their min and max to "
+                        "[0, 1] (default: the recipe's; standardize)")
+    p.add_argument("--schedule", choices=["multistep", "halve"],
+                   help="lr × gamma at --milestones, or Nøkland's: × gamma whenever an epoch's "
+                        "training error is not below its running mean, stopping after "
+                        "--halvings (default: the recipe's; multistep)")
+    p.add_argument("--halvings", type=cli.non_negative_int,
+                   help="with --schedule halve: stop after this many (default: the recipe's)")
     p.add_argument("--train-size", type=cli.positive_int,
                    help="the first N of the 60,000 (default all)")
     p.add_argument("--data-dir", type=cli.folder,
@@ -349,9 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--recipe", choices=list(RECIPES),
                    help="each rule's optimizer, schedule, init and epoch selection: adam "
-                        "(RULE_CONFIGS, default), biotorch (BIOTORCH_RECIPES, SGD, cited) or "
-                        "biotorch-adam (BIOTORCH_ADAM_RECIPES, cited)")
-    p.add_argument("--init", choices=["torch", "xavier"], help="default: the recipe's")
+                        "(RULE_CONFIGS, default), biotorch (BIOTORCH_RECIPES, SGD, cited), "
+                        "biotorch-adam (BIOTORCH_ADAM_RECIPES, cited) or nokland "
+                        "(NOKLAND_RECIPES, cited: the MLP, bp and dfa)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint next to --json (PATH.ckpt.pt, written "
+                        "each epoch), if any; refuses one trained with other flags")
+    p.add_argument("--init", choices=["torch", "xavier", "zero"],
+                   help="default: the recipe's; zero: W = b = 0 (Nøkland's DFA)")
     p.add_argument("--lenet-input", choices=["pad", "resize"],
                    help="28×28 to 32×32 by padding or by bilinear resizing (default: the "
                         "recipe's; BioTorch resizes)")
@@ -372,13 +518,18 @@ def resolve_config(args: argparse.Namespace) -> dict:
     """defaults < the recipe's settings for the rule < flags given on the command line."""
     flags = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
     rule = flags.get("rule", DEFAULTS["rule"])
-    recipe = RECIPES[flags.get("recipe", DEFAULTS["recipe"])]
-    config = {**DEFAULTS, **recipe[rule], **flags}
+    name = flags.get("recipe", DEFAULTS["recipe"])
+    if rule not in RECIPES[name]:
+        raise SystemExit(f"--recipe {name} has no settings for --rule {rule} (it has "
+                         + ", ".join(RECIPES[name]) + ")")
+    config = {**DEFAULTS, **RECIPES[name][rule], **flags}
     config["milestones"] = list(config["milestones"])
     config["biotorch_error"] = BIOTORCH_ERROR[rule][config["dataset"] == "fashion-mnist"] \
         if config["model"] == "lenet" else None
     config["dfa_feedback"] = dfa_feedback({**config, "dfa_feedback":
                                            getattr(args, "dfa_feedback", None)})
+    if name == "nokland":
+        config["nokland_error"] = NOKLAND_ERROR.get(rule)
     return config
 
 
@@ -402,8 +553,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
                   torch_version=str(torch.__version__), torch_threads=torch.get_num_threads(),
                   bptorch_version=bptorch.__version__)
     progress = not args.no_progress and sys.stderr.isatty()
+    if args.resume and args.seeds:
+        parser.error("--resume continues one run: give --seed, not --seeds")
     if not args.seeds:
-        results = {"config": config, **train(c, c["seed"], data, progress)}
+        from experiments.conv_mnist import resume_state
+
+        state = resume_state(args, parser, config, c["epochs"], DEFAULTS, RESUMABLE_CHANGES)
+        if state is not None:
+            config["resumed_at"] = state["config"].get("resumed_at", [])
+            if state["epoch"] < c["epochs"] and not state["schedule"].get("finished"):
+                config["resumed_at"].append(state["epoch"])
+                print(f"Resuming after epoch {state['epoch'] - 1}", flush=True)
+        results = {"config": config, **train(c, c["seed"], data, progress, args.json, state),
+                   "complete": True}
         save_results(results, args.json, args.plot, plot)
         return results
     runs = []
@@ -422,30 +584,56 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return results
 
 
-def train(c: dict, seed: int, data: tuple, progress: bool) -> dict:
-    """Train config ``c`` from ``seed``; print a line per epoch; return history and final."""
+def train(c: dict, seed: int, data: tuple, progress: bool, json_path: str | None = None,
+          state: dict | None = None) -> dict:
+    """Train config ``c`` from ``seed``; print a line per epoch; return history and final.
+
+    With ``json_path`` each epoch ends by writing the checkpoint next to it (the model with
+    DFA's B, optimizer, schedule, both RNG states, history) and then the JSON so far
+    (``"complete": false``); ``state``, a checkpoint read back, continues that run exactly.
+    """
     x, y, x_test, y_test, x_val, y_val, _ = data
     torch.manual_seed(seed)  # weights, feedback matrices, dropout masks
     net, model = build(c, x[:1])
-    cost = bnn.LogLikelihoodCost(logits=True)  # softmax on z^L, δ^L = softmax(z) − y
+    cost = make_cost(c)
     opt, schedule = make_optimizer(net, c)
     gen = torch.Generator().manual_seed(seed)  # the shuffles, the same for every rule
     probe = (x[:PROBE], y[:PROBE])
     loss_fn = lambda m, xb, yb: cost(m(xb), yb)  # noqa: E731
 
     history: dict[str, list] = {"test_error": [], "training_error": [], "lr": [],
-                                "epoch_seconds": []}
+                                "epoch_seconds": [], "batch_training_error": []}
     if x_val is not None:
         history["validation_error"] = []
     if c["diagnostics"]:
         history["alignment"] = []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout masks
+        history = state["history"]
+    ckpt = None
+    if json_path:
+        from experiments.conv_mnist import checkpoint_path
+
+        ckpt = checkpoint_path(json_path)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
     n_test, start_all = x_test.shape[0], time.perf_counter()
-    for j in range(c["epochs"]):
+    for j in range(len(history["test_error"]), c["epochs"]):
+        if getattr(schedule, "finished", False):
+            break
         history["lr"].append(opt.param_groups[0]["lr"])
         start = time.perf_counter()
-        train_epoch(model, cost, opt, x, y, c["batch_size"], gen, progress, f"Epoch {j}")
+        wrong = train_epoch(model, cost, opt, x, y, c["batch_size"], gen, progress,
+                            f"Epoch {j}")
         seconds = time.perf_counter() - start
-        schedule.step()
+        history["batch_training_error"].append(100 * wrong / x.shape[0])
+        if isinstance(schedule, HalveOnPlateau):
+            schedule.step(wrong / x.shape[0])
+        else:
+            schedule.step()
         k_test = errors(net, x_test, y_test)
         k_train = errors(net, x[:10_000], y[:10_000])
         history["test_error"].append(100 * k_test / n_test)
@@ -461,15 +649,32 @@ def train(c: dict, seed: int, data: tuple, progress: bool) -> dict:
             history["alignment"].append(angles)
             line += "  angles " + " ".join(f"{n} {a:.0f}°" for n, a in angles.items())
         print(line, flush=True)
+        if ckpt is not None:  # checkpoint first: a JSON never claims more than it holds
+            from experiments.conv_mnist import save_atomic
 
+            done = j + 1 == c["epochs"] or getattr(schedule, "finished", False)
+            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "schedule": schedule.state_dict(), "generator": gen.get_state(),
+                         "torch_rng": torch.get_rng_state(), "history": history,
+                         "epoch": j + 1, "config": c}, ckpt)
+            save_results({"config": c, "history": history,
+                          "final": {**select_epoch(history, c["select"]),
+                                    "last_test_error": history["test_error"][-1],
+                                    "wall_seconds": sum(history["epoch_seconds"])},
+                          "complete": done}, json_path, None)
+
+    trained = len(history["test_error"])
     final = {**select_epoch(history, c["select"]), "last_test_error":
-             history["test_error"][-1] if c["epochs"] else 100 * errors(net, x_test, y_test)
-             / n_test, "wall_seconds": time.perf_counter() - start_all}
-    if c["epochs"]:
-        target = c["biotorch_error"]
+             history["test_error"][-1] if trained else 100 * errors(net, x_test, y_test)
+             / n_test, "wall_seconds": time.perf_counter() - start_all,
+             "epochs_trained": trained,
+             "stopped_by_schedule": bool(getattr(schedule, "finished", False))}
+    if trained:
+        target = c["biotorch_error"] if c.get("nokland_error") is None else c["nokland_error"]
+        who = "BioTorch" if c.get("nokland_error") is None else "Nøkland"
         print(f"Seed {seed}: test error {final['selected_test_error']:.2f}% at epoch "
               f"{final['selected_epoch']} (selected on {c['select']})"
-              + (f" (BioTorch: {target}%)" if target is not None else ""))
+              + (f" ({who}: {target}%)" if target is not None else ""))
     return {"history": history, "final": final}
 
 
@@ -487,7 +692,11 @@ def table(json_paths: Sequence[str]) -> str:
         target = ref + 0.2 if ref is not None else (1.6 if c["rule"] == "dfa" else None)
         met = "" if target is None else ("✔" if err <= target + 1e-9 else
                                          f"✗ by {err - target:.2f}")
-        rows.append(f"| {c['model']} | {c['dataset']} | {c['rule']} | {c['epochs']} | "
+        epochs = c["epochs"] if run.get("complete", True) else \
+            f"{len(run['history']['test_error'])} of {c['epochs']} so far"  # a run under way
+        if f.get("stopped_by_schedule"):  # Nøkland's halving rule ended it early
+            epochs = f"{f['epochs_trained']} of {c['epochs']} (schedule stopped)"
+        rows.append(f"| {c['model']} | {c['dataset']} | {c['rule']} | {epochs} | "
                     f"{c['seed']} | {err:.2f}% | {c.get('select', 'test')} | "
                     f"{'—' if ref is None else f'{ref:.2f}%'} | "
                     f"{'—' if target is None else f'{target:.2f}%'} | {met} | "
