@@ -2,10 +2,12 @@
 # BioTorch's LeNet table (issue 25), cell by cell: each rule on MNIST and Fashion-MNIST with
 # BioTorch's per-rule Adam recipe (experiments.feedback --recipe biotorch-adam), three seeds,
 # each seed's epoch chosen on 10,000 validation images held out of training; one JSON per
-# cell with the three runs and their median. A cell whose JSON exists is skipped, so run the
-# script again to go on. Name cells (DATASET-RULE) to run only those; two chains on 2 cores:
+# seed (PATH.ckpt.pt after every epoch, so a run continues where it stopped: --resume). A
+# complete JSON is skipped; run the script again to go on. Name cells (DATASET-RULE) to run
+# only those; two chains on 2 cores:
 #   nohup sh results/feedback/run-biotorch.sh fashion-mnist-dfa fashion-mnist-frsf ... &
-# Then the table: python -m experiments.feedback --from-json results/feedback/*-biotorch-adam.json --table
+# The table, with each cell's median of three seeds:
+#   python -m experiments.feedback --from-json results/feedback/*-biotorch-adam-seed*.json --table
 cd "$(dirname "$0")/../.." || exit 1
 out=results/feedback
 cells="${*:-fashion-mnist-dfa fashion-mnist-frsf fashion-mnist-brsf fashion-mnist-usf \
@@ -13,10 +15,13 @@ fashion-mnist-fa fashion-mnist-bp mnist-dfa mnist-fa mnist-frsf mnist-brsf mnist
 for cell in $cells; do
     dataset="${cell%-*}"
     rule="${cell##*-}"
-    json="$out/lenet-$dataset-$rule-biotorch-adam.json"
-    [ -f "$json" ] && continue
-    OMP_NUM_THREADS=1 nice -n 10 python -m experiments.feedback --model lenet --rule "$rule" \
-        --dataset "$dataset" --recipe biotorch-adam --seeds 0 1 2 --threads 1 --no-progress \
-        --json "$json" >>"$out/logs/lenet-$dataset-$rule-biotorch-adam.log" 2>&1 || exit 1
+    for seed in 0 1 2; do
+        json="$out/lenet-$dataset-$rule-biotorch-adam-seed$seed.json"
+        python -c "import json, sys; sys.exit(not json.load(open(sys.argv[1])).get('complete'))" \
+            "$json" 2>/dev/null && continue
+        OMP_NUM_THREADS=1 nice -n 10 python -m experiments.feedback --model lenet --rule "$rule" \
+            --dataset "$dataset" --recipe biotorch-adam --seed "$seed" --resume --threads 1 \
+            --no-progress --json "$json" >>"$out/logs/lenet-$dataset-$rule-biotorch-adam-seed$seed.log" 2>&1 || exit 1
+    done
 done
 exit 0
