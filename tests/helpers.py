@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,3 +117,15 @@ def assert_all_close(got, want, dtype) -> None:
     """Each pair close to :data:`KERNEL_TOL` of ``dtype``."""
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **KERNEL_TOL[dtype])
+
+
+def clip_at_median(per_example: dict) -> tuple[Tensor, float, Tensor]:
+    """Per-example gradients {name: (N, *shape)} → (‖g_n‖ over all of them, a clipping bound C
+    at their median, each example's factor min(1, C/‖g_n‖)): some examples clipped, some
+    not, so a test of the clipped sum sees both."""
+    norms = torch.stack([g.flatten(1).square().sum(1) for g in per_example.values()])
+    norms = norms.sum(0).sqrt()
+    bound = float(norms.median())
+    clip = (bound / (norms + 1e-6)).clamp(max=1.0)
+    assert (clip < 1).any() and (clip == 1).any()
+    return norms, bound, clip

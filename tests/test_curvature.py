@@ -220,6 +220,19 @@ def test_network_engine(cost):
 backpack = pytest.importorskip("backpack")
 
 
+def assert_like_backpack(got: list, want: list, tag: str) -> None:
+    """Each parameter's quantity equal to BackPACK's: a tensor, or a list of Kronecker
+    factors (kflr/kfac) compared factor by factor."""
+    assert len(got) == len(want), tag
+    for i, (a, b) in enumerate(zip(got, want)):
+        if isinstance(b, list):
+            assert isinstance(a, list) and len(a) == len(b), (tag, i)
+            for u, v in zip(a, b):
+                torch.testing.assert_close(u, v, msg=f"{tag} #{i}")
+        else:
+            torch.testing.assert_close(a, b, msg=f"{tag} #{i}")
+
+
 def _backpack(model, x, y, loss_fn, name, seed):
     from backpack.extensions import KFAC, KFLR, DiagGGNExact, DiagGGNMC
     ext = {"diag_ggn_exact": DiagGGNExact, "diag_ggn_mc": DiagGGNMC, "kflr": KFLR,
@@ -247,13 +260,7 @@ def test_against_backpack(case, loss, reduction):
     for name in names:
         got = [getattr(p, name) for p in _collect(twin, x, y, loss_fn, name, seed=4).values()]
         want = _backpack(model, x, y, _loss_fn(loss, reduction), name, seed=4)
-        for i, (a, b) in enumerate(zip(got, want)):
-            if isinstance(b, list):
-                assert isinstance(a, list) and len(a) == len(b), (name, i)
-                for u, v in zip(a, b):
-                    torch.testing.assert_close(u, v, msg=f"{case} {name} #{i}")
-            else:
-                torch.testing.assert_close(a, b, msg=f"{case} {name} #{i}")
+        assert_like_backpack(got, want, f"{case} {name}")
 
 
 # ---------------------------------------------------------------- unchanged outside, errors

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 import bptorch.curvature as curvature
 from bptorch.convert import from_torch_nn
 from test_curvature import D, NAMES, _activations, _backpack, _collect, _loss_fn, _target
-from test_curvature import brute_ggn
+from test_curvature import assert_like_backpack, brute_ggn
 
 N = 5
 
@@ -161,13 +161,7 @@ def test_conv_against_backpack(case, loss, reduction):
     for name in NAMES:
         got = [getattr(p, name) for p in _collect(twin, x, y, loss_fn, name, seed=4).values()]
         want = _backpack(model, x, y, _loss_fn(loss, reduction), name, seed=4)
-        for i, (a, b) in enumerate(zip(got, want)):
-            if isinstance(b, list):
-                assert isinstance(a, list) and len(a) == len(b), (name, i)
-                for u, v in zip(a, b):
-                    torch.testing.assert_close(u, v, msg=f"{case} {name} #{i}")
-            else:
-                torch.testing.assert_close(a, b, msg=f"{case} {name} #{i}")
+        assert_like_backpack(got, want, f"{case} {name}")
 
 
 # ---------------------------------------------------------------- Embedding's factors

@@ -17,6 +17,7 @@ import bptorch.per_example as per_example
 from bptorch.extensions import collect
 from bptorch.functions.base import PER_EXAMPLE
 from bptorch.privacy import ClippingCollector, PrivacyEngine
+from helpers import clip_at_median
 
 D = torch.float64
 N = 5
@@ -105,10 +106,7 @@ def test_private_clipping_of_shared_weights(case, ghost, monkeypatch):
     monkeypatch.setattr(per_example, "ghost_cheaper", lambda t, p, d: ghost)
     model, twin, x, y = _case(case)
     ref = _per_example(model, x, y)
-    norms = torch.stack([g.flatten(1).square().sum(1) for g in ref.values()]).sum(0).sqrt()
-    bound = float(norms.median())
-    clip = (bound / (norms + 1e-6)).clamp(max=1.0)
-    assert (clip < 1).any() and (clip == 1).any()
+    norms, bound, clip = clip_at_median(ref)
     collector = ClippingCollector(twin, bound, "sum")
     collector.install()
     nn.functional.cross_entropy(twin(x), y, reduction="sum").backward()
