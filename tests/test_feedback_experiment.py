@@ -69,6 +69,10 @@ def test_main_writes_results_and_plot(mnist, tmp_path, rule, model):
     assert png.stat().st_size > 0 and results["final"] == saved["final"]
     exp.main(["--from-json", str(path), str(path), "--plot", str(tmp_path / "again.png")])
     assert (tmp_path / "again.png").stat().st_size > 0
-    rows = exp.table([str(path)]).splitlines()
+    runs, cells = exp.table([str(path)]).split("\n\n")  # a row per run, then per cell
+    rows = runs.splitlines()
     assert len(rows) == 3 and f"| {model} | mnist | {rule} | 2 |" in rows[2]
     assert f"{saved['final']['best_test_error']:.2f}%" in rows[2]
+    cell = cells.splitlines()
+    assert len(cell) == 3 and f"| {model} | mnist | {rule} |" in cell[2]
+    assert f"| 1 | {saved['final']['best_test_error']:.2f}% |" in cell[2]

@@ -106,8 +106,11 @@ def test_seeds_select_on_held_out_validation(mnist, tmp_path):
     chosen = [r["final"]["selected_test_error"] for r in saved["runs"]]
     assert saved["summary"]["selected_test_error"]["median"] == sum(chosen) / 2
     assert saved["config"]["n_train"] == 300  # the validation images are not trained on
-    rows = exp.table([str(path)]).splitlines()
+    runs, cells = exp.table([str(path)]).split("\n\n")
+    rows = runs.splitlines()
     assert len(rows) == 4 and all("| validation |" in r for r in rows[2:])
+    median = saved["summary"]["selected_test_error"]["median"]
+    assert f"| validation | 2 | {median:.2f}% |" in cells.splitlines()[2]  # the same median
     assert out["summary"] == saved["summary"]
 
 
@@ -121,3 +124,20 @@ def test_lenet_input_pads_or_resizes():
     assert resized.shape == (3, 1, 32, 32) and resized[:, :, :2].abs().sum() > 0
     ones = exp.to_32(torch.ones(1, 784), "resize")  # bilinear keeps a constant image
     torch.testing.assert_close(ones, torch.ones(1, 1, 32, 32))
+
+
+def test_cell_table_is_the_median_of_complete_seeds():
+    """The issue's measure: a cell's median over its complete seeds against BioTorch + 0.2;
+    a run under way does not count, and fewer than three seeds is said."""
+    def run(seed, err, complete=True, rule="usf"):
+        c = {"model": "lenet", "dataset": "fashion-mnist", "rule": rule, "recipe":
+             "biotorch-adam", "select": "validation", "seed": seed,
+             "biotorch_error": exp.BIOTORCH_ERROR[rule][1]}
+        return {"config": c, "final": {"selected_test_error": err, "best_test_error": err},
+                "complete": complete}
+    rows = exp.cell_table([run(0, 9.50), run(1, 9.30), run(2, 9.00), run(3, 1.0, False),
+                           run(0, 13.00, rule="dfa")]).splitlines()
+    usf = next(r for r in rows if "| usf |" in r)
+    assert "| 3 | 9.30% | 9.00 – 9.50% | 9.22% | ✔ |" in usf  # 9.30 <= 9.42
+    dfa = next(r for r in rows if "| dfa |" in r)
+    assert "✗ by 0.04 (1 of 3 seeds)" in dfa  # 13.00 - (12.76 + 0.2)
