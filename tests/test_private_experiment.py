@@ -41,6 +41,12 @@ def test_tiny_run_json_and_epsilon(tmp_path):
     assert run["final"]["meets_issue_target"] is None  # the target is tanh's
     assert (tmp_path / "run.png").stat().st_size > 0
     assert "| mnist | relu |" in private.table([str(out)])
+    private.SCHEDULE, schedule = 1, private.SCHEDULE  # a run past the schedule: its epoch too
+    try:
+        row = private.table([str(out)]).splitlines()[2]
+    finally:
+        private.SCHEDULE = schedule
+    assert f"| {h['test_accuracy'][0]:.2%} ({h['epsilon'][0]:.3f}) |" in row
 
 
 def test_resume_continues_the_same_run(tmp_path):
