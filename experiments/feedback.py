@@ -493,9 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(RULE_CONFIGS, default), biotorch (BIOTORCH_RECIPES, SGD, cited), "
                         "biotorch-adam (BIOTORCH_ADAM_RECIPES, cited) or nokland "
                         "(NOKLAND_RECIPES, cited: the MLP, bp and dfa)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint next to --json (PATH.ckpt.pt, written "
-                        "each epoch), if any; refuses one trained with other flags")
+    cli.add_resume(p)
     p.add_argument("--init", choices=["torch", "xavier", "zero"],
                    help="default: the recipe's; zero: W = b = 0 (Nøkland's DFA)")
     p.add_argument("--lenet-input", choices=["pad", "resize"],
