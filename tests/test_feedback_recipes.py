@@ -51,9 +51,14 @@ def test_biotorch_adam_recipe_is_its_published_settings(rule):
     net, _ = exp.build(c, torch.zeros(1, 1, 32, 32))
     opt, schedule = exp.make_optimizer(net, c)
     assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["weight_decay"] == 1e-4
-    # [100, 150, 200] of 250 epochs, as fractions of the run's 100 (Benchmarks.md's count)
-    assert c["epochs"] == 100
-    assert sorted(schedule.milestones) == [40, 60, 80] and schedule.gamma == 0.1
+    # [100, 150, 200] of 250 epochs (the config file, the 1e-4 rules), as fractions of
+    # Benchmarks.md's 100 for the 1e-3 rules
+    if PUBLISHED_ADAM_LR[rule] == 1e-4:
+        assert c["epochs"] == 250
+        assert sorted(schedule.milestones) == [100, 150, 200] and schedule.gamma == 0.1
+    else:
+        assert c["epochs"] == 100
+        assert sorted(schedule.milestones) == [40, 60, 80] and schedule.gamma == 0.1
 
 
 @pytest.mark.parametrize("rule", ["fa", "usf", "frsf"])

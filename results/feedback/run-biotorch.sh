@@ -6,6 +6,7 @@
 # complete JSON is skipped; run the script again to go on. Name cells (DATASET-RULE) to run
 # only those; two chains on 2 cores:
 #   nohup sh results/feedback/run-biotorch.sh fashion-mnist-dfa fashion-mnist-frsf ... &
+# SEEDS="0" runs only those seeds (default 0 1 2), e.g. every cell's first seed first.
 # The table, with each cell's median of three seeds:
 #   python -m experiments.feedback --from-json results/feedback/*-biotorch-adam-seed*.json --table
 cd "$(dirname "$0")/../.." || exit 1
@@ -15,7 +16,7 @@ fashion-mnist-fa fashion-mnist-bp mnist-dfa mnist-fa mnist-frsf mnist-brsf mnist
 for cell in $cells; do
     dataset="${cell%-*}"
     rule="${cell##*-}"
-    for seed in 0 1 2; do
+    for seed in ${SEEDS:-0 1 2}; do
         json="$out/lenet-$dataset-$rule-biotorch-adam-seed$seed.json"
         python -c "import json, sys; sys.exit(not json.load(open(sys.argv[1])).get('complete'))" \
             "$json" 2>/dev/null && continue
