@@ -17,7 +17,7 @@ from experiments import feedback as exp
 # recipe is checked against the source and not against itself
 PUBLISHED = dict(model="mlp", input_dropout=0.1, dropout=0.5, cost="cross_entropy",
                  reduction="sum", optimizer="rmsprop", lr=1e-4, weight_decay=0.0,
-                 batch_size=64, epochs=300, schedule="halve", gamma=0.5, halvings=8,
+                 batch_size=64, epochs=300, schedule="multistep", milestones=[],
                  normalize="scale", select="validation")
 
 
@@ -51,7 +51,12 @@ def test_nokland_recipe_builds_his_net_optimizer_and_cost():
     g = opt.param_groups[0]
     assert (g["lr"], g["alpha"], g["eps"], g["momentum"], g["weight_decay"]) == \
         (1e-4, 0.99, 1e-8, 0, 0.0)
-    assert isinstance(schedule, exp.HalveOnPlateau) and schedule.gamma == 0.5
+    # Main.lua:40 -epoch_step -1 (the default): no step, the rate stays 1e-4
+    assert isinstance(schedule, torch.optim.lr_scheduler.MultiStepLR)
+    assert not schedule.milestones
+    halve = exp.make_optimizer(net, _config("--rule", "dfa", "--recipe", "nokland",
+                                             "--schedule", "halve"))[1]
+    assert isinstance(halve, exp.HalveOnPlateau) and halve.gamma == 0.5 and halve.max_halvings == 8
     cost = exp.make_cost(c)
     assert isinstance(cost, bnn.CrossEntropyCost) and cost.logits and cost.reduction == "sum"
     # back-propagation under the recipe keeps torch's init; rules he did not run are refused
@@ -174,10 +179,11 @@ def test_tiny_nokland_run_records_every_setting(mnist, tmp_path):
     assert float(data[0].min()) == 0.0 and float(data[0].max()) == 1.0
 
 
-def test_resume_continues_the_run_exactly(mnist, tmp_path):
-    _, straight = _run(tmp_path, "straight.json", "--epochs", "2")
-    _run(tmp_path, "resumed.json", "--epochs", "1")
-    path, resumed = _run(tmp_path, "resumed.json", "--epochs", "2", "--resume")
+@pytest.mark.parametrize("schedule", [(), ("--schedule", "halve")], ids=["constant", "halve"])
+def test_resume_continues_the_run_exactly(mnist, tmp_path, schedule):
+    _, straight = _run(tmp_path, "straight.json", "--epochs", "2", *schedule)
+    _run(tmp_path, "resumed.json", "--epochs", "1", *schedule)
+    path, resumed = _run(tmp_path, "resumed.json", "--epochs", "2", "--resume", *schedule)
     for key, values in straight["history"].items():
         if key != "epoch_seconds":
             assert resumed["history"][key] == values, key
@@ -187,4 +193,4 @@ def test_resume_continues_the_run_exactly(mnist, tmp_path):
     assert a["schedule"] == b["schedule"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     with pytest.raises(SystemExit):  # another lr: not the same run
-        _run(tmp_path, "resumed.json", "--epochs", "3", "--resume", "--lr", "0.001")
+        _run(tmp_path, "resumed.json", "--epochs", "3", "--resume", "--lr", "0.001", *schedule)
