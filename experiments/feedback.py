@@ -707,6 +707,7 @@ def table(json_paths: Sequence[str]) -> str:
                                          f"✗ by {err - target:.2f}")
         epochs = c["epochs"] if run.get("complete", True) else \
             f"{len(run['history']['test_error'])} of {c['epochs']} so far"  # a run under way
+        met = met if run.get("complete", True) or target is None else "running"
         if f.get("stopped_by_schedule"):  # Nøkland's halving rule ended it early
             epochs = f"{f['epochs_trained']} of {c['epochs']} (schedule stopped)"
         rows.append(f"| {c['model']} | {c['dataset']} | {c['rule']} | {epochs} | "

@@ -170,6 +170,7 @@ def test_tiny_nokland_run_records_every_setting(mnist, tmp_path):
     partial.write_text(json.dumps({**saved, "complete": False,
                                    "config": {**c, "epochs": 300}}))
     assert "| dfa | 1 of 300 so far | 0 |" in exp.table([str(partial)]).splitlines()[2]
+    assert "| running |" in exp.table([str(partial)]).splitlines()[2]  # no verdict yet
     partial.write_text(json.dumps({**saved, "config": {**c, "epochs": 300},  # halving ended it
                                    "final": {**f, "stopped_by_schedule": True}}))
     assert "| dfa | 1 of 300 (schedule stopped) | 0 |" in \
