@@ -114,7 +114,7 @@ BIOTORCH_RECIPES: dict[str, dict[str, Any]] = {
     rule: {**BIOTORCH_SHARED, "lr": BIOTORCH_LR[rule]} for rule in RULES}
 # BioTorch's Adam recipe, the same repository's benchmark_configs/cifar10/le_net/adam/
 # <rule>_adam.yaml: line 23 "init: xavier", line 35 "batch_size: 128", line 38 "type: Adam",
-# line 39 the per-rule rate below, line 40 "weight_decay: 0.0001", lines 45-46 gamma 0.1 at
+# line 39 the per-rule rate below, line 40 "weight_decay: 0.0001", lines 46-47 gamma 0.1 at
 # "milestones: [100, 150, 200]" of line 34's "epochs: 250", kept here as fractions 0.4, 0.6
 # and 0.8 of the run. Why not the SGD rates above: with SGD at bp's lr 0.1, momentum 0.9 and
 # batch 64, LeNet on MNIST is dead after one epoch (test error 89.68%, chance;
