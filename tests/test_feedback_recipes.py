@@ -134,15 +134,17 @@ def test_lenet_input_pads_or_resizes():
 def test_cell_table_is_the_median_of_complete_seeds():
     """The issue's measure: a cell's median over its complete seeds against BioTorch + 0.2;
     a run under way does not count, and fewer than three seeds is said."""
-    def run(seed, err, complete=True, rule="usf"):
+    def run(seed, err, complete=True, rule="usf", best=None):
         c = {"model": "lenet", "dataset": "fashion-mnist", "rule": rule, "recipe":
              "biotorch-adam", "select": "validation", "seed": seed,
              "biotorch_error": exp.BIOTORCH_ERROR[rule][1]}
-        return {"config": c, "final": {"selected_test_error": err, "best_test_error": err},
+        return {"config": c, "final": {"selected_test_error": err,
+                                       "best_test_error": err if best is None else best},
                 "complete": complete}
-    rows = exp.cell_table([run(0, 9.50), run(1, 9.30), run(2, 9.00), run(3, 1.0, False),
-                           run(0, 13.00, rule="dfa")]).splitlines()
+    rows = exp.cell_table([run(0, 9.50, best=9.1), run(1, 9.30, best=8.7), run(2, 9.00),
+                           run(3, 1.0, False), run(0, 13.00, rule="dfa")]).splitlines()
     usf = next(r for r in rows if "| usf |" in r)
-    assert "| 3 | 9.30% | 9.00 – 9.50% | 9.22% | ✔ |" in usf  # 9.30 <= 9.42
+    # 9.30 <= 9.42; the least test errors 9.1, 8.7, 9.0 have median 9.0
+    assert "| 3 | 9.30% | 9.00 – 9.50% | 9.00% | 9.22% | ✔ |" in usf
     dfa = next(r for r in rows if "| dfa |" in r)
     assert "✗ by 0.04 (1 of 3 seeds)" in dfa  # 13.00 - (12.76 + 0.2)
