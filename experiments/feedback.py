@@ -703,11 +703,12 @@ def table(json_paths: Sequence[str]) -> str:
         err = f.get("selected_test_error", f["best_test_error"])
         ref = c.get("biotorch_error")
         target = ref + 0.2 if ref is not None else (1.6 if c["rule"] == "dfa" else None)
-        met = "" if target is None else ("✔" if err <= target + 1e-9 else
+        complete = run.get("complete", True)
+        met = "" if target is None else ("running" if not complete  # no verdict yet
+                                         else "✔" if err <= target + 1e-9 else
                                          f"✗ by {err - target:.2f}")
-        epochs = c["epochs"] if run.get("complete", True) else \
+        epochs = c["epochs"] if complete else \
             f"{len(run['history']['test_error'])} of {c['epochs']} so far"  # a run under way
-        met = met if run.get("complete", True) or target is None else "running"
         if f.get("stopped_by_schedule"):  # Nøkland's halving rule ended it early
             epochs = f"{f['epochs_trained']} of {c['epochs']} (schedule stopped)"
         rows.append(f"| {c['model']} | {c['dataset']} | {c['rule']} | {epochs} | "

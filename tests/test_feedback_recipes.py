@@ -53,12 +53,10 @@ def test_biotorch_adam_recipe_is_its_published_settings(rule):
     assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["weight_decay"] == 1e-4
     # [100, 150, 200] of 250 epochs (the config file, the 1e-4 rules), as fractions of
     # Benchmarks.md's 100 for the 1e-3 rules
-    if PUBLISHED_ADAM_LR[rule] == 1e-4:
-        assert c["epochs"] == 250
-        assert sorted(schedule.milestones) == [100, 150, 200] and schedule.gamma == 0.1
-    else:
-        assert c["epochs"] == 100
-        assert sorted(schedule.milestones) == [40, 60, 80] and schedule.gamma == 0.1
+    epochs, milestones = ((250, [100, 150, 200]) if PUBLISHED_ADAM_LR[rule] == 1e-4
+                          else (100, [40, 60, 80]))
+    assert c["epochs"] == epochs
+    assert sorted(schedule.milestones) == milestones and schedule.gamma == 0.1
 
 
 @pytest.mark.parametrize("rule", ["fa", "usf", "frsf"])
