@@ -41,7 +41,11 @@ input and 0.5 on the hidden layers, sigmoid outputs and cross-entropy, W = b = 0
 RMSprop 1e-4, batch 64, inputs in [0, 1], his code's default constant rate, 300 epochs,
 the epoch chosen on the 10,000 validation images; each setting cited. With ``--json PATH``
 every epoch writes ``PATH.ckpt.pt`` and the JSON so far (``"complete": false``);
-``--resume`` continues from it exactly. ``--seeds 0 1 2`` trains each seed
+``--resume`` continues from it exactly. ``--refit RUN.json`` trains a complete
+validation run again, from its seed with its settings, on all 60,000 training images for
+the number of epochs validation chose, and reports the test error after the last (the
+epoch count chosen on validation, the weights fitted on every training image, as BioTorch
+trains). ``--seeds 0 1 2`` trains each seed
 in turn and writes one JSON with every run and the median and spread. Inputs are
 standardised with the training set's mean and standard deviation (LeNet's padding is
 background before standardising). ``--diagnostics`` records, each epoch, the angle
@@ -198,9 +202,11 @@ DEFAULTS: dict[str, Any] = dict(
     train_size=None, data_dir=None, diagnostics=False, threads="auto", recipe="adam",
     init="torch", select="test", lenet_input="pad", input_dropout=0.0,
     cost="log_likelihood", reduction="mean", normalize="standardize", schedule="multistep",
-    halvings=8)
+    halvings=8, refit_epochs=None)
+# --refit: what a refit takes from the command line; every other setting is its run's
+REFIT_FLAGS = ("refit", "json", "resume", "threads", "data_dir", "no_progress")
 # Flags a resumed run may change: where the data is, how many threads, how far to train.
-RESUMABLE_CHANGES = ("threads", "data_dir", "epochs")
+RESUMABLE_CHANGES = ("threads", "data_dir", "epochs", "refit_epochs")
 RMSPROP = dict(alpha=0.99, eps=1e-8)  # torch7 optim.rmsprop's defaults, torch.optim's too
 MLP_SIZES = [784, 800, 800, 10]
 PROBE = 1_000  # training images the alignment angle is measured on
@@ -347,15 +353,21 @@ def to_32(x: Tensor, how: str) -> Tensor:
                                            align_corners=False)
 
 
+SELECTED_ON = {"test": "selected on test", "validation": "selected on validation",
+               "refit": "validation's epoch count, refit on all 60,000"}
+
+
 def select_epoch(history: dict, select: str) -> dict:
-    """The epoch a run reports: least validation error (``select`` "validation") or least
-    test error ("test", BioTorch's own protocol for MNIST), the first on a tie; its test
-    error, and the least test error of any epoch beside it."""
+    """The epoch a run reports: least validation error (``select`` "validation"), least
+    test error ("test", BioTorch's own protocol for MNIST), the first on a tie, or the last
+    ("refit": its epoch count was chosen on validation); its test error, and the least test
+    error of any epoch beside it."""
     if not history["test_error"]:
         return {"selected_epoch": None, "selected_test_error": None, "best_test_error": None,
                 "best_epoch": None}
     errs = history["validation_error"] if select == "validation" else history["test_error"]
-    chosen = min(range(len(errs)), key=errs.__getitem__)
+    chosen = min(range(len(errs)), key=errs.__getitem__) if select != "refit" \
+        else len(errs) - 1
     best = min(range(len(history["test_error"])), key=history["test_error"].__getitem__)
     return {"selected_epoch": chosen, "selected_test_error": history["test_error"][chosen],
             "best_test_error": history["test_error"][best], "best_epoch": best}
@@ -517,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", choices=["test", "validation"],
                    help="report the epoch of least test error, or of least error on 10,000 "
                         "validation images held out of training (default: the recipe's)")
+    p.add_argument("--refit", type=cli.json_file, metavar="JSON",
+                   help="the complete --select validation run in JSON, trained again from its "
+                        "seed with its settings on all 60,000 training images (its 50,000 and "
+                        "the 10,000 validation images) for the epochs validation chose, its "
+                        "schedule unchanged; the test error after the last is the result. "
+                        "Only --json, --resume, --threads, --data-dir, --no-progress beside it")
     p.add_argument("--seeds", type=cli.non_negative_int, nargs="+", metavar="SEED",
                    help="train each seed in turn; one JSON with every run, the median and "
                         "the spread (instead of --seed)")
@@ -546,6 +564,36 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return config
 
 
+def refit_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """``--refit JSON``: the run's config with ``select`` "refit" and ``refit_epochs`` its
+    selected epoch + 1 (Goodfellow, Bengio & Courville, *Deep Learning*, §7.8, algorithm
+    7.2: choose the number of steps on validation, then train on all the data for that
+    many). The epoch is chosen on validation, never on test; the refit trains on the
+    images the validation run held out, as BioTorch trains on all 60,000."""
+    import json
+    from pathlib import Path
+
+    given = sorted(a.option_strings[0] for a in parser._actions if a.option_strings
+                   and a.dest not in REFIT_FLAGS and getattr(args, a.dest, a.default) != a.default)
+    if given:
+        parser.error(f"--refit trains with the settings of its run, not {', '.join(given)}")
+    saved = json.loads(Path(args.refit).read_text())
+    c, f = saved.get("config", {}), saved.get("final") or {}
+    if "runs" in saved or not saved.get("complete") or c.get("select") != "validation" \
+            or f.get("selected_epoch") is None:
+        parser.error(f"--refit needs one complete --select validation run with --seed; "
+                     f"{args.refit} is not")
+    run_only = ("resumed_at", "n_train", "data_source", "torch_version", "torch_threads",
+                "bptorch_version")
+    config = {k: v for k, v in c.items() if k not in run_only}
+    config.update(select="refit", refit_epochs=f["selected_epoch"] + 1, refit_of=args.refit,
+                  refit_of_selected_test_error=f["selected_test_error"])
+    for k in ("threads", "data_dir"):
+        if getattr(args, k) is not None:
+            config[k] = getattr(args, k)
+    return config
+
+
 @keep_threads()
 def main(argv: Sequence[str] | None = None) -> dict:
     """Train one rule, print an epoch line each epoch; return config, history and final.
@@ -557,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if (saved := cli.replay(parser, args, replot, table)) is not None:
         return saved
 
-    c = config = resolve_config(args)
+    c = config = refit_config(args, parser) if args.refit else resolve_config(args)
     if args.seeds and args.plot:
         parser.error("--plot draws one run: plot a --seeds JSON with --from-json")
     set_threads(c["threads"], *step_work(c))
@@ -571,10 +619,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not args.seeds:
         from experiments.conv_mnist import resume_state
 
-        state = resume_state(args, parser, config, c["epochs"], DEFAULTS, RESUMABLE_CHANGES)
+        end = c["refit_epochs"] or c["epochs"]
+        state = resume_state(args, parser, config, end, DEFAULTS, RESUMABLE_CHANGES)
         if state is not None:
             config["resumed_at"] = state["config"].get("resumed_at", [])
-            if state["epoch"] < c["epochs"] and not state["schedule"].get("finished"):
+            if state["epoch"] < end and not state["schedule"].get("finished"):
                 config["resumed_at"].append(state["epoch"])
                 print(f"Resuming after epoch {state['epoch'] - 1}", flush=True)
         results = {"config": config, **train(c, c["seed"], data, progress, args.json, state),
@@ -634,7 +683,8 @@ def train(c: dict, seed: int, data: tuple, progress: bool, json_path: str | None
         ckpt = checkpoint_path(json_path)
         ckpt.parent.mkdir(parents=True, exist_ok=True)
     n_test, start_all = x_test.shape[0], time.perf_counter()
-    for j in range(len(history["test_error"]), c["epochs"]):
+    end = c.get("refit_epochs") or c["epochs"]  # a refit stops where validation chose
+    for j in range(len(history["test_error"]), end):
         if getattr(schedule, "finished", False):
             break
         history["lr"].append(opt.param_groups[0]["lr"])
@@ -665,7 +715,7 @@ def train(c: dict, seed: int, data: tuple, progress: bool, json_path: str | None
         if ckpt is not None:  # checkpoint first: a JSON never claims more than it holds
             from experiments.conv_mnist import save_atomic
 
-            done = j + 1 == c["epochs"] or getattr(schedule, "finished", False)
+            done = j + 1 == end or getattr(schedule, "finished", False)
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
                          "schedule": schedule.state_dict(), "generator": gen.get_state(),
                          "torch_rng": torch.get_rng_state(), "history": history,
@@ -686,7 +736,7 @@ def train(c: dict, seed: int, data: tuple, progress: bool, json_path: str | None
         target = c["biotorch_error"] if c.get("nokland_error") is None else c["nokland_error"]
         who = "BioTorch" if c.get("nokland_error") is None else "Nøkland"
         print(f"Seed {seed}: test error {final['selected_test_error']:.2f}% at epoch "
-              f"{final['selected_epoch']} (selected on {c['select']})"
+              f"{final['selected_epoch']} ({SELECTED_ON[c['select']]})"
               + (f" ({who}: {target}%)" if target is not None else ""))
     return {"history": history, "final": final}
 
@@ -694,8 +744,9 @@ def train(c: dict, seed: int, data: tuple, progress: bool, json_path: str | None
 def table(json_paths: Sequence[str]) -> str:
     """Markdown, a row per run (per seed of a --seeds JSON): model, dataset, rule, epochs,
     seed, the test error at the selected epoch and what chose it (runs from before
-    ``--select`` chose on test), BioTorch's error, the target (BioTorch's + 0.2 points;
-    Nøkland's 1.45% + 0.15 for the MLP with DFA), wall time."""
+    ``--select`` chose on test; "refit": the last epoch of a ``--refit``), BioTorch's
+    error, the target (BioTorch's + 0.2 points; Nøkland's 1.45% + 0.15 for the MLP with
+    DFA), wall time."""
     rows = ["| model | dataset | rule | epochs | seed | test error | chosen on | BioTorch | "
             "target | met | wall s |", "|---|---|---|---:|---:|---:|---|---:|---:|---|---:|"]
     for run in _runs(json_paths):
@@ -707,8 +758,9 @@ def table(json_paths: Sequence[str]) -> str:
         met = "" if target is None else ("running" if not complete  # no verdict yet
                                          else "✔" if err <= target + 1e-9 else
                                          f"✗ by {err - target:.2f}")
-        epochs = c["epochs"] if complete else \
-            f"{len(run['history']['test_error'])} of {c['epochs']} so far"  # a run under way
+        end = c.get("refit_epochs") or c["epochs"]
+        epochs = end if complete else \
+            f"{len(run['history']['test_error'])} of {end} so far"  # a run under way
         if f.get("stopped_by_schedule"):  # Nøkland's halving rule ended it early
             epochs = f"{f['epochs_trained']} of {c['epochs']} (schedule stopped)"
         rows.append(f"| {c['model']} | {c['dataset']} | {c['rule']} | {epochs} | "

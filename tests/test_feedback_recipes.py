@@ -146,3 +146,68 @@ def test_cell_table_is_the_median_of_complete_seeds():
     assert "| 3 | 9.30% | 9.00 – 9.50% | 9.00% | 9.22% | ✔ |" in usf
     dfa = next(r for r in rows if "| dfa |" in r)
     assert "✗ by 0.04 (1 of 3 seeds)" in dfa  # 13.00 - (12.76 + 0.2)
+
+
+def _refit_base(tmp_path, selected: int) -> str:
+    """A tiny complete --select validation run whose JSON says validation chose
+    ``selected`` (set by hand, so the refit's length is known)."""
+    path = tmp_path / "val.json"
+    exp.main(["--rule", "usf", "--recipe", "biotorch-adam", "--epochs", "3", "--train-size",
+              "200", "--batch-size", "50", "--seed", "3", "--threads", "1", "--no-progress",
+              "--json", str(path)])
+    saved = json.loads(path.read_text())
+    saved["final"]["selected_epoch"] = selected
+    saved["final"]["selected_test_error"] = saved["history"]["test_error"][selected]
+    path.write_text(json.dumps(saved))
+    return str(path)
+
+
+def _refit(source: str, out, *extra: str) -> dict:
+    exp.main(["--refit", source, "--json", str(out), "--no-progress", *extra])
+    return json.loads(out.read_text())
+
+
+def test_refit_trains_the_runs_net_on_every_training_image_for_validations_epochs(
+        mnist, tmp_path):
+    val = _refit_base(tmp_path, selected=1)
+    base = json.loads(open(val).read())
+    refit = _refit(val, tmp_path / "refit.json", "--threads", "1")
+    c, h, f = refit["config"], refit["history"], refit["final"]
+    assert c["select"] == "refit" and c["refit_epochs"] == 2 and c["refit_of"] == val
+    assert c["refit_of_selected_test_error"] == base["final"]["selected_test_error"]
+    same = ("rule", "recipe", "seed", "lr", "epochs", "milestones", "batch_size", "init",
+            "weight_decay", "lenet_input", "train_size")
+    assert {k: c[k] for k in same} == {k: base["config"][k] for k in same}
+    assert "resumed_at" not in c and refit["complete"] is True
+    # two epochs, no validation set, the last epoch reported
+    assert len(h["test_error"]) == len(h["lr"]) == 2 and "validation_error" not in h
+    assert f["selected_epoch"] == 1 and f["selected_test_error"] == h["test_error"][-1]
+    # --train-size 200 takes the same 200 images both times, so the refit's two epochs are
+    # the validation run's first two, bit for bit: the seed and the schedule carried over
+    assert h["test_error"] == base["history"]["test_error"][:2]
+    assert h["lr"] == base["history"]["lr"][:2]
+    # without --train-size the refit trains on the 50,000 and the 10,000 validation images
+    x, *_, x_val, _, _ = exp.load({**c, "train_size": None})
+    n_val = mnist.validation[0].shape[0]
+    assert x_val is None and x.shape[0] == mnist.train[0].shape[0] + n_val
+    rows = exp.table([str(tmp_path / "refit.json")]).splitlines()
+    assert "| lenet | mnist | usf | 2 | 3 |" in rows[2] and "| refit |" in rows[2]
+    assert any("| refit | 1 |" in r for r in rows)  # its own cell, beside validation's
+
+
+def test_refit_resumes_and_refuses_what_is_not_its_runs(mnist, tmp_path):
+    val = _refit_base(tmp_path, selected=1)
+    straight = _refit(val, tmp_path / "straight.json")
+    short = json.loads(open(val).read())
+    short["final"]["selected_epoch"] = 0
+    (tmp_path / "short.json").write_text(json.dumps(short))
+    _refit(str(tmp_path / "short.json"), tmp_path / "resumed.json")
+    resumed = _refit(val, tmp_path / "resumed.json", "--resume")
+    assert resumed["config"]["resumed_at"] == [1]
+    assert resumed["history"]["test_error"] == straight["history"]["test_error"]
+    with pytest.raises(SystemExit):  # a refit takes its run's settings, not new ones
+        _refit(val, tmp_path / "x.json", "--lr", "0.01")
+    for change in ({"complete": False}, {"config": {**short["config"], "select": "test"}}):
+        (tmp_path / "bad.json").write_text(json.dumps({**short, **change}))
+        with pytest.raises(SystemExit):  # an unfinished run, or one chosen on test
+            _refit(str(tmp_path / "bad.json"), tmp_path / "x.json")
