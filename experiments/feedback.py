@@ -683,6 +683,11 @@ def train(c: dict, seed: int, data: tuple, progress: bool, json_path: str | None
         ckpt = checkpoint_path(json_path)
         ckpt.parent.mkdir(parents=True, exist_ok=True)
     n_test, start_all = x_test.shape[0], time.perf_counter()
+    # wall time of the whole run, across resumes (a checkpoint from before it was kept
+    # holds the training seconds only)
+    before = 0.0 if state is None else state.get("wall_seconds",
+                                                 sum(state["history"]["epoch_seconds"]))
+    wall = lambda: before + time.perf_counter() - start_all  # noqa: E731
     end = c.get("refit_epochs") or c["epochs"]  # a refit stops where validation chose
     for j in range(len(history["test_error"]), end):
         if getattr(schedule, "finished", False):
@@ -719,17 +724,17 @@ def train(c: dict, seed: int, data: tuple, progress: bool, json_path: str | None
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
                          "schedule": schedule.state_dict(), "generator": gen.get_state(),
                          "torch_rng": torch.get_rng_state(), "history": history,
-                         "epoch": j + 1, "config": c}, ckpt)
+                         "epoch": j + 1, "config": c, "wall_seconds": wall()}, ckpt)
             save_results({"config": c, "history": history,
                           "final": {**select_epoch(history, c["select"]),
                                     "last_test_error": history["test_error"][-1],
-                                    "wall_seconds": sum(history["epoch_seconds"])},
+                                    "wall_seconds": wall()},
                           "complete": done}, json_path, None)
 
     trained = len(history["test_error"])
     final = {**select_epoch(history, c["select"]), "last_test_error":
              history["test_error"][-1] if trained else 100 * errors(net, x_test, y_test)
-             / n_test, "wall_seconds": time.perf_counter() - start_all,
+             / n_test, "wall_seconds": wall(),
              "epochs_trained": trained,
              "stopped_by_schedule": bool(getattr(schedule, "finished", False))}
     if trained:

@@ -183,8 +183,12 @@ def test_tiny_nokland_run_records_every_setting(mnist, tmp_path):
 @pytest.mark.parametrize("schedule", [(), ("--schedule", "halve")], ids=["constant", "halve"])
 def test_resume_continues_the_run_exactly(mnist, tmp_path, schedule):
     _, straight = _run(tmp_path, "straight.json", "--epochs", "2", *schedule)
-    _run(tmp_path, "resumed.json", "--epochs", "1", *schedule)
+    first, _ = _run(tmp_path, "resumed.json", "--epochs", "1", *schedule)
+    state = torch.load(first.with_suffix(".ckpt.pt"), weights_only=True)
+    assert state["wall_seconds"] >= sum(state["history"]["epoch_seconds"]) > 0
+    torch.save({**state, "wall_seconds": 1000.0}, first.with_suffix(".ckpt.pt"))
     path, resumed = _run(tmp_path, "resumed.json", "--epochs", "2", "--resume", *schedule)
+    assert resumed["final"]["wall_seconds"] > 1000.0  # the first part's time carried over
     for key, values in straight["history"].items():
         if key != "epoch_seconds":
             assert resumed["history"][key] == values, key
