@@ -353,6 +353,11 @@ def to_32(x: Tensor, how: str) -> Tensor:
                                            align_corners=False)
 
 
+def epochs_to_train(c: dict) -> int:
+    """Where a run ends: a refit where validation chose, any other run at its --epochs."""
+    return c.get("refit_epochs") or c["epochs"]
+
+
 SELECTED_ON = {"test": "selected on test", "validation": "selected on validation",
                "refit": "validation's epoch count, refit on all 60,000"}
 
@@ -583,9 +588,8 @@ def refit_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
             or f.get("selected_epoch") is None:
         parser.error(f"--refit needs one complete --select validation run with --seed; "
                      f"{args.refit} is not")
-    run_only = ("resumed_at", "n_train", "data_source", "torch_version", "torch_threads",
-                "bptorch_version")
-    config = {k: v for k, v in c.items() if k not in run_only}
+    # main records this run's data, versions and threads over the run's; resumes are its own
+    config = {k: v for k, v in c.items() if k != "resumed_at"}
     config.update(select="refit", refit_epochs=f["selected_epoch"] + 1, refit_of=args.refit,
                   refit_of_selected_test_error=f["selected_test_error"])
     for k in ("threads", "data_dir"):
@@ -619,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not args.seeds:
         from experiments.conv_mnist import resume_state
 
-        end = c["refit_epochs"] or c["epochs"]
+        end = epochs_to_train(c)
         state = resume_state(args, parser, config, end, DEFAULTS, RESUMABLE_CHANGES)
         if state is not None:
             config["resumed_at"] = state["config"].get("resumed_at", [])
@@ -688,7 +692,7 @@ def train(c: dict, seed: int, data: tuple, progress: bool, json_path: str | None
     before = 0.0 if state is None else state.get("wall_seconds",
                                                  sum(state["history"]["epoch_seconds"]))
     wall = lambda: before + time.perf_counter() - start_all  # noqa: E731
-    end = c.get("refit_epochs") or c["epochs"]  # a refit stops where validation chose
+    end = epochs_to_train(c)
     for j in range(len(history["test_error"]), end):
         if getattr(schedule, "finished", False):
             break
@@ -763,7 +767,7 @@ def table(json_paths: Sequence[str]) -> str:
         met = "" if target is None else ("running" if not complete  # no verdict yet
                                          else "✔" if err <= target + 1e-9 else
                                          f"✗ by {err - target:.2f}")
-        end = c.get("refit_epochs") or c["epochs"]
+        end = epochs_to_train(c)
         epochs = end if complete else \
             f"{len(run['history']['test_error'])} of {end} so far"  # a run under way
         if f.get("stopped_by_schedule"):  # Nøkland's halving rule ended it early
